@@ -1,0 +1,54 @@
+# Two commands for a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+KEDRO  := $(BIN)/kedro
+ENV    ?= base
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.PHONY: run test install install-test pretrain evaluate viz mlflow lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[test]"
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## run: install, pretrain then evaluate on the default dataset, print the results
+run: install
+	$(KEDRO) run --pipeline pretrain --env $(ENV)
+	$(KEDRO) run --pipeline evaluate --env $(ENV)
+	@$(BIN)/python -m aavae.report data/08_reporting/metrics.json
+
+## test: install with test extras, run the suite (an empty selection fails loudly)
+test: install-test
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
+	exit $$rc
+
+pretrain: install
+	$(KEDRO) run --pipeline pretrain --env $(ENV)
+
+evaluate: install
+	$(KEDRO) run --pipeline evaluate --env $(ENV)
+
+viz: install
+	$(KEDRO) viz run
+
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+lint: install-test
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf data/0[2-8]_*/* mlflow.db mlartifacts

@@ -1,0 +1,178 @@
+"""Typed parameter schemas: validate once where parameters enter, fail with a clear message.
+
+Parameters are grouped by concern (``dataset``, ``views``, ``model``, ``pretrain``,
+``evaluate``), one schema each. An unknown key or a wrong type stops the run with a message
+naming the dotted key (``pretrain.learning_rate``) and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A parameter that does not fit its schema."""
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Schema):
+    name: Literal["digits", "cifar10", "stl10", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="file or folder holding the dataset")
+    download: bool = Field(False, description="fetch the official archive when path holds none")
+    image_size: int | None = Field(
+        None, gt=0, description="side length images are brought to (digits, imagefolder)"
+    )
+    resize: Literal["resize_crop", "resize"] = "resize_crop"
+    on_bad_image: Literal["error", "skip"] = "error"
+    unlabeled: bool = Field(False, description="STL-10: also ingest the 100,000 unlabeled images")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_given(self) -> DatasetConfig:
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError(
+                "dataset.path is required for dataset.name=imagefolder: give a folder or "
+                ".tar/.tar.gz/.zip holding <split>/<class>/<image> files"
+            )
+        return self
+
+
+class ViewsConfig(_Schema):
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    jitter_strength: float = Field(0.5, ge=0)
+    jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    blur_kernel_fraction: float = Field(0.1, gt=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    preview_count: int = Field(8, ge=1, description="images in view_preview.png")
+    preview_views: int = Field(4, ge=1, description="views shown per image in the preview")
+    val_count: int = Field(256, ge=1, description="held-out images in the fixed validation views")
+    seed: int = 0
+
+    def policy_fields(self) -> dict[str, Any]:
+        skip = {"preview_count", "preview_views", "val_count", "seed"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+
+class ModelConfig(_Schema):
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4"] = "resnet18"
+    stem: Literal["cifar", "stl10", "imagenet"] = "cifar"
+    width: int = Field(64, ge=1, description="base channel count; the paper's is 64")
+    h_dim: int | None = Field(None, ge=1, description="None: the encoder's output size")
+    latent_dim: int = Field(128, ge=1)
+
+
+class PretrainConfig(_Schema):
+    objective: Literal["aavae", "vae", "ae"] = "aavae"
+    kl_coeff: float | None = Field(
+        None, ge=0, description="None: 0 for aavae and ae, 0.1 (the paper's default) for vae"
+    )
+    log_scale: float = 0.0
+    learn_scale: bool = False
+    val_samples: int = Field(1, ge=1, description="importance samples for val log p(x)")
+    max_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adam", "lamb"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    exclude_bn_bias: bool = False
+    warmup_epochs: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    devices: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    compile: bool = False
+    channels_last: bool = True
+    seed: int = 0
+    resume: bool = Field(True, description="continue from the last checkpoint of this config")
+    checkpoint_every_n_epochs: int = Field(10, ge=1)
+    reconstruction_every_n_epochs: int = Field(0, ge=0, description="0: only at the end")
+    diagnostics_every_n_steps: int = Field(20, ge=1)
+    online_probe: bool = True
+    use_unlabeled: bool = Field(True, description="train on unlabeled images too when ingested")
+    max_time_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+
+    @property
+    def effective_kl_coeff(self) -> float:
+        if self.kl_coeff is not None:
+            return self.kl_coeff
+        return 0.1 if self.objective == "vae" else 0.0
+
+
+class EvaluateConfig(_Schema):
+    batch_size: int = Field(512, ge=1)
+    probe_val_fraction: float = Field(0.1, gt=0, lt=1)
+    probe_weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0)
+    baselines: tuple[Literal["random_init", "raw_pixels"], ...] = ("random_init", "raw_pixels")
+    seed: int = 0
+
+
+SCHEMAS: dict[str, type[_Schema]] = {
+    "dataset": DatasetConfig,
+    "views": ViewsConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "evaluate": EvaluateConfig,
+}
+
+S = TypeVar("S", bound=_Schema)
+
+
+def _describe(error: dict[str, Any], group: str) -> str:
+    key = ".".join([group, *(str(part) for part in error["loc"])]) if error["loc"] else group
+    if error["type"] == "extra_forbidden":
+        schema = SCHEMAS[group]
+        allowed = ", ".join(schema.model_fields)
+        return f"'{key}': unknown parameter (known keys of '{group}': {allowed})"
+    given = error.get("input")
+    return f"'{key}': {error['msg']} (got {given!r})"
+
+
+def parse(group: str, values: dict[str, Any] | None, schema: type[S] | None = None) -> S:
+    """Validate one parameter group; raise :class:`ConfigError` naming each bad key."""
+    schema = schema or SCHEMAS[group]  # type: ignore[assignment]
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"parameters '{group}' must be a mapping, got {type(values).__name__}")
+    try:
+        return schema.model_validate(values or {})  # type: ignore[return-value, union-attr]
+    except ValidationError as exc:
+        lines = [_describe(err, group) for err in exc.errors()]
+        raise ConfigError(
+            "Invalid parameters:\n  - " + "\n  - ".join(lines)
+            + "\nFix them in conf/<env>/parameters*.yml or in --params."
+        ) from None
+
+
+def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
+    """Validate every group at once, so a run fails before any work is done."""
+    unknown = sorted(set(params) - set(SCHEMAS))
+    problems: list[str] = []
+    if unknown:
+        problems.append(
+            f"unknown parameter group(s) {', '.join(repr(u) for u in unknown)} "
+            f"(known: {', '.join(SCHEMAS)})"
+        )
+    parsed: dict[str, _Schema] = {}
+    for group in SCHEMAS:
+        try:
+            parsed[group] = parse(group, params.get(group))
+        except ConfigError as exc:
+            problems.extend(line[4:] for line in str(exc).splitlines()[1:-1])
+    if problems:
+        raise ConfigError(
+            "Invalid parameters:\n  - " + "\n  - ".join(problems)
+            + "\nFix them in conf/<env>/parameters*.yml or in --params."
+        )
+    return parsed

@@ -1,0 +1,97 @@
+"""The one in-memory form every dataset reader returns, and its on-disk layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images of one split: uint8 ``N x H x W x C`` (C = 3), int64 labels, class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    split: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"ImageSet '{self.split}': images must be uint8 N x H x W x C, "
+                f"got {self.images.dtype} with shape {self.images.shape}"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"ImageSet '{self.split}': {len(self.images)} images but labels of shape "
+                f"{self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @classmethod
+    def empty(cls, split: str, image_shape: tuple[int, int, int], class_names: tuple[str, ...]) -> ImageSet:
+        return cls(np.zeros((0, *image_shape), np.uint8), np.zeros(0, np.int64), class_names, split)
+
+    def counts_per_class(self) -> dict[str, int]:
+        counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
+        result = {name: int(n) for name, n in zip(self.class_names, counts)}
+        unlabeled = int((self.labels == UNLABELED).sum())
+        if unlabeled:
+            result["<unlabeled>"] = unlabeled
+        return result
+
+
+def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
+    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` into ``folder`` atomically.
+
+    The files are written into a sibling temporary folder that is renamed into place, so
+    an interrupted write never leaves a half artifact and never destroys the previous one
+    before the new one is complete.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
+        np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
+        meta = {"split": imageset.split, "class_names": list(imageset.class_names)}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            retired = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            folder.rename(retired)
+            staging.rename(folder)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_imageset(folder: str | os.PathLike, mmap: bool = True) -> ImageSet:
+    """Read what :func:`save_imageset` wrote; images are memory-mapped by default."""
+    folder = Path(folder)
+    missing = [n for n in ("images.npy", "labels.npy", "meta.json") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Image set folder '{folder}' lacks {', '.join(missing)}: run the ingest "
+            "pipeline first (kedro run --pipeline pretrain)."
+        )
+    meta = json.loads((folder / "meta.json").read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r" if mmap else None)
+    labels = np.load(folder / "labels.npy")
+    return ImageSet(images, labels, tuple(meta["class_names"]), meta["split"])

@@ -1,0 +1,98 @@
+"""Kedro datasets for this project's artifacts, each written atomically.
+
+Every save goes to a temporary name in the same folder and is renamed into place, so an
+interrupted run never leaves half a file and never destroys the previous artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.io import AbstractDataset, DatasetError
+
+from aavae.data.imageset import ImageSet, load_imageset, save_imageset
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class _FileDataset(AbstractDataset):
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(PurePosixPath(filepath))
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _missing(self) -> DatasetError:
+        return DatasetError(
+            f"'{self._filepath}' does not exist: run the pipeline that writes it first "
+            "(kedro run --pipeline pretrain)."
+        )
+
+
+class ImageSetDataset(_FileDataset):
+    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped."""
+
+    def load(self) -> ImageSet:
+        if not self._filepath.exists():
+            raise self._missing()
+        return load_imageset(self._filepath)
+
+    def save(self, data: ImageSet) -> None:
+        save_imageset(data, self._filepath)
+
+
+class ArraysDataset(_FileDataset):
+    """A dict of NumPy arrays as one uncompressed .npz file (no pickled objects)."""
+
+    def load(self) -> dict[str, np.ndarray]:
+        if not self._filepath.exists():
+            raise self._missing()
+        with np.load(self._filepath, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **{k: np.asarray(v) for k, v in data.items()})
+
+        _atomic_write(self._filepath, write)
+
+
+class TorchBundleDataset(_FileDataset):
+    """Model weights plus the plain config needed to rebuild the model, via torch.save.
+
+    Loading uses ``weights_only=True``: a file from outside cannot run code.
+    """
+
+    def load(self) -> dict[str, Any]:
+        if not self._filepath.exists():
+            raise self._missing()
+        try:
+            return torch.load(self._filepath, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt or foreign file
+            raise DatasetError(
+                f"Could not read model bundle '{self._filepath}': {exc}. Re-run "
+                "`kedro run --pipeline pretrain` to write it again."
+            ) from exc
+
+    def save(self, data: dict[str, Any]) -> None:
+        _atomic_write(self._filepath, lambda tmp: torch.save(data, tmp))

@@ -1,0 +1,21 @@
+"""Project pipelines.
+
+``pretrain`` = ingest + views + pretrain; ``evaluate`` = features + evaluate, reading what
+pretrain persisted, so it runs on its own; ``__default__`` = both.
+"""
+
+from kedro.pipeline import Pipeline
+
+from aavae.pipelines import evaluate, features, ingest, pretrain, views
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    pipelines = {
+        "ingest": ingest.create_pipeline(),
+        "views": views.create_pipeline(),
+        "features": features.create_pipeline(),
+    }
+    pipelines["pretrain"] = pipelines["ingest"] + pipelines["views"] + pretrain.create_pipeline()
+    pipelines["evaluate"] = pipelines["features"] + evaluate.create_pipeline()
+    pipelines["__default__"] = pipelines["pretrain"] + pipelines["evaluate"]
+    return pipelines

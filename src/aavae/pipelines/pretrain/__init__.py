@@ -1,0 +1,3 @@
+from aavae.pipelines.pretrain.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

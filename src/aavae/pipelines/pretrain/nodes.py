@@ -1,0 +1,140 @@
+"""Pretrain: fit AAVAE (or a VAE/AE baseline) on the ingested images, tracked in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from matplotlib.figure import Figure
+
+from aavae import tracking
+from aavae.config import ModelConfig, PretrainConfig, parse
+from aavae.data.imageset import ImageSet
+from aavae.models import ModelSpec, build_model, count_parameters
+from aavae.objective import Objective
+from aavae.training import (
+    PretrainModule,
+    ReconstructionSnapshots,
+    TrainingImages,
+    ValidationViews,
+    build_trainer,
+    fit,
+    reconstruction_grid,
+)
+from aavae.views import ViewPolicy
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT = Path("data/06_models/checkpoints")
+# Settings that do not change what is learned, so they do not start a new checkpoint line.
+_NOT_IN_CHECKPOINT_KEY = {
+    "resume", "max_time_minutes", "checkpoint_every_n_epochs", "reconstruction_every_n_epochs",
+    "diagnostics_every_n_steps", "accelerator", "devices", "compile",
+}
+
+
+def checkpoint_key(*parts: dict[str, Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _training_images(train: ImageSet, unlabeled: ImageSet, use_unlabeled: bool) -> TrainingImages:
+    if use_unlabeled and len(unlabeled):
+        # One copy of both splits (the unlabeled set is memory-mapped, not loaded twice).
+        images = np.concatenate([np.asarray(unlabeled.images), np.asarray(train.images)])
+        labels = np.concatenate([np.asarray(unlabeled.labels), np.asarray(train.labels)])
+        return TrainingImages(images, labels)
+    return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+
+
+def pretrain(
+    images_train: ImageSet,
+    images_unlabeled: ImageSet,
+    val_views: dict[str, np.ndarray],
+    view_policy: dict[str, Any],
+    dataset_card: dict[str, Any],
+    model: dict[str, Any],
+    pretrain: dict[str, Any],
+) -> tuple[dict[str, Any], Figure]:
+    """Train the model; return the model bundle and a reconstruction grid."""
+    model_cfg = parse("model", model, ModelConfig)
+    cfg = parse("pretrain", pretrain, PretrainConfig)
+    height = images_train.image_shape[0]
+    spec = ModelSpec(
+        encoder=model_cfg.encoder, stem=model_cfg.stem, width=model_cfg.width, h_dim=model_cfg.h_dim,
+        latent_dim=model_cfg.latent_dim, input_size=height, log_scale=cfg.log_scale,
+        learn_scale=cfg.learn_scale,
+    )
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    net = build_model(spec)
+    num_parameters = count_parameters(net)
+    objective = Objective(cfg.objective, cfg.effective_kl_coeff)
+    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items() if k not in ("mean", "std")})
+    mean, std = view_policy["mean"], view_policy["std"]
+
+    key_cfg = {k: v for k, v in cfg.model_dump().items() if k not in _NOT_IN_CHECKPOINT_KEY}
+    checkpoint_dir = CHECKPOINT_ROOT / checkpoint_key(
+        {"dataset": dataset_card.get("name"), "sha256": dataset_card.get("sha256"),
+         "splits": dataset_card.get("splits")},
+        spec.to_dict(), key_cfg, view_policy,
+    )
+    resumed_from = _previous_run(checkpoint_dir) if cfg.resume else None
+    _remember_run(checkpoint_dir)
+    tracking.log_params_once({"model.num_parameters": num_parameters})
+    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective,
+                       **({"resumed_from_run": resumed_from} if resumed_from else {})})
+    log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
+             f"{num_parameters:,}", checkpoint_dir)
+
+    val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
+    module = PretrainModule(
+        net, objective, policy, cfg,
+        _training_images(images_train, images_unlabeled, cfg.use_unlabeled),
+        val, mean, std, num_classes=len(images_train.class_names),
+    )
+    logger = tracking.live_logger()
+    shown = slice(0, 8)
+    callbacks = []
+    if logger is not None and cfg.reconstruction_every_n_epochs:
+        callbacks.append(ReconstructionSnapshots(
+            val.originals[shown], val.views[shown], cfg.reconstruction_every_n_epochs,
+            lambda fig, epoch: logger.experiment.log_figure(
+                logger.run_id, fig, f"reconstructions/epoch_{epoch:05d}.png"),
+        ))
+    trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
+    epochs = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
+
+    net = module.net.cpu().eval()
+    figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
+    bundle = {
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "spec": spec.to_dict(),
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "class_names": list(images_train.class_names),
+        "dataset": dataset_card.get("name"),
+        "objective": cfg.objective,
+        "kl_coeff": objective.kl_coeff,
+        "epochs": int(epochs),
+        "num_parameters": int(num_parameters),
+        "mlflow_run_id": tracking.active_run_id(),
+    }
+    return bundle, figure
+
+
+def _previous_run(checkpoint_dir: Path) -> str | None:
+    marker = checkpoint_dir / "mlflow_run.json"
+    if (checkpoint_dir / "last.ckpt").is_file() and marker.is_file():
+        return json.loads(marker.read_text()).get("run_id")
+    return None
+
+
+def _remember_run(checkpoint_dir: Path) -> None:
+    run_id = tracking.active_run_id()
+    if run_id:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))

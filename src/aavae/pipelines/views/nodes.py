@@ -1,0 +1,64 @@
+"""Views: resolve the augmentation policy, preview it, fix a seeded set of validation views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from aavae.config import ViewsConfig, parse
+from aavae.data.imageset import ImageSet
+from aavae.plots import image_grid
+from aavae.views import ViewPolicy, channel_stats, make_views
+
+
+def _policy(view_policy: dict[str, Any]) -> ViewPolicy:
+    fields = {k: v for k, v in view_policy.items() if k not in ("mean", "std")}
+    return ViewPolicy.from_dict(fields)
+
+
+def _views_uint8(images: np.ndarray, policy: ViewPolicy, seed: int) -> np.ndarray:
+    """Views of uint8 N x H x W x C images, back as uint8 N x H x W x C."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    views = make_views(batch, policy, torch.Generator().manual_seed(seed))
+    return (views.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def resolve_view_policy(views: dict[str, Any], images_train: ImageSet) -> dict[str, Any]:
+    """The policy actually used, plus the per-channel mean/std of the training images."""
+    config = parse("views", views, ViewsConfig)
+    policy = ViewPolicy(**config.policy_fields())
+    mean, std = channel_stats(np.asarray(images_train.images))
+    return {**policy.to_dict(), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> Figure:
+    """A grid: each training image beside several of its views."""
+    config = parse("views", views, ViewsConfig)
+    policy = _policy(view_policy)
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(images_train), size=min(config.preview_count, len(images_train)), replace=False))
+    originals = np.asarray(images_train.images[chosen])
+    columns = [originals] + [
+        _views_uint8(originals, policy, config.seed + 1 + k) for k in range(config.preview_views)
+    ]
+    titles = ["original"] + [f"view {k + 1}" for k in range(config.preview_views)]
+    return image_grid(columns, titles, title="Training views (AAVAE input) beside the original")
+
+
+def make_validation_views(images_test: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A fixed, seeded set of views of held-out images, so val loss compares across runs.
+
+    Only monitored during pretraining; nothing is selected on it.
+    """
+    config = parse("views", views, ViewsConfig)
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(images_test), size=min(config.val_count, len(images_test)), replace=False))
+    originals = np.ascontiguousarray(images_test.images[chosen])
+    return {
+        "views": _views_uint8(originals, _policy(view_policy), config.seed),
+        "originals": originals,
+        "labels": np.asarray(images_test.labels[chosen]),
+    }
