@@ -1,0 +1,204 @@
+"""Mirror decoders: latent vector -> image, the encoder's ResNet run backwards.
+
+As in the paper's final decoder: no batch norm, convolutions with bias, and every stride-2
+convolution of the encoder replaced by nearest-neighbour upsampling followed by a stride-1
+convolution. The latent goes through two Linear layers to ``h_dim``, is viewed as a
+``(h_dim // 16) x 4 x 4`` map, widened to ``h_dim`` channels by a 1x1 convolution, then four
+residual stages grow it back to the input size; the stem's downsampling is undone at the end.
+
+Channel counts: the paper's decoder starts from ``8 * width`` (512 at width 64) channels and
+halves them before every stage, so the stages have ``4w, 2w, w, w/2`` planes (x widen).
+Submodule names (``linear_projection1/2``, ``conv1``, ``layer1``..``layer4``, ``upsample``,
+``conv2``, ``final_conv``) follow the paper's code so its checkpoints load by key.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .encoder import Architecture, Stem, check_width, get_architecture, get_stem
+
+SEED_SIDE = 4  # side of the first feature map the latent is reshaped into
+DECODER_WIDTH_FACTOR = 8  # the paper's decoder width_per_group (512) over the encoder's (64)
+
+
+class Upscale(nn.Module):
+    """Nearest-neighbour upsampling by 2, or to a fixed square size."""
+
+    def __init__(self, size: int | None = None) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.size is None:
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        if x.shape[-2:] == (self.size, self.size):
+            return x  # nearest-neighbour resize to the same size is the identity
+        return F.interpolate(x, size=(self.size, self.size), mode="nearest")
+
+    def extra_repr(self) -> str:
+        return "scale_factor=2" if self.size is None else f"size={self.size}"
+
+
+def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+
+
+def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, bias=True)
+
+
+def _skip_path(
+    in_channels: int, out_channels: int, upscale: Upscale | None
+) -> nn.Sequential | None:
+    """Skip connection of a block that changes size or channels (None: plain identity)."""
+    if upscale is None and in_channels == out_channels:
+        return None
+    layers: list[nn.Module] = [] if upscale is None else [Upscale(upscale.size)]
+    layers.append(_conv1x1(in_channels, out_channels))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """Upscale (if any), then two 3x3 convolutions, with a residual connection."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, upscale: Upscale | None = None) -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.conv1 = _conv3x3(in_channels, planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.upsample = _skip_path(in_channels, planes, upscale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.upsample is None else self.upsample(x)
+        out = x if self.upscale is None else self.upscale(x)
+        out = self.conv2(self.relu(self.conv1(out)))
+        out += identity  # in place: saves one activation-sized buffer per block
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1, upscale (if any), 3x3, 1x1 expand, with a residual connection."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, upscale: Upscale | None = None) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.upscale = upscale
+        self.conv1 = _conv1x1(in_channels, planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.conv3 = _conv1x1(planes, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.upsample = _skip_path(in_channels, out_channels, upscale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.upsample is None else self.upsample(x)
+        out = self.relu(self.conv1(x))
+        if self.upscale is not None:
+            out = self.upscale(out)
+        out = self.conv3(self.relu(self.conv2(out)))
+        out += identity  # in place: saves one activation-sized buffer per block
+        return self.relu(out)
+
+
+def _stage(
+    block: type[nn.Module], in_channels: int, planes: int, blocks: int, upscale: Upscale
+) -> nn.Sequential:
+    """One resolution stage: the first block upscales, the rest keep size and channels."""
+    out_channels = planes * block.expansion
+    layers = [block(in_channels, planes, upscale)]
+    layers += [block(out_channels, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def check_input_size(input_size: int, stem_name: str) -> None:
+    """The decoder rebuilds ``input_size`` exactly only when the stem's downsampling divides it."""
+    factor = get_stem(stem_name).downsampling
+    if isinstance(input_size, bool) or not isinstance(input_size, int):
+        raise ValueError(f"input_size must be an integer, got {input_size!r}")
+    if input_size < factor or input_size % factor:
+        raise ValueError(
+            f"input_size {input_size} does not fit stem {stem_name!r}: it downsamples by "
+            f"{factor}, so the image side must be a positive multiple of {factor} "
+            f"(e.g. {max(factor, input_size // factor * factor)}); resize the images or pick "
+            f"another stem"
+        )
+
+
+def check_h_dim(h_dim: int) -> None:
+    if isinstance(h_dim, bool) or not isinstance(h_dim, int) or h_dim < 16 or h_dim % 16:
+        raise ValueError(
+            f"h_dim must be a positive multiple of 16 (the decoder views it as "
+            f"h_dim/16 x 4 x 4), got {h_dim!r}"
+        )
+
+
+class ResNetDecoder(nn.Module):
+    """``z (N, latent_dim) -> x_hat (N, 3, input_size, input_size)``."""
+
+    def __init__(
+        self,
+        arch: Architecture,
+        stem: Stem,
+        input_size: int,
+        latent_dim: int,
+        h_dim: int,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        block = Bottleneck if arch.bottleneck else BasicBlock
+        self.h_dim = h_dim
+        self.stem = stem
+        self.linear_projection1 = nn.Linear(latent_dim, h_dim)
+        self.linear_projection2 = nn.Linear(h_dim, h_dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1 = _conv1x1(h_dim // SEED_SIDE**2, h_dim)
+
+        # The first stage resizes the 4x4 seed to the encoder's final resolution; each later
+        # stage doubles it, mirroring the encoder's strided stages.
+        channels = DECODER_WIDTH_FACTOR * width * arch.widen
+        in_channels = h_dim
+        for index, blocks in enumerate(arch.decoder_blocks):
+            planes = max(1, channels // 2 ** (index + 1))
+            upscale = Upscale(input_size // stem.downsampling) if index == 0 else Upscale()
+            setattr(self, f"layer{index + 1}", _stage(block, in_channels, planes, blocks, upscale))
+            in_channels = planes * block.expansion
+
+        self.conv2 = _conv3x3(in_channels, width)
+        self.final_conv = _conv3x3(width, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.relu(self.linear_projection1(z))
+        x = self.relu(self.linear_projection2(x))
+        x = x.view(x.size(0), self.h_dim // SEED_SIDE**2, SEED_SIDE, SEED_SIDE)
+        x = self.relu(self.conv1(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if self.stem.max_pool:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = self.relu(self.conv2(x))
+        if self.stem.stride > 1:
+            x = F.interpolate(x, scale_factor=self.stem.stride, mode="nearest")
+        return self.final_conv(x)
+
+
+def build_decoder(
+    name: str,
+    stem: str,
+    input_size: int,
+    latent_dim: int,
+    h_dim: int,
+    width: int = 64,
+) -> ResNetDecoder:
+    """The mirror decoder of encoder ``name`` for images of side ``input_size``."""
+    arch = get_architecture(name)
+    check_width(width)
+    check_input_size(input_size, stem)
+    check_h_dim(h_dim)
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+    return ResNetDecoder(arch, get_stem(stem), input_size, latent_dim, h_dim, width)

@@ -1,0 +1,234 @@
+"""The whole AAVAE network (encoder, posterior head, decoder, likelihood scale) and its config.
+
+``AAVAENet`` keeps the attribute names of the paper's Lightning module (``encoder``,
+``decoder``, ``projection``, ``log_scale``), so the paper's checkpoints load with
+:func:`load_paper_checkpoint` after dropping the entries that are not part of the model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .decoder import ResNetDecoder, build_decoder, check_h_dim, check_input_size
+from .encoder import (
+    ResNetEncoder,
+    build_encoder,
+    check_width,
+    encoder_out_dim,
+    get_architecture,
+    get_stem,
+)
+from .heads import ProjectionHead
+
+MODEL_PREFIXES = ("encoder.", "decoder.", "projection.")
+LOG_SCALE_KEY = "log_scale"
+MAX_KEYS_LISTED = 10
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an AAVAENet; persisted next to its weights.
+
+    ``h_dim`` (projection hidden size and decoder width at the bottleneck) defaults to the
+    encoder's feature size, as in the paper. ``input_size`` is the image side the decoder
+    reconstructs. ``log_scale`` starts the Gaussian likelihood's log-scale, which is trained
+    only when ``learn_scale`` is set.
+    """
+
+    encoder: str = "resnet18"
+    stem: str = "cifar"
+    width: int = 64
+    h_dim: int | None = None
+    latent_dim: int = 128
+    input_size: int = 32
+    log_scale: float = 0.0
+    learn_scale: bool = False
+
+    def __post_init__(self) -> None:
+        get_architecture(self.encoder)
+        get_stem(self.stem)
+        check_width(self.width)
+        _check_positive_int("latent_dim", self.latent_dim)
+        check_input_size(self.input_size, self.stem)
+        if self.h_dim is not None:
+            _check_positive_int("h_dim", self.h_dim)
+            check_h_dim(self.h_dim)
+        elif self.feature_dim % 16:
+            raise ValueError(
+                f"ModelSpec: the default h_dim (the encoder's output size, {self.feature_dim} "
+                f"for {self.encoder} at width {self.width}) is not a multiple of 16, which the "
+                f"decoder needs; set h_dim to a multiple of 16 or raise width"
+            )
+        if isinstance(self.log_scale, bool) or not isinstance(self.log_scale, (int, float)):
+            raise ValueError(f"ModelSpec.log_scale must be a number, got {self.log_scale!r}")
+        object.__setattr__(self, "log_scale", float(self.log_scale))
+        if not isinstance(self.learn_scale, bool):
+            raise ValueError(
+                f"ModelSpec.learn_scale must be true or false, got {self.learn_scale!r}"
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the encoder's output (the representation)."""
+        return encoder_out_dim(self.encoder, self.width)
+
+    @property
+    def resolved_h_dim(self) -> int:
+        return self.feature_dim if self.h_dim is None else self.h_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (str, int, float, bool, None)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"ModelSpec.from_dict expects a mapping, got {type(data).__name__}")
+        known = [field.name for field in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(
+                f"ModelSpec: unknown keys {unknown}; known keys are {', '.join(known)}"
+            )
+        return cls(**data)
+
+
+class AAVAENet(nn.Module):
+    """Encoder -> posterior head (mu, logvar); latent -> decoder -> image mean."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        h_dim = spec.resolved_h_dim
+        self.encoder: ResNetEncoder = build_encoder(spec.encoder, spec.stem, spec.width)
+        self.decoder: ResNetDecoder = build_decoder(
+            spec.encoder, spec.stem, spec.input_size, spec.latent_dim, h_dim, spec.width
+        )
+        self.projection = ProjectionHead(self.encoder.out_dim, h_dim, spec.latent_dim)
+        self.log_scale = nn.Parameter(
+            torch.tensor([spec.log_scale]), requires_grad=spec.learn_scale
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The representation: ``(N, 3, H, W) -> (N, feature_dim)``."""
+        return self.encoder(x)
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z | x), each ``(N, latent_dim)``."""
+        return self.projection(self.encoder(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Mean of p(x | z): ``(N, latent_dim) -> (N, 3, input_size, input_size)``."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encode(x)
+
+
+def build_model(spec: ModelSpec) -> AAVAENet:
+    return AAVAENet(spec)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """All parameters, trainable or frozen (a fixed ``log_scale`` counts as one)."""
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+def _read_state_dict(path: Path) -> Mapping[str, Any]:
+    """Tensors of a Lightning ``.ckpt`` (its ``state_dict`` entry) or of a bare state_dict."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"checkpoint {path} holds Python objects beyond tensors ({_refused_global(error)}), "
+            f"which are not unpickled from files that may be untrusted. If you trust this "
+            f"file, extract its weights once with torch.save(torch.load(path, "
+            f"weights_only=False)['state_dict'], 'weights.pt') and load weights.pt instead"
+        ) from error
+    except Exception as error:  # truncated or not a torch file at all
+        raise ValueError(f"checkpoint {path} could not be read by torch.load: {error}") from error
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        content = content["state_dict"]
+    if not isinstance(content, Mapping) or not all(isinstance(k, str) for k in content):
+        raise ValueError(
+            f"checkpoint {path} is neither a Lightning checkpoint (a dict with 'state_dict') "
+            f"nor a state_dict (a dict of name -> tensor)"
+        )
+    return content
+
+
+def _refused_global(error: Exception) -> str:
+    """The 'Unsupported global: ...' part of torch's weights_only refusal, if it has one."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f"it refers to {found.group(1)}" if found else str(error).splitlines()[0]
+
+
+def _is_model_key(key: str) -> bool:
+    return key == LOG_SCALE_KEY or key.startswith(MODEL_PREFIXES)
+
+
+def _list_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_KEYS_LISTED])
+    more = f", ... ({len(keys) - MAX_KEYS_LISTED} more)" if len(keys) > MAX_KEYS_LISTED else ""
+    return f"{len(keys)}: {shown}{more}"
+
+
+def _describe(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else f"<{type(value).__name__}>"
+
+
+def _mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Any]) -> list[str]:
+    """Human-readable lines for missing, unexpected and wrongly shaped keys (empty: all fit)."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    wrong_shape = [
+        f"{key} {_describe(found[key])} vs {tuple(expected[key].shape)}"
+        for key in expected
+        if key in found
+        and (not isinstance(found[key], Tensor) or found[key].shape != expected[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_list_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_list_keys(unexpected)}")
+    if wrong_shape:
+        problems.append(f"wrong shapes (checkpoint vs model) {_list_keys(wrong_shape)}")
+    return problems
+
+
+def load_paper_checkpoint(path: str | os.PathLike, spec: ModelSpec) -> AAVAENet:
+    """An AAVAENet built from ``spec`` holding the weights of a paper-layout checkpoint.
+
+    Keeps the ``encoder.``, ``decoder.``, ``projection.`` and ``log_scale`` entries and ignores
+    the rest (online fine-tuner, optimizer state, ...). A checkpoint that does not fit ``spec``
+    raises a ValueError listing the mismatched keys.
+    """
+    path = Path(path)
+    state = {key: value for key, value in _read_state_dict(path).items() if _is_model_key(key)}
+    model = build_model(spec)
+    problems = _mismatches(model.state_dict(), state)
+    if problems:
+        raise ValueError(
+            f"checkpoint {path} does not fit {spec}: " + "; ".join(problems) + ". "
+            "Check the spec's encoder, stem, width, h_dim and latent_dim against the "
+            "settings the checkpoint was trained with"
+        )
+    model.load_state_dict(state)
+    return model
