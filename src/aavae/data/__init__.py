@@ -1,66 +1,70 @@
-"""Dataset readers. Each returns image sets in one form (see imageset.py).
+"""Dataset readers. Each returns its splits as image sets of one form (see imageset.py).
 
-``read_dataset`` dispatches on ``dataset.name``; the readers themselves take plain
-arguments so they can be used from a notebook or another project.
+``read_dataset`` dispatches on a validated ``DatasetConfig``; the readers themselves take
+plain arguments so they can be used from a notebook or another project.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from aavae.data.card import ReadResult
+from aavae.data.errors import DatasetError
 from aavae.data.imageset import UNLABELED, ImageSet, load_imageset, save_imageset
 
 __all__ = [
     "UNLABELED",
+    "DatasetError",
     "ImageSet",
-    "IngestResult",
+    "ReadResult",
     "load_imageset",
     "read_dataset",
     "save_imageset",
 ]
 
-
-@dataclass(frozen=True)
-class IngestResult:
-    """The three image sets the pipeline uses, plus where they came from."""
-
-    name: str
-    train: ImageSet
-    test: ImageSet
-    unlabeled: ImageSet
-    source: str
-    format: str
-    sha256: str | None = None
-    skipped: list[str] = field(default_factory=list)
-
-    def card(self) -> dict[str, Any]:
-        """The dataset card: provenance, counts per class and split, image size."""
-        splits = {
-            s.split: {"count": len(s), "counts_per_class": s.counts_per_class()}
-            for s in (self.train, self.test, self.unlabeled)
-            if len(s)
-        }
-        return {
-            "name": self.name,
-            "source": self.source,
-            "format": self.format,
-            "sha256": self.sha256,
-            "image_shape": list(self.train.image_shape),
-            "class_names": list(self.train.class_names),
-            "splits": splits,
-            "skipped_count": len(self.skipped),
-            "skipped": self.skipped,
-        }
+TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
 
 
-def read_dataset(config: Any) -> IngestResult:
+def read_dataset(config: Any) -> ReadResult:
     """Read the dataset a validated ``DatasetConfig`` names."""
     if config.name == "digits":
         from aavae.data.digits import SOURCE, read_digits
 
         splits = read_digits(config.image_size or 16, config.test_fraction, config.seed)
-        train = splits["train"]
-        empty = ImageSet.empty("unlabeled", train.image_shape, train.class_names)
-        return IngestResult("digits", train, splits["test"], empty, SOURCE, "sklearn")
-    raise NotImplementedError(f"dataset.name={config.name!r} is not wired yet")
+        return ReadResult(splits, SOURCE, "sklearn-digits")
+    if config.path is None and not config.download:
+        raise DatasetError(
+            f"dataset.path is not set for dataset.name={config.name}: give the file or folder "
+            "with --params dataset.path=<path> (or dataset.download=true for cifar10/stl10)."
+        )
+    path = config.path or "data/01_raw"
+    if config.name == "cifar10":
+        from aavae.data.cifar10 import read_cifar10
+
+        return read_cifar10(path, download=config.download)
+    if config.name == "stl10":
+        from aavae.data.stl10 import read_stl10
+
+        splits = ("train", "test", "unlabeled") if config.unlabeled else ("train", "test")
+        return read_stl10(path, splits=splits, download=config.download)
+    from aavae.data.imagefolder import read_imagefolder
+
+    return read_imagefolder(
+        path, image_size=config.image_size, resize=config.resize, on_bad_image=config.on_bad_image
+    )
+
+
+def pipeline_splits(result: ReadResult) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The train, test and unlabeled sets the pipelines use (unlabeled may be empty)."""
+    splits = result.splits
+    if "train" not in splits:
+        raise DatasetError(f"'{result.source}' holds no 'train' split (found: {', '.join(splits)})")
+    test_name = next((name for name in TEST_SPLIT_NAMES if name in splits), None)
+    if test_name is None:
+        raise DatasetError(
+            f"'{result.source}' holds no test split: expected one of {', '.join(TEST_SPLIT_NAMES)} "
+            f"beside 'train' (found: {', '.join(splits)}). Evaluation needs held-out images."
+        )
+    train = splits["train"]
+    unlabeled = splits.get("unlabeled") or ImageSet.empty("unlabeled", train.image_shape, train.class_names)
+    return train, splits[test_name], unlabeled

@@ -48,7 +48,7 @@ class ImageSet:
 
     def counts_per_class(self) -> dict[str, int]:
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
-        result = {name: int(n) for name, n in zip(self.class_names, counts)}
+        result = {name: int(n) for name, n in zip(self.class_names, counts, strict=False)}
         unlabeled = int((self.labels == UNLABELED).sum())
         if unlabeled:
             result["<unlabeled>"] = unlabeled

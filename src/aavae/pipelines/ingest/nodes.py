@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from aavae.config import DatasetConfig, parse
-from aavae.data import read_dataset
+from aavae.data import pipeline_splits, read_dataset
 from aavae.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
@@ -16,9 +16,15 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[
     """Read the dataset named by ``params:dataset``; return train, test, unlabeled, card."""
     config = parse("dataset", dataset, DatasetConfig)
     result = read_dataset(config)
-    card = result.card()
-    log.info(
-        "Ingested %s: %s", config.name,
-        ", ".join(f"{split} {info['count']}" for split, info in card["splits"].items()),
-    )
-    return result.train, result.test, result.unlabeled, card
+    train, test, unlabeled = pipeline_splits(result)
+    card = {
+        "name": config.name,
+        "class_names": list(train.class_names),
+        "image_shape": list(train.image_shape),
+        **result.describe(),
+    }
+    log.info("Ingested %s from %s: %s", config.name, result.source,
+             ", ".join(f"{name} {info['count']}" for name, info in card["splits"].items()))
+    if result.skipped:
+        log.warning("Skipped %d undecodable files (listed in dataset_card.json)", len(result.skipped))
+    return train, test, unlabeled, card

@@ -1,0 +1,460 @@
+"""Read the files of a folder, tar or zip archive in memory, treating archives as untrusted.
+
+Nothing is ever extracted to disk. Every archive member is checked before it is read:
+absolute paths, ``..`` components, links, devices and absurd declared sizes are refused with
+an error naming the archive and the member. Read failures of a truncated or corrupt archive
+(tar, gzip, bz2, xz, zip or EOF errors) are re-raised as :class:`DatasetError` naming the
+file. The module also holds what the readers of official datasets share: checksums, the md5
+check of an official archive, finding the archive or its extracted folder, and downloading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import BinaryIO
+
+from aavae.data.errors import DatasetError
+
+try:  # lzma is optional in some Python builds; tarfile then cannot read .xz anyway
+    from lzma import LZMAError
+except ImportError:  # pragma: no cover
+    LZMAError = OSError  # type: ignore[misc,assignment]
+
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024**2
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+ZIP_SUFFIXES = (".zip",)
+
+# What a damaged archive raises somewhere between opening it and reading its last byte.
+_READ_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    LZMAError,
+    OSError,
+    NotImplementedError,  # zip members with a compression method zipfile lacks
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file or folder of a source: a relative POSIX path and its (declared) size."""
+
+    name: str
+    size: int
+    is_dir: bool = False
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return PurePosixPath(self.name).parts
+
+
+class Source(ABC):
+    """A folder or archive whose files are listed and read without extracting anything."""
+
+    kind = "source"
+    _damage_hint = (
+        "The archive looks truncated or corrupt: download or create it again "
+        "(check its size and checksum)."
+    )
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @abstractmethod
+    def entries(self) -> list[Entry]:
+        """All files and folders, each checked to be safe to read."""
+
+    @abstractmethod
+    def files(
+        self, wanted: Callable[[Entry], bool] | None = None
+    ) -> Iterator[tuple[Entry, BinaryIO]]:
+        """Yield ``(entry, stream)`` for the wanted files in storage order.
+
+        A stream is valid until the next item is requested; reading from it raises
+        :class:`DatasetError` (naming the file and member) if the source is damaged.
+        """
+
+    def close(self) -> None:  # noqa: B027 - only archives hold something to close
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def describe(self, member: str | None = None) -> str:
+        """How messages name this source, or one member of it."""
+        if member is None:
+            return f"{self.kind} '{self.path}'"
+        return f"'{member}' in {self.kind} '{self.path}'"
+
+    @contextlib.contextmanager
+    def _reading(self, member: str | None = None) -> Iterator[None]:
+        """Re-raise low-level read failures as a DatasetError that names the file."""
+        try:
+            yield
+        except _READ_ERRORS as exc:
+            raise DatasetError(
+                f"Could not read {self.describe(member)}: {type(exc).__name__}: {exc}. "
+                f"{self._damage_hint}"
+            ) from exc
+
+
+class _GuardedStream(io.RawIOBase):
+    """A member's byte stream whose read errors name the archive and the member."""
+
+    def __init__(self, raw: BinaryIO, source: Source, member: str) -> None:
+        super().__init__()
+        self._raw, self._source, self._member = raw, source, member
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        with self._source._reading(self._member):
+            return self._raw.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        with self._source._reading(self._member):
+            return self._raw.read(size)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+
+class DirectorySource(Source):
+    """A folder on the local disk (the user's own, so it is trusted like any local file)."""
+
+    kind = "folder"
+    _damage_hint = "Check that the file exists and is readable."
+    _listing: list[Entry] | None = None
+
+    def entries(self) -> list[Entry]:
+        if self._listing is None:
+            self._listing = self._walk()
+        return self._listing
+
+    def _walk(self) -> list[Entry]:
+        found = []
+        with self._reading():
+            for folder, subfolders, filenames in os.walk(self.path):
+                subfolders.sort()
+                here = Path(folder)
+                relative = here.relative_to(self.path).as_posix()
+                prefix = "" if relative == "." else f"{relative}/"
+                found.extend(Entry(f"{prefix}{name}", 0, is_dir=True) for name in subfolders)
+                found.extend(
+                    Entry(f"{prefix}{name}", (here / name).stat().st_size)
+                    for name in sorted(filenames)
+                )
+        return found
+
+    def files(
+        self, wanted: Callable[[Entry], bool] | None = None
+    ) -> Iterator[tuple[Entry, BinaryIO]]:
+        for entry in self.entries():
+            if entry.is_dir or (wanted is not None and not wanted(entry)):
+                continue
+            with self._reading(entry.name):
+                stream = open(self.path / entry.name, "rb")  # noqa: SIM115 - closed below
+            with stream:
+                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+
+
+class TarSource(Source):
+    """A tar archive, plain or compressed with gzip, bz2 or xz, read member by member."""
+
+    kind = "archive"
+
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
+        super().__init__(path)
+        self._max_member_bytes = max_member_bytes
+        with self._reading():
+            self._tar = tarfile.open(path, "r:*")
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def entries(self) -> list[Entry]:
+        with self._reading():
+            members = self._tar.getmembers()
+        return [entry for entry in map(self._checked, members) if entry is not None]
+
+    def files(
+        self, wanted: Callable[[Entry], bool] | None = None
+    ) -> Iterator[tuple[Entry, BinaryIO]]:
+        # Iterating the TarFile reads headers lazily (or reuses those entries() loaded), so a
+        # compressed archive is decompressed front to back once, without seeking backwards.
+        with self._reading():
+            for member in self._tar:
+                entry = self._checked(member)
+                if entry is None or entry.is_dir or (wanted is not None and not wanted(entry)):
+                    continue
+                stream = self._tar.extractfile(member)
+                assert stream is not None  # a regular file, checked above
+                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+
+    def _checked(self, member: tarfile.TarInfo) -> Entry | None:
+        name = safe_member_name(member.name, self)
+        if member.issym() or member.islnk():
+            raise DatasetError(
+                f"Refusing {self.describe(member.name)}: it is a link (to '{member.linkname}'). "
+                "Archives must hold plain files: re-create it without links (e.g. tar --dereference)."
+            )
+        if not (member.isfile() or member.isdir()):
+            raise DatasetError(
+                f"Refusing {self.describe(member.name)}: it is a device, pipe or other special "
+                "file. Archives must hold plain files and folders only."
+            )
+        check_member_size(member.size, member.name, self, self._max_member_bytes)
+        if not name:  # the archive's own root, "./"
+            return None
+        return Entry(name, member.size, is_dir=member.isdir())
+
+
+class ZipSource(Source):
+    """A zip archive, read member by member."""
+
+    kind = "archive"
+
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
+        super().__init__(path)
+        self._max_member_bytes = max_member_bytes
+        with self._reading():
+            self._zip = zipfile.ZipFile(path)
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def entries(self) -> list[Entry]:
+        return [entry for entry in map(self._checked, self._zip.infolist()) if entry is not None]
+
+    def files(
+        self, wanted: Callable[[Entry], bool] | None = None
+    ) -> Iterator[tuple[Entry, BinaryIO]]:
+        for info in self._zip.infolist():
+            entry = self._checked(info)
+            if entry is None or entry.is_dir or (wanted is not None and not wanted(entry)):
+                continue
+            with self._reading(info.filename):
+                stream = self._zip.open(info)
+            with stream:
+                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+
+    def _checked(self, info: zipfile.ZipInfo) -> Entry | None:
+        name = safe_member_name(info.filename, self)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DatasetError(
+                f"Refusing {self.describe(info.filename)}: it is a symbolic link. Archives must "
+                "hold plain files: re-create it without links."
+            )
+        if info.flag_bits & 0x1:
+            raise DatasetError(
+                f"Cannot read {self.describe(info.filename)}: it is encrypted. Re-create the "
+                "archive without a password."
+            )
+        check_member_size(info.file_size, info.filename, self, self._max_member_bytes)
+        if not name:
+            return None
+        return Entry(name, info.file_size, is_dir=info.is_dir())
+
+
+def safe_member_name(raw_name: str, source: Source) -> str:
+    """The member's path as a clean relative POSIX path; refuse absolute paths and ``..``."""
+    name = raw_name.replace("\\", "/")  # some Windows zip tools write backslashes
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise DatasetError(
+            f"Refusing {source.describe(raw_name)}: it has an absolute path. Archive members "
+            "must be relative paths: re-create the archive from inside its folder."
+        )
+    parts = PurePosixPath(name).parts
+    if ".." in parts:
+        raise DatasetError(
+            f"Refusing {source.describe(raw_name)}: its path contains '..' and would point "
+            "outside the archive. Re-create the archive from inside its folder."
+        )
+    return "/".join(parts)
+
+
+def check_member_size(size: int, name: str, source: Source, limit: int) -> None:
+    if size > limit:
+        raise DatasetError(
+            f"Refusing {source.describe(name)}: it declares {size:,} bytes, more than the "
+            f"{limit:,} bytes a file of this dataset can have. The archive is not what it "
+            "claims to be: check where it came from."
+        )
+
+
+def is_archive_name(path: Path) -> bool:
+    return path.name.lower().endswith(TAR_SUFFIXES + ZIP_SUFFIXES)
+
+
+def open_source(
+    path: str | os.PathLike, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Source:
+    """Open a folder, tar (optionally gz/bz2/xz) or zip archive for reading.
+
+    The kind is taken from the name (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ...), else
+    from the file's content. ``max_member_bytes`` caps the declared size of one member.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return DirectorySource(path)
+    if not path.is_file():
+        raise DatasetError(f"'{path}' does not exist (or is not a file or folder).")
+    lowered = path.name.lower()
+    if lowered.endswith(ZIP_SUFFIXES):
+        return ZipSource(path, max_member_bytes)
+    if lowered.endswith(TAR_SUFFIXES):
+        return TarSource(path, max_member_bytes)
+    if zipfile.is_zipfile(path):
+        return ZipSource(path, max_member_bytes)
+    if tarfile.is_tarfile(path):
+        return TarSource(path, max_member_bytes)
+    raise DatasetError(
+        f"'{path}' is neither a folder nor a readable archive: expected a folder, a .tar, "
+        ".tar.gz/.tgz, .tar.bz2, .tar.xz or .zip file. If it is one of these, it is damaged: "
+        "download or create it again."
+    )
+
+
+def read_exactly(stream: BinaryIO, buffer: memoryview, what: str) -> None:
+    """Fill ``buffer`` from ``stream`` (streams may return short reads); error if it ends early."""
+    filled = 0
+    while filled < len(buffer):
+        count = stream.readinto(buffer[filled:])  # type: ignore[attr-defined]
+        if not count:
+            raise DatasetError(
+                f"{what} ended after {filled:,} of {len(buffer):,} expected bytes: the file is "
+                "truncated. Download or create it again."
+            )
+        filled += count
+
+
+# -- checksums -------------------------------------------------------------------------------
+
+
+def file_digests(
+    path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)
+) -> dict[str, str]:
+    """Hex digests of a file for several algorithms, in one pass over it."""
+    hashers = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
+    with open(path, "rb") as stream:
+        while chunk := stream.read(4 * 1024**2):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+# -- official datasets: an archive, its extracted folder, or a folder holding either ----------
+
+
+@dataclass(frozen=True)
+class OfficialArchive:
+    """Where and how an official dataset archive is published."""
+
+    dataset: str  # e.g. "CIFAR-10 (python version)"
+    archive_name: str  # e.g. "cifar-10-python.tar.gz"
+    folder_name: str  # the folder the archive extracts to, e.g. "cifar-10-batches-py"
+    marker_files: tuple[str, ...]  # files whose presence identifies the extracted folder
+    url: str
+    md5: str
+
+    def accepted_layouts(self) -> str:
+        return (
+            f"the archive '{self.archive_name}', its extracted folder '{self.folder_name}/' "
+            f"(holding {', '.join(self.marker_files)}), or a folder containing either"
+        )
+
+
+def locate_official(path: str | os.PathLike, archive: OfficialArchive, download: bool) -> Path:
+    """Resolve ``path`` to the official archive file or its extracted folder.
+
+    ``path`` may be the archive, the extracted folder, or a folder holding either (like
+    torchvision's ``root``). With ``download=True`` and no local copy, the archive is
+    downloaded (and its md5 checked) into that folder, or to ``path`` if it names an archive.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in archive.marker_files):
+            return path
+        if (path / archive.folder_name).is_dir():
+            return path / archive.folder_name
+        if (path / archive.archive_name).is_file():
+            return path / archive.archive_name
+    if download:
+        destination = path if is_archive_name(path) else path / archive.archive_name
+        download_archive(archive, destination)
+        return destination
+    if path.is_dir():
+        raise DatasetError(
+            f"Folder '{path}' does not hold {archive.dataset} in a known layout. Accepted: "
+            f"{archive.accepted_layouts()}. Point to one of these, or pass download=True to "
+            f"fetch {archive.url}."
+        )
+    raise DatasetError(
+        f"{archive.dataset} path '{path}' does not exist. Accepted: "
+        f"{archive.accepted_layouts()}. Pass download=True to fetch {archive.url} there."
+    )
+
+
+def archive_sha256(path: Path, archive: OfficialArchive, expected_md5: str | None) -> str | None:
+    """The sha256 of an archive file (``None`` for a folder), checking the official one's md5.
+
+    The md5 is checked only for a file named like the official archive: a re-packed archive
+    under another name is read as it is.
+    """
+    if path.is_dir():
+        return None
+    check_md5 = expected_md5 is not None and path.name == archive.archive_name
+    digests = file_digests(path, ("sha256", "md5") if check_md5 else ("sha256",))
+    if check_md5 and digests["md5"] != expected_md5:
+        raise DatasetError(
+            f"'{path}' has md5 {digests['md5']}, expected {expected_md5} for the official "
+            f"{archive.dataset} archive. The file is incomplete or not the official one: delete "
+            f"it and download it again (download=True, or from {archive.url}), or pass "
+            "expected_md5=None to read a re-packed archive as it is."
+        )
+    return digests["sha256"]
+
+
+def download_archive(archive: OfficialArchive, destination: Path) -> None:
+    """Download the official archive to ``destination`` with torchvision, checking its md5."""
+    from torchvision.datasets.utils import download_url  # heavy import, only when needed
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url(archive.url, str(destination.parent), destination.name, archive.md5)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
+        raise DatasetError(
+            f"Could not download {archive.dataset} from {archive.url} to '{destination}': {exc}. "
+            "Check the network connection, or download the file by hand and pass its path."
+        ) from exc
+    if not destination.is_file():
+        raise DatasetError(
+            f"Downloading {archive.url} did not produce '{destination}'. Download the file by "
+            "hand and pass its path."
+        )

@@ -1,0 +1,218 @@
+"""CIFAR-10 from its official "python version": ``cifar-10-python.tar.gz`` or the extracted folder.
+
+Each batch file is a pickle of a dict with ``b"data"`` (uint8 ``N x 3072``: a row holds the
+1024 red, then 1024 green, then 1024 blue values of a 32 x 32 image in row-major order) and
+``b"labels"`` (a list of N ints in 0..9); ``batches.meta`` holds ``b"label_names"``.
+``data_batch_1`` .. ``data_batch_5`` make the 50,000 training images, ``test_batch`` the
+10,000 test images. Archive members are read in memory, never extracted.
+
+Pickles can run arbitrary code when loaded, so they are loaded by an unpickler that resolves
+only the few numpy globals an array needs; anything else stops the read with an error.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from aavae.data.archive import OfficialArchive, Source, archive_sha256, locate_official, open_source
+from aavae.data.card import ReadResult
+from aavae.data.errors import DatasetError
+from aavae.data.imageset import ImageSet
+
+try:  # numpy >= 2 moved the module numpy.core to numpy._core
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
+
+CIFAR10 = OfficialArchive(
+    dataset="CIFAR-10 (python version)",
+    archive_name="cifar-10-python.tar.gz",
+    folder_name="cifar-10-batches-py",
+    marker_files=("batches.meta", "data_batch_1", "test_batch"),
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+)
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+IMAGE_SIDE = 32
+ROW_LENGTH = 3 * IMAGE_SIDE * IMAGE_SIDE
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as pickles written by Python 3 with protocol 2 use it for bytes."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding '{encoding}' is not allowed")
+    return text.encode("latin1")
+
+
+# The globals a pickled uint8 array refers to, under the module names numpy 1 (the official
+# files) and numpy 2 write; nothing else may be constructed while unpickling.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"global '{module}.{name}' is not allowed (a CIFAR-10 batch holds only "
+                "dicts, lists, bytes and numpy arrays)"
+            ) from None
+
+
+def read_cifar10(
+    path: str | os.PathLike,
+    *,
+    download: bool = False,
+    expected_md5: str | None = CIFAR10.md5,
+) -> ReadResult:
+    """Read CIFAR-10 into ``{"train": 50,000 images, "test": 10,000 images}`` of 32 x 32 x 3.
+
+    Args:
+        path: ``cifar-10-python.tar.gz``, the extracted ``cifar-10-batches-py/`` folder, or a
+            folder holding either.
+        download: fetch the official archive into ``path`` when there is no local copy.
+        expected_md5: md5 an archive named ``cifar-10-python.tar.gz`` must have (the official
+            one's by default); ``None`` skips the check.
+    """
+    location = locate_official(path, CIFAR10, download)
+    sha256 = archive_sha256(location, CIFAR10, expected_md5)
+    with open_source(location) as source:
+        contents = _read_batch_files(source)
+    class_names = _class_names(*contents[META_FILE])
+    splits = {
+        split: _imageset(split, [contents[name] for name in names], class_names)
+        for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES))
+    }
+    return ReadResult(splits, str(location), "cifar10-python", sha256)
+
+
+def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
+    """Unpickle the batch files and the meta file: name -> (content, how errors name it)."""
+    needed = set(TRAIN_BATCHES + TEST_BATCHES + (META_FILE,))
+    contents: dict[str, tuple[dict, str]] = {}
+    for entry, stream in source.files(lambda entry: PurePosixPath(entry.name).name in needed):
+        name = PurePosixPath(entry.name).name
+        if name in contents:
+            raise DatasetError(
+                f"{source.describe()} holds '{name}' twice (the second is '{entry.name}'): "
+                "keep one copy of the CIFAR-10 batches."
+            )
+        where = source.describe(entry.name)
+        contents[name] = (_unpickle(stream.read(), where), where)
+    missing = sorted(needed - contents.keys())
+    if missing:
+        raise DatasetError(
+            f"{source.describe()} lacks {', '.join(missing)}. Expected the CIFAR-10 python "
+            f"batches {', '.join(sorted(needed))}: use the official {CIFAR10.archive_name} "
+            "(download=True fetches it)."
+        )
+    return contents
+
+
+def _unpickle(data: bytes, where: str) -> dict:
+    try:
+        # encoding="bytes" keeps the Python 2 strings of the official files as bytes
+        content = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as exc:
+        raise DatasetError(
+            f"Cannot unpickle {where}: {exc}. Expected a CIFAR-10 python batch; use the "
+            f"official {CIFAR10.archive_name}."
+        ) from exc
+    if not isinstance(content, Mapping):
+        raise DatasetError(
+            f"{where} holds a {type(content).__name__}, expected a dict (a CIFAR-10 python batch)."
+        )
+    return dict(content)
+
+
+def _field(batch: Mapping, key: str, where: str) -> Any:
+    """A batch's value under ``key`` (bytes keys in the official files, str if re-pickled)."""
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    found = ", ".join(repr(k) for k in batch) or "none"
+    raise DatasetError(
+        f"{where} has no key '{key}' (found: {found}); it is not a CIFAR-10 python batch."
+    )
+
+
+def _class_names(meta: Mapping, where: str) -> tuple[str, ...]:
+    names = _field(meta, "label_names", where)
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise DatasetError(
+            f"{where}: 'label_names' must be a list of {NUM_CLASSES} names, got {names!r:.200}."
+        )
+    return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+
+
+def _batch_arrays(batch: Mapping, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's images as N x 32 x 32 x 3 (a view) and its labels, validated."""
+    data = _field(batch, "data", where)
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != ROW_LENGTH
+    ):
+        described = (
+            f"{data.dtype} array of shape {data.shape}"
+            if isinstance(data, np.ndarray)
+            else type(data).__name__
+        )
+        raise DatasetError(
+            f"{where}: 'data' must be a uint8 array of shape N x {ROW_LENGTH}, got a {described}."
+        )
+    try:
+        labels = np.asarray(_field(batch, "labels", where), dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: 'labels' must be a list of integers ({exc}).") from exc
+    if labels.shape != (len(data),):
+        raise DatasetError(f"{where}: {len(data)} images but 'labels' has shape {labels.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DatasetError(
+            f"{where}: 'labels' must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}."
+        )
+    # Row = R plane, G plane, B plane, each row-major 32 x 32: to N x H x W x C.
+    images = data.reshape(-1, 3, IMAGE_SIDE, IMAGE_SIDE).transpose(0, 2, 3, 1)
+    return images, labels
+
+
+def _imageset(
+    split: str, batches: list[tuple[dict, str]], class_names: tuple[str, ...]
+) -> ImageSet:
+    arrays = [_batch_arrays(batch, where) for batch, where in batches]
+    images = np.concatenate([images for images, _ in arrays])  # one contiguous copy
+    labels = np.concatenate([labels for _, labels in arrays])
+    return ImageSet(images, labels, class_names, split)

@@ -1,0 +1,389 @@
+"""Image folders: ``<split>/<class>/<image>`` in a folder, ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip``.
+
+The layout is that of torchvision's ``ImageFolder`` with one more level for the split
+(``train/cat/0001.jpg``, ``test/cat/0002.png``); an archive may hold it inside one top-level
+folder. Images (jpg, jpeg, png, bmp, webp, any case) of any size and mode become RGB of one
+size. Hidden files and folders and ``__MACOSX`` are ignored.
+
+Reading has two steps. The listing is planned first (splits, classes, where each image
+goes), so a layout mistake is reported before anything is decoded and the output arrays are
+allocated once at their final size. Then the files are streamed in storage order (a
+compressed tar is decompressed front to back once) and decoded by a thread pool: Pillow
+releases the GIL while decoding and resizing, and large JPEGs are decoded at reduced scale
+(draft mode) when they are to be shrunk anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from aavae.data.archive import Entry, Source, file_digests, open_source
+from aavae.data.card import ReadResult
+from aavae.data.errors import DatasetError
+from aavae.data.imageset import ImageSet
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Pillow may only identify these formats: other plugins (EPS, for one) run external programs.
+# (Multi-picture JPEGs, MPO, open through the JPEG plugin.)
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+ResizePolicy = Literal["resize_crop", "resize"]
+BadImagePolicy = Literal["error", "skip"]
+RESIZE_POLICIES = ("resize_crop", "resize")
+BAD_IMAGE_POLICIES = ("error", "skip")
+BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
+EXPECTED_LAYOUT = (
+    "<split>/<class>/<image> with a 'train' split, e.g. train/cat/0001.jpg and "
+    "test/cat/0002.png (test is optional), as a folder, .tar, .tar.gz/.tgz or .zip file, "
+    "optionally inside one top-level folder"
+)
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """What a listing holds: class names and, per split, its image files with their labels."""
+
+    class_names: tuple[str, ...]
+    splits: dict[str, list[tuple[str, int]]]  # split -> [(entry name, label)], sorted by name
+
+
+def read_imagefolder(
+    path: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    resize: ResizePolicy = "resize_crop",
+    on_bad_image: BadImagePolicy = "error",
+    workers: int | None = None,
+) -> ReadResult:
+    """Read every split of an image folder tree into ImageSets of one image size.
+
+    Args:
+        path: a folder, ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` laid out as
+            ``<split>/<class>/<image>``, possibly inside one top-level folder.
+        image_size: side of the square output images. ``None`` keeps the images as they
+            are, and then they must all have the size of the first one.
+        resize: ``"resize_crop"`` scales the shorter side to ``image_size`` and crops the
+            centre; ``"resize"`` scales both sides to ``image_size`` (distorting the aspect).
+            Images that already have the output size are not resampled.
+        on_bad_image: ``"error"`` stops at the first undecodable image, naming it;
+            ``"skip"`` leaves it out and lists it in ``ReadResult.skipped``.
+        workers: decoding threads (default: the CPUs this process may use).
+    """
+    _check_arguments(image_size, resize, on_bad_image, workers)
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(
+            f"Image folder path '{path}' does not exist. Expected {EXPECTED_LAYOUT}."
+        )
+    with open_source(path) as source:
+        layout = plan_layout(source.entries(), source)
+        size = None if image_size is None else (image_size, image_size)
+        decoder = _Decoder(layout, size, resize, on_bad_image, source)
+        _stream_and_decode(source, decoder, workers or _available_cpus())
+    splits = decoder.results()
+    sha256 = None if path.is_dir() else file_digests(path)["sha256"]
+    return ReadResult(splits, str(path), "imagefolder", sha256, sorted(decoder.skipped))
+
+
+def _check_arguments(
+    image_size: object, resize: object, on_bad_image: object, workers: object
+) -> None:
+    if image_size is not None and (
+        not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1
+    ):
+        raise DatasetError(
+            f"image_size={image_size!r}: expected a positive integer, or None to keep the images' size."
+        )
+    if resize not in RESIZE_POLICIES:
+        raise DatasetError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}.")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DatasetError(
+            f"on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}."
+        )
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise DatasetError(
+            f"workers={workers!r}: expected a positive integer, or None for all CPUs."
+        )
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# -- planning: from a listing to splits, classes and labels -----------------------------------
+
+
+def plan_layout(entries: Iterable[Entry], source: Source) -> FolderLayout:
+    """Find splits and classes in a listing and check them; nothing is read or decoded."""
+    visible = [entry for entry in entries if not _is_ignored(entry.parts)]
+    root = _single_top_folder(visible)
+    classes: dict[str, set[str]] = {}  # split -> class folders (empty or not)
+    images: dict[str, dict[str, list[str]]] = {}  # split -> class -> entry names
+    ignored: list[str] = []
+    for entry in visible:
+        parts = entry.parts[len(root) :]
+        if not parts:
+            continue
+        if not entry.is_dir and not _is_image(entry.name):
+            ignored.append(entry.name)
+            continue
+        split_classes = classes.setdefault(parts[0], set())
+        if entry.is_dir:
+            if len(parts) >= 2:
+                split_classes.add(parts[1])
+            continue
+        if len(parts) < 3:
+            raise DatasetError(
+                f"Image {source.describe(entry.name)} is not inside a class folder. "
+                f"Expected {EXPECTED_LAYOUT}."
+            )
+        split_classes.add(parts[1])
+        images.setdefault(parts[0], {}).setdefault(parts[1], []).append(entry.name)
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        logger.warning(
+            "Ignored %d files of %s that are not images (%s): %s",
+            len(ignored),
+            source.describe(),
+            ", ".join(IMAGE_EXTENSIONS),
+            shown,
+        )
+    prefix = "".join(f"{folder}/" for folder in root)
+    _check_classes(classes, images, source, prefix)
+    class_names = tuple(sorted(classes["train"]))
+    label_of = {name: label for label, name in enumerate(class_names)}
+    splits = {
+        split: sorted(
+            (name, label_of[cls]) for cls, names in images[split].items() for name in names
+        )
+        for split in _split_order(classes)
+    }
+    return FolderLayout(class_names, splits)
+
+
+def _split_order(splits: Iterable[str]) -> list[str]:
+    """``train`` first, then the other splits by name."""
+    return ["train", *sorted(set(splits) - {"train"})]
+
+
+def _is_ignored(parts: tuple[str, ...]) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _single_top_folder(entries: list[Entry]) -> tuple[str, ...]:
+    """``(folder,)`` when everything lies in one top-level folder that holds the splits."""
+    tops = {entry.parts[0] for entry in entries if entry.is_dir or len(entry.parts) > 1}
+    if len(tops) == 1 and "train" not in tops:
+        (top,) = tops
+        if any(entry.parts[1:2] == ("train",) for entry in entries):
+            return (top,)
+    return ()
+
+
+def _check_classes(
+    classes: dict[str, set[str]],
+    images: dict[str, dict[str, list[str]]],
+    source: Source,
+    prefix: str,
+) -> None:
+    if "train" not in classes:
+        found = ", ".join(f"'{prefix}{split}'" for split in sorted(classes)) or "no folders"
+        raise DatasetError(
+            f"{source.describe()} has no 'train' split: found {found}. Expected {EXPECTED_LAYOUT}."
+        )
+    reference = classes["train"]
+    for split in _split_order(classes):
+        for name in sorted(reference - classes[split]):
+            raise DatasetError(
+                f"Class '{name}' is in split 'train' but missing from split '{split}' of "
+                f"{source.describe()}: every split needs the same class folders."
+            )
+        for name in sorted(classes[split] - reference):
+            raise DatasetError(
+                f"Class '{name}' of split '{split}' is missing from split 'train' of "
+                f"{source.describe()}: every split needs the same class folders."
+            )
+        for name in sorted(classes[split]):
+            if not images.get(split, {}).get(name):
+                raise DatasetError(
+                    f"Class folder '{prefix}{split}/{name}' of {source.describe()} holds no images "
+                    f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder."
+                )
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+class _Decoder:
+    """Decodes encoded images into per-split arrays allocated once, at their final size."""
+
+    def __init__(
+        self,
+        layout: FolderLayout,
+        size: tuple[int, int] | None,
+        resize: ResizePolicy,
+        on_bad_image: BadImagePolicy,
+        source: Source,
+    ) -> None:
+        self.layout = layout
+        self.resize = resize
+        self.on_bad_image = on_bad_image
+        self.source = source
+        self.exact = size is None  # keep images as they are: all must share the first one's size
+        self.slots = {
+            name: (split, index)
+            for split, files in layout.splits.items()
+            for index, (name, _) in enumerate(files)
+        }
+        self.decoded = {
+            split: np.zeros(len(files), dtype=bool) for split, files in layout.splits.items()
+        }
+        self.skipped: list[str] = []
+        self.size: tuple[int, int] | None = None  # (width, height)
+        self.arrays: dict[str, np.ndarray] = {}
+        if size is not None:
+            self._allocate(size)
+
+    def wants(self, entry: Entry) -> bool:
+        return entry.name in self.slots
+
+    @property
+    def ready(self) -> bool:
+        return self.size is not None
+
+    def observe(self, data: bytes) -> None:
+        """Without a target size, take the first readable image's size as the size."""
+        if self.size is None:
+            try:
+                with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
+                    self._allocate(image.size)
+            except Exception:  # an unreadable image: its own decoding reports it
+                pass
+
+    def _allocate(self, size: tuple[int, int]) -> None:
+        width, height = size
+        self.size = size
+        self.arrays = {
+            split: np.empty((len(files), height, width, 3), dtype=np.uint8)
+            for split, files in self.layout.splits.items()
+        }
+
+    def decode_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for name, data in batch:
+            split, index = self.slots[name]
+            try:
+                self.arrays[split][index] = self._decode(name, data)
+            except DatasetError:
+                raise
+            except Exception as exc:  # Pillow raises many types for damaged files
+                if self.on_bad_image == "error":
+                    raise DatasetError(
+                        f"Cannot decode image {self.source.describe(name)}: {type(exc).__name__}: {exc}. "
+                        "Fix or remove the file, or pass on_bad_image='skip' to leave it out."
+                    ) from exc
+                self.skipped.append(name)
+                continue
+            self.decoded[split][index] = True
+
+    def _decode(self, name: str, data: bytes) -> np.ndarray:
+        assert self.size is not None, "batches are decoded only once the size is known"
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
+            if image.size == self.size:
+                return np.asarray(_to_rgb(image))
+            if self.exact:
+                raise DatasetError(
+                    f"Image {self.source.describe(name)} is {image.size[0]}x{image.size[1]}, but the "
+                    f"first image is {self.size[0]}x{self.size[1]}: pass image_size to bring all "
+                    "images to one size."
+                )
+            return fit_image(image, self.size, self.resize)
+
+    def results(self) -> dict[str, ImageSet]:
+        class_names = self.layout.class_names
+        splits = {}
+        for split, files in self.layout.splits.items():
+            kept = self.decoded[split]
+            all_labels = np.fromiter((label for _, label in files), np.int64, count=len(files))
+            labels = all_labels[kept]
+            counts = np.bincount(labels, minlength=len(class_names))
+            for name, count in zip(class_names, counts, strict=True):
+                if not count:
+                    raise DatasetError(
+                        f"Class '{name}' of split '{split}' of {self.source.describe()} has no "
+                        "readable images: all were skipped as undecodable."
+                    )
+            images = self.arrays[split]
+            splits[split] = ImageSet(
+                images if kept.all() else images[kept], labels, class_names, split
+            )
+        return splits
+
+
+def _stream_and_decode(source: Source, decoder: _Decoder, workers: int) -> None:
+    """Read files in storage order on this thread while ``workers`` threads decode batches."""
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        try:
+            batch: list[tuple[str, bytes]] = []
+            for entry, stream in source.files(decoder.wants):
+                data = stream.read()
+                decoder.observe(data)
+                batch.append((entry.name, data))
+                if len(batch) >= BATCH_SIZE and decoder.ready:
+                    pending.append(pool.submit(decoder.decode_batch, batch))
+                    batch = []
+                    while len(pending) > 2 * workers:  # bound the encoded bytes held in memory
+                        pending.popleft().result()
+            if batch:
+                pending.append(pool.submit(decoder.decode_batch, batch))
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def fit_image(image: Image.Image, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
+    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8."""
+    width, height = size
+    crop = policy == "resize_crop"
+    scale = max(width / image.width, height / image.height)
+    needed = (math.ceil(image.width * scale), math.ceil(image.height * scale)) if crop else size
+    # A JPEG then decodes at 1/2, 1/4 or 1/8 scale if that still covers `needed`: far faster.
+    image.draft("RGB", needed)
+    box = None
+    if crop:  # the centred region with the output's aspect, in (possibly draft-reduced) pixels
+        scale = max(width / image.width, height / image.height)
+        crop_width, crop_height = width / scale, height / scale
+        left, top = (image.width - crop_width) / 2, (image.height - crop_height) / 2
+        box = (left, top, left + crop_width, top + crop_height)
+    return np.asarray(_to_rgb(image).resize(size, Image.Resampling.BILINEAR, box=box))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16"):  # 16-bit grey: keep the high byte (convert would clip)
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    return image.convert("RGB")  # grey is replicated, alpha dropped, palettes expanded

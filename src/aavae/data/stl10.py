@@ -1,0 +1,189 @@
+"""STL-10 from its official binary release: ``stl10_binary.tar.gz`` or the extracted folder.
+
+``<split>_X.bin`` holds uint8 images of 3 x 96 x 96, each channel plane stored column-major
+(the transpose of the usual row-major order); ``<split>_y.bin`` holds one uint8 label in
+1..10 per image; ``class_names.txt`` one class name per line. The splits are ``train``
+(5,000 labelled), ``test`` (8,000 labelled) and ``unlabeled`` (100,000, labels
+:data:`UNLABELED`). The unlabeled split alone is 2.8 GB, so images are streamed in chunks
+into the final N x 96 x 96 x 3 array: memory holds the result plus one chunk, never two
+copies of a split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+import numpy as np
+
+from aavae.data.archive import (
+    Entry,
+    OfficialArchive,
+    Source,
+    archive_sha256,
+    locate_official,
+    open_source,
+    read_exactly,
+)
+from aavae.data.card import ReadResult
+from aavae.data.errors import DatasetError
+from aavae.data.imageset import UNLABELED, ImageSet
+
+STL10 = OfficialArchive(
+    dataset="STL-10 (binary version)",
+    archive_name="stl10_binary.tar.gz",
+    folder_name="stl10_binary",
+    marker_files=("class_names.txt", "train_X.bin", "test_X.bin", "unlabeled_X.bin"),
+    url="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+    md5="91f7769df0f17e558f3565bffb0c7dfb",
+)
+SPLITS = ("train", "test", "unlabeled")
+LABELED_SPLITS = ("train", "test")
+CLASS_NAMES_FILE = "class_names.txt"
+NUM_CLASSES = 10
+IMAGE_SIDE = 96
+IMAGE_BYTES = 3 * IMAGE_SIDE * IMAGE_SIDE
+MAX_IMAGES_PER_FILE = 100_000  # the unlabeled split, the largest file of the release
+CHUNK_IMAGES = 1024  # images converted per step: 28 MB of scratch memory
+
+
+def images_file(split: str) -> str:
+    return f"{split}_X.bin"
+
+
+def labels_file(split: str) -> str:
+    return f"{split}_y.bin"
+
+
+def read_stl10(
+    path: str | os.PathLike,
+    *,
+    splits: Sequence[str] = SPLITS,
+    download: bool = False,
+    expected_md5: str | None = STL10.md5,
+) -> ReadResult:
+    """Read the chosen STL-10 splits into ImageSets of 96 x 96 x 3 images.
+
+    Args:
+        path: ``stl10_binary.tar.gz``, the extracted ``stl10_binary/`` folder, or a folder
+            holding either.
+        splits: which of ``train``, ``test``, ``unlabeled`` to read; leaving out
+            ``unlabeled`` saves 2.8 GB of memory when only evaluating.
+        download: fetch the official archive (2.6 GB) into ``path`` when there is no local copy.
+        expected_md5: md5 an archive named ``stl10_binary.tar.gz`` must have (the official
+            one's by default); ``None`` skips the check.
+    """
+    wanted_splits = _checked_splits(splits)
+    location = locate_official(path, STL10, download)
+    sha256 = archive_sha256(location, STL10, expected_md5)
+    with open_source(location, max_member_bytes=MAX_IMAGES_PER_FILE * IMAGE_BYTES) as source:
+        images, labels, class_names = _read_files(source, wanted_splits)
+    result = {
+        split: ImageSet(
+            images[split],
+            labels.get(split, np.full(len(images[split]), UNLABELED, dtype=np.int64)),
+            class_names,
+            split,
+        )
+        for split in wanted_splits
+    }
+    return ReadResult(result, str(location), "stl10-binary", sha256)
+
+
+def _checked_splits(splits: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(splits, str):
+        splits = (splits,)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise DatasetError(
+            f"splits={list(splits)!r}: STL-10 splits are {', '.join(SPLITS)}; choose one or more."
+        )
+    return tuple(dict.fromkeys(splits))
+
+
+def _read_files(
+    source: Source, splits: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
+    """Stream the needed files in storage order; check that the splits are complete."""
+    needed = {CLASS_NAMES_FILE}
+    needed.update(images_file(split) for split in splits)
+    needed.update(labels_file(split) for split in splits if split in LABELED_SPLITS)
+    images: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    class_names: tuple[str, ...] = ()
+    seen: dict[str, str] = {}
+    for entry, stream in source.files(lambda entry: PurePosixPath(entry.name).name in needed):
+        name = PurePosixPath(entry.name).name
+        if name in seen:
+            raise DatasetError(
+                f"{source.describe()} holds '{name}' twice ('{seen[name]}' and '{entry.name}'): "
+                "keep one copy of the STL-10 files."
+            )
+        seen[name] = entry.name
+        where = source.describe(entry.name)
+        split = name.rsplit("_", 1)[0]
+        if name == CLASS_NAMES_FILE:
+            class_names = _parse_class_names(stream.read(), where)
+        elif name.endswith("_X.bin"):
+            images[split] = _read_images(stream, entry, where)
+        else:
+            labels[split] = _parse_labels(stream.read(), where)
+    missing = sorted(needed - seen.keys())
+    if missing:
+        raise DatasetError(
+            f"{source.describe()} lacks {', '.join(missing)} (needed for splits {', '.join(splits)}). "
+            f"Expected the official STL-10 binary files: use {STL10.archive_name} "
+            "(download=True fetches it), or choose other splits."
+        )
+    for split in labels:
+        if len(labels[split]) != len(images[split]):
+            raise DatasetError(
+                f"{source.describe()}: '{labels_file(split)}' has {len(labels[split])} labels but "
+                f"'{images_file(split)}' has {len(images[split])} images; they must match."
+            )
+    return images, labels, class_names
+
+
+def _read_images(stream: BinaryIO, entry: Entry, where: str) -> np.ndarray:
+    """Read ``N x 3 x 96 x 96`` column-major planes into a row-major ``N x 96 x 96 x 3`` array."""
+    count, remainder = divmod(entry.size, IMAGE_BYTES)
+    if remainder:
+        raise DatasetError(
+            f"{where} has {entry.size:,} bytes, not a multiple of {IMAGE_BYTES:,} (one 3 x 96 x 96 "
+            "image): the file is truncated or not an STL-10 image file."
+        )
+    images = np.empty((count, IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)
+    # Raw index order is [image, channel, column, row]; the result wants [image, row, column, channel].
+    chunk = np.empty((min(CHUNK_IMAGES, count), 3, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    for start in range(0, count, CHUNK_IMAGES):
+        stop = min(start + CHUNK_IMAGES, count)
+        raw = chunk[: stop - start]
+        read_exactly(stream, memoryview(raw).cast("B"), where)
+        images[start:stop] = raw.transpose(0, 3, 2, 1)
+    return images
+
+
+def _parse_labels(data: bytes, where: str) -> np.ndarray:
+    labels = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > NUM_CLASSES):
+        raise DatasetError(
+            f"{where}: labels must lie in 1..{NUM_CLASSES}, found {labels.min()}..{labels.max()}; "
+            "it is not an STL-10 label file."
+        )
+    return labels - 1
+
+
+def _parse_class_names(data: bytes, where: str) -> tuple[str, ...]:
+    try:
+        names = tuple(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{where} is not UTF-8 text ({exc}); expected one class name per line."
+        ) from exc
+    if len(names) != NUM_CLASSES:
+        raise DatasetError(
+            f"{where} names {len(names)} classes, expected {NUM_CLASSES} (one per line)."
+        )
+    return names

@@ -1,0 +1,679 @@
+"""Dataset readers: tiny archives in each official format are built here and read back exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aavae.data import imagefolder, stl10
+from aavae.data.archive import open_source
+from aavae.data.cifar10 import CIFAR10, read_cifar10
+from aavae.data.errors import DatasetError
+from aavae.data.imagefolder import fit_image, read_imagefolder
+from aavae.data.imageset import UNLABELED
+from aavae.data.stl10 import STL10, read_stl10
+
+SHARED_DATASETS = Path(__file__).parents[1].parent / "shared" / "datasets"
+CIFAR10_JPEG = SHARED_DATASETS / "cifar10_jpeg.tar.gz"
+
+
+# -- helpers that write archives ---------------------------------------------------------------
+
+
+def tar_folder(folder: Path, archive: Path, mode: str = "w:gz", top: str | None = None) -> Path:
+    """Pack the contents of ``folder`` (inside ``top/`` if given) into a tar archive."""
+    with tarfile.open(archive, mode) as tar:
+        for child in sorted(folder.iterdir()):
+            tar.add(child, arcname=f"{top}/{child.name}" if top else child.name)
+    return archive
+
+
+def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder).as_posix()
+            zf.write(path, f"{top}/{name}" if top else name)
+    return archive
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def truncated_copy(path: Path, destination: Path) -> Path:
+    data = path.read_bytes()
+    destination.write_bytes(data[: len(data) // 2])
+    return destination
+
+
+# -- CIFAR-10 ----------------------------------------------------------------------------------
+
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def cifar_batch(rng: np.random.Generator, count: int) -> dict:
+    return {
+        b"batch_label": b"a fake batch",
+        b"labels": [int(label) for label in rng.integers(0, 10, count)],
+        b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(count)],
+    }
+
+
+def write_cifar_folder(folder: Path, per_batch: int = 3, test_count: int = 4) -> dict[str, dict]:
+    """The official file set with a few images per batch; returns the batches written."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    batches = {f"data_batch_{i}": cifar_batch(rng, per_batch) for i in range(1, 6)}
+    batches["test_batch"] = cifar_batch(rng, test_count)
+    for name, batch in batches.items():
+        (folder / name).write_bytes(
+            pickle.dumps(batch, protocol=2)
+        )  # as Python 3 writes protocol 2
+    meta = {b"label_names": [name.encode() for name in CIFAR_CLASSES], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=4))
+    (folder / "readme.html").write_text("<p>not a batch</p>")
+    return batches
+
+
+def cifar_expected(batches: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Images as N x 32 x 32 x 3: channel c of pixel (y, x) is data[c * 1024 + y * 32 + x]."""
+    data = np.concatenate([batch[b"data"] for batch in batches])
+    images = np.zeros((len(data), 32, 32, 3), np.uint8)
+    for channel in range(3):
+        images[..., channel] = data[:, channel * 1024 : (channel + 1) * 1024].reshape(-1, 32, 32)
+    labels = np.concatenate([batch[b"labels"] for batch in batches])
+    return images, labels
+
+
+@pytest.fixture
+def cifar_folder(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
+    folder = tmp_path / "cifar-10-batches-py"
+    return folder, write_cifar_folder(folder)
+
+
+def check_cifar(result, batches: dict[str, dict]) -> None:
+    train = [batches[f"data_batch_{i}"] for i in range(1, 6)]
+    for split, source in (("train", train), ("test", [batches["test_batch"]])):
+        images, labels = cifar_expected(source)
+        imageset = result.splits[split]
+        np.testing.assert_array_equal(imageset.images, images)
+        np.testing.assert_array_equal(imageset.labels, labels)
+        assert imageset.class_names == CIFAR_CLASSES
+        assert imageset.split == split
+    assert result.format == "cifar10-python"
+
+
+def test_cifar10_reads_the_extracted_folder_pixel_for_pixel(cifar_folder):
+    folder, batches = cifar_folder
+    result = read_cifar10(folder)
+    check_cifar(result, batches)
+    first = batches["data_batch_1"][b"data"][0]
+    assert (
+        result.splits["train"].images[0, 1, 2, 2] == first[2 * 1024 + 1 * 32 + 2]
+    )  # B at y=1, x=2
+    assert result.sha256 is None
+    assert result.describe()["splits"]["train"]["count"] == 15
+
+
+def test_cifar10_reads_the_archive_in_memory_and_checks_its_md5(cifar_folder, tmp_path):
+    folder, batches = cifar_folder
+    archive = tar_folder(folder.parent, tmp_path / CIFAR10.archive_name)
+    result = read_cifar10(archive, expected_md5=md5_of(archive))
+    check_cifar(result, batches)
+    assert result.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert not (tmp_path / "extracted").exists()
+
+
+def test_cifar10_finds_the_archive_or_folder_inside_a_root_folder(cifar_folder, tmp_path):
+    folder, batches = cifar_folder
+    check_cifar(read_cifar10(tmp_path), batches)  # the root holding cifar-10-batches-py/
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = tar_folder(folder.parent, root / CIFAR10.archive_name)
+    check_cifar(read_cifar10(root, expected_md5=md5_of(archive)), batches)
+
+
+def test_cifar10_md5_mismatch_names_file_and_both_checksums(cifar_folder, tmp_path):
+    folder, _ = cifar_folder
+    archive = tar_folder(folder.parent, tmp_path / CIFAR10.archive_name)
+    with pytest.raises(DatasetError) as error:
+        read_cifar10(archive)  # the official md5 cannot match a fake archive
+    message = str(error.value)
+    assert str(archive) in message and CIFAR10.md5 in message and md5_of(archive) in message
+    assert "download" in message
+
+
+def test_cifar10_repacked_archive_under_another_name_is_read_without_md5(cifar_folder, tmp_path):
+    folder, batches = cifar_folder
+    check_cifar(read_cifar10(tar_folder(folder.parent, tmp_path / "mine.tar")), batches)
+
+
+def test_cifar10_download_uses_torchvision_with_official_url_and_md5(
+    cifar_folder, tmp_path, monkeypatch
+):
+    import torchvision.datasets.utils
+
+    folder, batches = cifar_folder
+    packed = tar_folder(folder.parent, tmp_path / "packed.tar.gz")
+    calls = []
+
+    def fake_download_url(url, root, filename=None, md5=None):
+        calls.append((url, md5))
+        Path(root, filename).write_bytes(packed.read_bytes())
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download_url)
+    result = read_cifar10(tmp_path / "new_root", download=True, expected_md5=md5_of(packed))
+    assert calls == [(CIFAR10.url, CIFAR10.md5)]
+    assert result.source == str(tmp_path / "new_root" / CIFAR10.archive_name)
+    check_cifar(result, batches)
+
+
+def test_cifar10_refuses_pickles_that_would_run_code(cifar_folder, tmp_path):
+    folder, _ = cifar_folder
+    target = tmp_path / "created_by_pickle"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(target),))
+
+    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": Payload()}, protocol=2))
+    with pytest.raises(DatasetError, match="data_batch_2.*mkdir.*not allowed"):
+        read_cifar10(folder)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "no key 'labels'"),
+        (
+            {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]},
+            "'data' must be a uint8 array",
+        ),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "'labels' must lie in 0..9"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 'labels'"),
+        ([1, 2, 3], "holds a list, expected a dict"),
+    ],
+)
+def test_cifar10_malformed_batch_names_the_file_and_key(cifar_folder, batch, expected):
+    folder, _ = cifar_folder
+    (folder / "data_batch_4").write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(DatasetError, match=f"data_batch_4.*{expected}"):
+        read_cifar10(folder)
+
+
+def test_cifar10_missing_batch_is_named(cifar_folder):
+    folder, _ = cifar_folder
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match="lacks data_batch_3"):
+        read_cifar10(folder)
+
+
+def test_cifar10_truncated_archive_names_the_file(cifar_folder, tmp_path):
+    folder, _ = cifar_folder
+    archive = tar_folder(folder.parent, tmp_path / "whole.tar.gz")
+    broken = truncated_copy(archive, tmp_path / "broken.tar.gz")
+    with pytest.raises(DatasetError, match="broken.tar.gz.*truncated or corrupt"):
+        read_cifar10(broken)
+
+
+def test_cifar10_missing_or_unknown_path_lists_accepted_layouts(tmp_path):
+    with pytest.raises(
+        DatasetError, match=r"'.*nowhere' does not exist.*cifar-10-python.tar.gz.*download=True"
+    ):
+        read_cifar10(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="does not hold CIFAR-10.*cifar-10-batches-py"):
+        read_cifar10(tmp_path)
+
+
+# -- STL-10 ------------------------------------------------------------------------------------
+
+STL_COUNTS = {"train": 3, "test": 2, "unlabeled": 4}
+STL_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+
+def stl_image(index: int) -> np.ndarray:
+    """96 x 96 x 3 with red = row, green = column, blue = image index: a transpose shows."""
+    rows, columns = np.mgrid[0:96, 0:96]
+    return np.stack([rows, columns, np.full_like(rows, index)], axis=-1).astype(np.uint8)
+
+
+def write_stl_folder(folder: Path, counts: dict[str, int] = STL_COUNTS) -> None:
+    folder.mkdir(parents=True)
+    offset = 0
+    for split, count in counts.items():
+        with open(folder / f"{split}_X.bin", "wb") as stream:
+            for index in range(offset, offset + count):
+                image = stl_image(index)
+                for channel in range(3):  # each channel plane stored column-major
+                    stream.write(image[:, :, channel].tobytes(order="F"))
+        offset += count
+        if split != "unlabeled":
+            (np.arange(count) % 10 + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    (folder / "class_names.txt").write_text("\n".join(STL_CLASSES) + "\n")
+    (folder / "fold_indices.txt").write_text("0 1\n")
+
+
+def check_stl(result, splits=tuple(STL_COUNTS)) -> None:
+    assert tuple(result.splits) == splits
+    offset = 0
+    for split, count in STL_COUNTS.items():
+        if split in splits:
+            imageset = result.splits[split]
+            assert imageset.images.shape == (count, 96, 96, 3)
+            rows = np.broadcast_to(np.arange(96)[:, None], (96, 96))
+            np.testing.assert_array_equal(
+                imageset.images[..., 0], np.broadcast_to(rows, (count, 96, 96))
+            )
+            np.testing.assert_array_equal(
+                imageset.images[..., 1], np.broadcast_to(rows.T, (count, 96, 96))
+            )
+            np.testing.assert_array_equal(
+                imageset.images[:, 0, 0, 2], np.arange(offset, offset + count)
+            )
+            expected = np.full(count, UNLABELED) if split == "unlabeled" else np.arange(count) % 10
+            np.testing.assert_array_equal(imageset.labels, expected)
+            assert imageset.class_names == STL_CLASSES
+        offset += count
+
+
+def test_stl10_reads_folder_and_archive_without_transposing(tmp_path):
+    folder = tmp_path / "data" / "stl10_binary"
+    write_stl_folder(folder)
+    check_stl(read_stl10(folder))
+    archive = tar_folder(tmp_path / "data", tmp_path / "stl10.tar.gz")
+    result = read_stl10(archive)  # not named like the official archive: no md5 check
+    check_stl(result)
+    assert result.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert result.format == "stl10-binary"
+
+
+def test_stl10_reads_only_the_chosen_splits(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    write_stl_folder(folder)
+    (folder / "unlabeled_X.bin").unlink()
+    check_stl(read_stl10(tmp_path, splits=("train", "test")), splits=("train", "test"))
+    with pytest.raises(DatasetError, match="lacks unlabeled_X.bin"):
+        read_stl10(folder)
+
+
+def test_stl10_reads_images_in_chunks_across_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(stl10, "CHUNK_IMAGES", 2)  # 3 and 4 images: full and partial chunks
+    write_stl_folder(tmp_path / "data" / "stl10_binary")
+    check_stl(read_stl10(tar_folder(tmp_path / "data", tmp_path / "stl10.tar.gz")))
+
+
+def test_stl10_official_archive_name_gets_its_md5_checked(tmp_path):
+    write_stl_folder(tmp_path / "data" / "stl10_binary")
+    archive = tar_folder(tmp_path / "data", tmp_path / STL10.archive_name)
+    with pytest.raises(DatasetError, match=f"{STL10.archive_name}.*{STL10.md5}"):
+        read_stl10(archive)
+    check_stl(read_stl10(archive, expected_md5=md5_of(archive)))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            lambda folder: (folder / "train_X.bin").write_bytes(b"\0" * 1000),
+            "train_X.bin.*not a multiple",
+        ),
+        (
+            lambda folder: np.array([1, 11, 2], np.uint8).tofile(folder / "train_y.bin"),
+            "train_y.bin.*1..10",
+        ),
+        (
+            lambda folder: np.array([1, 2], np.uint8).tofile(folder / "test_y.bin"),
+            "test_y.bin' has 2 labels",
+        ),
+        (
+            lambda folder: (folder / "class_names.txt").write_text("one\ntwo\n"),
+            "class_names.txt.* names 2 classes",
+        ),
+    ],
+)
+def test_stl10_damaged_file_is_named(tmp_path, damage, expected):
+    folder = tmp_path / "stl10_binary"
+    write_stl_folder(folder, {"train": 3, "test": 1, "unlabeled": 1})
+    damage(folder)
+    with pytest.raises(DatasetError, match=expected):
+        read_stl10(folder)
+
+
+def test_stl10_unknown_split_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match="splits=.*'val'.*train, test, unlabeled"):
+        read_stl10(tmp_path, splits=("train", "val"))
+
+
+# -- image folders -----------------------------------------------------------------------------
+
+
+def save(path: Path, array: np.ndarray, **options) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+
+
+def build_tree(root: Path) -> dict[str, tuple[list[np.ndarray], list[int]]]:
+    """A small tree with PNG, JPEG, BMP and WebP, grey and RGBA images, plus files to ignore.
+
+    Returns per split the images expected in reading order (sorted paths) and their labels.
+    """
+    rng = np.random.default_rng(1)
+    rgb = lambda: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # noqa: E731
+    a, e = rgb(), rgb()
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    save(root / "train/cat/a.png", a)
+    save(root / "train/cat/b.JPG", rgb(), format="JPEG", quality=90)
+    save(root / "train/dog/c.png", grey)
+    save(root / "train/dog/d.PNG", rgba)
+    save(root / "test/cat/e.bmp", e)
+    save(root / "test/dog/f.webp", rgb(), format="WEBP", lossless=True)
+    for junk in (".DS_Store", "train/cat/._a.png", "__MACOSX/train/cat/._a.png", ".hidden/x.png"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_bytes(b"not an image")
+    (root / "README.txt").write_text("my dataset")
+    (root / "train/cat/notes.txt").write_text("not an image either")
+    decoded_jpeg = np.asarray(Image.open(root / "train/cat/b.JPG").convert("RGB"))
+    webp = np.asarray(Image.open(root / "test/dog/f.webp").convert("RGB"))
+    return {
+        "train": (
+            [a, decoded_jpeg, np.repeat(grey[..., None], 3, axis=2), rgba[..., :3]],
+            [0, 0, 1, 1],
+        ),
+        "test": ([e, webp], [0, 1]),
+    }
+
+
+FORMS = ("folder", "tar", "tar.gz", "tgz", "zip", "zip-in-top-folder", "tar.gz-in-top-folder")
+
+
+def packed(tree: Path, form: str, tmp_path: Path) -> Path:
+    if form == "folder":
+        return tree
+    if form.startswith("zip"):
+        return zip_folder(tree, tmp_path / "data.zip", top="mydata" if "top" in form else None)
+    suffix = form.split("-")[0]
+    mode = "w" if suffix == "tar" else "w:gz"
+    return tar_folder(
+        tree, tmp_path / f"data.{suffix}", mode, top="mydata" if "top" in form else None
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_imagefolder_reads_every_container_pixel_for_pixel(tmp_path, form):
+    expected = build_tree(tmp_path / "tree")
+    result = read_imagefolder(packed(tmp_path / "tree", form, tmp_path), image_size=8, workers=2)
+    assert list(result.splits) == ["train", "test"]
+    for split, (images, labels) in expected.items():
+        imageset = result.splits[split]
+        np.testing.assert_array_equal(imageset.images, np.stack(images))
+        np.testing.assert_array_equal(imageset.labels, labels)
+        assert imageset.class_names == ("cat", "dog")
+    assert result.skipped == [] and result.format == "imagefolder"
+    assert (result.sha256 is None) == (form == "folder")
+
+
+def test_imagefolder_many_batches_over_threads_match_one_batch(tmp_path, monkeypatch):
+    expected = build_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/cat/broken.png").write_bytes(b"\x89PNG broken")
+    archive = tar_folder(tmp_path / "tree", tmp_path / "data.tar.gz")
+    monkeypatch.setattr(imagefolder, "BATCH_SIZE", 1)  # one task per image, many in flight
+    result = read_imagefolder(archive, on_bad_image="skip", workers=2)
+    assert result.skipped == ["train/cat/broken.png"]
+    for split, (images, labels) in expected.items():
+        np.testing.assert_array_equal(result.splits[split].images, np.stack(images))
+        np.testing.assert_array_equal(result.splits[split].labels, labels)
+
+
+def test_imagefolder_without_image_size_keeps_the_size(tmp_path):
+    build_tree(tmp_path / "tree")
+    assert read_imagefolder(tmp_path / "tree").splits["train"].image_shape == (8, 8, 3)
+
+
+def test_imagefolder_refuses_mixed_sizes_without_image_size(tmp_path):
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/train/dog/z.png", np.zeros((10, 12, 3), np.uint8))
+    with pytest.raises(DatasetError, match="train/dog/z.png.*12x10.*8x8.*image_size"):
+        read_imagefolder(tmp_path / "tree")
+
+
+def stripes(width: int, height: int) -> np.ndarray:
+    """Red, green and blue vertical thirds."""
+    image = np.zeros((height, width, 3), np.uint8)
+    for third in range(3):
+        image[:, third * width // 3 : (third + 1) * width // 3, third] = 255
+    return image
+
+
+def test_imagefolder_resize_crop_keeps_the_centre_and_resize_squashes(tmp_path):
+    save(tmp_path / "tree/train/only/wide.png", stripes(48, 16))
+    cropped = read_imagefolder(tmp_path / "tree", image_size=4).splits["train"].images[0]
+    assert cropped.shape == (4, 4, 3)
+    assert (cropped.argmax(axis=-1) == 1).all()  # only the green middle third survives
+    np.testing.assert_array_equal(cropped[:, 1:3], np.broadcast_to([0, 255, 0], (4, 2, 3)))
+    squashed = (
+        read_imagefolder(tmp_path / "tree", image_size=4, resize="resize").splits["train"].images[0]
+    )
+    assert (squashed[:, 0].argmax(axis=-1) == 0).all() and (
+        squashed[:, -1].argmax(axis=-1) == 2
+    ).all()
+
+
+def test_large_jpeg_is_decoded_in_draft_mode_when_shrinking(tmp_path):
+    path = tmp_path / "big.jpg"
+    save(path, np.broadcast_to(np.array([180, 60, 30], np.uint8), (192, 256, 3)).copy(), quality=95)
+    with Image.open(path) as image:
+        small = fit_image(image, (32, 32), "resize_crop")
+        assert image.size == (64, 48)  # decoded at 1/4 scale, still covering 43 x 32
+    assert small.shape == (32, 32, 3)
+    assert np.abs(small.astype(int) - [180, 60, 30]).max() <= 4
+
+
+def test_imagefolder_bad_image_errors_or_is_skipped(tmp_path):
+    build_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/cat/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        png, format="PNG"
+    )
+    (tmp_path / "tree/test/dog/cut.png").write_bytes(
+        png.getvalue()[:100]
+    )  # header whole, pixels cut
+    archive = tar_folder(tmp_path / "tree", tmp_path / "data.tar.gz")
+    with pytest.raises(
+        DatasetError, match="Cannot decode image 'test/dog/cut.png' in archive.*data.tar.gz"
+    ):
+        read_imagefolder(archive, workers=1)
+    result = read_imagefolder(archive, on_bad_image="skip")
+    assert result.skipped == ["test/dog/cut.png", "train/cat/broken.jpg"]
+    assert len(result.splits["train"]) == 4 and len(result.splits["test"]) == 2
+    np.testing.assert_array_equal(result.splits["test"].labels, [0, 1])
+
+
+def test_imagefolder_class_with_only_bad_images_is_an_error_when_skipping(tmp_path):
+    build_tree(tmp_path / "tree")
+    (tmp_path / "tree/test/dog/f.webp").write_bytes(b"RIFF broken")
+    with pytest.raises(DatasetError, match="Class 'dog' of split 'test'.*no readable images"):
+        read_imagefolder(tmp_path / "tree", on_bad_image="skip")
+
+
+@pytest.mark.parametrize("form", ["folder", "tar.gz"])
+def test_imagefolder_class_mismatch_names_class_and_split(tmp_path, form):
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/test/bird/g.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        DatasetError, match="Class 'bird' of split 'test' is missing from split 'train'"
+    ):
+        read_imagefolder(packed(tmp_path / "tree", form, tmp_path))
+    (tmp_path / "tree/test/bird/g.png").unlink()
+    (tmp_path / "tree/test/bird").rmdir()
+    for path in (tmp_path / "tree/test/dog").iterdir():
+        path.unlink()
+    (tmp_path / "tree/test/dog").rmdir()
+    with pytest.raises(
+        DatasetError, match="Class 'dog' is in split 'train' but missing from split 'test'"
+    ):
+        read_imagefolder(packed(tmp_path / "tree", form, tmp_path))
+
+
+@pytest.mark.parametrize("form", ["folder", "tar", "zip"])
+def test_imagefolder_empty_class_folder_is_named(tmp_path, form):
+    build_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/bird").mkdir()
+    (tmp_path / "tree/test/bird").mkdir()
+    (tmp_path / "tree/train/bird/notes.txt").write_text("no images here")
+    with pytest.raises(DatasetError, match="Class folder 'train/bird' .* holds no images"):
+        read_imagefolder(packed(tmp_path / "tree", form, tmp_path))
+
+
+def test_imagefolder_without_train_split_lists_what_it_found(tmp_path):
+    save(tmp_path / "tree/test/cat/a.png", np.zeros((8, 8, 3), np.uint8))
+    save(tmp_path / "tree/val/cat/a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        DatasetError,
+        match="no 'train' split: found 'test', 'val'. Expected <split>/<class>/<image>",
+    ):
+        read_imagefolder(tmp_path / "tree")
+
+
+def test_imagefolder_image_outside_a_class_folder_is_named(tmp_path):
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/train/stray.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError, match="'train/stray.png' .* not inside a class folder"):
+        read_imagefolder(tmp_path / "tree")
+
+
+def test_imagefolder_missing_path_and_bad_arguments(tmp_path):
+    with pytest.raises(
+        DatasetError, match="'.*absent' does not exist. Expected <split>/<class>/<image>"
+    ):
+        read_imagefolder(tmp_path / "absent")
+    build_tree(tmp_path / "tree")
+    with pytest.raises(DatasetError, match="resize='squash'"):
+        read_imagefolder(tmp_path / "tree", resize="squash")  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="on_bad_image='ignore'"):
+        read_imagefolder(tmp_path / "tree", on_bad_image="ignore")  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="image_size=0"):
+        read_imagefolder(tmp_path / "tree", image_size=0)
+
+
+def test_imagefolder_truncated_archive_names_the_file(tmp_path):
+    build_tree(tmp_path / "tree")
+    archive = tar_folder(tmp_path / "tree", tmp_path / "whole.tar.gz")
+    with pytest.raises(DatasetError, match="half.tar.gz.*truncated or corrupt"):
+        read_imagefolder(truncated_copy(archive, tmp_path / "half.tar.gz"))
+    zipped = zip_folder(tmp_path / "tree", tmp_path / "whole.zip")
+    with pytest.raises(DatasetError, match="half.zip.*truncated or corrupt"):
+        read_imagefolder(truncated_copy(zipped, tmp_path / "half.zip"))
+
+
+def test_a_file_that_is_no_archive_is_refused(tmp_path):
+    (tmp_path / "data.bin").write_bytes(b"just bytes")
+    with pytest.raises(DatasetError, match="data.bin' is neither a folder nor a readable archive"):
+        read_imagefolder(tmp_path / "data.bin")
+
+
+# -- untrusted archives ------------------------------------------------------------------------
+
+
+def tar_with(tmp_path: Path, *members: tarfile.TarInfo) -> Path:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(tarfile.TarInfo("train/cat/fine.png"), io.BytesIO())
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return archive
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname, member.size = kind, linkname, 1 if kind == tarfile.REGTYPE else 0
+    return member
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        (tar_member("/etc/passwd.png"), "'/etc/passwd.png' .* absolute path"),
+        (tar_member("train/../../escape.png"), r"'train/../../escape.png' .* '\.\.'"),
+        (
+            tar_member("train/cat/link.png", tarfile.SYMTYPE, "/etc/passwd"),
+            "'train/cat/link.png' .* link",
+        ),
+        (
+            tar_member("train/cat/hard.png", tarfile.LNKTYPE, "train/cat/fine.png"),
+            "'train/cat/hard.png' .* link",
+        ),
+        (
+            tar_member("train/cat/fifo.png", tarfile.FIFOTYPE),
+            "'train/cat/fifo.png' .* special file",
+        ),
+    ],
+)
+def test_unsafe_tar_members_are_refused(tmp_path, member, expected):
+    with pytest.raises(DatasetError, match=f"Refusing {expected}"):
+        read_imagefolder(tar_with(tmp_path, member))
+
+
+def test_unsafe_zip_members_are_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train/cat/../../../escape.png", b"x")
+    with pytest.raises(DatasetError, match=r"Refusing 'train/cat/../../../escape.png' .* '\.\.'"):
+        read_imagefolder(archive)
+    with zipfile.ZipFile(archive, "w") as zf:
+        link = zipfile.ZipInfo("train/cat/link.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DatasetError, match="Refusing 'train/cat/link.png' .* symbolic link"):
+        read_imagefolder(archive)
+
+
+def test_members_declaring_absurd_sizes_are_refused(tmp_path):
+    archive = tar_with(tmp_path, tar_member("train/cat/huge.png"))
+    with pytest.raises(
+        DatasetError,
+        match="Refusing 'train/cat/huge.png' .* declares 1 bytes, more than the 0 bytes",
+    ):
+        open_source(archive, max_member_bytes=0).entries()
+
+
+# -- the real thing ----------------------------------------------------------------------------
+
+
+def test_ingests_the_shared_cifar10_jpeg_tree():
+    if not CIFAR10_JPEG.is_file():
+        pytest.skip(
+            f"{CIFAR10_JPEG} is absent: the shared CIFAR-10 JPEG tree is not on this machine"
+        )
+    result = read_imagefolder(CIFAR10_JPEG)
+    train, test = result.splits["train"], result.splits["test"]
+    assert (len(train), len(test)) == (50_000, 10_000)
+    assert train.image_shape == test.image_shape == (32, 32, 3)
+    assert len(train.class_names) == 10 and train.class_names == test.class_names
+    assert set(train.counts_per_class().values()) == {5_000}
+    assert set(test.counts_per_class().values()) == {1_000}
+    assert 0 < train.images.mean() < 255 and result.skipped == []
