@@ -40,7 +40,9 @@ def live_logger() -> RunBoundMLFlowLogger | None:
     if run_id is None:
         return None
     # Strings only: the logger must survive pickling into spawned ranks.
-    return RunBoundMLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id)
+    return RunBoundMLFlowLogger(
+        tracking_uri=mlflow.get_tracking_uri(), run_id=run_id, synchronous=False
+    )
 
 
 def log_params_once(params: dict[str, Any]) -> None:

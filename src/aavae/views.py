@@ -1,0 +1,503 @@
+"""Batched SimCLR-style augmentation of uint8 image tensors, on the training device.
+
+The paper's code augments one PIL image at a time in DataLoader workers with torchvision's
+``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
+-> GaussianBlur``. Here the whole batch is augmented at once, on whatever device holds the
+images, with one random draw per image and no per-image Python loop:
+
+1. :func:`sample_view_params` draws every image's parameters with the same distributions as
+   torchvision (``RandomResizedCrop.get_params`` with its ten tries and central fallback,
+   ``ColorJitter``'s factors and random op order, the apply probabilities).
+2. :func:`apply_view_params` applies them: crop + bilinear resize + flip as two batched
+   matrix products with per-image interpolation weights (exactly torchvision's antialiased
+   bilinear resize of the cropped region), then the colour ops on float tensors with the
+   math of ``torchvision.transforms.v2.functional``, each only on the images that draw it.
+
+Splitting the two keeps the distributions testable and lets a fixed set of parameters be
+replayed (e.g. seeded validation views).
+
+Differences from torchvision on uint8 images are rounding only: torchvision rounds back to
+uint8 after every op, here everything stays float32 (within about 1/255 per op). With TF32
+matmuls enabled on CUDA the resize carries TF32 rounding (seen: at most 0.0026).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
+_LUMA = (0.2989, 0.587, 0.114)
+# Op ids of the colour-jitter order, as torchvision's ColorJitter numbers them.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+# Tries of RandomResizedCrop.get_params before it falls back to a central crop.
+_CROP_TRIES = 10
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    """The augmentation recipe. Defaults are the paper's CIFAR-10 one (STL-10: jitter 1, blur 0.5).
+
+    Colour-jitter strength ``s`` gives brightness/contrast/saturation ``0.8 s`` and hue
+    ``0.2 s``, as in SimCLR. ``blur_p = 0`` turns the Gaussian blur off.
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_strength: float = 0.5
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_kernel_fraction: float = 0.1
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, Sequence) and len(value) == 2):
+                raise ValueError(f"ViewPolicy.{name} must be a pair (low, high), got {value!r}")
+            object.__setattr__(self, name, (float(value[0]), float(value[1])))
+        _check_range("crop_scale", self.crop_scale, upper=1.0)
+        _check_range("crop_ratio", self.crop_ratio)
+        _check_range("blur_sigma", self.blur_sigma)
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"ViewPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.jitter_strength <= 2.5:
+            # hue = 0.2 s must stay within torchvision's [-0.5, 0.5]
+            raise ValueError(
+                f"ViewPolicy.jitter_strength must be in [0, 2.5], got {self.jitter_strength}"
+            )
+        if not 0.0 < self.blur_kernel_fraction <= 1.0:
+            raise ValueError(
+                f"ViewPolicy.blur_kernel_fraction must be in (0, 1], got {self.blur_kernel_fraction}"
+            )
+
+    def jitter_ranges(self) -> tuple[tuple[float, float], ...]:
+        """(low, high) of the brightness, contrast, saturation and hue factors (ColorJitter's)."""
+        strength = 0.8 * self.jitter_strength
+        hue = 0.2 * self.jitter_strength
+        multiplicative = (max(0.0, 1.0 - strength), 1.0 + strength)
+        return multiplicative, multiplicative, multiplicative, (-hue, hue)
+
+    def blur_kernel_size(self, size: int) -> int:
+        """Odd kernel width, ``blur_kernel_fraction`` of the image size (SimCLR: 10 %)."""
+        kernel = int(self.blur_kernel_fraction * size)
+        return kernel if kernel % 2 == 1 else kernel + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ViewPolicy:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown view policy key(s) {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(
+            **{key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in values.items()}
+        )
+
+
+def _check_range(name: str, value: tuple[float, float], upper: float = math.inf) -> None:
+    low, high = value
+    if not 0.0 < low <= high <= upper:
+        bound = "" if upper == math.inf else f" <= {upper}"
+        raise ValueError(f"ViewPolicy.{name} must satisfy 0 < low <= high{bound}, got {value}")
+
+
+@dataclass
+class ViewParams:
+    """Per-image parameters of one batch of views (first dimension = image)."""
+
+    crop_boxes: Tensor  # int64 (N, 4): top, left, height, width in input pixels
+    flip: Tensor  # bool (N,)
+    jitter: Tensor  # bool (N,): colour jitter applied at all
+    jitter_factors: Tensor  # float32 (N, 4): brightness, contrast, saturation, hue
+    jitter_order: Tensor  # int64 (N, 4): permutation of the op ids BRIGHTNESS..HUE
+    grayscale: Tensor  # bool (N,)
+    blur: Tensor  # bool (N,)
+    blur_sigma: Tensor  # float32 (N,)
+    image_size: tuple[int, int]  # (height, width) of the images the crop boxes were drawn for
+
+    def __len__(self) -> int:
+        return len(self.flip)
+
+    def to(self, device: torch.device | str) -> ViewParams:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device)
+        return ViewParams(**moved)
+
+
+def sample_view_params(
+    n: int,
+    height: int,
+    width: int,
+    policy: ViewPolicy,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> ViewParams:
+    """Draw the parameters of ``n`` views of ``height x width`` images.
+
+    Everything is drawn on the generator's device (use a CPU generator: the same seed then
+    gives the same views on every device) in a fixed order, whatever the probabilities, and
+    the result is moved to ``device``.
+    """
+    if n < 0 or height < 1 or width < 1:
+        raise ValueError(
+            f"sample_view_params needs n >= 0 and a positive image size, got {n}, {height}x{width}"
+        )
+
+    def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+        return torch.empty(shape, device=generator.device).uniform_(low, high, generator=generator)
+
+    crop_boxes = _sample_crop_boxes(n, height, width, policy, generator)
+    flip = uniform(n) < policy.flip_p
+    jitter = uniform(n) < policy.jitter_p
+    jitter_factors = torch.stack(
+        [uniform(n, low=low, high=high) for low, high in policy.jitter_ranges()], 1
+    )
+    jitter_order = uniform(n, 4).argsort(dim=1)  # a uniformly random permutation per image
+    grayscale = uniform(n) < policy.grayscale_p
+    blur = uniform(n) < policy.blur_p
+    blur_sigma = uniform(n, low=policy.blur_sigma[0], high=policy.blur_sigma[1])
+    params = ViewParams(
+        crop_boxes,
+        flip,
+        jitter,
+        jitter_factors,
+        jitter_order,
+        grayscale,
+        blur,
+        blur_sigma,
+        image_size=(height, width),
+    )
+    return params.to(device)
+
+
+def _sample_crop_boxes(
+    n: int, height: int, width: int, policy: ViewPolicy, generator: torch.Generator
+) -> Tensor:
+    """RandomResizedCrop.get_params for n images at once: ten tries each, then a central crop."""
+    options = {"device": generator.device, "dtype": torch.float64}
+    area = height * width
+    scale = torch.empty(n, _CROP_TRIES, **options).uniform_(*policy.crop_scale, generator=generator)
+    log_ratio = torch.empty(n, _CROP_TRIES, **options).uniform_(
+        math.log(policy.crop_ratio[0]), math.log(policy.crop_ratio[1]), generator=generator
+    )
+    aspect = log_ratio.exp()
+    # torch.round rounds half to even, like the Python round() torchvision uses
+    w = (area * scale * aspect).sqrt().round()
+    h = (area * scale / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first try that fits
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    fallback_h, fallback_w = _central_crop_size(height, width, policy.crop_ratio)
+    found = fits.any(dim=1)
+    h = torch.where(found, h, float(fallback_h))
+    w = torch.where(found, w, float(fallback_w))
+    # torch.randint(0, size - extent + 1) per image; the fallback crop is centred
+    top_draw = torch.empty(n, **options).uniform_(generator=generator)
+    left_draw = torch.empty(n, **options).uniform_(generator=generator)
+    top = torch.where(
+        found, (top_draw * (height - h + 1)).floor(), float((height - fallback_h) // 2)
+    )
+    left = torch.where(
+        found, (left_draw * (width - w + 1)).floor(), float((width - fallback_w) // 2)
+    )
+    return torch.stack([top, left, h, w], dim=1).to(torch.int64)
+
+
+def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """The whole image, clamped to the aspect-ratio range (torchvision's fallback)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return int(round(width / min(ratio))), width
+    if in_ratio > max(ratio):
+        return height, int(round(height * max(ratio)))
+    return height, width
+
+
+def apply_view_params(
+    images_uint8_nchw: Tensor,
+    params: ViewParams,
+    policy: ViewPolicy,
+    out_size: int | None = None,
+) -> Tensor:
+    """Augment a uint8 ``N x 3 x H x W`` batch with drawn parameters.
+
+    Returns float32 ``N x 3 x S x S`` in [0, 1] (``S = out_size``; by default the input
+    size), in channels_last memory format for the convolutional model that follows.
+    """
+    images = _check_images(images_uint8_nchw, "apply_view_params")
+    height, width = images.shape[-2:]
+    if len(params) != len(images) or tuple(params.image_size) != (height, width):
+        raise ValueError(
+            f"apply_view_params: {len(images)} images of {height}x{width} but parameters drawn "
+            f"for {len(params)} of {params.image_size[0]}x{params.image_size[1]}; "
+            "draw them with sample_view_params for this batch"
+        )
+    params = params.to(images.device)
+    out_h, out_w = (height, width) if out_size is None else (int(out_size), int(out_size))
+    if out_h < 1:
+        raise ValueError(f"apply_view_params: out_size must be positive, got {out_size}")
+
+    views = _crop_resize_flip(images, params.crop_boxes, params.flip, out_h, out_w)
+    _color_jitter_(views, params)
+    _grayscale_(views, params.grayscale)
+    _gaussian_blur_(
+        views, params.blur, params.blur_sigma, policy.blur_kernel_size(min(out_h, out_w))
+    )
+    return views.clamp_(0.0, 1.0).contiguous(memory_format=torch.channels_last)
+
+
+def make_views(images: Tensor, policy: ViewPolicy, generator: torch.Generator) -> Tensor:
+    """One random view of every image of a uint8 ``N x 3 x H x W`` batch (any memory format)."""
+    images = _check_images(images, "make_views")
+    n, _, height, width = images.shape
+    params = sample_view_params(n, height, width, policy, generator, images.device)
+    return apply_view_params(images, params, policy)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """The un-augmented image: uint8 ``N x 3 x H x W`` -> float32 in [0, 1], channels_last."""
+    images = _check_images(images, "to_float")
+    return images.contiguous(memory_format=torch.channels_last).to(torch.float32).div_(255.0)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch."""
+    channels = x.shape[-3]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"normalize: need one mean and std per channel ({channels}), got {list(mean)}, {list(std)}"
+        )
+    if min(std) <= 0:
+        raise ValueError(f"normalize: std must be positive, got {list(std)}")
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def channel_stats(
+    images: np.ndarray | Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units.
+
+    Accumulated in float64 over chunks, so a whole dataset never needs a float copy.
+    """
+    if isinstance(images, Tensor):
+        images = images.detach().cpu().numpy()
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"channel_stats expects a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}"
+        )
+    total = np.zeros(images.shape[-1])
+    total_sq = np.zeros(images.shape[-1])
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        total_sq += np.square(block).sum(axis=(0, 1, 2))
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _check_images(images: Tensor, caller: str) -> Tensor:
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(f"{caller} expects a uint8 tensor N x C x H x W, got {got}")
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"{caller} expects RGB images (C = 3) in N x C x H x W order, got shape {tuple(images.shape)}; "
+            "convert grayscale datasets to RGB, and permute N x H x W x C arrays with .permute(0, 3, 1, 2)"
+        )
+    return images
+
+
+# --- crop, resize and flip -------------------------------------------------------------------
+
+
+def _crop_resize_flip(
+    images: Tensor, boxes: Tensor, flip: Tensor, out_h: int, out_w: int
+) -> Tensor:
+    """Crop each image to its box, resize bilinearly to out_h x out_w, mirror where flip.
+
+    Resizing is linear in the pixels, so per image it is ``Wy @ crop @ Wx^T`` with one
+    interpolation matrix per axis; the crop and the flip fold into those matrices (zero
+    weight outside the box, reversed rows), leaving two batched matmuls for the whole batch.
+    """
+    n, channels, height, width = images.shape
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)
+    top, left, box_h, box_w = boxes.to(torch.float32).unbind(dim=1)
+    rows = _resize_weights(top, box_h, height, out_h) / 255.0  # to [0, 1] for free
+    cols = _resize_weights(left, box_w, width, out_w, mirror=flip)
+    x = torch.bmm(x.view(n, channels * height, width), cols.transpose(1, 2))
+    return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, out_w))
+
+
+def _resize_weights(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, mirror: Tensor | None = None
+) -> Tensor:
+    """(N, out_size, in_size) weights of torchvision's antialiased bilinear resize of a window.
+
+    Output pixel ``o`` is centred at ``start + (o + 0.5) * scale`` on the input; the triangle
+    filter is widened by the scale when shrinking (antialias) and normalised over the pixels
+    inside the window, which equals edge clamping when enlarging. Where ``mirror``, output
+    pixel ``o`` takes the place of ``out_size - 1 - o`` (a horizontal flip after the resize).
+    """
+    device = start.device
+    start, length = start.view(-1, 1, 1), length.view(-1, 1, 1)
+    scale = length / out_size
+    out_pixel = torch.arange(out_size, device=device, dtype=torch.float32).view(1, -1, 1)
+    if mirror is not None:
+        out_pixel = out_pixel + mirror.view(-1, 1, 1) * (out_size - 1 - 2 * out_pixel)
+    centre = start + (out_pixel + 0.5) * scale  # (N, out, 1)
+    pixel = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1)
+    inside = ((pixel >= start) & (pixel < start + length)).to(torch.float32)  # (N, 1, in)
+    weights = (pixel + 0.5 - centre).abs_().mul_(1.0 / scale.clamp(min=1.0)).neg_().add_(1.0)
+    weights = weights.clamp_(min=0.0).mul_(inside)
+    return weights.div_(weights.sum(dim=2, keepdim=True))
+
+
+# --- colour ops (float images in [0, 1], math of torchvision.transforms.v2.functional) --------
+
+
+def _grayscale(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=-3)
+    return (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(-3)
+
+
+def _per_image(values: Tensor) -> Tensor:  # (M,) -> broadcastable over M x C x H x W
+    return values.view(-1, 1, 1, 1)
+
+
+def _blend(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:
+    """``factor * x + (1 - factor) * target``, clamped: torchvision's _blend, per image."""
+    return torch.lerp(target, x, _per_image(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """Scale by a per-image factor (a blend with black)."""
+    return (x * _per_image(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with the mean of its grayscale version."""
+    return _blend(x, _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Blend each image with its grayscale version."""
+    return _blend(x, _grayscale(x), factor)
+
+
+def _adjust_brightness_contrast_or_saturation(x: Tensor, op_ids: Tensor, factor: Tensor) -> Tensor:
+    """One of the three blends per image, all in one pass: each image's target is black,
+    its mean gray or its gray version, as its op id says."""
+    gray = _grayscale(x)
+    contrast = _per_image((op_ids == CONTRAST).to(x.dtype))
+    saturation = _per_image((op_ids == SATURATION).to(x.dtype))
+    target = gray * saturation + gray.mean(dim=(-3, -2, -1), keepdim=True) * contrast
+    return _blend(x, target, factor)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the HSV hue by a per-image shift in [-0.5, 0.5] (fraction of a turn).
+
+    Saturation and value stay, so the largest and smallest channel stay; only where the
+    colour sits between them moves. The hue is torchvision's (_rgb_to_hsv, in sixths of a
+    turn, ties resolved r, g, b); the way back is the closed form of HSV -> RGB: a channel
+    sits at the max within 1/6 turn of its own hue (0, 2, 4 sixths for r, g, b), at the min
+    beyond 2/6, on a ramp between. Masks are multiplied in rather than torch.where'd, and
+    the wrap is floor arithmetic rather than remainder: both several times faster on CPU.
+    """
+    r, g, b = x.unbind(dim=-3)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    red_max = (maxc == r).to(x.dtype)  # float masks: multiplying by bool is slow on CPU
+    green_max = (maxc == g).to(x.dtype).mul_(1.0 - red_max)
+    blue_max = 1.0 - red_max - green_max
+    # ((g - b) | (b - r) + 2 C | (r - g) + 4 C) / C, whichever channel is the max; 0 if C = 0
+    sixths = (
+        (g - b) * red_max + (b - r + 2.0 * chroma) * green_max + (r - g + 4.0 * chroma) * blue_max
+    ) / chroma.clamp(min=1e-12)
+    sixths += 6.0 * shift.view(-1, 1, 1)
+    sixths -= 6.0 * torch.floor(sixths * (1.0 / 6.0))  # wrap to [0, 6)
+    channel_hues = torch.tensor([0.0, 2.0, 4.0], device=x.device).view(1, 3, 1, 1)
+    # |hue - channel hue| is in [0, 6); the distance around the circle is 3 - |that - 3|
+    distance = (sixths.unsqueeze(-3) - channel_hues).abs_()
+    ramp = torch.rsub(distance.sub_(3.0).abs_(), 2.0).clamp_(0.0, 1.0)  # clamp(circular - 1, 0, 1)
+    return torch.addcmul(maxc.unsqueeze(-3), chroma.unsqueeze(-3), ramp, value=-1.0)
+
+
+def _color_jitter_(views: Tensor, params: ViewParams) -> None:
+    """Apply each jittered image's four ops in its own order, each op only to its images.
+
+    At each of the four steps the images due for brightness, contrast or saturation take one
+    shared pass (all three are blends), those due for hue another.
+    """
+    for step in range(4):
+        op_ids = params.jitter_order[:, step]
+        due_hue = op_ids == HUE
+        index = (params.jitter & ~due_hue).nonzero().squeeze(1)
+        if len(index):
+            factor = params.jitter_factors[index].gather(1, op_ids[index, None]).squeeze(1)
+            views[index] = _adjust_brightness_contrast_or_saturation(
+                views[index], op_ids[index], factor
+            )
+        index = (params.jitter & due_hue).nonzero().squeeze(1)
+        if len(index):
+            views[index] = adjust_hue(views[index], params.jitter_factors[index, HUE])
+
+
+def _grayscale_(views: Tensor, mask: Tensor) -> None:
+    index = mask.nonzero().squeeze(1)
+    if len(index):
+        views[index] = _grayscale(views[index]).expand(-1, 3, -1, -1)
+
+
+def _gaussian_blur_(views: Tensor, mask: Tensor, sigma: Tensor, kernel_size: int) -> None:
+    """Separable Gaussian blur with a per-image sigma and reflect padding (torchvision's)."""
+    index = mask.nonzero().squeeze(1)
+    if kernel_size < 3 or not len(index):
+        return
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, device=views.device, dtype=torch.float32)
+    kernels = torch.softmax(
+        -0.5 * (offsets / sigma[index].view(-1, 1)) ** 2, dim=1
+    )  # (M, k), sums to 1
+    taps = [_per_image(kernels[:, t]) for t in range(kernel_size)]
+    height, width = views.shape[-2:]
+    padded = F.pad(views[index], (half, half, half, half), mode="reflect")
+    across = padded[..., :width] * taps[0]
+    for t in range(1, kernel_size):
+        across.addcmul_(padded[..., t : t + width], taps[t])
+    down = across[..., :height, :] * taps[0]
+    for t in range(1, kernel_size):
+        down.addcmul_(across[..., t : t + height, :], taps[t])
+    views[index] = down

@@ -1,0 +1,43 @@
+"""Parameter validation names the bad key and what was expected."""
+
+import pytest
+import yaml
+
+from aavae.config import ConfigError, PretrainConfig, parse, validate_all
+
+
+def test_defaults_validate():
+    with open("conf/base/parameters.yml") as handle:
+        params = yaml.safe_load(handle)
+    parsed = validate_all(params)
+    assert parsed["dataset"].name == "digits"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"'pretrain\.learning_rat': unknown parameter.*learning_rate"):
+        parse("pretrain", {"learning_rat": 0.1})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"'pretrain\.max_epochs'.*'ten'"):
+        parse("pretrain", {"max_epochs": "ten"})
+
+
+def test_unknown_group_and_several_problems_reported_together():
+    with pytest.raises(ConfigError) as info:
+        validate_all({"pretrian": {}, "model": {"encoder": "vgg"}, "views": {"flip_p": 2}})
+    message = str(info.value)
+    assert "'pretrian'" in message
+    assert "'model.encoder'" in message and "resnet18" in message
+    assert "'views.flip_p'" in message
+
+
+def test_imagefolder_needs_a_path():
+    with pytest.raises(ConfigError, match="dataset.path is required"):
+        parse("dataset", {"name": "imagefolder"})
+
+
+def test_kl_coeff_follows_the_objective():
+    assert PretrainConfig(objective="vae").effective_kl_coeff == 0.1
+    assert PretrainConfig(objective="aavae").effective_kl_coeff == 0.0
+    assert PretrainConfig(objective="vae", kl_coeff=0.5).effective_kl_coeff == 0.5
