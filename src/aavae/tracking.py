@@ -6,6 +6,7 @@ import it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -74,3 +75,36 @@ def log_metrics_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
         return
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
+
+
+def close_if_stale(run_id: str | None) -> None:
+    """Mark a run KILLED if it is still RUNNING though its process is gone (e.g. SIGKILL)."""
+    if not run_id or run_id == active_run_id():
+        return
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED")
+        log.info("Marked the interrupted run %s as KILLED.", run_id)
+
+
+def end_active_run_killed() -> None:
+    """End the active run as KILLED (SIGTERM / Ctrl+C reach past kedro-mlflow's error hook).
+
+    MLflow keeps its active-run stack per thread and ends whatever run the main thread still
+    holds at exit as FINISHED; the node may run in another thread, so the status is set now
+    and the main thread's run is ended as KILLED at exit, before MLflow's own exit handler.
+    """
+    run_id = active_run_id()
+    if run_id is None:
+        return
+    MlflowClient().set_terminated(run_id, "KILLED")
+    atexit.register(_end_runs_killed)
+
+
+def _end_runs_killed() -> None:
+    while mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 
 from aavae.config import PretrainConfig
@@ -343,6 +345,22 @@ class PretrainModule(pl.LightningModule):
         return [optimizer], [{"scheduler": scheduler, "interval": "step", "frequency": 1}]
 
 
+class CheckpointOnInterrupt(pl.Callback):
+    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there.
+
+    Other exceptions leave last.ckpt alone: a crash (NaN weights, a bug) must not replace
+    the last good checkpoint.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.path = Path(checkpoint_dir) / LAST_CHECKPOINT
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path)
+            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
+
+
 def choose_accelerator(requested: str) -> str:
     if requested != "auto":
         return "gpu" if requested == "cuda" else requested
@@ -379,14 +397,19 @@ def build_trainer(
     has_validation: bool = True,
 ) -> pl.Trainer:
     accelerator = choose_accelerator(config.accelerator)
-    checkpointing = pl.callbacks.ModelCheckpoint(
+    periodic = pl.callbacks.ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="epoch{epoch:04d}",
         auto_insert_metric_name=False,
         every_n_epochs=config.checkpoint_every_n_epochs,
         save_top_k=-1,
-        save_last=True,
+        save_last=config.checkpoint_every_n_epochs == 1,
     )
+    checkpointing = [periodic]
+    if config.checkpoint_every_n_epochs > 1:
+        # last.ckpt after every epoch, so an interruption loses at most one epoch.
+        checkpointing.append(pl.callbacks.ModelCheckpoint(
+            dirpath=checkpoint_dir, every_n_epochs=1, save_top_k=0, save_last=True))
     max_time = None
     if config.max_time_minutes is not None:
         max_time = {"seconds": int(config.max_time_minutes * 60)}
@@ -399,7 +422,7 @@ def build_trainer(
         max_time=max_time,
         gradient_clip_val=config.gradient_clip_val,
         logger=list(loggers) or False,
-        callbacks=[checkpointing, *callbacks],
+        callbacks=[*checkpointing, CheckpointOnInterrupt(checkpoint_dir), *callbacks],
         # Each logger call is a round trip to the tracking store: log on diagnostic steps only.
         log_every_n_steps=config.diagnostics_every_n_steps,
         num_sanity_val_steps=0,
@@ -428,7 +451,11 @@ def fit(
         # In-place compile keeps the state-dict keys, so checkpoints stay loadable.
         module.net.encoder.compile()
         module.net.decoder.compile()
-    trainer.fit(module, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, ckpt_path=ckpt_path)
+    except SIGTERMException as exc:
+        # Lightning's SIGTERM exit carries status 0; a terminated run must not look successful.
+        raise SystemExit(128 + signal.SIGTERM) from exc
     return trainer.current_epoch
 
 

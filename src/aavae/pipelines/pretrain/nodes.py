@@ -83,7 +83,9 @@ def pretrain(
          "splits": dataset_card.get("splits")},
         spec.to_dict(), key_cfg, view_policy,
     )
-    resumed_from = _previous_run(checkpoint_dir) if cfg.resume else None
+    previous = _previous_run(checkpoint_dir)
+    tracking.close_if_stale(previous)
+    resumed_from = previous if cfg.resume and (checkpoint_dir / "last.ckpt").is_file() else None
     _remember_run(checkpoint_dir)
     tracking.log_params_once({"model.num_parameters": num_parameters})
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective,
@@ -107,7 +109,13 @@ def pretrain(
                 logger.run_id, fig, f"reconstructions/epoch_{epoch:05d}.png"),
         ))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
-    epochs = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
+    try:
+        epochs = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
+    except Exception:
+        raise  # kedro-mlflow marks the run FAILED
+    except BaseException:
+        tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
+        raise
 
     net = module.net.cpu().eval()
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
@@ -127,10 +135,9 @@ def pretrain(
 
 
 def _previous_run(checkpoint_dir: Path) -> str | None:
+    """The MLflow run that last trained into this checkpoint folder."""
     marker = checkpoint_dir / "mlflow_run.json"
-    if (checkpoint_dir / "last.ckpt").is_file() and marker.is_file():
-        return json.loads(marker.read_text()).get("run_id")
-    return None
+    return json.loads(marker.read_text()).get("run_id") if marker.is_file() else None
 
 
 def _remember_run(checkpoint_dir: Path) -> None:

@@ -1,0 +1,73 @@
+"""Killing pretraining mid-run and rerunning the same command resumes; no run stays RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import copy_project, kedro
+
+ARGS = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=6"]
+
+
+def _start(project: Path) -> subprocess.Popen:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen([sys.executable, "-m", "kedro", "run", *ARGS], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: float, timeout: float = 300) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for last in (project / "data/06_models/checkpoints").glob("*/last.ckpt"):
+            if last.stat().st_mtime > after:
+                time.sleep(0.5)  # let the write finish
+                return last
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended ({process.returncode}) before writing a checkpoint")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def _runs(project: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aavae")
+    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
+
+
+def test_sigterm_then_sigkill_then_resume(tmp_path):
+    project = copy_project(tmp_path)
+
+    first = _start(project)
+    last = _wait_for_new_checkpoint(project, first, after=0)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) != 0
+    preview = project / "data/08_reporting/view_preview.png"
+    assert preview.is_file() and last.is_file()
+
+    second = _start(project)
+    _wait_for_new_checkpoint(project, second, after=last.stat().st_mtime)
+    second.kill()  # SIGKILL: nothing in the process can react
+    second.wait(timeout=60)
+
+    kedro(project, *ARGS)
+    first_run, second_run, third_run = _runs(project)
+    assert first_run.info.status == "KILLED", "SIGTERM ends the run as KILLED"
+    assert second_run.info.status == "KILLED", "the next run closes the SIGKILLed one"
+    assert third_run.info.status == "FINISHED"
+    assert third_run.data.tags["resumed_from_run"] == second_run.info.run_id
+    assert preview.is_file(), "earlier artifacts survive"
+
+    import torch
+
+    bundle = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
+    assert bundle["epochs"] == 6
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    epochs_in_final_run = client.get_metric_history(third_run.info.run_id, "train_loss")
+    assert len(epochs_in_final_run) < 6, "the final attempt resumed instead of starting over"
