@@ -1,0 +1,69 @@
+"""The pretraining throughput benchmark runs end to end with the smallest settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = PROJECT_ROOT / "benchmarks" / "pretrain_throughput.py"
+ENGINE_ROW = re.compile(r"^engine: (aavae|paper) images_per_s: \d+\.\d step_ms: \d+\.\d\b")
+
+
+def run_benchmark(*flags: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *flags],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_pretrain_throughput_reports_both_engines_and_ends_with_the_ratio():
+    # One thread: on a shared two-core machine, two contending OpenMP threads are far slower.
+    result = run_benchmark(
+        "--device",
+        "cpu",
+        "--data",
+        "random",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--batch-size",
+        "8",
+        "--width",
+        "8",
+        "--images",
+        "64",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("device: ") and "precision aavae: " in lines[0]
+    assert "random uint8" in lines[1]
+    rows = [line for line in lines if line.startswith("engine: ")]
+    assert [ENGINE_ROW.match(row).group(1) for row in rows] == ["aavae", "paper"], rows
+    assert re.fullmatch(r"ratio: \d+\.\d\d", lines[-1]), lines[-1]
+
+
+def test_pretrain_throughput_refuses_a_batch_larger_than_the_images():
+    result = run_benchmark("--device", "cpu", "--images", "4", "--batch-size", "8")
+    assert result.returncode != 0
+    assert "--images (4) must hold at least one batch" in result.stderr
