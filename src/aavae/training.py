@@ -199,6 +199,9 @@ class PretrainModule(pl.LightningModule):
         self._train_labels = _as_tensor(train.labels).long()
         self._val = val
         self._val_tensors: tuple[Tensor, Tensor, Tensor] | None = None
+        self._epoch_keys: tuple[str, ...] = ()
+        self._epoch_sums: Tensor | None = None
+        self._epoch_steps = 0
 
     # -- data: indices only; images are gathered on the device -------------------------------
     def setup(self, stage: str) -> None:
@@ -230,8 +233,10 @@ class PretrainModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x.contiguous()
 
     def _step_generator(self, salt: int = 0) -> torch.Generator:
-        # Seeded by the global step, so a resumed run draws the same views and noise.
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.global_step * 7 + salt)
+        # Seeded by the global step, so a resumed run draws the same views and noise; on the
+        # training device, so drawing them needs no host round trip.
+        seed = self.config.seed * 1_000_003 + self.global_step * 7 + salt
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def _views(self, images_nhwc: Tensor, generator: torch.Generator) -> Tensor:
         # Views are pixel work in fp32 whatever the model's precision.
@@ -241,7 +246,7 @@ class PretrainModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return torch.randn(shape, generator=generator).to(self.device)
+        return torch.randn(shape, generator=generator, device=self.device)
 
     def _reconstruction_terms(
         self, x_in: Tensor, target: Tensor, generator: torch.Generator, samples: int = 1
@@ -286,6 +291,38 @@ class PretrainModule(pl.LightningModule):
             "kl_augmentation": kl_gaussians(mu_a, logvar_a, mu_o, logvar_o).mean(),
         }
 
+    def _probe(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Online linear probe loss and accuracy over labelled images (-1 = unlabeled).
+
+        Written without data-dependent branches, so it never waits on the device.
+        """
+        assert self.online_probe is not None
+        logits = self.online_probe(features)
+        known = (labels >= 0).float()
+        count = known.sum().clamp(min=1)
+        loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none").mul(known).sum() / count
+        accuracy = ((logits.argmax(1) == labels).float() * known).sum() / count
+        return loss, accuracy.detach()
+
+    def _accumulate(self, metrics: dict[str, Tensor]) -> None:
+        """Sum the step's metrics on the device; they are logged once per epoch.
+
+        One stacked add per step instead of a logging call per metric keeps the host free.
+        """
+        values = torch.stack([v.detach().float() for v in metrics.values()])
+        if self._epoch_sums is None or self._epoch_keys != tuple(metrics):
+            self._epoch_keys, self._epoch_sums, self._epoch_steps = tuple(metrics), torch.zeros_like(values), 0
+        self._epoch_sums += values
+        self._epoch_steps += 1
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_sums is None or not self._epoch_steps:
+            return
+        means = (self._epoch_sums / self._epoch_steps).tolist()
+        self.log_dict({f"train_{k}": v for k, v in zip(self._epoch_keys, means, strict=True)})
+        self.log("loss", means[self._epoch_keys.index("loss")], prog_bar=True, logger=False)
+        self._epoch_sums, self._epoch_steps = None, 0
+
     # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         images = self._train_images[batch]
@@ -297,14 +334,10 @@ class PretrainModule(pl.LightningModule):
         loss, metrics, features = self._reconstruction_terms(x_in, original, generator)
         metrics["log_scale"] = self.net.log_scale.detach().float().squeeze()
         total = loss
-        if self.online_probe is not None and bool((labels >= 0).any()):
-            logits = self.online_probe(features.detach().float())
-            probe_loss = F.cross_entropy(logits, labels, ignore_index=-1)
+        if self.online_probe is not None:
+            probe_loss, metrics["probe_acc"] = self._probe(features.detach().float(), labels)
             total = total + probe_loss
-            known = labels >= 0
-            metrics["probe_acc"] = (logits.argmax(1)[known] == labels[known]).float().mean()
-        self.log_dict({f"train_{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, prog_bar=False)
-        self.log("loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        self._accumulate(metrics)
         if self.global_step % self.config.diagnostics_every_n_steps == 0:
             if augmented is None:
                 augmented = self._views(images, generator)
@@ -315,16 +348,14 @@ class PretrainModule(pl.LightningModule):
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         assert self._val_tensors is not None
         views, originals, labels = (t[batch] for t in self._val_tensors)
-        generator = torch.Generator().manual_seed(self.config.seed + batch_idx)
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + batch_idx)
         original = self._to_input(originals)
         augmented = self._to_input(views)
         x_in = augmented if self.objective.uses_augmented_input else original
         _, metrics, _ = self._reconstruction_terms(x_in, original, generator, samples=self.config.val_samples)
         metrics.update(self._augmentation_diagnostics(augmented, original, generator))
-        if self.online_probe is not None and bool((labels >= 0).any()):
-            logits = self.online_probe(self.net.encode(original).float())
-            known = labels >= 0
-            metrics["probe_acc"] = (logits.argmax(1)[known] == labels[known]).float().mean()
+        if self.online_probe is not None:
+            _, metrics["probe_acc"] = self._probe(self.net.encode(original).float(), labels)
         self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch))
 
     # -- optimisation ---------------------------------------------------------------------
