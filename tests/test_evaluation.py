@@ -1,4 +1,4 @@
-"""Tests of aavae.evaluation: feature extraction, linear probe, kNN and their reports."""
+"""Tests of aavae.evaluation: features, linear probe, kNN, the paper protocol, checkpoints, maps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from aavae import evaluation as ev
@@ -19,6 +21,8 @@ from aavae.evaluation import (
     linear_probe,
     stratified_split,
 )
+from aavae.models import AAVAENet, ModelSpec, build_model
+from aavae.views import channel_stats
 
 
 def gaussian_clusters(n: int, dim: int, num_classes: int, spread: float, seed: int):
@@ -376,3 +380,306 @@ def test_linear_probe_rejects_bad_options(options, message):
 def test_knn_rejects_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         knn_classify(*GOOD, GOOD[0], GOOD[1], 3, **options)
+
+
+# --------------------------------------------------------------------------- the paper's augmentation
+
+
+def uint8_batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(random_images(n, size, seed)).permute(0, 3, 1, 2)
+
+
+def test_padded_random_crop_is_a_reflect_padded_crop_of_every_image_with_or_without_flip():
+    images = uint8_batch(64, 8)
+    views = ev.padded_random_crop(images, torch.Generator().manual_seed(0))
+
+    assert views.shape == (64, 3, 8, 8) and views.dtype == torch.float32
+    padded = F.pad(images.float() / 255.0, (4, 4, 4, 4), mode="reflect")
+    offsets, flips = set(), set()
+    for image, view in zip(padded, views, strict=True):
+        matches = [
+            (top, left, flip)
+            for top in range(9)
+            for left in range(9)
+            for flip in (False, True)
+            if torch.equal(
+                view,
+                image[:, top : top + 8, left : left + 8].flip(-1)
+                if flip
+                else image[:, top : top + 8, left : left + 8],
+            )
+        ]
+        assert matches, "every view is a crop of the reflect-padded image, maybe mirrored"
+        offsets.add(matches[0][:2])
+        flips.add(matches[0][2])
+    assert flips == {False, True}
+    assert len(offsets) > 20  # offsets are drawn per image, not once per batch
+
+
+def test_padded_random_crop_is_seeded_and_refuses_a_padding_wider_than_the_image():
+    images = uint8_batch(8, 8)
+    first = ev.padded_random_crop(images, torch.Generator().manual_seed(3))
+    second = ev.padded_random_crop(images, torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+    with pytest.raises(ValueError, match="padding must be in"):
+        ev.padded_random_crop(uint8_batch(2, 4), torch.Generator(), padding=4)
+
+
+def test_random_resized_crop_keeps_the_size_and_the_pixel_range():
+    images = uint8_batch(16, 12)
+    views = ev.random_resized_crop(images, torch.Generator().manual_seed(0))
+    assert views.shape == (16, 3, 12, 12)
+    assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    assert not torch.allclose(views, images.float() / 255.0)
+
+
+def test_paper_augmentation_follows_the_papers_datasets():
+    assert ev.paper_augmentation_for(32) == "crop"  # CIFAR-10
+    assert ev.paper_augmentation_for(16) == "crop"
+    assert ev.paper_augmentation_for(96) == "resized_crop"  # STL-10
+    images = uint8_batch(2, 8)
+    assert torch.equal(ev.paper_train_views(images, "none", torch.Generator()), images.float() / 255)
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        ev.paper_train_views(images, "jitter", torch.Generator())
+
+
+# --------------------------------------------------------------------------- paper_linear_eval
+
+
+def colour_images(n: int, seed: int, size: int = 12):
+    """Three classes told apart by their dominant colour channel, with pixel noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    colour = np.full((n, 3), 60.0)
+    colour[np.arange(n), labels] = 200.0
+    images = colour[:, None, None, :] + rng.normal(0, 25, (n, size, size, 3))
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def mean_colour_encoder() -> nn.Module:
+    """A frozen encoder with batch norm (statistics must stay untouched) and no weights to learn."""
+    encoder = nn.Sequential(nn.BatchNorm2d(3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    encoder[0].running_mean.fill_(0.1)
+    return encoder
+
+
+def test_paper_linear_eval_learns_a_separable_image_set_with_the_encoder_frozen():
+    train, test = colour_images(120, 0), colour_images(60, 1)
+    encoder = mean_colour_encoder().train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+
+    result = ev.paper_linear_eval(
+        encoder, *train, *test, MEAN, STD, 3, ["red", "green", "blue"],
+        epochs=2, batch_size=16, learning_rate=0.5,
+    )
+
+    assert result.top1 >= 0.95
+    assert list(result.per_class) == ["red", "green", "blue"]
+    assert result.confusion.sum() == 60
+    assert result.chosen["augmentation"] == "crop" and result.chosen["nesterov"] is True
+    assert len(result.chosen["train_loss"]) == 2
+    assert result.chosen["train_loss"][1] < result.chosen["train_loss"][0]
+    assert encoder.training, "the caller's train/eval mode is restored"
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed: the encoder must stay frozen"
+
+
+def test_paper_linear_eval_uses_the_papers_optimiser_settings_and_is_seeded():
+    train, test = colour_images(40, 2, size=8), colour_images(20, 3, size=8)
+    run = lambda: ev.paper_linear_eval(  # noqa: E731
+        mean_colour_encoder(), *train, *test, MEAN, STD, 3, epochs=1, batch_size=64,
+        augmentation="resized_crop",
+    )
+    first, second = run(), run()
+
+    assert first.chosen["learning_rate"] == pytest.approx(0.1 * 64 / 256)  # no int() truncation
+    assert first.chosen["momentum"] == 0.9 and first.chosen["weight_decay"] == 0.0
+    assert first.chosen["augmentation"] == "resized_crop"
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_paper_linear_eval_works_where_autograd_is_off():
+    train, test = colour_images(30, 4, size=8), colour_images(10, 5, size=8)
+    with torch.inference_mode():
+        result = ev.paper_linear_eval(mean_colour_encoder(), *train, *test, MEAN, STD, 3, epochs=1)
+    assert 0.0 <= result.top1 <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"augmentation": "colour"}, "augmentation must be one of"),
+    ],
+)
+def test_paper_linear_eval_rejects_bad_options(options, message):
+    train, test = colour_images(10, 0, size=8), colour_images(5, 1, size=8)
+    with pytest.raises(ValueError, match=message):
+        ev.paper_linear_eval(mean_colour_encoder(), *train, *test, MEAN, STD, 3, **options)
+
+
+def test_paper_linear_eval_names_the_bad_image_argument():
+    train, test = colour_images(10, 0, size=8), colour_images(5, 1, size=8)
+    with pytest.raises(ValueError, match="test_images: images must be uint8"):
+        ev.paper_linear_eval(mean_colour_encoder(), *train, test[0].astype(np.float32), test[1],
+                             MEAN, STD, 3)
+    with pytest.raises(ValueError, match="train_labels must be 1-D"):
+        ev.paper_linear_eval(mean_colour_encoder(), train[0], train[1][:3], *test, MEAN, STD, 3)
+
+
+# --------------------------------------------------------------------------- models to evaluate
+
+SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
+
+
+def trained_looking_model(spec: ModelSpec = SPEC) -> AAVAENet:
+    torch.manual_seed(1)
+    net = build_model(spec).train()
+    with torch.no_grad():  # move batch-norm statistics off their initial values
+        net.posterior(torch.randn(4, 3, spec.input_size, spec.input_size))
+    return net.eval()
+
+
+def encoder_output(net: AAVAENet, images: np.ndarray, mean, std) -> np.ndarray:
+    return extract_features(net.encoder, images, mean, std)
+
+
+def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp_path):
+    net = trained_looking_model()
+    bundle = {"state_dict": net.state_dict(), "spec": SPEC.to_dict(), "objective": "aavae",
+              "normalization": {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]},
+              "class_names": ["old"], "mlflow_run_id": "abc", "epochs": 7}
+    path = tmp_path / "aavae_model.pt"
+    torch.save(bundle, path)
+    images = random_images(6, 16)
+
+    loaded = ev.bundle_from_checkpoint(path, ModelSpec(width=16), images, ["a", "b"])
+
+    assert loaded["spec"] == SPEC.to_dict()  # the file's spec, not the one passed for paper files
+    assert loaded["normalization"] == bundle["normalization"]
+    assert loaded["class_names"] == ["a", "b"] and loaded["checkpoint"] == str(path)
+    assert loaded["mlflow_run_id"] == "abc" and loaded["epochs"] == 7
+    rebuilt = ev.model_from_bundle(loaded)
+    np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),
+                                  encoder_output(net, images, MEAN, STD))
+
+
+def test_a_paper_checkpoint_given_by_path_is_read_into_the_spec_with_dataset_statistics(tmp_path):
+    net = trained_looking_model()
+    state = dict(net.state_dict())
+    state["online_finetuner.weight"] = torch.randn(10, 64)  # the paper's module holds more
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 4, "global_step": 50, "state_dict": state}, path)
+    images = random_images(6, 16)
+
+    loaded = ev.bundle_from_checkpoint(path, SPEC, images, ["a", "b"])
+
+    mean, std = channel_stats(images)
+    np.testing.assert_allclose(loaded["normalization"]["mean"], mean)
+    np.testing.assert_allclose(loaded["normalization"]["std"], std)
+    assert loaded["epochs"] == 5 and loaded["objective"] == "paper checkpoint"
+    assert loaded["mlflow_run_id"] is None and loaded["class_names"] == ["a", "b"]
+    rebuilt = ev.model_from_bundle(loaded)
+    np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),
+                                  encoder_output(net, images, MEAN, STD))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    images = random_images(4, 16)
+    with pytest.raises(FileNotFoundError, match="absent.ckpt does not exist"):
+        ev.bundle_from_checkpoint(tmp_path / "absent.ckpt", SPEC, images, ["a", "b"])
+    wrong = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": build_model(ModelSpec(width=16, input_size=16)).state_dict()}, wrong)
+    with pytest.raises(ValueError, match="wide.ckpt does not fit"):
+        ev.bundle_from_checkpoint(wrong, SPEC, images, ["a", "b"])
+    broken_bundle = tmp_path / "bundle.pt"
+    torch.save({"state_dict": {}, "spec": SPEC.to_dict(), "normalization": {}}, broken_bundle)
+    with pytest.raises(ValueError, match="model bundle .*bundle.pt cannot be rebuilt"):
+        ev.bundle_from_checkpoint(broken_bundle, SPEC, images, ["a", "b"])
+
+
+def test_model_from_bundle_names_missing_keys():
+    with pytest.raises(ValueError, match="is not a model bundle: expected a dict with state_dict"):
+        ev.model_from_bundle({"state_dict": {}})
+
+
+def test_baseline_encoders_are_seeded_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = ev.baseline_encoder("random_init", SPEC, seed=0)
+    assert torch.equal(torch.rand(1), expected_next)
+    again = ev.baseline_encoder("random_init", SPEC, seed=0)
+    other = ev.baseline_encoder("random_init", SPEC, seed=1)
+    weight = "conv1.weight"
+    assert torch.equal(first.state_dict()[weight], again.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
+    assert isinstance(ev.baseline_encoder("raw_pixels", SPEC, 0), nn.Flatten)
+    with pytest.raises(ValueError, match="unknown baseline 'pixels'"):
+        ev.baseline_encoder("pixels", SPEC, 0)
+
+
+def test_resolve_model_node_reads_evaluate_checkpoint(tmp_path):
+    from aavae.data.imageset import ImageSet
+    from aavae.pipelines.features.nodes import resolve_model
+
+    net = trained_looking_model()
+    path = tmp_path / "paper.ckpt"
+    torch.save({"state_dict": net.state_dict()}, path)
+    images = ImageSet(random_images(6, 16), np.array([0, 1] * 3), ("a", "b"), "train")
+    model_params = {"encoder": "resnet18", "width": 8, "latent_dim": 16}
+    trained = {"state_dict": {}, "spec": {}, "normalization": {}}
+
+    assert resolve_model(trained, images, {}, model_params) is trained
+    bundle = resolve_model(trained, images, {"checkpoint": str(path)}, model_params)
+    assert bundle["checkpoint"] == str(path) and bundle["spec"]["input_size"] == 16
+    with pytest.raises(ValueError, match=r"evaluate.checkpoint='.*missing.ckpt': checkpoint"):
+        resolve_model(trained, images, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params)
+    with pytest.raises(ValueError, match="No model to evaluate"):
+        resolve_model(None, images, {}, model_params)
+
+
+# --------------------------------------------------------------------------- looking at features
+
+
+def test_nearest_neighbours_match_a_brute_force_cosine_ranking():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(50, 6)), rng.normal(size=(7, 6))
+    index, similarity = ev.nearest_neighbours(bank, queries, k=5, batch_size=3)
+
+    cosine = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_array_equal(index, np.argsort(-cosine, axis=1)[:, :5])
+    np.testing.assert_allclose(similarity, np.sort(cosine, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+    assert ev.nearest_neighbours(bank[:3], queries, k=10)[0].shape == (7, 3)
+    with pytest.raises(ValueError, match="bank has 6 feature columns but queries have 5"):
+        ev.nearest_neighbours(bank, queries[:, :5])
+
+
+def test_embed_2d_subsamples_deterministically_and_keeps_labels_aligned():
+    x, y = gaussian_clusters(300, 10, 3, spread=0.3, seed=1)
+    coords, labels, rows = ev.embed_2d(x, y, method="pca", max_points=100, seed=0)
+
+    assert coords.shape == (100, 2) and coords.dtype == np.float32
+    assert np.all(np.diff(rows) > 0) and np.array_equal(labels, y[rows])
+    again = ev.embed_2d(x, y, method="pca", max_points=100, seed=0)
+    np.testing.assert_array_equal(coords, again[0])
+    with pytest.raises(ValueError, match="method must be one of tsne, pca"):
+        ev.embed_2d(x, y, method="umap")
+    with pytest.raises(ValueError, match="labels must be 1-D with one label per feature row"):
+        ev.embed_2d(x, y[:5])
+
+
+def test_embed_2d_tsne_keeps_separated_clusters_apart():
+    x, y = gaussian_clusters(60, 20, 3, spread=0.2, seed=2)
+    # One OpenMP thread: t-SNE's threads crawl when the test machine's cores are busy.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        coords, labels, _ = ev.embed_2d(x, y, method="tsne", seed=0)
+    # each point's nearest 2-D neighbour belongs to its own cluster
+    distance = np.linalg.norm(coords[:, None] - coords[None], axis=2)
+    np.fill_diagonal(distance, np.inf)
+    assert np.mean(labels[distance.argmin(1)] == labels) >= 0.95

@@ -117,6 +117,19 @@ class EvaluateConfig(_Schema):
     knn_temperature: float = Field(0.1, gt=0)
     baselines: tuple[Literal["random_init", "raw_pixels"], ...] = ("random_init", "raw_pixels")
     seed: int = 0
+    protocol: Literal["frozen_features", "paper"] = Field(
+        "frozen_features",
+        description="frozen_features: L-BFGS probe on fixed features; paper: SGD linear layer "
+        "on the frozen encoder over augmented images (the paper's linear_eval.py)",
+    )
+    paper_epochs: int = Field(90, ge=1, description="epochs of the paper protocol")
+    paper_batch_size: int = Field(256, ge=1, description="paper protocol; lr = 0.1 * batch / 256")
+    checkpoint: str | None = Field(
+        None, description="evaluate this file (a model bundle or a paper checkpoint) instead "
+        "of the trained aavae_model",
+    )
+    embedding_method: Literal["tsne", "pca"] = "tsne"
+    embedding_points: int = Field(2000, ge=2, description="test points in embedding.png")
 
 
 SCHEMAS: dict[str, type[_Schema]] = {

@@ -80,11 +80,19 @@ class ArraysDataset(_FileDataset):
 class TorchBundleDataset(_FileDataset):
     """Model weights plus the plain config needed to rebuild the model, via torch.save.
 
-    Loading uses ``weights_only=True``: a file from outside cannot run code.
+    Loading uses ``weights_only=True``: a file from outside cannot run code. With
+    ``optional=True`` a missing file loads as ``None`` (evaluating a checkpoint given by path
+    needs no trained bundle).
     """
 
-    def load(self) -> dict[str, Any]:
+    def __init__(self, filepath: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(filepath, metadata)
+        self._optional = optional
+
+    def load(self) -> dict[str, Any] | None:
         if not self._filepath.exists():
+            if self._optional:
+                return None
             raise self._missing()
         try:
             return torch.load(self._filepath, map_location="cpu", weights_only=True)

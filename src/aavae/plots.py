@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import matplotlib
@@ -20,7 +21,7 @@ def image_grid(
     rows = len(columns[0])
     cols = len(columns)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
-    for c, (images, name) in enumerate(zip(columns, column_titles)):
+    for c, (images, name) in enumerate(zip(columns, column_titles, strict=True)):
         for r in range(rows):
             ax = axes[r][c]
             ax.imshow(images[r], interpolation="nearest")
@@ -52,5 +53,96 @@ def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str], t
                 ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if share > 0.5 else "black")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(figure: Figure, dpi: int = 120) -> bytes:
+    """The figure as PNG bytes (for embedding in a report)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _class_colours(num_classes: int):
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
+    if num_classes <= 20:
+        return [cmap(i) for i in range(num_classes)]
+    return [cmap(i / max(1, num_classes - 1)) for i in range(num_classes)]
+
+
+def embedding_figure(
+    coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str
+) -> Figure:
+    """A 2-D scatter of embedded samples, one colour per class, with a legend."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    colours = _class_colours(len(class_names))
+    for index, name in enumerate(class_names):
+        chosen = labels == index
+        if chosen.any():
+            ax.scatter(coords[chosen, 0], coords[chosen, 1], s=8, alpha=0.8,
+                       color=colours[index], label=str(name), linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    if len(class_names) <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, markerscale=2,
+                  frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(
+    series: dict[str, Sequence[tuple[float, float]]], title: str, xlabel: str = "step",
+    ylabel: str = "loss",
+) -> Figure:
+    """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, points in series.items():
+        if len(points):
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_figure(
+    queries: np.ndarray,
+    neighbours: np.ndarray,
+    query_labels: np.ndarray,
+    neighbour_labels: np.ndarray,
+    class_names: Sequence[str],
+    similarities: np.ndarray | None = None,
+) -> Figure:
+    """Each query (uint8 H x W x C) beside its nearest images, labelled by class.
+
+    ``neighbours`` is ``(Q, K, H, W, C)``; a neighbour of the query's class is framed green,
+    another class red.
+    """
+    rows, k = neighbours.shape[:2]
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.5 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        cells = [(queries[r], f"query: {class_names[query_labels[r]]}", "black")]
+        for j in range(k):
+            same = neighbour_labels[r, j] == query_labels[r]
+            caption = str(class_names[neighbour_labels[r, j]])
+            if similarities is not None:
+                caption += f" {similarities[r, j]:.2f}"
+            cells.append((neighbours[r, j], caption, "tab:green" if same else "tab:red"))
+        for ax, (image, caption, colour) in zip(axes[r], cells, strict=True):
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(caption, fontsize=7, color=colour)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2 if colour != "black" else 1)
+    fig.suptitle("Nearest training images by cosine similarity of the learned features", fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,29 +1,66 @@
-"""Evaluate: linear probe and kNN on frozen features, beside the baselines, in one table."""
+"""Evaluate: linear eval and kNN beside the baselines in one table, an embedding map, a report."""
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
 
 from aavae import tracking
 from aavae.config import EvaluateConfig, parse
-from aavae.evaluation import accuracy_report, knn_classify, linear_probe
-from aavae.plots import confusion_matrix_figure
+from aavae.data.imageset import ImageSet
+from aavae.evaluation import (
+    ClassifierResult,
+    accuracy_report,
+    baseline_encoder,
+    embed_2d,
+    knn_classify,
+    linear_probe,
+    model_from_bundle,
+    paper_linear_eval,
+)
+from aavae.models import ModelSpec
+from aavae.plots import confusion_matrix_figure, curves_figure, embedding_figure, figure_png
+from aavae.report_html import ReportImage, render_report
 
 log = logging.getLogger(__name__)
 
+LOSS_CURVES = ("train_loss", "val_loss")
 
-def _score(train_x, train_y, test_x, test_y, class_names, config: EvaluateConfig) -> tuple[dict[str, Any], Any]:
-    num_classes = len(class_names)
-    probe = linear_probe(
-        train_x, train_y, test_x, test_y, num_classes, class_names,
+
+@dataclass(frozen=True)
+class _Split:
+    """What the paper protocol trains on: images, not features."""
+
+    images_train: ImageSet
+    images_test: ImageSet
+    normalization: dict[str, Any]
+
+
+def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], class_names, config) -> ClassifierResult:
+    train_y, test_y = split.images_train.labels, split.images_test.labels
+    if config.protocol == "paper":
+        return paper_linear_eval(
+            encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
+            split.normalization["mean"], split.normalization["std"], len(class_names), class_names,
+            epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
+        )
+    return linear_probe(
+        train_x, train_y, test_x, test_y, len(class_names), class_names,
         val_fraction=config.probe_val_fraction, weight_decays=config.probe_weight_decays, seed=config.seed,
     )
-    knn = knn_classify(train_x, train_y, test_x, test_y, num_classes, class_names,
-                       k=config.knn_k, temperature=config.knn_temperature)
+
+
+def _score(train_x, test_x, split: _Split, encoder, class_names, config) -> tuple[dict[str, Any], ClassifierResult]:
+    probe = _linear_eval(train_x, test_x, split, encoder, class_names, config)
+    knn = knn_classify(train_x, split.images_train.labels, test_x, split.images_test.labels, len(class_names),
+                       class_names, k=config.knn_k, temperature=config.knn_temperature)
     linear, neighbours = accuracy_report(probe), accuracy_report(knn)
     scores = {
         "linear_top1": linear["top1"], "linear_top5": linear["top5"],
@@ -37,38 +74,43 @@ def evaluate(
     features_train: dict[str, np.ndarray],
     features_test: dict[str, np.ndarray],
     baseline_features: dict[str, np.ndarray],
-    aavae_model: dict[str, Any],
+    evaluation_model: dict[str, Any],
+    images_train: ImageSet,
+    images_test: ImageSet,
     evaluate: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any], Figure]:
-    """Score the model and each baseline; return metrics.json, MLflow metrics, a confusion matrix."""
+) -> tuple[dict[str, Any], dict[str, Any], Figure, bytes]:
+    """Score the model and each baseline; return metrics.json, MLflow metrics, a confusion matrix
+    (as a figure, and as PNG bytes for the report)."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    class_names = list(aavae_model["class_names"])
-    train_y, test_y = features_train["labels"], features_test["labels"]
-    scores, probe = _score(features_train["features"], train_y, features_test["features"], test_y,
-                           class_names, config)
+    class_names = list(evaluation_model["class_names"])
+    split = _Split(images_train, images_test, evaluation_model["normalization"])
+    spec = ModelSpec.from_dict(evaluation_model["spec"])
+    scores, probe = _score(features_train["features"], features_test["features"], split,
+                           lambda: model_from_bundle(evaluation_model).encoder, class_names, config)
     metrics: dict[str, Any] = {
-        "dataset": aavae_model.get("dataset"),
-        "objective": aavae_model.get("objective"),
-        "epochs": aavae_model.get("epochs"),
-        "training_run_id": aavae_model.get("mlflow_run_id"),
+        "dataset": evaluation_model.get("dataset"),
+        "objective": evaluation_model.get("objective"),
+        "epochs": evaluation_model.get("epochs"),
+        "training_run_id": evaluation_model.get("mlflow_run_id"),
+        "checkpoint": evaluation_model.get("checkpoint"),
+        "protocol": config.protocol,
         **scores,
         "baselines": {},
     }
     for name in config.baselines:
-        baseline, _ = _score(baseline_features[f"{name}_train"], train_y,
-                             baseline_features[f"{name}_test"], test_y, class_names, config)
+        baseline, _ = _score(baseline_features[f"{name}_train"], baseline_features[f"{name}_test"], split,
+                             lambda name=name: baseline_encoder(name, spec, config.seed), class_names, config)
         metrics["baselines"][name] = baseline
 
     log.info("linear top-1 %.4f (random init %s), kNN top-1 %.4f", metrics["linear_top1"],
              metrics["baselines"].get("random_init", {}).get("linear_top1"), metrics["knn_top1"])
     flat = _flat_scores(metrics)
-    tracking.set_tags({"training_run_id": metrics["training_run_id"]})
+    tracking.set_tags({"training_run_id": metrics["training_run_id"], "protocol": config.protocol})
     tracking.log_metrics_to_run(metrics["training_run_id"], {f"eval_{k}": v for k, v in flat.items()})
-    figure = confusion_matrix_figure(
-        probe.confusion, class_names, f"Linear probe on {metrics['objective']} features (test)"
-    )
+    title = f"Linear eval ({config.protocol}) of {metrics['objective']} features (test)"
+    figure = confusion_matrix_figure(probe.confusion, class_names, title)
     mlflow_metrics = {key: {"value": float(value), "step": 0} for key, value in flat.items()}
-    return metrics, mlflow_metrics, figure
+    return metrics, mlflow_metrics, figure, figure_png(figure)
 
 
 def _flat_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -77,3 +119,80 @@ def _flat_scores(metrics: dict[str, Any]) -> dict[str, float]:
     for name, baseline in metrics["baselines"].items():
         flat.update({f"{name}_{k}": baseline[k] for k in keys})
     return flat
+
+
+def plot_embedding(
+    features_test: dict[str, np.ndarray], evaluation_model: dict[str, Any], evaluate: dict[str, Any]
+) -> tuple[Figure, bytes]:
+    """A 2-D map (t-SNE or PCA) of the test features, coloured by class."""
+    config = parse("evaluate", evaluate, EvaluateConfig)
+    coords, labels, _ = embed_2d(features_test["features"], features_test["labels"],
+                                 method=config.embedding_method, max_points=config.embedding_points,
+                                 seed=config.seed)
+    method = "t-SNE" if config.embedding_method == "tsne" else "PCA"
+    title = f"{method} of {len(coords)} test features ({evaluation_model.get('objective')})"
+    figure = embedding_figure(coords, labels, list(evaluation_model["class_names"]), title)
+    return figure, figure_png(figure)
+
+
+def write_report(
+    metrics: dict[str, Any],
+    evaluation_model: dict[str, Any],
+    confusion_matrix_png: bytes,
+    embedding_png: bytes,
+    reporting_images: dict[str, Callable[[], Any]],
+) -> str:
+    """The one-page HTML report: accuracy tables, figures and the training parameters."""
+    run_id = evaluation_model.get("mlflow_run_id")
+    record = _training_run(run_id)
+    notes = []
+    if record is None:
+        params, curves = _bundle_params(evaluation_model), {}
+        where = f"run {run_id} is not in this MLflow store" if run_id else "no MLflow training run is recorded"
+        notes.append(f"Parameters from the evaluated model's bundle ({where}).")
+    else:
+        params, curves = record
+        notes.append(f"Parameters and loss curves from MLflow run {run_id}.")
+    images = []
+    if any(curves.values()):
+        figure = curves_figure(curves, "Pretraining loss (per epoch)", xlabel="step", ylabel="loss")
+        images.append(ReportImage("Loss curves", figure_png(figure), "The pretraining loss per epoch, on "
+                                  "training batches and on the fixed validation views."))
+    shown = [("view_preview", "Training views", "Each training image beside views drawn by the policy.")]
+    if not evaluation_model.get("checkpoint"):  # another model's reconstructions would mislead
+        shown.append(("reconstructions", "Reconstructions", "Held-out images and their reconstructions "
+                      "at the end of pretraining."))
+    for key, title, caption in shown:
+        if key in reporting_images:
+            images.append(ReportImage(title, _png(reporting_images[key]()), caption))
+    images.append(ReportImage("Confusion matrix", confusion_matrix_png, "Linear eval on the test split."))
+    images.append(ReportImage("Embedding", embedding_png, "Test features in 2-D, coloured by true class."))
+    title = f"AAVAE report: {metrics.get('objective')} on {metrics.get('dataset') or 'this dataset'}"
+    return render_report(metrics, params, images, title=title, notes=notes)
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _training_run(run_id: str | None) -> tuple[dict[str, str], dict[str, list[tuple[int, float]]]] | None:
+    """Params and loss histories of the training run, or None when this store does not have it."""
+    if not run_id:
+        return None
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+        curves = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+                  for key in LOSS_CURVES if key in run.data.metrics}
+    except Exception as error:  # noqa: BLE001 - the report is still useful without them
+        log.warning("Training run %s not readable from MLflow (%s); the report uses the bundle.", run_id, error)
+        return None
+    return dict(run.data.params), curves
+
+
+def _bundle_params(bundle: dict[str, Any]) -> dict[str, Any]:
+    keys = ("dataset", "objective", "kl_coeff", "epochs", "num_parameters", "checkpoint")
+    return {"model": bundle.get("spec", {}), "normalization": bundle.get("normalization", {}),
+            **{k: bundle[k] for k in keys if bundle.get(k) is not None}}

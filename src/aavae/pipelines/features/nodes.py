@@ -1,56 +1,76 @@
-"""Features: frozen-encoder features of the train and test images, and of the baselines."""
+"""Features: choose the model to evaluate, then its frozen-encoder features and the baselines'."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
 
-from aavae.config import EvaluateConfig, parse
+from aavae.config import EvaluateConfig, ModelConfig, parse
 from aavae.data.imageset import ImageSet
-from aavae.evaluation import extract_features
-from aavae.models import AAVAENet, ModelSpec, build_model
+from aavae.evaluation import (
+    baseline_encoder,
+    bundle_from_checkpoint,
+    extract_features,
+    model_from_bundle,
+)
+from aavae.models import ModelSpec
 
 
-def model_from_bundle(bundle: dict[str, Any]) -> AAVAENet:
-    net = build_model(ModelSpec.from_dict(bundle["spec"]))
-    net.load_state_dict(bundle["state_dict"])
-    return net.eval()
+def resolve_model(
+    aavae_model: dict[str, Any] | None, images_train: ImageSet, evaluate: dict[str, Any], model: dict[str, Any]
+) -> dict[str, Any]:
+    """The model bundle to evaluate: the trained ``aavae_model``, or ``evaluate.checkpoint``.
+
+    A checkpoint of the paper's code is read into the architecture of the ``model`` parameters
+    at this dataset's image size.
+    """
+    config = parse("evaluate", evaluate, EvaluateConfig)
+    if config.checkpoint is None:
+        if aavae_model is None:
+            raise ValueError(
+                "No model to evaluate: data/06_models/aavae_model.pt does not exist. Run "
+                "`kedro run --pipeline pretrain` first, or set --params evaluate.checkpoint=<path>."
+            )
+        return aavae_model
+    model_cfg = parse("model", model, ModelConfig)
+    spec = ModelSpec(
+        encoder=model_cfg.encoder, stem=model_cfg.stem, width=model_cfg.width, h_dim=model_cfg.h_dim,
+        latent_dim=model_cfg.latent_dim, input_size=images_train.image_shape[0],
+    )
+    try:
+        return bundle_from_checkpoint(config.checkpoint, spec, images_train.images, images_train.class_names)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
 
 
-def _features(net: AAVAENet, imageset: ImageSet, bundle: dict[str, Any], batch_size: int) -> np.ndarray:
+def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], batch_size: int) -> np.ndarray:
     norm = bundle["normalization"]
-    return extract_features(net.encoder, imageset.images, norm["mean"], norm["std"], batch_size=batch_size)
+    return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=batch_size)
 
 
 def extract_model_features(
-    aavae_model: dict[str, Any], images_train: ImageSet, images_test: ImageSet, evaluate: dict[str, Any]
+    evaluation_model: dict[str, Any], images_train: ImageSet, images_test: ImageSet, evaluate: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Features of the trained encoder for the labelled train split and the test split."""
+    """Features of the evaluated encoder for the labelled train split and the test split."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    net = model_from_bundle(aavae_model)
+    encoder = model_from_bundle(evaluation_model).encoder
     return tuple(  # type: ignore[return-value]
-        {"features": _features(net, split, aavae_model, config.batch_size), "labels": np.asarray(split.labels)}
+        {"features": _features(encoder, split, evaluation_model, config.batch_size),
+         "labels": np.asarray(split.labels)}
         for split in (images_train, images_test)
     )
 
 
 def extract_baseline_features(
-    aavae_model: dict[str, Any], images_train: ImageSet, images_test: ImageSet, evaluate: dict[str, Any]
+    evaluation_model: dict[str, Any], images_train: ImageSet, images_test: ImageSet, evaluate: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Baselines under the same protocol: the same architecture at random init; raw pixels."""
     config = parse("evaluate", evaluate, EvaluateConfig)
+    spec = ModelSpec.from_dict(evaluation_model["spec"])
     arrays: dict[str, np.ndarray] = {}
-    if "random_init" in config.baselines:
-        torch.manual_seed(config.seed)
-        net = build_model(ModelSpec.from_dict(aavae_model["spec"])).eval()
-        for name, split in (("train", images_train), ("test", images_test)):
-            arrays[f"random_init_{name}"] = _features(net, split, aavae_model, config.batch_size)
-    if "raw_pixels" in config.baselines:
-        mean = np.asarray(aavae_model["normalization"]["mean"], np.float32)
-        std = np.asarray(aavae_model["normalization"]["std"], np.float32)
-        for name, split in (("train", images_train), ("test", images_test)):
-            pixels = (np.asarray(split.images, np.float32) / 255.0 - mean) / std
-            arrays[f"raw_pixels_{name}"] = pixels.reshape(len(split), -1)
+    for name in config.baselines:
+        encoder = baseline_encoder(name, spec, config.seed)
+        for split_name, split in (("train", images_train), ("test", images_test)):
+            arrays[f"{name}_{split_name}"] = _features(encoder, split, evaluation_model, config.batch_size)
     return arrays
