@@ -1,0 +1,467 @@
+"""AAVAE, VAE and AE on CIFAR-10 under the same wall-clock budget, then the same evaluation.
+
+Each objective is pretrained by the project's own ``pretrain`` pipeline and scored by its own
+``evaluate`` pipeline, run in-process through Kedro's API (``KedroSession``), so the numbers
+are what ``kedro run`` produces. Everything but the objective is the same for every run:
+
+* the data (ingested by the pretrain pipeline of each run, ~10 s on CIFAR-10) and the views
+  of the dataset environment (``cifar10`` for the official python archive, ``imagefolder``
+  for an image tree or archive such as ``../shared/datasets/cifar10_jpeg.tar.gz``);
+* a narrow ResNet-18 with the CIFAR stem (``--width``, ``--latent-dim``), batch size, Adam
+  at ``--lr`` with a *constant* rate after ``--warmup-epochs``: the budget, not an epoch
+  count, ends training (``pretrain.max_time_minutes``), so a decaying schedule would be cut
+  off at an arbitrary point of its decay, differently for objectives of different speed;
+* ``pretrain.kl_coeff`` at the project's default for the objective (0.1 for ``vae``, the
+  paper's; 0 for ``aavae`` and ``ae``), stated explicitly since ``conf/cifar10`` pins 0;
+* the frozen-feature linear probe and kNN on the full test split. The baselines (the same
+  architecture at random init; raw pixels) do not depend on the objective, so they are
+  computed once, with the first objective's evaluation (raw pixels is the slow part).
+
+All runs go to one MLflow experiment (``--experiment``, default ``budget_cifar10``), named
+``<objective>/pretrain`` and ``<objective>/evaluate``. kedro-mlflow reads the experiment and
+run names only from ``mlflow.yml``, so the script writes a copy of the project's ``conf/base``
+and the dataset environment to ``data/08_reporting/budget_cifar10/conf`` with those two
+names changed, and runs the sessions with that ``conf_source``: the parameters and catalog
+are the project's, and the copy records the configuration that ran. The recipe itself goes
+in as runtime parameters, as ``kedro run --params`` would pass it.
+
+Each objective's ``metrics.json``, ``report.html``, ``reconstructions.png`` and
+``aavae_model.pt`` are copied to ``data/08_reporting/budget_cifar10/<objective>/`` before
+the next objective overwrites them; the table also goes to ``results.md`` and ``results.json``.
+
+    PYTHONPATH=src python benchmarks/budget_cifar10.py [--budget-minutes 15] [--width 32]
+    PYTHONPATH=src python benchmarks/budget_cifar10.py --budget-minutes 0.5 --subset 500  # smoke
+
+On a shared machine whose cores other jobs keep busy, ``--threads 1`` can be much faster.
+
+Output: a header (date, CPU, cores, budget, the exact command), one ``[budget]`` progress
+line per objective and phase, and as its last lines a Markdown table:
+``objective | epochs reached | images seen | linear top-1 | kNN top-1`` with one row per
+objective and one per baseline (accuracies in %). Epochs reached counts optimisation steps
+(a budget usually ends mid-epoch), read from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10_jpeg.tar.gz"
+OBJECTIVES = ("aavae", "vae", "ae")
+BASELINES = ("random_init", "raw_pixels")
+BASELINE_LABELS = {"random_init": "random init", "raw_pixels": "raw pixels"}
+# Where the official CIFAR-10 python version is recognised; anything else is an image tree.
+CIFAR10_PYTHON_NAMES = {"cifar-10-python.tar.gz", "cifar-10-batches-py"}
+# Relative to the project root, like the catalog's paths.
+REPORT_DIR = Path("data/08_reporting/budget_cifar10")
+SUBSET_DIR = Path("data/01_raw/budget_cifar10_subset")
+METRICS = Path("data/08_reporting/metrics.json")
+DATASET_CARD = Path("data/03_primary/dataset_card.json")
+KEPT_ARTIFACTS = (
+    Path("data/06_models/aavae_model.pt"),
+    METRICS,
+    Path("data/08_reporting/report.html"),
+    Path("data/08_reporting/reconstructions.png"),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every objective shares: architecture, optimiser, budget, evaluation."""
+
+    budget_minutes: float
+    width: int
+    latent_dim: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: int
+    snapshot_every: int
+
+    def runtime_params(
+        self, objective: str, dataset: dict[str, Any], baselines: list[str]
+    ) -> dict[str, Any]:
+        """Parameters layered over the dataset environment, as ``kedro run --params`` would."""
+        return {
+            "dataset": dataset,
+            "model": {"encoder": "resnet18", "stem": "cifar", "width": self.width, "h_dim": None,
+                      "latent_dim": self.latent_dim},
+            "pretrain": {
+                "objective": objective,
+                "kl_coeff": default_kl_coeff(objective),  # stated, so MLflow shows it
+                "log_scale": 0.0,
+                "learn_scale": False,
+                "val_samples": 1,  # a diagnostic only; 16 samples would eat into the budget
+                "max_epochs": 100_000,  # never reached: the budget stops training
+                "max_time_minutes": self.budget_minutes,
+                "batch_size": self.batch_size,
+                "optimizer": "adam",
+                "learning_rate": self.learning_rate,
+                "weight_decay": 0.0,
+                "warmup_epochs": self.warmup_epochs,
+                "schedule": "constant",
+                "seed": 0,
+                "resume": False,
+                "checkpoint_every_n_epochs": self.snapshot_every,
+                "reconstruction_every_n_epochs": self.snapshot_every,
+            },
+            "evaluate": {"protocol": "frozen_features", "baselines": baselines},
+        }
+
+
+def default_kl_coeff(objective: str) -> float:
+    """The project's KL weight for the objective: 0.1 for vae (the paper's), 0 otherwise.
+
+    Stated explicitly because the ``cifar10`` environment pins ``kl_coeff: 0.0`` (its recipe
+    is AAVAE's), which would turn the VAE into an AE with noise.
+    """
+    from aavae.config import PretrainConfig  # the project's src/ is on the path by now
+
+    return PretrainConfig(objective=objective).effective_kl_coeff
+
+
+@dataclass
+class Outcome:
+    """One row of the table."""
+
+    name: str
+    epochs: float | None
+    images_seen: int | None
+    linear_top1: float
+    knn_top1: float
+    pretrain_seconds: float | None = None
+    evaluate_seconds: float | None = None
+    kl_coeff: float | None = None
+
+
+# -- arguments ------------------------------------------------------------------------------
+def _names(text: str, allowed: tuple[str, ...], flag: str, parser: argparse.ArgumentParser) -> list[str]:
+    names = [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or len(set(names)) != len(names):
+        parser.error(f"{flag} {text!r}: expected distinct names from {', '.join(allowed)}, "
+                     "comma-separated")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", type=Path, default=DEFAULT_DATA,
+                        help="CIFAR-10: the official python archive/folder, or an image-folder tree or "
+                             ".tar/.tar.gz/.zip of <split>/<class>/<image> (default: %(default)s)")
+    parser.add_argument("--format", choices=("auto", "cifar10", "imagefolder"), default="auto",
+                        help="how to read --path (auto: cifar10 for cifar-10-python.tar.gz or "
+                             "cifar-10-batches-py, imagefolder otherwise)")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES),
+                        help="comma-separated, run in this order")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="evaluated once, with the first objective ('none' for none)")
+    parser.add_argument("--budget-minutes", type=float, default=15.0, help="training wall time per objective")
+    parser.add_argument("--width", type=int, default=32, help="ResNet-18 base channels (the paper's: 64)")
+    parser.add_argument("--latent-dim", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant after warm-up")
+    parser.add_argument("--warmup-epochs", type=int, default=0,
+                        help="linear warm-up in whole epochs; a few-epoch budget cannot spare one")
+    parser.add_argument("--snapshot-every", type=int, default=2,
+                        help="epochs between checkpoints and reconstruction grids in MLflow")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="use N images of each split (stratified by class), for a smoke test")
+    parser.add_argument("--experiment", default="budget_cifar10", help="MLflow experiment of all runs")
+    parser.add_argument("--project", type=Path, default=PROJECT_ROOT, help="Kedro project root to run in")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    args.objectives = _names(args.objectives, OBJECTIVES, "--objectives", parser)
+    args.baselines = _names(args.baselines, BASELINES, "--baselines", parser)
+    if not args.objectives:
+        parser.error("--objectives: give at least one of " + ", ".join(OBJECTIVES))
+    for flag, value in (("--budget-minutes", args.budget_minutes), ("--width", args.width),
+                        ("--latent-dim", args.latent_dim), ("--batch-size", args.batch_size),
+                        ("--lr", args.lr), ("--snapshot-every", args.snapshot_every),
+                        ("--subset", args.subset), ("--threads", args.threads)):
+        if value is not None and value <= 0:
+            parser.error(f"{flag} must be positive, got {value}")
+    if args.warmup_epochs < 0:
+        parser.error(f"--warmup-epochs must be 0 or more, got {args.warmup_epochs}")
+    if not args.path.exists():
+        parser.error(f"--path {args.path}: no such file or folder. Give a CIFAR-10 copy (the official "
+                     "python archive, or an image-folder tree/archive such as cifar10_jpeg.tar.gz).")
+    if not (args.project / "pyproject.toml").is_file() or not (args.project / "conf" / "base").is_dir():
+        parser.error(f"--project {args.project}: not a Kedro project root "
+                     "(needs pyproject.toml and conf/base)")
+    args.path, args.project = args.path.resolve(), args.project.resolve()
+    return args
+
+
+# -- data -----------------------------------------------------------------------------------
+def detect_format(path: Path) -> str:
+    names = {path.name} | ({child.name for child in path.iterdir()} if path.is_dir() else set())
+    return "cifar10" if names & CIFAR10_PYTHON_NAMES else "imagefolder"
+
+
+def dataset_params(path: Path, data_format: str) -> tuple[str, dict[str, Any]]:
+    """The Kedro environment and ``dataset`` parameters that read ``path``."""
+    if data_format == "cifar10":
+        return "cifar10", {"name": "cifar10", "path": str(path), "download": False}
+    return "imagefolder", {"name": "imagefolder", "path": str(path), "image_size": 32}
+
+
+def stratified_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` indices that take classes in turn (in a seeded order), sorted."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    rank_in_class = np.empty(len(labels), np.int64)
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        rank_in_class[members] = np.arange(len(members))
+    by_turn = order[np.argsort(rank_in_class[order], kind="stable")]
+    return np.sort(by_turn[:count])
+
+
+def write_subset(path: Path, data_format: str, count: int, destination: Path) -> Path:
+    """Write ``count`` images of each split as a PNG image-folder tree; return its path."""
+    # The project's readers, imported once the project's src/ is on the path.
+    from aavae.config import DatasetConfig
+    from aavae.data import pipeline_splits, read_dataset
+
+    _, params = dataset_params(path, data_format)
+    train, test, _ = pipeline_splits(read_dataset(DatasetConfig(**params)))
+    if destination.exists():
+        shutil.rmtree(destination)
+    for split_name, imageset in (("train", train), ("test", test)):
+        for index in stratified_indices(np.asarray(imageset.labels), count, seed=0):
+            folder = destination / split_name / imageset.class_names[imageset.labels[index]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(imageset.images[index])).save(folder / f"{index:06d}.png")
+    return destination
+
+
+# -- Kedro and MLflow -----------------------------------------------------------------------
+def write_conf(project: Path, env: str, experiment: str, run_name: str, destination: Path) -> Path:
+    """A conf source: the project's ``base`` and ``env``, with the MLflow experiment and run
+    named (kedro-mlflow reads them only from ``mlflow.yml``)."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(project / "conf" / "base", destination / "base")
+    shutil.copytree(project / "conf" / env, destination / env)
+    mlflow_yml = destination / "base" / "mlflow.yml"
+    settings = yaml.safe_load(mlflow_yml.read_text())
+    settings["tracking"]["experiment"]["name"] = experiment
+    settings["tracking"]["run"]["name"] = run_name
+    mlflow_yml.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return destination
+
+
+def run_pipeline(
+    project: Path, conf_source: Path, env: str, params: dict[str, Any], pipeline: str
+) -> float:
+    """Run one registered pipeline in a fresh Kedro session (one MLflow run); return seconds."""
+    import mlflow
+    from kedro.framework.session import KedroSession
+
+    started = time.perf_counter()
+    with KedroSession.create(project_path=project, env=env, runtime_params=params,
+                             conf_source=str(conf_source)) as session:
+        session.run(pipeline_names=[pipeline])
+    # kedro-mlflow re-opens the run before each node (nested=True), which with mlflow 3 stacks
+    # the same run again on this thread's active-run stack, and ends it once at the end: the
+    # run (already FINISHED in the store) stays active here and the next session would log
+    # into it. A `kedro run` process exits instead; in one process, clear the stack.
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    return time.perf_counter() - started
+
+
+def training_steps(tracking_uri: str, run_id: str | None) -> int | None:
+    """Optimisation steps of a pretrain run, from the last checkpoint of its checkpoint folder."""
+    from mlflow.tracking import MlflowClient
+
+    if not run_id:
+        return None
+    folder = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags.get("checkpoint_dir")
+    last = Path(folder or "") / "last.ckpt"
+    if not folder or not last.is_file():
+        return None
+    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+def epoch_shape(train_size: int, batch_size: int) -> tuple[int, int]:
+    """Steps per epoch and images per step of the pretraining loader: full batches only, or
+    the whole set in one step when it is smaller than a batch."""
+    if train_size >= batch_size:
+        return train_size // batch_size, batch_size
+    return 1, train_size
+
+
+def train_size(card: dict[str, Any]) -> int:
+    splits = card["splits"]
+    return sum(splits[name]["count"] for name in ("train", "unlabeled") if name in splits)
+
+
+# -- one objective --------------------------------------------------------------------------
+def run_objective(
+    objective: str, params: dict[str, Any], args: argparse.Namespace, env: str
+) -> dict[str, float]:
+    """Run the pretrain then the evaluate pipeline for one objective; return their seconds."""
+    conf = args.project / REPORT_DIR / "conf"
+    seconds = {}
+    for pipeline in ("pretrain", "evaluate"):
+        write_conf(args.project, env, args.experiment, f"{objective}/{pipeline}", conf)
+        print(f"[budget] {objective}: {pipeline} ...", flush=True)
+        try:
+            seconds[pipeline] = run_pipeline(args.project, conf, env, params, pipeline)
+        except Exception as error:
+            raise RuntimeError(
+                f"objective '{objective}': the {pipeline} pipeline failed ({error}); its MLflow run "
+                "is marked FAILED and the log above says why"
+            ) from error
+    return seconds
+
+
+def measure(
+    objective: str, batch_size: int, seconds: dict[str, float], project: Path
+) -> tuple[Outcome, dict[str, Any]]:
+    """The row of the objective just run, from what its pipelines wrote; and its metrics.json."""
+    metrics = json.loads((project / METRICS).read_text())
+    card = json.loads((project / DATASET_CARD).read_text())
+    bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
+    mlflow_yml = project / REPORT_DIR / "conf" / "base" / "mlflow.yml"
+    tracking_uri = yaml.safe_load(mlflow_yml.read_text())["server"]["mlflow_tracking_uri"]
+    steps_per_epoch, per_step = epoch_shape(train_size(card), batch_size)
+    steps = training_steps(tracking_uri, bundle.get("mlflow_run_id"))
+    if steps is None:  # no checkpoint to read: whole epochs from the bundle
+        steps = int(bundle["epochs"]) * steps_per_epoch
+    outcome = Outcome(objective, steps / steps_per_epoch, steps * per_step, metrics["linear_top1"],
+                      metrics["knn_top1"], seconds["pretrain"], seconds["evaluate"], bundle.get("kl_coeff"))
+    return outcome, metrics
+
+
+def keep_artifacts(project: Path, objective: str) -> Path:
+    """Copy the objective's model, metrics and figures before the next objective overwrites them."""
+    kept = project / REPORT_DIR / objective
+    kept.mkdir(parents=True, exist_ok=True)
+    for artifact in KEPT_ARTIFACTS:
+        if (project / artifact).is_file():
+            shutil.copy2(project / artifact, kept / artifact.name)
+    return kept
+
+
+def progress_line(row: Outcome, kept: Path) -> str:
+    return (f"[budget] {row.name}: {row.epochs:.2f} epochs ({row.images_seen:,} images, kl_coeff "
+            f"{row.kl_coeff}) in a {row.pretrain_seconds:.0f} s pretrain run, evaluated in "
+            f"{row.evaluate_seconds:.0f} s: linear {100 * row.linear_top1:.2f}%, kNN "
+            f"{100 * row.knn_top1:.2f}%; artifacts in {kept}")
+
+
+# -- report ---------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def header_lines(args: argparse.Namespace, env: str) -> list[str]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"cpu: {cpu_model()}, {os.cpu_count()} cores ({usable} usable), torch threads "
+        f"{torch.get_num_threads()}; gpu: {gpu}",
+        f"budget: {args.budget_minutes:g} min per objective; objectives {', '.join(args.objectives)}; "
+        f"ResNet-18 (cifar stem) width {args.width}, latent {args.latent_dim}, batch {args.batch_size}, "
+        f"Adam lr {args.lr:g} constant after {args.warmup_epochs} warm-up epochs",
+        f"data: {args.path} (env {env}{f', subset {args.subset} per split' if args.subset else ''}); "
+        f"MLflow experiment '{args.experiment}'",
+        f"command: {shlex.join(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))}",
+    ]
+
+
+def _cell(value: float | int | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def results_table(rows: list[Outcome]) -> list[str]:
+    lines = ["| objective | epochs reached | images seen | linear top-1 | kNN top-1 |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.name} | {_cell(row.epochs, '.2f')} | {_cell(row.images_seen, ',')} | "
+                     f"{100 * row.linear_top1:.2f} | {100 * row.knn_top1:.2f} |")
+    return lines
+
+
+def baseline_rows(metrics: dict[str, Any], names: list[str]) -> list[Outcome]:
+    rows = []
+    for name in names:
+        scores = metrics["baselines"][name]
+        untrained = name == "random_init"
+        rows.append(Outcome(BASELINE_LABELS[name], 0.0 if untrained else None, 0 if untrained else None,
+                            scores["linear_top1"], scores["knn_top1"]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+    # The catalog, checkpoints and MLflow store use paths relative to the project root, and
+    # Kedro finds conf/logging.yml there when it is first imported: move there first.
+    os.chdir(args.project)
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(args.project)
+
+    data_format = detect_format(args.path) if args.format == "auto" else args.format
+    header = header_lines(args, dataset_params(args.path, data_format)[0])
+    print("\n".join(header), flush=True)
+    if args.subset:
+        started = time.perf_counter()
+        args.path = write_subset(args.path, data_format, args.subset, args.project / SUBSET_DIR)
+        data_format = "imagefolder"
+        print(f"[budget] subset: {args.subset} images per split written to {args.path} "
+              f"in {time.perf_counter() - started:.0f} s", flush=True)
+    env, dataset = dataset_params(args.path, data_format)
+    recipe = Recipe(args.budget_minutes, args.width, args.latent_dim, args.batch_size, args.lr,
+                    args.warmup_epochs, args.snapshot_every)
+
+    rows, first_metrics = [], None
+    for position, objective in enumerate(args.objectives):
+        baselines = args.baselines if position == 0 else []  # the same for every objective
+        params = recipe.runtime_params(objective, dataset, baselines)
+        seconds = run_objective(objective, params, args, env)
+        row, metrics = measure(objective, args.batch_size, seconds, args.project)
+        print(progress_line(row, keep_artifacts(args.project, objective)), flush=True)
+        rows.append(row)
+        first_metrics = first_metrics or metrics
+    rows += baseline_rows(first_metrics, args.baselines)
+
+    table = results_table(rows)
+    report = args.project / REPORT_DIR
+    (report / "results.md").write_text("\n".join([*header, "", *table]) + "\n")
+    (report / "results.json").write_text(json.dumps(
+        {"header": header, "recipe": asdict(recipe), "rows": [asdict(row) for row in rows]}, indent=2))
+    print("\n".join(["", *table]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

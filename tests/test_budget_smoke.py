@@ -1,0 +1,83 @@
+"""The budget benchmark drives the real pretrain and evaluate pipelines for each objective.
+
+A tiny image-folder tree (two colour classes) and a budget of about a second per objective,
+in a throw-away copy of the project; the results are checked in the printed table, the
+copied artifacts and the MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import PROJECT_ROOT, copy_project
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "budget_cifar10.py"
+ROW = re.compile(  # name | epochs reached | images seen | linear top-1 | kNN top-1
+    r"^\| (vae|ae|random init|raw pixels) \| (-|\d+\.\d\d) \| (-|[\d,]+) \| (\d+\.\d\d) \| (\d+\.\d\d) \|$"
+)
+
+
+def write_image_tree(root: Path, per_class: int = 8) -> Path:
+    """train/ and test/ of 32 x 32 PNGs: noise tinted red or blue by class."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for channel, name in ((0, "red"), (2, "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
+                pixels[..., channel] += 120
+                Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+    return root
+
+
+def test_each_objective_is_pretrained_and_evaluated_into_one_experiment(tmp_path):
+    (tmp_path / "project").mkdir()
+    project = copy_project(tmp_path / "project")
+    tree = write_image_tree(tmp_path / "images")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": os.pathsep.join([str(project / "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--path", str(tree), "--project", str(project),
+         "--objectives", "vae,ae", "--budget-minutes", "0.02", "--width", "4", "--latent-dim", "8",
+         "--batch-size", "8", "--threads", "1", "--experiment", "budget_test"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    lines = result.stdout.strip().splitlines()
+    assert lines[-6:-4] == ["| objective | epochs reached | images seen | linear top-1 | kNN top-1 |",
+                            "|---|---:|---:|---:|---:|"]
+    rows = [ROW.match(line) for line in lines[-4:]]
+    assert all(rows), lines[-4:]
+    assert [row.group(1) for row in rows] == ["vae", "ae", "random init", "raw pixels"]
+    for row in rows[:2]:  # trained: at least one step of 8 images
+        assert float(row.group(2)) > 0 and int(row.group(3).replace(",", "")) % 8 == 0
+    assert any(line.startswith("command: ") and "--objectives vae,ae" in line for line in lines)
+
+    kept = project / "data/08_reporting/budget_cifar10"
+    vae, ae = (json.loads((kept / name / "metrics.json").read_text()) for name in ("vae", "ae"))
+    assert (vae["objective"], ae["objective"]) == ("vae", "ae")
+    assert set(vae["baselines"]) == {"random_init", "raw_pixels"} and ae["baselines"] == {}, \
+        "baselines are scored once, with the first objective"
+    assert (kept / "ae" / "aavae_model.pt").is_file() and (kept / "results.md").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("budget_test")
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"vae/pretrain", "vae/evaluate", "ae/pretrain", "ae/evaluate"}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    assert runs["vae/pretrain"].data.params["pretrain.kl_coeff"] == "0.1"
+    assert runs["ae/pretrain"].data.params["pretrain.kl_coeff"] == "0.0"
+    for objective in ("vae", "ae"):  # each evaluation points at its own training run
+        training_run = runs[f"{objective}/pretrain"].info.run_id
+        assert runs[f"{objective}/evaluate"].data.tags["training_run_id"] == training_run
