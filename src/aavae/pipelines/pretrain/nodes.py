@@ -127,7 +127,8 @@ def pretrain(
         "dataset": dataset_card.get("name"),
         "objective": cfg.objective,
         "kl_coeff": objective.kl_coeff,
-        "epochs": int(epochs),
+        "epochs": int(epochs),  # Lightning counts an epoch cut short by max_time as done
+        "steps": int(module.global_step),
         "num_parameters": int(num_parameters),
         "mlflow_run_id": tracking.active_run_id(),
     }
