@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,6 +421,11 @@ def choose_precision(requested: str, accelerator: str) -> str:
     return "bf16-mixed" if fast else "32-true"
 
 
+# Harmless here: the checkpoint folder is ours and is meant to be reused for resuming.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def build_trainer(
     config: PretrainConfig,
     checkpoint_dir: Path,
@@ -441,6 +447,8 @@ def build_trainer(
         # last.ckpt after every epoch, so an interruption loses at most one epoch.
         checkpointing.append(pl.callbacks.ModelCheckpoint(
             dirpath=checkpoint_dir, every_n_epochs=1, save_top_k=0, save_last=True))
+    precision = choose_precision(config.precision, accelerator)
+    log.info("Training on %s with %s precision", accelerator, precision)
     max_time = None
     if config.max_time_minutes is not None:
         max_time = {"seconds": int(config.max_time_minutes * 60)}
@@ -448,7 +456,7 @@ def build_trainer(
         accelerator=accelerator,
         devices=config.devices,
         strategy="ddp_spawn" if config.devices > 1 else "auto",
-        precision=choose_precision(config.precision, accelerator),
+        precision=precision,
         max_epochs=config.max_epochs,
         max_time=max_time,
         gradient_clip_val=config.gradient_clip_val,
