@@ -231,6 +231,20 @@ def test_cifar10_missing_batch_is_named(cifar_folder):
         read_cifar10(folder)
 
 
+def test_two_copies_of_a_batch_are_refused_naming_both(cifar_folder, tmp_path):
+    from aavae.data.archive import open_source
+
+    folder, _ = cifar_folder
+    for copy in ("copy_a", "copy_b"):
+        (tmp_path / "root" / copy).mkdir(parents=True)
+        (tmp_path / "root" / copy / "data_batch_1").write_bytes((folder / "data_batch_1").read_bytes())
+    with open_source(tmp_path / "root") as source, pytest.raises(DatasetError) as info:
+        list(source.named_files({"data_batch_1"}, "CIFAR-10"))
+    message = str(info.value)
+    assert "'data_batch_1' twice" in message and "copy_a" in message and "copy_b" in message
+    assert "keep one copy of the CIFAR-10 files" in message
+
+
 def test_cifar10_truncated_archive_names_the_file(cifar_folder, tmp_path):
     folder, _ = cifar_folder
     archive = tar_folder(folder.parent, tmp_path / "whole.tar.gz")

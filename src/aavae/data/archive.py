@@ -89,6 +89,20 @@ class Source(ABC):
         :class:`DatasetError` (naming the file and member) if the source is damaged.
         """
 
+    def named_files(self, names: set[str], dataset: str) -> Iterator[tuple[str, Entry, BinaryIO]]:
+        """Yield ``(base name, entry, stream)`` for files whose base name is in ``names``,
+        refusing a second file of the same name (two copies of a dataset in one source)."""
+        seen: dict[str, str] = {}
+        for entry, stream in self.files(lambda entry: PurePosixPath(entry.name).name in names):
+            name = PurePosixPath(entry.name).name
+            if name in seen:
+                raise DatasetError(
+                    f"{self.describe()} holds '{name}' twice ('{seen[name]}' and '{entry.name}'): "
+                    f"keep one copy of the {dataset} files."
+                )
+            seen[name] = entry.name
+            yield name, entry, stream
+
     def close(self) -> None:  # noqa: B027 - only archives hold something to close
         pass
 

@@ -17,7 +17,6 @@ import io
 import os
 import pickle
 from collections.abc import Mapping
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -114,13 +113,7 @@ def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
     """Unpickle the batch files and the meta file: name -> (content, how errors name it)."""
     needed = set(TRAIN_BATCHES + TEST_BATCHES + (META_FILE,))
     contents: dict[str, tuple[dict, str]] = {}
-    for entry, stream in source.files(lambda entry: PurePosixPath(entry.name).name in needed):
-        name = PurePosixPath(entry.name).name
-        if name in contents:
-            raise DatasetError(
-                f"{source.describe()} holds '{name}' twice (the second is '{entry.name}'): "
-                "keep one copy of the CIFAR-10 batches."
-            )
+    for name, entry, stream in source.named_files(needed, "CIFAR-10"):
         where = source.describe(entry.name)
         contents[name] = (_unpickle(stream.read(), where), where)
     missing = sorted(needed - contents.keys())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -113,15 +112,9 @@ def _read_files(
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     class_names: tuple[str, ...] = ()
-    seen: dict[str, str] = {}
-    for entry, stream in source.files(lambda entry: PurePosixPath(entry.name).name in needed):
-        name = PurePosixPath(entry.name).name
-        if name in seen:
-            raise DatasetError(
-                f"{source.describe()} holds '{name}' twice ('{seen[name]}' and '{entry.name}'): "
-                "keep one copy of the STL-10 files."
-            )
-        seen[name] = entry.name
+    seen: set[str] = set()
+    for name, entry, stream in source.named_files(needed, "STL-10"):
+        seen.add(name)
         where = source.describe(entry.name)
         split = name.rsplit("_", 1)[0]
         if name == CLASS_NAMES_FILE:
@@ -130,7 +123,7 @@ def _read_files(
             images[split] = _read_images(stream, entry, where)
         else:
             labels[split] = _parse_labels(stream.read(), where)
-    missing = sorted(needed - seen.keys())
+    missing = sorted(needed - seen)
     if missing:
         raise DatasetError(
             f"{source.describe()} lacks {', '.join(missing)} (needed for splits {', '.join(splits)}). "
