@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+import aavae.views as views_module
 from aavae.views import (
     BRIGHTNESS,
     CONTRAST,
@@ -252,6 +253,21 @@ def test_views_equal_torchvision_ops_with_the_same_parameters(policy: ViewPolicy
     for k in range(len(images)):
         expected = torchvision_view(images[k].float() / 255, params, k, policy)
         torch.testing.assert_close(views[k], expected, atol=1e-4, rtol=0, msg=f"image {k}")
+
+
+@pytest.mark.parametrize("policy", [ViewPolicy(), STL10_POLICY], ids=["cifar10", "stl10"])
+def test_the_masked_path_of_accelerators_gives_the_views_of_the_indexed_path(
+    policy: ViewPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GPUs apply each colour op to the whole batch and keep it where drawn (no host round trip
+    # to count the images); CPUs gather the images that drew it. Forced here on the CPU.
+    images = random_images(64)
+    params = sample_view_params(64, 32, 32, policy, generator(11))
+    indexed = apply_view_params(images, params, policy)
+    monkeypatch.setattr(views_module, "subset_by_index", lambda device: False)
+    masked = apply_view_params(images, params, policy)
+    torch.testing.assert_close(masked, indexed, atol=1e-6, rtol=0)
+    assert not torch.equal(masked, apply_view_params(images, identity_params(64, 32, 32), policy))
 
 
 def test_crop_resize_matches_torchvision_on_uint8_and_when_shrinking() -> None:
