@@ -31,6 +31,11 @@ the next objective overwrites them; the table also goes to ``results.md`` and ``
 
     PYTHONPATH=src python benchmarks/budget_cifar10.py [--budget-minutes 15] [--width 32]
     PYTHONPATH=src python benchmarks/budget_cifar10.py --budget-minutes 0.5 --subset 500  # smoke
+    PYTHONPATH=src python benchmarks/budget_cifar10.py --set views.crop_scale=[0.2,1.0]  # any other knob
+
+``--set GROUP.KEY=VALUE`` (repeatable) changes one more parameter of the views, model,
+pretrain or evaluate group for every objective; it is checked against the project's schema
+before anything runs and printed in the header.
 
 On a shared machine whose cores other jobs keep busy, ``--threads 1`` can be much faster.
 
@@ -92,12 +97,14 @@ class Recipe:
     learning_rate: float
     warmup_epochs: int
     snapshot_every: int
+    # (group, key, value) from --set, layered last: the same change for every objective.
+    overrides: tuple[tuple[str, str, Any], ...] = ()
 
     def runtime_params(
         self, objective: str, dataset: dict[str, Any], baselines: list[str]
     ) -> dict[str, Any]:
         """Parameters layered over the dataset environment, as ``kedro run --params`` would."""
-        return {
+        params = {
             "dataset": dataset,
             "model": {"encoder": "resnet18", "stem": "cifar", "width": self.width, "h_dim": None,
                       "latent_dim": self.latent_dim},
@@ -122,6 +129,9 @@ class Recipe:
             },
             "evaluate": {"protocol": "frozen_features", "baselines": baselines},
         }
+        for group, key, value in self.overrides:
+            params.setdefault(group, {})[key] = value
+        return params
 
 
 def default_kl_coeff(objective: str) -> float:
@@ -182,11 +192,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="epochs between checkpoints and reconstruction grids in MLflow")
     parser.add_argument("--subset", type=int, default=None,
                         help="use N images of each split (stratified by class), for a smoke test")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                        help="change one more parameter for every objective, e.g. "
+                             "--set views.crop_scale=[0.2,1.0] (value read as YAML; repeatable)")
     parser.add_argument("--experiment", default="budget_cifar10", help="MLflow experiment of all runs")
     parser.add_argument("--project", type=Path, default=PROJECT_ROOT, help="Kedro project root to run in")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
 
+    args.overrides = tuple(_override(text, parser) for text in args.overrides)
     args.objectives = _names(args.objectives, OBJECTIVES, "--objectives", parser)
     args.baselines = _names(args.baselines, BASELINES, "--baselines", parser)
     if not args.objectives:
@@ -207,6 +221,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "(needs pyproject.toml and conf/base)")
     args.path, args.project = args.path.resolve(), args.project.resolve()
     return args
+
+
+def _override(text: str, parser: argparse.ArgumentParser) -> tuple[str, str, Any]:
+    """``GROUP.KEY=VALUE`` -> (group, key, value), checked against the project's schema now so a
+    typo fails before an hour of runs, not after the first objective."""
+    from aavae.config import SCHEMAS, ConfigError, parse
+
+    dotted, separator, raw = text.partition("=")
+    group, _, key = dotted.strip().partition(".")
+    allowed = [name for name in SCHEMAS if name != "dataset"]  # --path/--format own the dataset
+    if not separator or group not in allowed or not key or "." in key:
+        parser.error(f"--set {text!r}: expected GROUP.KEY=VALUE with GROUP one of {', '.join(allowed)}, "
+                     "e.g. --set views.crop_scale=[0.2,1.0]")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        parse(group, {key: value})
+    except ConfigError as error:
+        parser.error(f"--set {text!r}: {error}")
+    return group, key, value
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -389,7 +422,8 @@ def header_lines(args: argparse.Namespace, env: str) -> list[str]:
         f"{torch.get_num_threads()}; gpu: {gpu}",
         f"budget: {args.budget_minutes:g} min per objective; objectives {', '.join(args.objectives)}; "
         f"ResNet-18 (cifar stem) width {args.width}, latent {args.latent_dim}, batch {args.batch_size}, "
-        f"Adam lr {args.lr:g} constant after {args.warmup_epochs} warm-up epochs",
+        f"Adam lr {args.lr:g} constant after {args.warmup_epochs} warm-up epochs"
+        + "".join(f"; {group}.{key}={value!r}" for group, key, value in args.overrides),
         f"data: {args.path} (env {env}{f', subset {args.subset} per split' if args.subset else ''}); "
         f"MLflow experiment '{args.experiment}'",
         f"command: {shlex.join(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))}",
@@ -442,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
               f"in {time.perf_counter() - started:.0f} s", flush=True)
     env, dataset = dataset_params(args.path, data_format)
     recipe = Recipe(args.budget_minutes, args.width, args.latent_dim, args.batch_size, args.lr,
-                    args.warmup_epochs, args.snapshot_every)
+                    args.warmup_epochs, args.snapshot_every, args.overrides)
 
     rows, first_metrics = [], None
     for position, objective in enumerate(args.objectives):

@@ -49,7 +49,8 @@ def test_each_objective_is_pretrained_and_evaluated_into_one_experiment(tmp_path
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--path", str(tree), "--project", str(project),
          "--objectives", "vae,ae", "--budget-minutes", "0.02", "--width", "4", "--latent-dim", "8",
-         "--batch-size", "8", "--threads", "1", "--experiment", "budget_test"],
+         "--batch-size", "8", "--threads", "1", "--experiment", "budget_test",
+         "--set", "views.crop_scale=[0.5, 1.0]"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -78,6 +79,22 @@ def test_each_objective_is_pretrained_and_evaluated_into_one_experiment(tmp_path
     assert {run.info.status for run in runs.values()} == {"FINISHED"}
     assert runs["vae/pretrain"].data.params["pretrain.kl_coeff"] == "0.1"
     assert runs["ae/pretrain"].data.params["pretrain.kl_coeff"] == "0.0"
+    for objective in ("vae", "ae"):  # --set reaches every objective's run
+        assert runs[f"{objective}/pretrain"].data.params["views.crop_scale"] == "[0.5, 1.0]"
     for objective in ("vae", "ae"):  # each evaluation points at its own training run
         training_run = runs[f"{objective}/pretrain"].info.run_id
         assert runs[f"{objective}/evaluate"].data.tags["training_run_id"] == training_run
+
+
+def test_a_bad_set_override_stops_before_any_run(tmp_path):
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    for override, expected in (("views.crop_scal=[0.2,1.0]", "unknown parameter"),
+                               ("pretrain.learning_rate=fast", "learning_rate"),
+                               ("dataset.path=/x", "GROUP one of"),
+                               ("views.crop_scale", "GROUP.KEY=VALUE")):
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--path", str(tmp_path), "--set", override],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 2 and expected in result.stderr, (override, result.stderr[-2000:])
+        assert "[budget]" not in result.stdout
