@@ -71,3 +71,19 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     epochs_in_final_run = client.get_metric_history(third_run.info.run_id, "train_loss")
     assert len(epochs_in_final_run) < 6, "the final attempt resumed instead of starting over"
+
+    # Starting over (resume off) moves the finished run's checkpoints aside instead of
+    # writing beside them as last-v1.ckpt, which left the stale last.ckpt for the next resume.
+    folder = last.parent
+    old_last = torch.load(folder / "last.ckpt", weights_only=True, mmap=True)
+    started = time.time()
+    kedro(project, *ARGS[:-1], "pretrain.max_epochs=6,pretrain.resume=false")
+    fourth_run = _runs(project)[-1]
+    assert "resumed_from_run" not in fourth_run.data.tags
+    assert len(client.get_metric_history(fourth_run.info.run_id, "train_loss")) == 6, "it started over"
+    assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
+    assert (folder / "last.ckpt").stat().st_mtime > started
+    (archive,) = folder.parent.glob(f"{folder.name}.replaced-*")
+    kept = torch.load(archive / "last.ckpt", weights_only=True, mmap=True)
+    assert kept["global_step"] == old_last["global_step"], "earlier checkpoints are kept, not destroyed"
+    assert (archive / "mlflow_run.json").read_text().count(third_run.info.run_id) == 1

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import signal
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from aavae.views import ViewPolicy, make_views, normalize, to_float
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
+RUN_MARKER = "mlflow_run.json"  # the MLflow run that trains into a checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -470,6 +473,28 @@ def build_trainer(
         deterministic=False,
         default_root_dir=str(checkpoint_dir),
     )
+
+
+def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
+    """Move an earlier run's checkpoints out of ``checkpoint_dir`` before a run that starts over.
+
+    Left in place, Lightning would write the new run's beside them under versioned names
+    (``last-v1.ckpt``), and the next resume would pick up the stale ``last.ckpt``. Moved to a
+    sibling ``<folder>.replaced-<UTC time>`` rather than deleted: a new run must not destroy
+    earlier checkpoints. Returns that folder, or None when there was nothing to move.
+    """
+    stale = sorted(checkpoint_dir.glob("*.ckpt"))
+    if not stale:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    archive = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}")
+    archive.mkdir(parents=True)
+    marker = checkpoint_dir / RUN_MARKER
+    if marker.is_file():  # which MLflow run wrote them
+        shutil.copy2(marker, archive / RUN_MARKER)
+    for path in stale:
+        path.rename(archive / path.name)
+    return archive
 
 
 def fit(

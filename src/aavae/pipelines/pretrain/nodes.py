@@ -18,6 +18,8 @@ from aavae.data.imageset import ImageSet
 from aavae.models import ModelSpec, build_model, count_parameters
 from aavae.objective import Objective
 from aavae.training import (
+    LAST_CHECKPOINT,
+    RUN_MARKER,
     PretrainModule,
     ReconstructionSnapshots,
     TrainingImages,
@@ -25,6 +27,7 @@ from aavae.training import (
     build_trainer,
     fit,
     reconstruction_grid,
+    set_aside_checkpoints,
 )
 from aavae.views import ViewPolicy
 
@@ -85,7 +88,11 @@ def pretrain(
     )
     previous = _previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
-    resumed_from = previous if cfg.resume and (checkpoint_dir / "last.ckpt").is_file() else None
+    resumes = cfg.resume and (checkpoint_dir / LAST_CHECKPOINT).is_file()
+    resumed_from = previous if resumes else None
+    if not resumes and (moved := set_aside_checkpoints(checkpoint_dir)):
+        log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s",
+                    moved)
     _remember_run(checkpoint_dir)
     tracking.log_params_once({"model.num_parameters": num_parameters})
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective,
@@ -137,7 +144,7 @@ def pretrain(
 
 def _previous_run(checkpoint_dir: Path) -> str | None:
     """The MLflow run that last trained into this checkpoint folder."""
-    marker = checkpoint_dir / "mlflow_run.json"
+    marker = checkpoint_dir / RUN_MARKER
     return json.loads(marker.read_text()).get("run_id") if marker.is_file() else None
 
 
@@ -145,4 +152,4 @@ def _remember_run(checkpoint_dir: Path) -> None:
     run_id = tracking.active_run_id()
     if run_id:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+        (checkpoint_dir / RUN_MARKER).write_text(json.dumps({"run_id": run_id}))
