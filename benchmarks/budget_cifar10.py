@@ -43,7 +43,7 @@ Output: a header (date, CPU, cores, budget, the exact command), one ``[budget]``
 line per objective and phase, and as its last lines a Markdown table:
 ``objective | epochs reached | images seen | linear top-1 | kNN top-1`` with one row per
 objective and one per baseline (accuracies in %). Epochs reached counts optimisation steps
-(a budget usually ends mid-epoch), read from the run's last checkpoint.
+(a budget usually ends mid-epoch), as the run's model bundle records them.
 """
 
 from __future__ import annotations
@@ -320,19 +320,6 @@ def run_pipeline(
     return time.perf_counter() - started
 
 
-def training_steps(tracking_uri: str, run_id: str | None) -> int | None:
-    """Optimisation steps of a pretrain run, from the last checkpoint of its checkpoint folder."""
-    from mlflow.tracking import MlflowClient
-
-    if not run_id:
-        return None
-    folder = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags.get("checkpoint_dir")
-    last = Path(folder or "") / "last.ckpt"
-    if not folder or not last.is_file():
-        return None
-    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-
-
 def epoch_shape(train_size: int, batch_size: int) -> tuple[int, int]:
     """Steps per epoch and images per step of the pretraining loader: full batches only, or
     the whole set in one step when it is smaller than a batch."""
@@ -373,12 +360,10 @@ def measure(
     metrics = json.loads((project / METRICS).read_text())
     card = json.loads((project / DATASET_CARD).read_text())
     bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
-    mlflow_yml = project / REPORT_DIR / "conf" / "base" / "mlflow.yml"
-    tracking_uri = yaml.safe_load(mlflow_yml.read_text())["server"]["mlflow_tracking_uri"]
     steps_per_epoch, per_step = epoch_shape(train_size(card), batch_size)
-    steps = training_steps(tracking_uri, bundle.get("mlflow_run_id"))
-    if steps is None:  # no checkpoint to read: whole epochs from the bundle
-        steps = int(bundle["epochs"]) * steps_per_epoch
+    # The optimisation steps the run made (a budget usually ends mid-epoch); whole epochs
+    # for a bundle from before the engine recorded them.
+    steps = int(bundle.get("steps", int(bundle["epochs"]) * steps_per_epoch))
     outcome = Outcome(objective, steps / steps_per_epoch, steps * per_step, metrics["linear_top1"],
                       metrics["knn_top1"], seconds["pretrain"], seconds["evaluate"], bundle.get("kl_coeff"))
     return outcome, metrics
