@@ -1,0 +1,101 @@
+"""Models to evaluate: rebuild a model bundle, read a checkpoint file into one, the baselines.
+
+A model bundle is what the pretrain node writes (``aavae_model.pt``): weights plus the
+plain config needed to rebuild them. :func:`model_from_bundle` is the one function that
+rebuilds its network, for the features pipeline, the embed pipeline and the MLflow model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from aavae.evaluation.features import ArrayLike
+from aavae.models import AAVAENet, ModelSpec, build_model, load_paper_checkpoint
+from aavae.views import channel_stats
+
+BUNDLE_KEYS = ("state_dict", "spec", "normalization")
+
+
+def model_from_bundle(bundle: Mapping[str, Any], source: str = "the model bundle") -> AAVAENet:
+    """Rebuild the network of a model bundle (what pretrain writes) in eval mode."""
+    if not isinstance(bundle, Mapping) or any(key not in bundle for key in BUNDLE_KEYS):
+        found = sorted(bundle) if isinstance(bundle, Mapping) else type(bundle).__name__
+        raise ValueError(
+            f"{source} is not a model bundle: expected a dict with {', '.join(BUNDLE_KEYS)}, "
+            f"found {found}"
+        )
+    try:
+        net = build_model(ModelSpec.from_dict(bundle["spec"]))
+        net.load_state_dict(bundle["state_dict"])
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{source} cannot be rebuilt: {error}") from error
+    return net.eval()
+
+
+def bundle_from_checkpoint(
+    path: str | os.PathLike,
+    spec: ModelSpec,
+    train_images: ArrayLike,
+    class_names: Sequence[str],
+) -> dict[str, Any]:
+    """A model bundle, in the format pretrain writes, for a checkpoint file given by path.
+
+    ``path`` holds either a bundle of this project (``aavae_model.pt``; its own spec and
+    normalisation are used) or a checkpoint of the paper's code (a Lightning ``.ckpt`` or a
+    bare state_dict), read with :func:`aavae.models.load_paper_checkpoint` into ``spec``; the
+    normalisation is then the channel mean/std of ``train_images``. ``class_names`` are the
+    classes it is evaluated on. Files load with ``weights_only=True``: never runs their code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    content = _load_tensors_only(path)
+    if isinstance(content, Mapping) and all(key in content for key in BUNDLE_KEYS):
+        net = model_from_bundle(content, source=f"model bundle {path}")
+        bundle = dict(content)
+        bundle["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    else:
+        net = load_paper_checkpoint(path, spec)
+        mean, std = channel_stats(np.asarray(train_images))
+        epoch = content.get("epoch") if isinstance(content, Mapping) else None
+        bundle = {
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "spec": spec.to_dict(),
+            "normalization": {"mean": list(mean), "std": list(std)},
+            "dataset": None,
+            "objective": "paper checkpoint",
+            "epochs": int(epoch) + 1 if isinstance(epoch, int) else None,
+            "num_parameters": sum(p.numel() for p in net.parameters()),
+            "mlflow_run_id": None,
+        }
+    bundle["class_names"] = [str(name) for name in class_names]
+    bundle["checkpoint"] = str(path)
+    return bundle
+
+
+def _load_tensors_only(path: Path) -> object:
+    """The file's content, or None when ``weights_only`` loading refuses it (the paper loader
+    then explains why)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_paper_checkpoint reports the precise reason
+        return None
+
+
+def baseline_encoder(name: str, spec: ModelSpec, seed: int) -> nn.Module:
+    """The encoder of a baseline: ``random_init`` (the architecture, untrained, drawn from
+    ``seed``) or ``raw_pixels`` (the normalised pixels themselves)."""
+    if name == "random_init":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(spec).encoder.eval()
+    if name == "raw_pixels":
+        return nn.Flatten()
+    raise ValueError(f"unknown baseline {name!r}; known: random_init, raw_pixels")

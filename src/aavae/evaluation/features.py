@@ -1,0 +1,149 @@
+"""Frozen-encoder features of uint8 images, and the checks every image argument goes through.
+
+:func:`extract_features` is the one place images become features for evaluation: the
+features pipeline, the paper protocol's test split, the embed pipeline and the MLflow model
+all call it, so they normalise and batch the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+ArrayLike = np.ndarray | Tensor
+
+
+def extract_features(
+    encoder: nn.Module,
+    images: ArrayLike,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    channels_last: bool = True,
+    autocast_bf16: bool | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Run a frozen ``encoder`` over uint8 ``N x H x W x C`` images; return float32 ``(N, D)``.
+
+    Pixels are scaled to ``[0, 1]`` and normalised per channel by ``mean``/``std`` (given on
+    that ``[0, 1]`` scale). ``images`` may be a read-only ``np.memmap``: only one batch at a time
+    is copied into memory. ``device`` defaults to where the encoder's parameters are; the
+    encoder is moved there for the call and moved back, and its train/eval mode is restored.
+    ``autocast_bf16=None`` uses bf16 autocast on a CUDA device that supports it, never on CPU.
+    """
+    _check_images(images)
+    mean_t, std_t = _channel_stats(mean, std, channels=images.shape[3])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+
+    home = _module_device(encoder)
+    target = torch.device(device) if device is not None else home
+    if autocast_bf16 is None:
+        autocast_bf16 = target.type == "cuda" and torch.cuda.is_bf16_supported()
+    mean_t = mean_t.to(target).view(1, -1, 1, 1)
+    std_t = std_t.to(target).view(1, -1, 1, 1)
+
+    was_training = encoder.training
+    encoder.to(target).eval()
+    chunks: list[np.ndarray] = []
+    try:
+        with torch.inference_mode(), _progress_bar(len(images), progress) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = _as_uint8_batch(images, start, start + batch_size).to(target)
+                # NHWC -> NCHW as a view is exactly the channels_last layout; no copy needed.
+                x = batch.permute(0, 3, 1, 2)
+                if not channels_last:
+                    x = x.contiguous()
+                x = (x.float().div_(255.0) - mean_t) / std_t
+                with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                    out = encoder(x)
+                chunks.append(_flat_features(out, len(batch)))
+                bar.update(len(batch))
+    finally:
+        encoder.to(home).train(was_training)
+    return np.concatenate(chunks, axis=0)
+
+
+def _check_images(images: ArrayLike) -> None:
+    if not isinstance(images, (np.ndarray, Tensor)):
+        raise TypeError(
+            f"images must be a numpy array or torch tensor, got {type(images).__name__}"
+        )
+    if images.dtype not in (np.uint8, torch.uint8) or images.ndim != 4:
+        raise ValueError(
+            f"images must be uint8 N x H x W x C (channels last), got {images.dtype} "
+            f"with shape {tuple(images.shape)}"
+        )
+    if len(images) == 0:
+        raise ValueError("images is empty: there is nothing to extract features from")
+
+
+def _channel_stats(
+    mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[Tensor, Tensor]:
+    mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32)).flatten()
+    std_t = torch.as_tensor(np.asarray(std, dtype=np.float32)).flatten()
+    for name, values in (("mean", mean_t), ("std", std_t)):
+        if values.numel() != channels:
+            raise ValueError(
+                f"{name} must have one value per image channel ({channels}), got {values.numel()}"
+            )
+    if not bool((std_t > 0).all()):
+        raise ValueError(f"std must be positive in every channel, got {std_t.tolist()}")
+    if bool((mean_t.abs() > 1).any()):
+        raise ValueError(
+            f"mean {mean_t.tolist()} looks like it is on the 0-255 scale; give mean and std "
+            "on the [0, 1] scale (divide by 255)"
+        )
+    return mean_t, std_t
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _as_uint8_batch(images: ArrayLike, start: int, stop: int) -> Tensor:
+    if isinstance(images, Tensor):
+        return images[start:stop]
+    # np.array copies, which both materialises a memmap slice and makes it writable.
+    return torch.from_numpy(np.array(images[start:stop], copy=True))
+
+
+def _flat_features(out: object, batch_len: int) -> np.ndarray:
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"the encoder must return a tensor of features, got {type(out).__name__}; "
+            "wrap it so that forward returns the representation only"
+        )
+    if out.shape[0] != batch_len:
+        raise ValueError(
+            f"the encoder returned {out.shape[0]} rows for a batch of {batch_len} images"
+        )
+    return out.reshape(batch_len, -1).float().cpu().numpy()
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is a convenience, never a requirement
+        return _NoBar()
+    return tqdm(total=total, desc="features", unit="img")

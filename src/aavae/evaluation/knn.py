@@ -1,0 +1,84 @@
+"""Cosine nearest neighbours: the weighted kNN classifier and plain neighbour retrieval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aavae.evaluation.features import ArrayLike
+from aavae.evaluation.inputs import _checked_inputs, _default_device, _features
+from aavae.evaluation.scoring import ClassifierResult, _result
+
+
+def knn_classify(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    test_y: ArrayLike,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> ClassifierResult:
+    """Weighted kNN on cosine similarity (the InstDisc/DINO/solo-learn convention).
+
+    Features are L2-normalised; each test row takes its ``k`` most similar training rows
+    (``k`` capped at the training size), and each neighbour votes ``exp(similarity /
+    temperature)`` for its class. The summed votes are the class scores. Test rows are
+    processed ``batch_size`` at a time so memory stays at ``batch_size x len(train_x)``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    dev = _default_device(device)
+    xtr, ytr, xte, yte, names = _checked_inputs(
+        train_x, train_y, test_x, test_y, num_classes, class_names, dev
+    )
+    k = min(k, len(xtr))
+
+    with torch.inference_mode():
+        bank = F.normalize(xtr, dim=1)
+        score_chunks = []
+        for start in range(0, len(xte), batch_size):
+            query = F.normalize(xte[start : start + batch_size], dim=1)
+            similarity, neighbour = (query @ bank.T).topk(k, dim=1)
+            votes = torch.zeros(len(query), num_classes, device=dev)
+            votes.scatter_add_(1, ytr[neighbour], (similarity / temperature).exp())
+            score_chunks.append(votes)
+        scores = torch.cat(score_chunks)
+    return _result(scores, yte, names, {"k": k, "temperature": float(temperature)})
+
+
+
+def nearest_neighbours(
+    bank: ArrayLike, queries: ArrayLike, k: int = 5, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``bank`` most cosine-similar to each query: ``(indices, similarities)``.
+
+    Both are ``(len(queries), k)``, most similar first; ``k`` is capped at ``len(bank)``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    cpu = torch.device("cpu")
+    bank_t = F.normalize(_features(bank, "bank", cpu), dim=1)
+    query_t = F.normalize(_features(queries, "queries", cpu), dim=1)
+    if bank_t.shape[1] != query_t.shape[1]:
+        raise ValueError(
+            f"bank has {bank_t.shape[1]} feature columns but queries have {query_t.shape[1]}"
+        )
+    k = min(k, len(bank_t))
+    indices, similarities = [], []
+    with torch.inference_mode():
+        for start in range(0, len(query_t), batch_size):
+            similarity, index = (query_t[start : start + batch_size] @ bank_t.T).topk(k, dim=1)
+            indices.append(index)
+            similarities.append(similarity)
+    return torch.cat(indices).numpy(), torch.cat(similarities).numpy()

@@ -1,0 +1,123 @@
+"""Tests of aavae.evaluation.bundles: model bundles, checkpoints given by path, baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from aavae import evaluation as ev
+from aavae.evaluation import extract_features
+from aavae.models import AAVAENet, ModelSpec, build_model
+from aavae.views import channel_stats
+from tests.evaluation.helpers import MEAN, STD, random_images
+
+SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
+
+
+def trained_looking_model(spec: ModelSpec = SPEC) -> AAVAENet:
+    torch.manual_seed(1)
+    net = build_model(spec).train()
+    with torch.no_grad():  # move batch-norm statistics off their initial values
+        net.posterior(torch.randn(4, 3, spec.input_size, spec.input_size))
+    return net.eval()
+
+
+def encoder_output(net: AAVAENet, images: np.ndarray, mean, std) -> np.ndarray:
+    return extract_features(net.encoder, images, mean, std)
+
+
+def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp_path):
+    net = trained_looking_model()
+    bundle = {"state_dict": net.state_dict(), "spec": SPEC.to_dict(), "objective": "aavae",
+              "normalization": {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]},
+              "class_names": ["old"], "mlflow_run_id": "abc", "epochs": 7}
+    path = tmp_path / "aavae_model.pt"
+    torch.save(bundle, path)
+    images = random_images(6, 16)
+
+    loaded = ev.bundle_from_checkpoint(path, ModelSpec(width=16), images, ["a", "b"])
+
+    assert loaded["spec"] == SPEC.to_dict()  # the file's spec, not the one passed for paper files
+    assert loaded["normalization"] == bundle["normalization"]
+    assert loaded["class_names"] == ["a", "b"] and loaded["checkpoint"] == str(path)
+    assert loaded["mlflow_run_id"] == "abc" and loaded["epochs"] == 7
+    rebuilt = ev.model_from_bundle(loaded)
+    np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),
+                                  encoder_output(net, images, MEAN, STD))
+
+
+def test_a_paper_checkpoint_given_by_path_is_read_into_the_spec_with_dataset_statistics(tmp_path):
+    net = trained_looking_model()
+    state = dict(net.state_dict())
+    state["online_finetuner.weight"] = torch.randn(10, 64)  # the paper's module holds more
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 4, "global_step": 50, "state_dict": state}, path)
+    images = random_images(6, 16)
+
+    loaded = ev.bundle_from_checkpoint(path, SPEC, images, ["a", "b"])
+
+    mean, std = channel_stats(images)
+    np.testing.assert_allclose(loaded["normalization"]["mean"], mean)
+    np.testing.assert_allclose(loaded["normalization"]["std"], std)
+    assert loaded["epochs"] == 5 and loaded["objective"] == "paper checkpoint"
+    assert loaded["mlflow_run_id"] is None and loaded["class_names"] == ["a", "b"]
+    rebuilt = ev.model_from_bundle(loaded)
+    np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),
+                                  encoder_output(net, images, MEAN, STD))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    images = random_images(4, 16)
+    with pytest.raises(FileNotFoundError, match="absent.ckpt does not exist"):
+        ev.bundle_from_checkpoint(tmp_path / "absent.ckpt", SPEC, images, ["a", "b"])
+    wrong = tmp_path / "wide.ckpt"
+    torch.save({"state_dict": build_model(ModelSpec(width=16, input_size=16)).state_dict()}, wrong)
+    with pytest.raises(ValueError, match="wide.ckpt does not fit"):
+        ev.bundle_from_checkpoint(wrong, SPEC, images, ["a", "b"])
+    broken_bundle = tmp_path / "bundle.pt"
+    torch.save({"state_dict": {}, "spec": SPEC.to_dict(), "normalization": {}}, broken_bundle)
+    with pytest.raises(ValueError, match="model bundle .*bundle.pt cannot be rebuilt"):
+        ev.bundle_from_checkpoint(broken_bundle, SPEC, images, ["a", "b"])
+
+
+def test_model_from_bundle_names_missing_keys():
+    with pytest.raises(ValueError, match="is not a model bundle: expected a dict with state_dict"):
+        ev.model_from_bundle({"state_dict": {}})
+
+
+def test_baseline_encoders_are_seeded_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = ev.baseline_encoder("random_init", SPEC, seed=0)
+    assert torch.equal(torch.rand(1), expected_next)
+    again = ev.baseline_encoder("random_init", SPEC, seed=0)
+    other = ev.baseline_encoder("random_init", SPEC, seed=1)
+    weight = "conv1.weight"
+    assert torch.equal(first.state_dict()[weight], again.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
+    assert isinstance(ev.baseline_encoder("raw_pixels", SPEC, 0), nn.Flatten)
+    with pytest.raises(ValueError, match="unknown baseline 'pixels'"):
+        ev.baseline_encoder("pixels", SPEC, 0)
+
+
+def test_resolve_model_node_reads_evaluate_checkpoint(tmp_path):
+    from aavae.data.imageset import ImageSet
+    from aavae.pipelines.features.nodes import resolve_model
+
+    net = trained_looking_model()
+    path = tmp_path / "paper.ckpt"
+    torch.save({"state_dict": net.state_dict()}, path)
+    images = ImageSet(random_images(6, 16), np.array([0, 1] * 3), ("a", "b"), "train")
+    model_params = {"encoder": "resnet18", "width": 8, "latent_dim": 16}
+    trained = {"state_dict": {}, "spec": {}, "normalization": {}}
+
+    assert resolve_model(trained, images, {}, model_params) is trained
+    bundle = resolve_model(trained, images, {"checkpoint": str(path)}, model_params)
+    assert bundle["checkpoint"] == str(path) and bundle["spec"]["input_size"] == 16
+    with pytest.raises(ValueError, match=r"evaluate.checkpoint='.*missing.ckpt': checkpoint"):
+        resolve_model(trained, images, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params)
+    with pytest.raises(ValueError, match="No model to evaluate"):
+        resolve_model(None, images, {}, model_params)
