@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -133,7 +134,8 @@ def test_cifar10_reads_the_extracted_folder_pixel_for_pixel(cifar_folder):
     assert (
         result.splits["train"].images[0, 1, 2, 2] == first[2 * 1024 + 1 * 32 + 2]
     )  # B at y=1, x=2
-    assert result.sha256 is None
+    assert result.archive_sha256 is None  # a folder: no file to checksum, but a fingerprint
+    assert result.sha256 == read_cifar10(folder).sha256 and len(result.sha256) == 64
     assert result.describe()["splits"]["train"]["count"] == 15
 
 
@@ -142,7 +144,8 @@ def test_cifar10_reads_the_archive_in_memory_and_checks_its_md5(cifar_folder, tm
     archive = tar_folder(folder.parent, tmp_path / CIFAR10.archive_name)
     result = read_cifar10(archive, expected_md5=md5_of(archive))
     check_cifar(result, batches)
-    assert result.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert result.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert result.sha256 == read_cifar10(folder).sha256  # same content, same fingerprint
     assert not (tmp_path / "extracted").exists()
 
 
@@ -255,7 +258,9 @@ def test_cifar10_truncated_archive_names_the_file(cifar_folder, tmp_path):
 
 def test_cifar10_missing_or_unknown_path_lists_accepted_layouts(tmp_path):
     with pytest.raises(
-        DatasetError, match=r"'.*nowhere' does not exist.*cifar-10-python.tar.gz.*download=True"
+        DatasetError,
+        match=r"'.*nowhere' does not exist.*cifar-10-python.tar.gz.*dataset.path.*"
+        r"--params dataset.download=true",
     ):
         read_cifar10(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match="does not hold CIFAR-10.*cifar-10-batches-py"):
@@ -320,7 +325,7 @@ def test_stl10_reads_folder_and_archive_without_transposing(tmp_path):
     archive = tar_folder(tmp_path / "data", tmp_path / "stl10.tar.gz")
     result = read_stl10(archive)  # not named like the official archive: no md5 check
     check_stl(result)
-    assert result.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert result.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert result.format == "stl10-binary"
 
 
@@ -447,7 +452,9 @@ def test_imagefolder_reads_every_container_pixel_for_pixel(tmp_path, form):
         np.testing.assert_array_equal(imageset.labels, labels)
         assert imageset.class_names == ("cat", "dog")
     assert result.skipped == [] and result.format == "imagefolder"
-    assert (result.sha256 is None) == (form == "folder")
+    assert (result.archive_sha256 is None) == (form == "folder")
+    # every container of the same tree holds the same images: one content fingerprint
+    assert result.sha256 == read_imagefolder(tmp_path / "tree", image_size=8).sha256
 
 
 def test_imagefolder_many_batches_over_threads_match_one_batch(tmp_path, monkeypatch):
@@ -576,7 +583,7 @@ def test_imagefolder_without_train_split_lists_what_it_found(tmp_path):
 def test_imagefolder_image_outside_a_class_folder_is_named(tmp_path):
     build_tree(tmp_path / "tree")
     save(tmp_path / "tree/train/stray.png", np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(DatasetError, match="'train/stray.png' .* not inside a class folder"):
+    with pytest.raises(DatasetError, match="tree/train/stray.png' is not inside a class folder"):
         read_imagefolder(tmp_path / "tree")
 
 
@@ -691,3 +698,298 @@ def test_ingests_the_shared_cifar10_jpeg_tree():
     assert set(train.counts_per_class().values()) == {5_000}
     assert set(test.counts_per_class().values()) == {1_000}
     assert 0 < train.images.mean() < 255 and result.skipped == []
+
+
+# -- hints name what a user types; decode errors name the file (issue #14, item 8) -----------
+
+
+def bad_image_archive(tmp_path: Path) -> Path:
+    build_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/cat/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return tar_folder(tmp_path / "tree", tmp_path / "data.tar.gz")
+
+
+def md5_mismatch(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar_folder(folder)
+    read_cifar10(tar_folder(folder.parent, tmp_path / CIFAR10.archive_name))
+
+
+def stl_without_unlabeled(tmp_path: Path) -> None:
+    write_stl_folder(tmp_path / "stl10_binary", {"train": 1, "test": 1})
+    read_stl10(tmp_path / "stl10_binary")
+
+
+def mixed_sizes(tmp_path: Path) -> None:
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/train/dog/z.png", np.zeros((10, 12, 3), np.uint8))
+    read_imagefolder(tmp_path / "tree")
+
+
+@pytest.mark.parametrize(
+    ("failing_read", "hint", "python_spelling"),
+    [
+        (
+            lambda tmp_path: read_imagefolder(bad_image_archive(tmp_path), workers=1),
+            "--params dataset.on_bad_image=skip",
+            "on_bad_image='skip'",
+        ),
+        (mixed_sizes, "--params dataset.image_size=<side>", "pass image_size"),
+        (md5_mismatch, "--params dataset.download=true", "expected_md5=None"),
+        (md5_mismatch, f"another name than '{CIFAR10.archive_name}'", "expected_md5"),
+        (stl_without_unlabeled, "--params dataset.unlabeled=false", "choose other splits"),
+        (lambda tmp_path: read_cifar10(tmp_path), "--params dataset.download=true", "download=True"),
+        (
+            lambda tmp_path: read_stl10(tmp_path / "absent"),
+            "--params dataset.download=true",
+            "download=True",
+        ),
+    ],
+)
+def test_hints_name_the_parameter_as_a_user_types_it(tmp_path, failing_read, hint, python_spelling):
+    """Users run `kedro run --params ...`; a Python keyword they cannot type is no help."""
+    with pytest.raises(DatasetError) as error:
+        failing_read(tmp_path)
+    assert hint in str(error.value)
+    assert python_spelling not in str(error.value)
+
+
+@pytest.mark.parametrize("form", ["folder", "tar.gz", "zip"])
+def test_an_undecodable_image_is_named_by_file_not_by_an_in_memory_stream(tmp_path, form):
+    build_tree(tmp_path / "tree")
+    (tmp_path / "tree/train/cat/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    path = packed(tmp_path / "tree", form, tmp_path)
+    with pytest.raises(DatasetError) as error:
+        read_imagefolder(path, workers=1)
+    message = str(error.value)
+    assert "BytesIO" not in message and " at 0x" not in message
+    if form == "folder":
+        assert f"'{tmp_path / 'tree/train/cat/broken.jpg'}'" in message
+    else:
+        assert f"'train/cat/broken.jpg' in archive '{path}'" in message
+    assert "not a JPEG, PNG, BMP or WebP image" in message
+
+
+# -- a content fingerprint for every source (item 9) -------------------------------------------
+
+
+def test_replacing_images_at_the_same_counts_changes_the_fingerprint(tmp_path):
+    """Pretraining keys checkpoints on (name, sha256, split counts): a folder needs a sha256."""
+    build_tree(tmp_path / "tree")
+    before = read_imagefolder(tmp_path / "tree", image_size=8)
+    assert before.sha256 is not None
+    assert read_imagefolder(tmp_path / "tree", image_size=8).sha256 == before.sha256
+    save(tmp_path / "tree/train/cat/a.png", np.full((8, 8, 3), 7, np.uint8))  # same name, size
+    after = read_imagefolder(tmp_path / "tree", image_size=8)
+    assert after.describe()["splits"] == before.describe()["splits"]  # the counts cannot tell
+    assert after.sha256 != before.sha256
+    assert read_imagefolder(tmp_path / "tree", image_size=4).sha256 != after.sha256
+    save(tmp_path / "tree/train/only/wide.png", stripes(48, 16))
+    save(tmp_path / "tree/test/only/wide.png", stripes(48, 16))
+    cropped = read_imagefolder(tmp_path / "tree", image_size=4)
+    squashed = read_imagefolder(tmp_path / "tree", image_size=4, resize="resize")
+    assert cropped.sha256 != squashed.sha256  # same files, other training images
+
+
+def test_the_ingest_node_writes_a_fingerprint_for_a_folder_into_the_card(tmp_path):
+    from aavae.pipelines.ingest.nodes import ingest
+
+    build_tree(tmp_path / "tree")
+    params = {"name": "imagefolder", "path": str(tmp_path / "tree"), "image_size": 8}
+    card = ingest(params)[3]
+    assert card["sha256"] == read_imagefolder(tmp_path / "tree", image_size=8).sha256
+    assert card["archive_sha256"] is None
+    (tmp_path / "tree/train/cat/b.JPG").unlink()
+    save(tmp_path / "tree/train/cat/b.png", np.zeros((8, 8, 3), np.uint8))
+    assert ingest(params)[3]["sha256"] != card["sha256"]
+
+
+def test_a_cifar10_folder_with_other_batches_gets_another_fingerprint(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    batches = write_cifar_folder(folder)
+    before = read_cifar10(folder).sha256
+    batch = batches["data_batch_3"]
+    batch[b"data"] = 255 - batch[b"data"]
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=2))
+    assert read_cifar10(folder).sha256 != before
+
+
+# -- the centred crop box is exact (item 10) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "image_format"),
+    [((49, 50), "PNG"), ((50, 49), "PNG"), ((98, 197), "PNG"), ((392, 400), "JPEG")],
+)
+def test_resize_crop_of_sizes_whose_float_box_started_below_zero(tmp_path, size, image_format):
+    """16 / (16 / 49) > 49 in floats: the box began at -3.6e-15 and Pillow refused it.
+
+    The 392 x 400 JPEG is decoded in draft mode at 1/8 scale, i.e. 49 x 50: the photo case.
+    """
+    path = tmp_path / f"image.{image_format.lower()}"
+    save(path, np.full((size[1], size[0], 3), [200, 100, 50], np.uint8), format=image_format)
+    with Image.open(path) as image:
+        out = fit_image(image, (16, 16), "resize_crop")
+        assert image.size in ((49, 50), (50, 49), (98, 197))
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - [200, 100, 50]).max() <= 3
+
+
+def test_a_photo_folder_of_mixed_sizes_ingests(tmp_path):
+    for index, (width, height) in enumerate([(392, 400), (640, 480), (49, 50), (300, 1000)]):
+        for split in ("train", "test"):
+            save(tmp_path / f"tree/{split}/c/{index}.jpg", stripes(width, height), format="JPEG")
+    result = read_imagefolder(tmp_path / "tree", image_size=16)
+    assert result.splits["train"].images.shape == (4, 16, 16, 3)
+
+
+def test_the_centre_box_lies_inside_the_image_for_every_small_size():
+    from aavae.data.imagefolder import centre_box
+
+    for width in range(1, 121):
+        for height in range(1, 121):
+            for out in ((16, 16), (32, 32), (24, 16), (7, 33)):
+                left, top, right, bottom = centre_box((width, height), out)
+                assert 0 <= left <= right <= width and 0 <= top <= bottom <= height
+                assert right - left == width or bottom - top == height  # one side whole
+                crop_aspect, out_aspect = (right - left) / (bottom - top), out[0] / out[1]
+                assert abs(crop_aspect - out_aspect) <= 1e-9 * out_aspect
+
+
+# -- archives and files cannot make a reader allocate what they declare -----------------------
+
+
+def tar_header(name: str, kind: bytes, declared: int) -> bytes:
+    """One 512-byte tar header whose size field declares ``declared`` bytes (base-256)."""
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    block = bytearray(member.tobuf(format=tarfile.GNU_FORMAT)[:512])
+    block[124:136] = b"\x80" + declared.to_bytes(11, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.mark.parametrize(
+    "kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.REGTYPE], ids=["gnu", "pax", "file"]
+)
+@pytest.mark.parametrize("compressed", [False, True], ids=["tar", "tar.gz"])
+def test_a_tar_header_declaring_a_terabyte_is_refused_before_it_is_read(tmp_path, kind, compressed):
+    """tarfile reads a pax or long-name header in one call, allocating what it declares."""
+    data = tar_header("././@LongLink" if kind != tarfile.REGTYPE else "train/c/x.png", kind, 10**12)
+    data += b"\0" * 2048
+    path = tmp_path / ("evil.tar.gz" if compressed else "evil.tar")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    with pytest.raises(DatasetError, match=f"'{path}'") as error:
+        read_imagefolder(path)
+    assert "1,000,000,000,000 bytes" in str(error.value) or "truncated" in str(error.value)
+
+
+def test_a_zip_member_longer_than_it_declares_is_read_only_as_far_as_declared(tmp_path):
+    """A 32 MB deflate stream declared as 1,000 bytes must not be decompressed in one go."""
+    import tracemalloc
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/c/a.png", b"\0" * 32 * 1024**2)
+    data = bytearray(archive.read_bytes())
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 24 : central + 28] = (1000).to_bytes(4, "little")  # uncompressed size
+    archive.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=f"'train/c/a.png' in archive '{archive}'"):
+            read_imagefolder(archive, workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_zip_members_whose_expansion_cannot_be_bounded_are_refused(tmp_path, method):
+    build_tree(tmp_path / "tree")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", method) as zf:
+        for path in sorted((tmp_path / "tree").rglob("*.png")):
+            zf.write(path, path.relative_to(tmp_path / "tree").as_posix())
+    with pytest.raises(DatasetError, match=f"Refusing 'train/cat/a.png' in archive '{archive}'.*deflate"):
+        read_imagefolder(archive)
+
+
+@pytest.mark.parametrize("form", ["tar.gz", "zip"])
+def test_an_archive_of_too_many_members_is_refused(tmp_path, monkeypatch, form):
+    from aavae.data import archive as archive_module
+
+    build_tree(tmp_path / "tree")
+    for index in range(40):
+        (tmp_path / f"tree/train/cat/note{index}.txt").write_text("x")
+    path = packed(tmp_path / "tree", form, tmp_path)
+    monkeypatch.setattr(archive_module, "DEFAULT_MAX_MEMBERS", 30)
+    with pytest.raises(DatasetError, match=f"'{path}'.* more than 30 members"):
+        read_imagefolder(path)
+
+
+def test_deeply_nested_members_are_read(tmp_path):
+    deep = "/".join(["d"] * 300)
+    array = np.zeros((8, 8, 3), np.uint8)
+    for split in ("train", "test"):
+        save(tmp_path / "flat" / f"{split}.png", array)
+    with tarfile.open(tmp_path / "deep.tar", "w") as tar:
+        for split in ("train", "test"):
+            tar.add(tmp_path / "flat" / f"{split}.png", arcname=f"{split}/c/{deep}/x.png")
+    result = read_imagefolder(tmp_path / "deep.tar")
+    assert len(result.splits["train"]) == len(result.splits["test"]) == 1
+
+
+def test_images_that_would_need_more_memory_than_exists_are_refused_with_a_hint(tmp_path):
+    build_tree(tmp_path / "tree")
+    with pytest.raises(DatasetError, match="need .* GiB of memory.*dataset.image_size"):
+        read_imagefolder(tmp_path / "tree", image_size=10_000_000)
+
+
+def test_encoded_files_are_handed_to_threads_in_batches_bounded_by_bytes(tmp_path, monkeypatch):
+    batches = []
+    decode_batch = imagefolder._Decoder.decode_batch
+
+    def recording(self, batch):
+        batches.append(sum(len(data) for _, data in batch))
+        decode_batch(self, batch)
+
+    build_tree(tmp_path / "tree")
+    monkeypatch.setattr(imagefolder, "BATCH_SIZE", 10_000)
+    monkeypatch.setattr(imagefolder, "BATCH_BYTES", 1)
+    monkeypatch.setattr(imagefolder._Decoder, "decode_batch", recording)
+    read_imagefolder(tmp_path / "tree", image_size=8, workers=2)
+    assert len(batches) == 6  # one image each, not one batch of all six
+
+
+def test_a_cifar10_pickle_cannot_construct_an_array_of_its_own_size(cifar_folder):
+    """numpy.ndarray((N, 3072), 'u1') in a pickle would allocate N x 3 KB from a few bytes."""
+    folder, _ = cifar_folder
+
+    class Allocating:
+        def __reduce__(self):
+            return (np.ndarray, ((2, 3072), "u1"))
+
+    batch = {b"data": Allocating(), b"labels": [0, 1]}
+    (folder / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DatasetError, match="data_batch_2.*numpy.ndarray.* not allowed"):
+        read_cifar10(folder)
+
+
+def test_a_cifar10_pickle_declaring_a_petabyte_is_a_dataset_error(cifar_folder):
+    folder, _ = cifar_folder
+    declared = (2**50).to_bytes(8, "little")
+    (folder / "data_batch_5").write_bytes(b"\x80\x04\x8e" + declared + b"short")  # BINBYTES8
+    with pytest.raises(DatasetError, match="Cannot unpickle '.*data_batch_5'"):
+        read_cifar10(folder)
+
+
+def test_an_stl10_file_larger_than_the_release_allows_is_refused_before_reading(
+    tmp_path, monkeypatch
+):
+    write_stl_folder(tmp_path / "stl10_binary")  # 4 unlabeled images
+    monkeypatch.setattr(stl10, "MAX_IMAGES_PER_FILE", 3)
+    with pytest.raises(DatasetError, match="unlabeled_X.bin' has 110,592 bytes, more than"):
+        read_stl10(tmp_path / "stl10_binary")

@@ -58,12 +58,16 @@ def pipeline_splits(result: ReadResult) -> tuple[ImageSet, ImageSet, ImageSet]:
     """The train, test and unlabeled sets the pipelines use (unlabeled may be empty)."""
     splits = result.splits
     if "train" not in splits:
-        raise DatasetError(f"'{result.source}' holds no 'train' split (found: {', '.join(splits)})")
+        raise DatasetError(
+            f"'{result.source}' holds no 'train' split (found: {', '.join(splits)}): add a "
+            "train/ folder of class folders."
+        )
     test_name = next((name for name in TEST_SPLIT_NAMES if name in splits), None)
     if test_name is None:
         raise DatasetError(
             f"'{result.source}' holds no test split: expected one of {', '.join(TEST_SPLIT_NAMES)} "
-            f"beside 'train' (found: {', '.join(splits)}). Evaluation needs held-out images."
+            f"beside 'train' (found: {', '.join(splits)}). Evaluation needs held-out images: "
+            "add a test/ (or val/) folder with the same class folders as train/."
         )
     train = splits["train"]
     unlabeled = splits.get("unlabeled") or ImageSet.empty("unlabeled", train.image_shape, train.class_names)

@@ -4,13 +4,23 @@ Nothing is ever extracted to disk. Every archive member is checked before it is 
 absolute paths, ``..`` components, links, devices and absurd declared sizes are refused with
 an error naming the archive and the member. Read failures of a truncated or corrupt archive
 (tar, gzip, bz2, xz, zip or EOF errors) are re-raised as :class:`DatasetError` naming the
-file. The module also holds what the readers of official datasets share: checksums, the md5
+file.
+
+Memory stays bounded whatever an archive declares: no single read asks the underlying file
+for more than :data:`MAX_SINGLE_READ` bytes (tarfile itself would allocate what a pax or GNU
+long-name header declares, before any member could be checked), members are read in chunks
+up to their declared size (a zip member's deflate stream cannot expand past it), zip members
+compressed with bzip2 or lzma are refused (their decompressors expand a chunk without
+bound), and an archive may hold at most :data:`DEFAULT_MAX_MEMBERS` members (tarfile keeps
+one object per member; an archive of empty members compresses about a thousandfold). The module also holds what the readers of official datasets share: checksums, the md5
 check of an official archive, finding the archive or its extracted folder, and downloading.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import io
 import os
@@ -28,12 +38,18 @@ from typing import BinaryIO
 
 from aavae.data.errors import DatasetError
 
-try:  # lzma is optional in some Python builds; tarfile then cannot read .xz anyway
+try:  # lzma is optional in some Python builds
+    import lzma
     from lzma import LZMAError
 except ImportError:  # pragma: no cover
+    lzma = None  # type: ignore[assignment]
     LZMAError = OSError  # type: ignore[misc,assignment]
 
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024**2
+# ImageNet-1k holds 1.3 million files; a tar member costs tarfile about 500 bytes of memory.
+DEFAULT_MAX_MEMBERS = 4_000_000
+MAX_SINGLE_READ = 64 * 1024**2  # bytes one read may ask of an archive file (see module doc)
+READ_CHUNK = 1024**2  # bytes a whole member is read in at a time
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ZIP_SUFFIXES = (".zip",)
 
@@ -136,11 +152,16 @@ class Source(ABC):
 
 
 class _GuardedStream(io.RawIOBase):
-    """A member's byte stream whose read errors name the archive and the member."""
+    """A member's byte stream whose read errors name the archive and the member.
 
-    def __init__(self, raw: BinaryIO, source: Source, member: str) -> None:
+    ``read()`` of the whole member reads chunks up to the member's declared ``size``, so a
+    member whose content runs past what it declares (a file grown since it was listed, a
+    zip deflate stream longer than its header says) never costs more memory than declared.
+    """
+
+    def __init__(self, raw: BinaryIO, source: Source, member: str, size: int) -> None:
         super().__init__()
-        self._raw, self._source, self._member = raw, source, member
+        self._raw, self._source, self._member, self._size = raw, source, member, size
 
     def readable(self) -> bool:
         return True
@@ -149,12 +170,19 @@ class _GuardedStream(io.RawIOBase):
         with self._source._reading(self._member):
             return self._raw.readinto(buffer)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
         with self._source._reading(self._member):
             return self._raw.read(size)
 
     def readall(self) -> bytes:
-        return self.read(-1)
+        chunks, left = [], self._size
+        with self._source._reading(self._member):
+            while left > 0 and (chunk := self._raw.read(min(READ_CHUNK, left))):
+                chunks.append(chunk)
+                left -= len(chunk)
+        return b"".join(chunks)
 
 
 class DirectorySource(Source):
@@ -163,6 +191,12 @@ class DirectorySource(Source):
     kind = "folder"
     _damage_hint = "Check that the file exists and is readable."
     _listing: list[Entry] | None = None
+
+    def describe(self, member: str | None = None) -> str:
+        """A file of a folder is named by its whole path, ready to open or delete."""
+        if member is None:
+            return super().describe()
+        return f"'{self.path / member}'"
 
     def entries(self) -> list[Entry]:
         if self._listing is None:
@@ -193,26 +227,43 @@ class DirectorySource(Source):
             with self._reading(entry.name):
                 stream = open(self.path / entry.name, "rb")  # noqa: SIM115 - closed below
             with stream:
-                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+                yield entry, _GuardedStream(stream, self, entry.name, entry.size)  # type: ignore[misc]
 
 
 class TarSource(Source):
-    """A tar archive, plain or compressed with gzip, bz2 or xz, read member by member."""
+    """A tar archive, plain or compressed with gzip, bz2 or xz, read member by member.
+
+    The decompressor is chosen from the file's first bytes and opened here, not by tarfile,
+    so that every read tarfile makes passes through :class:`_BoundedReads`.
+    """
 
     kind = "archive"
 
-    def __init__(self, path: Path, max_member_bytes: int) -> None:
+    def __init__(self, path: Path, max_member_bytes: int, max_members: int | None = None) -> None:
         super().__init__(path)
         self._max_member_bytes = max_member_bytes
+        self._max_members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
         with self._reading():
-            self._tar = tarfile.open(path, "r:*")
+            self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            with self._reading():
+                self._stream = _decompressed(self._file)
+                self._tar = tarfile.open(fileobj=_BoundedReads(self._stream, self), mode="r:")
+        except BaseException:
+            self._file.close()
+            raise
 
     def close(self) -> None:
         self._tar.close()
+        self._stream.close()
+        self._file.close()
 
     def entries(self) -> list[Entry]:
+        members = []
         with self._reading():
-            members = self._tar.getmembers()
+            for member in self._tar:  # lazily, so a flood of members is refused early
+                members.append(member)
+                check_member_count(len(members), self, self._max_members)
         return [entry for entry in map(self._checked, members) if entry is not None]
 
     def files(
@@ -227,7 +278,7 @@ class TarSource(Source):
                     continue
                 stream = self._tar.extractfile(member)
                 assert stream is not None  # a regular file, checked above
-                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+                yield entry, _GuardedStream(stream, self, entry.name, entry.size)  # type: ignore[misc]
 
     def _checked(self, member: tarfile.TarInfo) -> Entry | None:
         name = safe_member_name(member.name, self)
@@ -252,11 +303,17 @@ class ZipSource(Source):
 
     kind = "archive"
 
-    def __init__(self, path: Path, max_member_bytes: int) -> None:
+    def __init__(self, path: Path, max_member_bytes: int, max_members: int | None = None) -> None:
         super().__init__(path)
         self._max_member_bytes = max_member_bytes
         with self._reading():
             self._zip = zipfile.ZipFile(path)
+        limit = DEFAULT_MAX_MEMBERS if max_members is None else max_members
+        try:
+            check_member_count(len(self._zip.infolist()), self, limit)
+        except DatasetError:
+            self._zip.close()
+            raise
 
     def close(self) -> None:
         self._zip.close()
@@ -271,10 +328,17 @@ class ZipSource(Source):
             entry = self._checked(info)
             if entry is None or entry.is_dir or (wanted is not None and not wanted(entry)):
                 continue
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise DatasetError(
+                    f"Refusing {self.describe(info.filename)}: it is compressed with method "
+                    f"{info.compress_type} (bzip2 is 12, lzma 14), whose output this reader "
+                    "cannot bound while reading. Re-create the archive with the usual deflate "
+                    "compression (e.g. `zip -r`), or use a .tar.bz2/.tar.xz archive."
+                )
             with self._reading(info.filename):
                 stream = self._zip.open(info)
             with stream:
-                yield entry, _GuardedStream(stream, self, entry.name)  # type: ignore[misc]
+                yield entry, _GuardedStream(stream, self, entry.name, entry.size)  # type: ignore[misc]
 
     def _checked(self, info: zipfile.ZipInfo) -> Entry | None:
         name = safe_member_name(info.filename, self)
@@ -294,6 +358,48 @@ class ZipSource(Source):
         return Entry(name, info.file_size, is_dir=info.is_dir())
 
 
+class _BoundedReads:
+    """The file object tarfile reads from: a read of more than MAX_SINGLE_READ is refused.
+
+    tarfile reads a pax or GNU long-name header's declared size in one call, and the file
+    object allocates that many bytes before reading; a header may declare terabytes.
+    """
+
+    def __init__(self, raw: BinaryIO, source: Source) -> None:
+        self._raw, self._source = raw, source
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_SINGLE_READ:
+            declared = "the rest of the file" if size is None or size < 0 else f"{size:,} bytes"
+            raise DatasetError(
+                f"Refusing {self._source.describe()}: a header declares {declared}, more than "
+                f"the {MAX_SINGLE_READ:,} bytes one header or read may have. The archive is "
+                "damaged or not what it claims to be: check where it came from."
+            )
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def _decompressed(file: BinaryIO) -> BinaryIO:
+    """The tar stream inside a plain, gzip, bzip2 or xz file, chosen by its magic bytes."""
+    magic = file.read(6)
+    file.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=file, mode="rb")  # type: ignore[return-value]
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(file)  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        if lzma is None:  # pragma: no cover
+            raise tarfile.ReadError("this Python lacks the lzma module needed for .xz files")
+        return lzma.LZMAFile(file)  # type: ignore[return-value]
+    return file
+
+
 def safe_member_name(raw_name: str, source: Source) -> str:
     """The member's path as a clean relative POSIX path; refuse absolute paths and ``..``."""
     name = raw_name.replace("\\", "/")  # some Windows zip tools write backslashes
@@ -311,6 +417,15 @@ def safe_member_name(raw_name: str, source: Source) -> str:
     return "/".join(parts)
 
 
+def check_member_count(count: int, source: Source, limit: int) -> None:
+    if count > limit:
+        raise DatasetError(
+            f"Refusing {source.describe()}: it holds more than {limit:,} members, more than "
+            "this reader holds in memory for one dataset. Split the dataset, or check that the "
+            "archive is what it claims to be."
+        )
+
+
 def check_member_size(size: int, name: str, source: Source, limit: int) -> None:
     if size > limit:
         raise DatasetError(
@@ -325,27 +440,32 @@ def is_archive_name(path: Path) -> bool:
 
 
 def open_source(
-    path: str | os.PathLike, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    path: str | os.PathLike,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    max_members: int | None = None,
 ) -> Source:
     """Open a folder, tar (optionally gz/bz2/xz) or zip archive for reading.
 
     The kind is taken from the name (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ...), else
-    from the file's content. ``max_member_bytes`` caps the declared size of one member.
+    from the file's content. ``max_member_bytes`` caps the declared size of one member,
+    ``max_members`` (default :data:`DEFAULT_MAX_MEMBERS`) the number of members.
     """
     path = Path(path)
     if path.is_dir():
         return DirectorySource(path)
     if not path.is_file():
-        raise DatasetError(f"'{path}' does not exist (or is not a file or folder).")
+        raise DatasetError(
+            f"'{path}' does not exist (or is not a file or folder): check dataset.path."
+        )
     lowered = path.name.lower()
     if lowered.endswith(ZIP_SUFFIXES):
-        return ZipSource(path, max_member_bytes)
+        return ZipSource(path, max_member_bytes, max_members)
     if lowered.endswith(TAR_SUFFIXES):
-        return TarSource(path, max_member_bytes)
+        return TarSource(path, max_member_bytes, max_members)
     if zipfile.is_zipfile(path):
-        return ZipSource(path, max_member_bytes)
-    if tarfile.is_tarfile(path):
-        return TarSource(path, max_member_bytes)
+        return ZipSource(path, max_member_bytes, max_members)
+    with contextlib.suppress(DatasetError):  # tarfile.is_tarfile would bypass the read bound
+        return TarSource(path, max_member_bytes, max_members)
     raise DatasetError(
         f"'{path}' is neither a folder nor a readable archive: expected a folder, a .tar, "
         ".tar.gz/.tgz, .tar.bz2, .tar.xz or .zip file. If it is one of these, it is damaged: "
@@ -426,12 +546,13 @@ def locate_official(path: str | os.PathLike, archive: OfficialArchive, download:
     if path.is_dir():
         raise DatasetError(
             f"Folder '{path}' does not hold {archive.dataset} in a known layout. Accepted: "
-            f"{archive.accepted_layouts()}. Point to one of these, or pass download=True to "
-            f"fetch {archive.url}."
+            f"{archive.accepted_layouts()}. Point dataset.path to one of these, or add "
+            f"--params dataset.download=true to fetch {archive.url} into it."
         )
     raise DatasetError(
         f"{archive.dataset} path '{path}' does not exist. Accepted: "
-        f"{archive.accepted_layouts()}. Pass download=True to fetch {archive.url} there."
+        f"{archive.accepted_layouts()}. Fix dataset.path, or add --params dataset.download=true "
+        f"to fetch {archive.url} there."
     )
 
 
@@ -449,8 +570,9 @@ def archive_sha256(path: Path, archive: OfficialArchive, expected_md5: str | Non
         raise DatasetError(
             f"'{path}' has md5 {digests['md5']}, expected {expected_md5} for the official "
             f"{archive.dataset} archive. The file is incomplete or not the official one: delete "
-            f"it and download it again (download=True, or from {archive.url}), or pass "
-            "expected_md5=None to read a re-packed archive as it is."
+            f"it and download it again (--params dataset.download=true, or from {archive.url}). "
+            f"To read a re-packed archive as it is, give it another name than "
+            f"'{archive.archive_name}': only a file of that name has its md5 checked."
         )
     return digests["sha256"]
 
@@ -465,10 +587,11 @@ def download_archive(archive: OfficialArchive, destination: Path) -> None:
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
         raise DatasetError(
             f"Could not download {archive.dataset} from {archive.url} to '{destination}': {exc}. "
-            "Check the network connection, or download the file by hand and pass its path."
+            "Check the network connection, or download the file by hand and pass its path "
+            "with --params dataset.path=<file>."
         ) from exc
     if not destination.is_file():
         raise DatasetError(
             f"Downloading {archive.url} did not produce '{destination}'. Download the file by "
-            "hand and pass its path."
+            "hand and pass its path with --params dataset.path=<file>."
         )

@@ -7,7 +7,10 @@ Each batch file is a pickle of a dict with ``b"data"`` (uint8 ``N x 3072``: a ro
 10,000 test images. Archive members are read in memory, never extracted.
 
 Pickles can run arbitrary code when loaded, so they are loaded by an unpickler that resolves
-only the few numpy globals an array needs; anything else stops the read with an error.
+only the few numpy globals an array needs; anything else stops the read with an error. Those
+globals are guarded too: ``numpy.ndarray`` can only be passed to ``_reconstruct``, which only
+builds the empty array numpy's own pickles start from, so a pickle cannot allocate an array
+larger than the bytes it carries.
 """
 
 from __future__ import annotations
@@ -56,14 +59,38 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+class _NdarrayType:
+    """What a pickle gets for ``numpy.ndarray``: a name to pass to ``_reconstruct``, not a
+    constructor (``ndarray((10**7, 3072), "u1")`` would allocate 30 GB from a few bytes)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise pickle.UnpicklingError(
+            "calling numpy.ndarray(...) is not allowed: it would allocate an array of any "
+            "declared size; numpy's own pickles never call it"
+        )
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for the one call its pickles make: an empty array to fill."""
+    if subtype is not _NDARRAY or not isinstance(shape, tuple) or shape != (0,):
+        raise pickle.UnpicklingError(
+            f"_reconstruct({subtype!r:.50}, {shape!r:.50}, ...) is not allowed: numpy's pickles "
+            "reconstruct only an empty ndarray"
+        )
+    return _reconstruct(np.ndarray, shape, dtype)
+
+
 # The globals a pickled uint8 array refers to, under the module names numpy 1 (the official
 # files) and numpy 2 write; nothing else may be constructed while unpickling.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct_empty,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
@@ -98,7 +125,7 @@ def read_cifar10(
             one's by default); ``None`` skips the check.
     """
     location = locate_official(path, CIFAR10, download)
-    sha256 = archive_sha256(location, CIFAR10, expected_md5)
+    file_sha256 = archive_sha256(location, CIFAR10, expected_md5)
     with open_source(location) as source:
         contents = _read_batch_files(source)
     class_names = _class_names(*contents[META_FILE])
@@ -106,7 +133,7 @@ def read_cifar10(
         split: _imageset(split, [contents[name] for name in names], class_names)
         for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES))
     }
-    return ReadResult(splits, str(location), "cifar10-python", sha256)
+    return ReadResult(splits, str(location), "cifar10-python", file_sha256)
 
 
 def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
@@ -121,7 +148,7 @@ def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
         raise DatasetError(
             f"{source.describe()} lacks {', '.join(missing)}. Expected the CIFAR-10 python "
             f"batches {', '.join(sorted(needed))}: use the official {CIFAR10.archive_name} "
-            "(download=True fetches it)."
+            "(--params dataset.download=true fetches it)."
         )
     return contents
 
@@ -138,10 +165,13 @@ def _unpickle(data: bytes, where: str) -> dict:
         AttributeError,
         IndexError,
         KeyError,
+        OverflowError,
+        MemoryError,  # a length field declaring more bytes than memory holds
     ) as exc:
         raise DatasetError(
-            f"Cannot unpickle {where}: {exc}. Expected a CIFAR-10 python batch; use the "
-            f"official {CIFAR10.archive_name}."
+            f"Cannot unpickle {where}: {type(exc).__name__}: {exc}. Expected a CIFAR-10 python "
+            f"batch; use the official {CIFAR10.archive_name} "
+            "(--params dataset.download=true fetches it)."
         ) from exc
     if not isinstance(content, Mapping):
         raise DatasetError(

@@ -11,6 +11,11 @@ allocated once at their final size. Then the files are streamed in storage order
 compressed tar is decompressed front to back once) and decoded by a thread pool: Pillow
 releases the GIL while decoding and resizing, and large JPEGs are decoded at reduced scale
 (draft mode) when they are to be shrunk anyway.
+
+Memory: the decoded images of every split are held in RAM, in arrays allocated once at their
+final size (N x H x W x 3 uint8), until the caller saves them; the encoded files waiting
+for a decoding thread are bounded by :data:`MAX_BYTES_IN_FLIGHT`, and Pillow refuses images
+of more than twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) before decoding them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from aavae.data.archive import Entry, Source, file_digests, open_source
 from aavae.data.card import ReadResult
@@ -45,6 +50,8 @@ BadImagePolicy = Literal["error", "skip"]
 RESIZE_POLICIES = ("resize_crop", "resize")
 BAD_IMAGE_POLICIES = ("error", "skip")
 BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
+BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
+MAX_BYTES_IN_FLIGHT = 256 * 1024**2  # encoded bytes read but not yet decoded, at most (roughly)
 EXPECTED_LAYOUT = (
     "<split>/<class>/<image> with a 'train' split, e.g. train/cat/0001.jpg and "
     "test/cat/0002.png (test is optional), as a folder, .tar, .tar.gz/.tgz or .zip file, "
@@ -94,24 +101,29 @@ def read_imagefolder(
         decoder = _Decoder(layout, size, resize, on_bad_image, source)
         _stream_and_decode(source, decoder, workers or _available_cpus())
     splits = decoder.results()
-    sha256 = None if path.is_dir() else file_digests(path)["sha256"]
-    return ReadResult(splits, str(path), "imagefolder", sha256, sorted(decoder.skipped))
+    archive_sha256 = None if path.is_dir() else file_digests(path)["sha256"]
+    return ReadResult(splits, str(path), "imagefolder", archive_sha256, sorted(decoder.skipped))
 
 
 def _check_arguments(
     image_size: object, resize: object, on_bad_image: object, workers: object
 ) -> None:
+    """Check the arguments (the pipeline's come validated from ``dataset.*``; a notebook's not)."""
     if image_size is not None and (
         not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1
     ):
         raise DatasetError(
-            f"image_size={image_size!r}: expected a positive integer, or None to keep the images' size."
+            f"image_size={image_size!r} (dataset.image_size): expected a positive integer, or "
+            "None (null) to keep the images' size."
         )
     if resize not in RESIZE_POLICIES:
-        raise DatasetError(f"resize={resize!r}: expected one of {', '.join(RESIZE_POLICIES)}.")
+        raise DatasetError(
+            f"resize={resize!r} (dataset.resize): expected one of {', '.join(RESIZE_POLICIES)}."
+        )
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise DatasetError(
-            f"on_bad_image={on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}."
+            f"on_bad_image={on_bad_image!r} (dataset.on_bad_image): expected one of "
+            f"{', '.join(BAD_IMAGE_POLICIES)}."
         )
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise DatasetError(
@@ -282,24 +294,34 @@ class _Decoder:
 
     def _allocate(self, size: tuple[int, int]) -> None:
         width, height = size
+        count = sum(len(files) for files in self.layout.splits.values())
+        try:
+            self.arrays = {
+                split: np.empty((len(files), height, width, 3), dtype=np.uint8)
+                for split, files in self.layout.splits.items()
+            }
+        except MemoryError:
+            raise DatasetError(
+                f"{self.source.describe()}: {count:,} images of {width}x{height} need "
+                f"{count * width * height * 3 / 1024**3:,.1f} GiB of memory, more than this "
+                "machine can allocate. Set a smaller --params dataset.image_size=<side>, or "
+                "ingest fewer images."
+            ) from None
         self.size = size
-        self.arrays = {
-            split: np.empty((len(files), height, width, 3), dtype=np.uint8)
-            for split, files in self.layout.splits.items()
-        }
 
     def decode_batch(self, batch: list[tuple[str, bytes]]) -> None:
         for name, data in batch:
             split, index = self.slots[name]
             try:
                 self.arrays[split][index] = self._decode(name, data)
-            except DatasetError:
+            except _SizeMismatch:
                 raise
             except Exception as exc:  # Pillow raises many types for damaged files
                 if self.on_bad_image == "error":
                     raise DatasetError(
-                        f"Cannot decode image {self.source.describe(name)}: {type(exc).__name__}: {exc}. "
-                        "Fix or remove the file, or pass on_bad_image='skip' to leave it out."
+                        f"Cannot decode image {self.source.describe(name)}: {_reason(exc)}. "
+                        "Fix or remove the file, or add --params dataset.on_bad_image=skip to "
+                        "leave it out (the dataset card lists the files skipped)."
                     ) from exc
                 self.skipped.append(name)
                 continue
@@ -311,10 +333,10 @@ class _Decoder:
             if image.size == self.size:
                 return np.asarray(_to_rgb(image))
             if self.exact:
-                raise DatasetError(
+                raise _SizeMismatch(
                     f"Image {self.source.describe(name)} is {image.size[0]}x{image.size[1]}, but the "
-                    f"first image is {self.size[0]}x{self.size[1]}: pass image_size to bring all "
-                    "images to one size."
+                    f"first image is {self.size[0]}x{self.size[1]}: set --params "
+                    "dataset.image_size=<side> to bring all images to one size."
                 )
             return fit_image(image, self.size, self.resize)
 
@@ -330,7 +352,8 @@ class _Decoder:
                 if not count:
                     raise DatasetError(
                         f"Class '{name}' of split '{split}' of {self.source.describe()} has no "
-                        "readable images: all were skipped as undecodable."
+                        "readable images: all were skipped as undecodable (the log names "
+                        "them). Replace the files, or remove the class from every split."
                     )
             images = self.arrays[split]
             splits[split] = ImageSet(
@@ -339,46 +362,93 @@ class _Decoder:
         return splits
 
 
+class _SizeMismatch(DatasetError):
+    """An image whose size differs from the first one's while sizes are kept: a setting to
+    change (``dataset.image_size``), not a bad file to skip."""
+
+
+def _reason(exc: Exception) -> str:
+    """Why an image could not be decoded, without Pillow's ``<_io.BytesIO object at 0x...>``."""
+    if isinstance(exc, UnidentifiedImageError):
+        return (
+            "its bytes are not a JPEG, PNG, BMP or WebP image Pillow can read "
+            "(a damaged file, or another format under an image's extension)"
+        )
+    if isinstance(exc, DatasetError):  # our own words already
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _stream_and_decode(source: Source, decoder: _Decoder, workers: int) -> None:
-    """Read files in storage order on this thread while ``workers`` threads decode batches."""
-    pending: deque[Future[None]] = deque()
+    """Read files in storage order on this thread while ``workers`` threads decode batches.
+
+    A batch is handed over at BATCH_SIZE images or BATCH_BYTES encoded bytes; reading waits
+    while more than 2 x ``workers`` batches or MAX_BYTES_IN_FLIGHT bytes are undecoded, so
+    memory holds at most about MAX_BYTES_IN_FLIGHT + BATCH_BYTES + one file of encoded bytes.
+    """
+    pending: deque[tuple[Future[None], int]] = deque()
+    in_flight = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         try:
             batch: list[tuple[str, bytes]] = []
+            batch_bytes = 0
             for entry, stream in source.files(decoder.wants):
                 data = stream.read()
                 decoder.observe(data)
                 batch.append((entry.name, data))
-                if len(batch) >= BATCH_SIZE and decoder.ready:
-                    pending.append(pool.submit(decoder.decode_batch, batch))
-                    batch = []
-                    while len(pending) > 2 * workers:  # bound the encoded bytes held in memory
-                        pending.popleft().result()
+                batch_bytes += len(data)
+                full = len(batch) >= BATCH_SIZE or batch_bytes >= BATCH_BYTES
+                if full and decoder.ready:
+                    pending.append((pool.submit(decoder.decode_batch, batch), batch_bytes))
+                    in_flight += batch_bytes
+                    batch, batch_bytes = [], 0
+                    while pending and (
+                        len(pending) > 2 * workers or in_flight > MAX_BYTES_IN_FLIGHT
+                    ):
+                        future, size = pending.popleft()
+                        future.result()
+                        in_flight -= size
             if batch:
-                pending.append(pool.submit(decoder.decode_batch, batch))
+                pending.append((pool.submit(decoder.decode_batch, batch), batch_bytes))
             while pending:
-                pending.popleft().result()
+                pending.popleft()[0].result()
         except BaseException:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
             raise
 
 
 def fit_image(image: Image.Image, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8."""
+    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8.
+
+    Raises :class:`DatasetError` for an image mode that has no conversion to RGB.
+    """
     width, height = size
     crop = policy == "resize_crop"
     scale = max(width / image.width, height / image.height)
     needed = (math.ceil(image.width * scale), math.ceil(image.height * scale)) if crop else size
     # A JPEG then decodes at 1/2, 1/4 or 1/8 scale if that still covers `needed`: far faster.
     image.draft("RGB", needed)
-    box = None
-    if crop:  # the centred region with the output's aspect, in (possibly draft-reduced) pixels
-        scale = max(width / image.width, height / image.height)
-        crop_width, crop_height = width / scale, height / scale
-        left, top = (image.width - crop_width) / 2, (image.height - crop_height) / 2
-        box = (left, top, left + crop_width, top + crop_height)
+    box = centre_box(image.size, size) if crop else None
     return np.asarray(_to_rgb(image).resize(size, Image.Resampling.BILINEAR, box=box))
+
+
+def centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[float, ...]:
+    """The centred region of ``image_size`` with the aspect of ``size`` (both width, height).
+
+    Which side is kept whole is decided in integers, and that side is exactly the image's:
+    computed as ``width / (width / image_width)`` in floats it can come out a hair larger
+    (49 / (16 / 49) > 49), and Pillow refuses a box that starts at -1e-15. The other side
+    is at most the image's (rounding is monotonic), and the box is clamped to the image.
+    """
+    (image_width, image_height), (width, height) = image_size, size
+    if width * image_height >= height * image_width:  # relatively wider output: full width
+        crop_height = image_width * height / width
+        top = max(0.0, (image_height - crop_height) / 2)
+        return (0.0, top, float(image_width), min(float(image_height), top + crop_height))
+    crop_width = image_height * width / height
+    left = max(0.0, (image_width - crop_width) / 2)
+    return (left, 0.0, min(float(image_width), left + crop_width), float(image_height))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -386,4 +456,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode.startswith("I;16"):  # 16-bit grey: keep the high byte (convert would clip)
         image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
-    return image.convert("RGB")  # grey is replicated, alpha dropped, palettes expanded
+    try:
+        return image.convert("RGB")  # grey is replicated, alpha dropped, palettes expanded
+    except ValueError as exc:  # e.g. "conversion from La to RGB not supported"
+        raise DatasetError(
+            f"image mode {image.mode!r} has no conversion to RGB ({exc}): save the image as "
+            "RGB, RGBA, grey or palette"
+        ) from exc

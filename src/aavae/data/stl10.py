@@ -45,6 +45,7 @@ NUM_CLASSES = 10
 IMAGE_SIDE = 96
 IMAGE_BYTES = 3 * IMAGE_SIDE * IMAGE_SIDE
 MAX_IMAGES_PER_FILE = 100_000  # the unlabeled split, the largest file of the release
+MAX_TEXT_BYTES = 64 * 1024  # class_names.txt is 57 bytes
 CHUNK_IMAGES = 1024  # images converted per step: 28 MB of scratch memory
 
 
@@ -76,7 +77,7 @@ def read_stl10(
     """
     wanted_splits = _checked_splits(splits)
     location = locate_official(path, STL10, download)
-    sha256 = archive_sha256(location, STL10, expected_md5)
+    file_sha256 = archive_sha256(location, STL10, expected_md5)
     with open_source(location, max_member_bytes=MAX_IMAGES_PER_FILE * IMAGE_BYTES) as source:
         images, labels, class_names = _read_files(source, wanted_splits)
     result = {
@@ -88,7 +89,7 @@ def read_stl10(
         )
         for split in wanted_splits
     }
-    return ReadResult(result, str(location), "stl10-binary", sha256)
+    return ReadResult(result, str(location), "stl10-binary", file_sha256)
 
 
 def _checked_splits(splits: Sequence[str]) -> tuple[str, ...]:
@@ -97,7 +98,8 @@ def _checked_splits(splits: Sequence[str]) -> tuple[str, ...]:
     unknown = [split for split in splits if split not in SPLITS]
     if unknown or not splits:
         raise DatasetError(
-            f"splits={list(splits)!r}: STL-10 splits are {', '.join(SPLITS)}; choose one or more."
+            f"splits={list(splits)!r}: STL-10 splits are {', '.join(SPLITS)}; choose one or more "
+            "(the pipeline reads train and test, plus unlabeled with dataset.unlabeled=true)."
         )
     return tuple(dict.fromkeys(splits))
 
@@ -117,6 +119,7 @@ def _read_files(
         seen.add(name)
         where = source.describe(entry.name)
         split = name.rsplit("_", 1)[0]
+        _check_size(name, entry, where)
         if name == CLASS_NAMES_FILE:
             class_names = _parse_class_names(stream.read(), where)
         elif name.endswith("_X.bin"):
@@ -125,10 +128,15 @@ def _read_files(
             labels[split] = _parse_labels(stream.read(), where)
     missing = sorted(needed - seen)
     if missing:
+        without = (
+            ", or set --params dataset.unlabeled=false to ingest without the unlabeled split"
+            if images_file("unlabeled") in missing
+            else ""
+        )
         raise DatasetError(
             f"{source.describe()} lacks {', '.join(missing)} (needed for splits {', '.join(splits)}). "
             f"Expected the official STL-10 binary files: use {STL10.archive_name} "
-            "(download=True fetches it), or choose other splits."
+            f"(--params dataset.download=true fetches it){without}."
         )
     for split in labels:
         if len(labels[split]) != len(images[split]):
@@ -137,6 +145,22 @@ def _read_files(
                 f"'{images_file(split)}' has {len(images[split])} images; they must match."
             )
     return images, labels, class_names
+
+
+def _check_size(name: str, entry: Entry, where: str) -> None:
+    """Refuse a file larger than any of the release's before allocating or reading it."""
+    if name.endswith("_X.bin"):
+        limit = MAX_IMAGES_PER_FILE * IMAGE_BYTES
+    elif name.endswith("_y.bin"):
+        limit = MAX_IMAGES_PER_FILE
+    else:
+        limit = MAX_TEXT_BYTES
+    if entry.size > limit:
+        raise DatasetError(
+            f"{where} has {entry.size:,} bytes, more than the {limit:,} an STL-10 file of this "
+            "kind can have: it is not an STL-10 file. Use the official "
+            f"{STL10.archive_name}."
+        )
 
 
 def _read_images(stream: BinaryIO, entry: Entry, where: str) -> np.ndarray:
