@@ -165,6 +165,24 @@ def test_paper_layout_checkpoint_loads_and_reproduces_outputs(tmp_path, layout: 
     assert loaded.log_scale.requires_grad is False
 
 
+def test_the_ae_head_is_the_papers_projection_head_ae() -> None:
+    # ProjectionHeadAE: Linear(bias) -> BatchNorm1d -> ReLU -> Linear(no bias) to the latent
+    net = build_model(small_spec(head="ae"))
+    keys = {k for k in net.state_dict() if k.startswith("projection.")}
+    assert keys == {
+        "projection.projection_head.0.weight", "projection.projection_head.0.bias",
+        "projection.projection_head.1.weight", "projection.projection_head.1.bias",
+        "projection.projection_head.1.running_mean", "projection.projection_head.1.running_var",
+        "projection.projection_head.1.num_batches_tracked", "projection.projection_head.3.weight",
+    }
+    features = torch.randn(5, net.encoder.out_dim)
+    assert net.latent_mean(features).shape == (5, net.spec.latent_dim)
+    with pytest.raises(ValueError, match="needs the vae head"):
+        net.posterior(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="head must be one of"):
+        small_spec(head="gan")
+
+
 def test_checkpoint_of_another_architecture_is_refused_with_the_keys(tmp_path) -> None:
     path = tmp_path / "resnet50.ckpt"
     torch.save({"state_dict": build_model(small_spec(encoder="resnet50")).state_dict()}, path)

@@ -12,7 +12,9 @@ from aavae.objective import (
     gaussian_log_likelihood,
     kl_gaussians,
     kl_standard_normal,
+    likelihood_scale,
     log_normal,
+    mean_squared_error,
     posterior_std,
     sample_posterior,
 )
@@ -49,16 +51,31 @@ def test_kl_between_gaussians_matches_torch(posterior):
 
 
 @pytest.mark.parametrize("log_scale", [0.0, -1.3, 0.7])
-def test_gaussian_log_likelihood_matches_closed_form(log_scale):
+def test_gaussian_log_likelihood_is_the_papers_with_log_scale_a_log_variance(log_scale):
+    # The paper's vae.py: scale = exp(logscale / 2.) + 1e-6; Normal(mean, scale).log_prob(x)
     torch.manual_seed(1)
     mean, target = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
-    scale = math.exp(log_scale)
+    scale = math.exp(log_scale / 2) + 1e-6
     expected = (
         -0.5 * ((target - mean) / scale) ** 2 - math.log(scale) - 0.5 * math.log(2 * math.pi)
     ).sum(dim=(1, 2, 3))
     got = gaussian_log_likelihood(mean, torch.tensor([log_scale]), target)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got, Normal(mean, scale).log_prob(target).sum(dim=(1, 2, 3)))
+
+
+def test_a_learned_log_scale_moves_the_std_at_the_papers_pace():
+    # d std / d log_scale = std / 2 for a log-variance (it was std for a log-std).
+    log_scale = torch.tensor([0.4], requires_grad=True)
+    likelihood_scale(log_scale).sum().backward()
+    assert log_scale.grad.item() == pytest.approx(math.exp(0.2) / 2)
+
+
+def test_mean_squared_error_is_torchs_mse_loss():
+    torch.manual_seed(2)
+    reconstruction, target = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    expected = torch.nn.functional.mse_loss(reconstruction, target, reduction="mean")
+    torch.testing.assert_close(mean_squared_error(reconstruction, target), expected)
 
 
 def test_log_normal_and_sampling(posterior):
@@ -79,5 +96,7 @@ def test_bits_per_dim_of_uniform_bytes():
 def test_objectives():
     assert Objective("aavae").uses_augmented_input
     assert not Objective("vae", 0.1).uses_augmented_input
+    assert not Objective("ae").uses_augmented_input, "the paper's AE reconstructs its own input"
+    assert not Objective("ae").is_variational and Objective("aavae").is_variational
     with pytest.raises(ValueError, match="objective 'gan' is unknown"):
         Objective("gan")

@@ -1,6 +1,9 @@
-"""The pretraining engine: learning-rate schedule, optimizers, and exact resume."""
+"""The pretraining engine: schedule, optimizers, the step (eager, compiled), exact resume."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -12,15 +15,24 @@ from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import (
     Lamb,
+    StepSettings,
+    TrainStep,
+    build_optimizer,
+    NonFiniteLoss,
     PretrainModule,
     TrainingImages,
     ValidationViews,
+    batch_shape,
     build_trainer,
+    epoch_order,
     fit,
+    frozen_batchnorm_statistics,
     parameter_groups,
+    schedule_factor,
     warmup_then_decay,
 )
-from aavae.views import ViewPolicy
+from aavae.training.module import resolve_switch
+from aavae.views import ViewPolicy, channel_tensors
 
 
 def test_warmup_then_cosine():
@@ -34,6 +46,23 @@ def test_warmup_then_cosine():
     assert warmup_then_decay(5, 100, "constant")(80) == 1.0
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_the_device_schedule_is_the_python_one(schedule: str, warmup: int):
+    python = warmup_then_decay(warmup, 50, schedule)
+    for step in range(0, 60, 3):
+        got = schedule_factor(torch.tensor(step), torch.tensor(warmup), torch.tensor(50), schedule)
+        assert got.item() == pytest.approx(python(step), abs=1e-6), step
+
+
+def test_epoch_order_is_full_batches_of_a_seeded_permutation():
+    first, again = epoch_order(10, 4, seed=3, epoch=2), epoch_order(10, 4, seed=3, epoch=2)
+    assert first.shape == (2, 4) and torch.equal(first, again)
+    assert len(set(first.flatten().tolist())) == 8, "no image twice in an epoch"
+    assert not torch.equal(first, epoch_order(10, 4, seed=3, epoch=3))
+    assert batch_shape(3, 8) == (1, 3), "fewer images than a batch: one batch of all"
+
+
 def test_exclude_bn_bias_from_weight_decay():
     net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16))
     decayed, excluded = parameter_groups(net, 0.1, exclude_bn_bias=True)
@@ -43,16 +72,45 @@ def test_exclude_bn_bias_from_weight_decay():
     assert len(decayed["params"]) + len(excluded["params"]) == sum(1 for p in net.parameters() if p.requires_grad)
 
 
-def test_lamb_reduces_a_quadratic():
+@pytest.mark.parametrize("lr", [0.05, torch.tensor(0.05)])
+def test_lamb_reduces_a_quadratic(lr):
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(8, 8))
-    optimizer = Lamb([weight], lr=0.05)
+    optimizer = Lamb([weight], lr=lr)
     start = weight.square().sum().item()
     for _ in range(50):
         optimizer.zero_grad()
         weight.square().sum().backward()
         optimizer.step()
     assert weight.square().sum().item() < 0.5 * start
+    assert isinstance(optimizer.state[weight]["step"], torch.Tensor), "the step count stays on the device"
+
+
+def test_lamb_trust_ratio_is_one_for_a_zero_weight():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = Lamb([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    # Adam's first update is lr * sign(grad) here; a zero weight norm keeps trust 1.
+    torch.testing.assert_close(weight.detach(), torch.full((3,), -0.1), atol=1e-4, rtol=0)
+
+
+def test_frozen_batchnorm_statistics_leave_running_statistics_alone():
+    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}
+    with frozen_batchnorm_statistics(net), torch.no_grad():
+        net.encode(torch.randn(8, 3, 16, 16))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        net.encode(torch.randn(8, 3, 16, 16))
+    assert not torch.equal(before["encoder.bn1.running_mean"], net.state_dict()["encoder.bn1.running_mean"])
+
+
+def test_switches_resolve_per_device():
+    assert resolve_switch("auto", "cuda") is True
+    assert resolve_switch("auto", "cpu") == "decide", "on CPU, compile=auto times a few steps first"
+    assert resolve_switch(False, "cuda") is False
 
 
 class CountSteps(pl.Callback):
@@ -63,21 +121,28 @@ class CountSteps(pl.Callback):
         self.steps += 1
 
 
-def _module(max_epochs: int) -> PretrainModule:
+def _module(max_epochs: int, objective: str = "aavae", **settings) -> PretrainModule:
     digits = read_digits(image_size=16)
     train, test = digits["train"], digits["test"]
     torch.manual_seed(0)
-    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16))
-    config = PretrainConfig(max_epochs=max_epochs, batch_size=128, precision="32-true",
-                            accelerator="cpu", warmup_epochs=1, diagnostics_every_n_steps=3)
+    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae" if objective == "ae" else "vae"))
+    options = dict(max_epochs=max_epochs, batch_size=128, precision="32-true", accelerator="cpu",
+                   warmup_epochs=1, diagnostics_every_n_steps=3, compile=False)
+    config = PretrainConfig(objective=objective, **(options | settings))
     val = ValidationViews(test.images[:64], test.images[:64], test.labels[:64])
-    return PretrainModule(net, Objective("aavae", 0.0), ViewPolicy(), config,
+    return PretrainModule(net, Objective(objective, config.effective_kl_coeff), ViewPolicy(), config,
                           TrainingImages(train.images[:256], train.labels[:256]), val,
                           mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
 
 
 def _weights(module: PretrainModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_weights(expected: dict, got: dict) -> None:
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -96,10 +161,184 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     epochs = fit(resumed, trainer, tmp_path / "split", resume=True)
     assert epochs == 2
     assert counter.steps == len(resumed.train_dataloader()), "only the second epoch ran again"
-    expected, got = _weights(straight), _weights(resumed)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+    _assert_same_weights(_weights(straight), _weights(resumed))
     # and training did change the weights
     fresh = _weights(_module(max_epochs=2))
-    assert any(not torch.allclose(fresh[k].float(), got[k].float()) for k in got if got[k].is_floating_point())
+    assert any(not torch.allclose(fresh[k].float(), v.float()) for k, v in _weights(resumed).items()
+               if v.is_floating_point())
+
+
+class InterruptAt(pl.Callback):
+    """Ctrl+C after ``step`` optimisation steps, as a user would press it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_mid_epoch_interruption_resumes_to_the_uninterrupted_weights(tmp_path):
+    # 4 epochs of 2 steps: interrupted after step 5, in the middle of the third epoch.
+    straight = _module(max_epochs=4)
+    fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
+
+    first = _module(max_epochs=4)
+    trainer = build_trainer(first.config, tmp_path / "split", callbacks=[InterruptAt(5)])
+    with pytest.raises(SystemExit):  # Lightning exits on Ctrl+C, after last.ckpt is written
+        trainer.fit(first)
+    assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+    resumed = _module(max_epochs=4)
+    counter = CountSteps()
+    fit(resumed, build_trainer(resumed.config, tmp_path / "split", callbacks=[counter]), tmp_path / "split")
+    assert counter.steps == 3, "the rest of the third epoch and the fourth"
+    _assert_same_weights(_weights(straight), _weights(resumed))
+
+
+@pytest.mark.parametrize("objective", ["aavae", "vae", "ae"])
+def test_every_objective_trains_and_reports_its_metrics(tmp_path, objective: str):
+    module = _module(max_epochs=1, objective=objective, encode_original="every_step")
+    fit(module, build_trainer(module.config, tmp_path), tmp_path, resume=False)
+    metrics = module.epoch_metrics
+    expected = {"loss", "probe_acc", "cos_sim"} | ({"mse"} if objective == "ae" else {"kl", "log_px", "bpd"})
+    assert expected <= set(metrics), metrics
+    assert all(math.isfinite(v) for v in metrics.values())
+    if objective == "ae":
+        assert metrics["cos_sim"] == pytest.approx(1.0, abs=1e-4), "the AE's input is the original"
+
+
+def test_the_paper_original_pass_moves_batchnorm_statistics_and_the_diagnostic_one_does_not(tmp_path):
+    runs = {}
+    for mode in ("every_step", "diagnostic_steps"):
+        module = _module(max_epochs=1, encode_original=mode, diagnostics_every_n_steps=1, online_probe=False)
+        fit(module, build_trainer(module.config, tmp_path / mode, has_validation=False), tmp_path / mode,
+            resume=False)
+        runs[mode] = module.net.encoder.bn1.num_batches_tracked.item()
+    assert runs == {"every_step": 4, "diagnostic_steps": 2}, "two steps: views (+ originals) each"
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    module = _module(max_epochs=3)
+    poisoned = {"on": False}
+
+    def poison(_module, _inputs, output):
+        return output * float("nan") if poisoned["on"] else output
+
+    module.net.decoder.register_forward_hook(poison)
+
+    class PoisonAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer, *args) -> None:
+            poisoned["on"] = True
+
+    trainer = build_trainer(module.config, tmp_path, callbacks=[PoisonAfterFirstEpoch()])
+    with pytest.raises(NonFiniteLoss, match=r"loss.* became NaN or infinite at step 2\b"):
+        fit(module, trainer, tmp_path, resume=False)
+    kept = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert kept["global_step"] == 2, "the checkpoint of the last good epoch"
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
+
+def _step(objective: str, autocast_dtype=None) -> TrainStep:
+    """A TrainStep over 256 digits, as the module builds it, without a Trainer."""
+    digits = read_digits(image_size=16)["train"]
+    torch.manual_seed(0)
+    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae" if objective == "ae" else "vae"))
+    probe = torch.nn.Linear(net.encoder.out_dim, 10)
+    lr = torch.zeros(())
+    optimizer = build_optimizer(torch.nn.ModuleList([net, probe]), "adam", lr, 0.0, False, capturable=False)
+    settings = StepSettings(Objective(objective, 0.1 if objective == "vae" else 0.0), ViewPolicy(),
+                            encode_original="every_step", autocast_dtype=autocast_dtype)
+    mean, std = channel_tensors([0.3] * 3, [0.4] * 3, 3, "cpu")
+    step = TrainStep(net, probe, optimizer, lr, settings, torch.from_numpy(digits.images[:256]),
+                     torch.from_numpy(digits.labels[:256]).long(), mean, std, (2, 128),
+                     torch.Generator().manual_seed(0), warmup_steps=2, total_steps=10)
+    step.start_epoch(epoch_order(256, 128, seed=0, epoch=0), 0, 0)
+    return step
+
+
+@pytest.mark.parametrize(
+    ("objective", "precision"),
+    [("aavae", "32-true"), ("ae", "32-true"), ("aavae", "bf16-mixed")],  # vae: aavae's graph, other constants
+)
+def test_the_compiled_step_gives_the_eager_loss_and_gradients(objective: str, precision: str):
+    """Tolerances: fp32 1e-4 relative; under bf16 autocast 2e-2 on the loss and metrics and a
+    gradient cosine of 0.99 (fused kernels round bf16 intermediates at other places)."""
+    autocast = torch.bfloat16 if precision == "bf16-mixed" else None
+    step = _step(objective, autocast)
+    images, labels = step.images[step.order[0]], step.labels[step.order[0]]
+    target = step.to_input(images)
+    x_in = step.views(images) if objective == "aavae" else target
+    noise = torch.randn((2, 128, 8), generator=torch.Generator().manual_seed(1))
+    modules = torch.nn.ModuleList([step.net, step.probe])
+    initial = {k: v.clone() for k, v in modules.state_dict().items()}
+
+    def loss_and_grads(fn):
+        modules.load_state_dict(initial)  # each pass moves batch-norm statistics
+        modules.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+            loss, metrics = fn(x_in, target, labels, noise)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in modules.parameters() if p.grad is not None])
+        return loss.detach(), metrics, grads
+
+    eager = loss_and_grads(step.loss_and_metrics)
+    step.compile()
+    compiled = loss_and_grads(step.loss_fn)
+    tolerance = 1e-4 if autocast is None else 2e-2
+    torch.testing.assert_close(compiled[0], eager[0], rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=tolerance, atol=tolerance)
+    cosine = torch.nn.functional.cosine_similarity(compiled[2], eager[2], dim=0).item()
+    assert cosine > (0.9999 if autocast is None else 0.99), cosine
+
+
+def test_a_run_with_the_compiled_step_resumes_exactly_and_never_recompiles(tmp_path, monkeypatch):
+    """The compiled engine's checkpoints resume to the uninterrupted weights; validation,
+    diagnostics and new epochs never trigger a recompilation (shapes are constant)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    straight = _module(max_epochs=2, compile=True)
+    fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
+    first = _module(max_epochs=2, compile=True)
+    trainer = build_trainer(first.config, tmp_path / "split")
+    trainer.fit_loop.max_epochs = 1
+    fit(first, trainer, tmp_path / "split", resume=False)
+    resumed = _module(max_epochs=2, compile=True)
+    fit(resumed, build_trainer(resumed.config, tmp_path / "split"), tmp_path / "split", resume=True)
+    _assert_same_weights(_weights(straight), _weights(resumed))
+
+
+def test_the_cuda_graph_switch_is_off_on_the_cpu():
+    module = _module(max_epochs=1, cuda_graph=True)
+    assert module.graph_mode is False, "graphs are CUDA only; the CPU runs the same step eagerly"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
+    """N graphed steps give N eager steps' weights; the replay never waits for the host."""
+    from aavae.training import CudaGraphed
+
+    results = {}
+    for graphed in (False, True):
+        step = _step("aavae")
+        step.net.cuda()
+        step.probe.cuda()
+        device_step = TrainStep(
+            step.net, step.probe, build_optimizer(torch.nn.ModuleList([step.net, step.probe]), "adam",
+                                                  torch.zeros((), device="cuda"), 0.0, False, capturable=True),
+            None, step.settings, step.images.cuda(), step.labels.cuda(), step.mean.cuda(), step.std.cuda(),
+            (2, 128), torch.Generator(device="cuda").manual_seed(0), 2, 10)
+        device_step.lr = device_step.optimizer.param_groups[0]["lr"]
+        device_step.start_epoch(epoch_order(256, 128, 0, 0).cuda(), 0, 0)
+        run = CudaGraphed(device_step, device_step.generator) if graphed else device_step
+        for index in range(6):
+            if index == 2:
+                device_step.position.fill_(0)
+            if graphed and index == 5:
+                torch.cuda.set_sync_debug_mode("error")
+            run()
+        torch.cuda.set_sync_debug_mode(0)
+        results[graphed] = torch.cat([p.detach().flatten() for p in step.net.parameters()]).cpu()
+    torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)

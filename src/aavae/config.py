@@ -83,16 +83,32 @@ class PretrainConfig(_Schema):
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["adam", "lamb"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float | None = Field(
+        None, ge=0, description="None: 1e-6 for ae (the paper's ae.py default), 0 otherwise"
+    )
     exclude_bn_bias: bool = False
     warmup_epochs: int = Field(0, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed where the hardware has fast bf16, else 32-true"
+    )
     devices: int = Field(1, ge=1)
     gradient_clip_val: float | None = Field(None, gt=0)
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
+        "training would last more than 10 minutes (decided after timing a few steps)",
+    )
+    cuda_graph: bool | Literal["auto"] = Field(
+        "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
+    )
     channels_last: bool = True
+    encode_original: Literal["every_step", "diagnostic_steps"] = Field(
+        "diagnostic_steps",
+        description="every_step: the paper's no-grad pass of the original image on every step "
+        "(its batch-norm statistics then mix originals and views); diagnostic_steps: only "
+        "every diagnostics_every_n_steps, with running statistics untouched",
+    )
     seed: int = 0
     resume: bool = Field(True, description="continue from the last checkpoint of this config")
     checkpoint_every_n_epochs: int = Field(10, ge=1)
@@ -107,6 +123,12 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
+
+    @property
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-6 if self.objective == "ae" else 0.0
 
 
 class EvaluateConfig(_Schema):

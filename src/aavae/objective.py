@@ -3,9 +3,11 @@
 loss = kl_coeff * KL(q(z | x_in) || N(0, I)) - log p(x_target | z)
 
 with x_in the augmented image and x_target the original for AAVAE, and both the original
-for the VAE and AE baselines. p(x | z) is a Gaussian with mean the decoder output and a
-(fixed or learned) log-scale; the KL is analytic. Everything here is per batch and plain
-PyTorch: the training engine decides when to compute which metric.
+for the VAE. p(x | z) is a Gaussian with mean the decoder output and a (fixed or learned)
+``log_scale``, which is a log-*variance* as in the paper's code (scale = exp(log_scale / 2)
++ 1e-6); the KL is analytic. The AE baseline is the paper's ``ae.py``: a deterministic latent
+and the mean squared error against its (un-augmented) input. Everything here is per batch and
+plain PyTorch: the training engine decides when to compute which metric.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 OBJECTIVES = ("aavae", "vae", "ae")
-STD_EPS = 1e-6  # keeps the posterior scale away from zero, as the paper does
+STD_EPS = 1e-6  # keeps the posterior and likelihood scales away from zero, as the paper does
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Objective:
     @property
     def uses_augmented_input(self) -> bool:
         return self.kind == "aavae"
+
+    @property
+    def is_variational(self) -> bool:
+        """False for the paper's AE: a deterministic latent, no sampling, no KL term."""
+        return self.kind != "ae"
 
 
 def posterior_std(logvar: Tensor) -> Tensor:
@@ -60,12 +67,27 @@ def kl_gaussians(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor)
     return (0.5 * (ratio + ((mu_q - mu_p) / std_p).square() - 1) - torch.log(std_q / std_p)).sum(-1)
 
 
+def likelihood_scale(log_scale: Tensor) -> Tensor:
+    """The Gaussian likelihood's standard deviation: ``log_scale`` is a log-variance.
+
+    The paper's ``gaussian_likelihood`` uses ``exp(log_scale / 2) + 1e-6``; keeping its
+    convention means a learned scale moves at the paper's pace and a paper checkpoint's
+    ``log_scale`` means the same here.
+    """
+    return torch.exp(log_scale / 2) + STD_EPS
+
+
 def gaussian_log_likelihood(mean: Tensor, log_scale: Tensor, target: Tensor) -> Tensor:
-    """log N(target | mean, exp(log_scale)^2) summed over C, H, W, per sample."""
-    log_scale = log_scale.to(mean.dtype)
-    diff = (target - mean) * torch.exp(-log_scale)
-    per_pixel = -0.5 * diff.square() - log_scale - 0.5 * math.log(2 * math.pi)
+    """log N(target | mean, likelihood_scale(log_scale)^2) summed over C, H, W, per sample."""
+    scale = likelihood_scale(log_scale.to(mean.dtype))
+    diff = (target - mean) / scale
+    per_pixel = -0.5 * diff.square() - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     return per_pixel.flatten(1).sum(dim=1)
+
+
+def mean_squared_error(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """The paper's AE loss: ``F.mse_loss(x_hat, x)``, averaged over every pixel and image."""
+    return (reconstruction - target).square().mean()
 
 
 def log_normal(z: Tensor, mu: Tensor, std: Tensor) -> Tensor:

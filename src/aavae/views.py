@@ -284,18 +284,32 @@ def to_float(images: Tensor) -> Tensor:
     return images.contiguous(memory_format=torch.channels_last).to(torch.float32).div_(255.0)
 
 
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch."""
-    channels = x.shape[-3]
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch.
+
+    Pass ``mean`` and ``std`` as tensors on ``x``'s device (see :func:`channel_tensors`) in a
+    hot loop: numbers would be copied to the device, and checked on the host, at every call.
+    """
+    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
+        mean, std = channel_tensors(mean, std, x.shape[-3], x.device)
+    mean_t = mean.to(dtype=x.dtype).view(-1, 1, 1)
+    std_t = std.to(dtype=x.dtype).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def channel_tensors(
+    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device | str
+) -> tuple[Tensor, Tensor]:
+    """Checked per-channel mean and std as float32 tensors on ``device``."""
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(
-            f"normalize: need one mean and std per channel ({channels}), got {list(mean)}, {list(std)}"
+            f"normalize: need one mean and std per channel ({channels}), got {mean}, {std}"
         )
     if min(std) <= 0:
-        raise ValueError(f"normalize: std must be positive, got {list(std)}")
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x - mean_t) / std_t
+        raise ValueError(f"normalize: std must be positive, got {std}")
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
+    return as_tensor(mean), as_tensor(std)
 
 
 def channel_stats(
@@ -448,7 +462,8 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     ) / chroma.clamp(min=1e-12)
     sixths += 6.0 * shift.view(-1, 1, 1)
     sixths -= 6.0 * torch.floor(sixths * (1.0 / 6.0))  # wrap to [0, 6)
-    channel_hues = torch.tensor([0.0, 2.0, 4.0], device=x.device).view(1, 3, 1, 1)
+    # 0, 2, 4 sixths for r, g, b; made on the device (a host list would be a copy per call)
+    channel_hues = torch.arange(3, device=x.device, dtype=x.dtype).mul_(2.0).view(1, 3, 1, 1)
     # |hue - channel hue| is in [0, 6); the distance around the circle is 3 - |that - 3|
     distance = (sixths.unsqueeze(-3) - channel_hues).abs_()
     ramp = torch.rsub(distance.sub_(3.0).abs_(), 2.0).clamp_(0.0, 1.0)  # clamp(circular - 1, 0, 1)

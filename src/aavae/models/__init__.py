@@ -6,7 +6,7 @@ its checkpoints load with :func:`load_paper_checkpoint`.
 
 from .decoder import ResNetDecoder, build_decoder
 from .encoder import ENCODERS, STEMS, ResNetEncoder, build_encoder, encoder_out_dim
-from .heads import ProjectionHead
+from .heads import HEADS, AEProjectionHead, ProjectionHead, build_head
 from .net import (
     AAVAENet,
     ModelSpec,
@@ -20,7 +20,10 @@ __all__ = [
     "STEMS",
     "AAVAENet",
     "ModelSpec",
+    "AEProjectionHead",
+    "HEADS",
     "ProjectionHead",
+    "build_head",
     "ResNetDecoder",
     "ResNetEncoder",
     "build_decoder",

@@ -1,15 +1,19 @@
-"""The projection head that turns encoder features into a Gaussian posterior q(z | x)."""
+"""The heads that turn encoder features into the latent the decoder reads.
+
+``ProjectionHead`` (the paper's ``ProjectionHeadVAE``) gives a Gaussian posterior q(z | x);
+``AEProjectionHead`` (the paper's ``ProjectionHeadAE``) gives a deterministic latent. Attribute
+names follow the paper's code, so its checkpoints load by key.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+HEADS = ("vae", "ae")
+
 
 class ProjectionHead(nn.Module):
-    """Linear -> BatchNorm -> ReLU, then separate bias-free Linear maps to mu and log-variance.
-
-    Names (``first_layer``, ``mu``, ``logvar``) follow the paper's ``ProjectionHeadVAE``.
-    """
+    """Linear -> BatchNorm -> ReLU, then separate bias-free Linear maps to mu and log-variance."""
 
     def __init__(self, input_dim: int, hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
@@ -24,3 +28,27 @@ class ProjectionHead(nn.Module):
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         hidden = self.first_layer(features)
         return self.mu(hidden), self.logvar(hidden)
+
+
+class AEProjectionHead(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> bias-free Linear to the latent: the paper's AE head."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, latent_dim: int) -> None:
+        super().__init__()
+        self.projection_head = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim, bias=True),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, latent_dim, bias=False),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.projection_head(features)
+
+
+def build_head(kind: str, input_dim: int, hidden_dim: int, latent_dim: int) -> nn.Module:
+    if kind == "vae":
+        return ProjectionHead(input_dim, hidden_dim, latent_dim)
+    if kind == "ae":
+        return AEProjectionHead(input_dim, hidden_dim, latent_dim)
+    raise ValueError(f"head '{kind}' is unknown; choose one of {HEADS}")

@@ -27,7 +27,7 @@ from .encoder import (
     get_architecture,
     get_stem,
 )
-from .heads import ProjectionHead
+from .heads import HEADS, build_head
 
 MODEL_PREFIXES = ("encoder.", "decoder.", "projection.")
 LOG_SCALE_KEY = "log_scale"
@@ -45,8 +45,9 @@ class ModelSpec:
 
     ``h_dim`` (projection hidden size and decoder width at the bottleneck) defaults to the
     encoder's feature size, as in the paper. ``input_size`` is the image side the decoder
-    reconstructs. ``log_scale`` starts the Gaussian likelihood's log-scale, which is trained
-    only when ``learn_scale`` is set.
+    reconstructs. ``head`` is ``vae`` (a posterior mean and log-variance) or ``ae`` (the paper's
+    deterministic AE latent). ``log_scale`` starts the Gaussian likelihood's log-variance,
+    which is trained only when ``learn_scale`` is set.
     """
 
     encoder: str = "resnet18"
@@ -57,8 +58,11 @@ class ModelSpec:
     input_size: int = 32
     log_scale: float = 0.0
     learn_scale: bool = False
+    head: str = "vae"
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"ModelSpec.head must be one of {HEADS}, got {self.head!r}")
         get_architecture(self.encoder)
         get_stem(self.stem)
         check_width(self.width)
@@ -108,7 +112,7 @@ class ModelSpec:
 
 
 class AAVAENet(nn.Module):
-    """Encoder -> posterior head (mu, logvar); latent -> decoder -> image mean."""
+    """Encoder -> head (posterior mu, logvar; or the AE's latent); latent -> decoder -> image."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -118,7 +122,7 @@ class AAVAENet(nn.Module):
         self.decoder: ResNetDecoder = build_decoder(
             spec.encoder, spec.stem, spec.input_size, spec.latent_dim, h_dim, spec.width
         )
-        self.projection = ProjectionHead(self.encoder.out_dim, h_dim, spec.latent_dim)
+        self.projection = build_head(spec.head, self.encoder.out_dim, h_dim, spec.latent_dim)
         self.log_scale = nn.Parameter(
             torch.tensor([spec.log_scale]), requires_grad=spec.learn_scale
         )
@@ -128,8 +132,15 @@ class AAVAENet(nn.Module):
         return self.encoder(x)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z | x), each ``(N, latent_dim)``."""
+        """Mean and log-variance of q(z | x), each ``(N, latent_dim)`` (``vae`` head only)."""
+        if self.spec.head != "vae":
+            raise ValueError("posterior() needs the vae head; the ae head has a deterministic latent")
         return self.projection(self.encoder(x))
+
+    def latent_mean(self, features: Tensor) -> Tensor:
+        """The latent a reconstruction decodes: the posterior mean, or the AE's latent."""
+        out = self.projection(features)
+        return out[0] if isinstance(out, tuple) else out
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean of p(x | z): ``(N, latent_dim) -> (N, 3, input_size, input_size)``."""

@@ -25,6 +25,7 @@ from aavae.training import (
     TrainingImages,
     ValidationViews,
     build_trainer,
+    choose_hardware,
     fit,
     reconstruction_grid,
     set_aside_checkpoints,
@@ -37,7 +38,7 @@ CHECKPOINT_ROOT = Path("data/06_models/checkpoints")
 # Settings that do not change what is learned, so they do not start a new checkpoint line.
 _NOT_IN_CHECKPOINT_KEY = {
     "resume", "max_time_minutes", "checkpoint_every_n_epochs", "reconstruction_every_n_epochs",
-    "diagnostics_every_n_steps", "accelerator", "devices", "compile",
+    "diagnostics_every_n_steps", "accelerator", "devices", "compile", "cuda_graph",
 }
 
 
@@ -71,7 +72,7 @@ def pretrain(
     spec = ModelSpec(
         encoder=model_cfg.encoder, stem=model_cfg.stem, width=model_cfg.width, h_dim=model_cfg.h_dim,
         latent_dim=model_cfg.latent_dim, input_size=height, log_scale=cfg.log_scale,
-        learn_scale=cfg.learn_scale,
+        learn_scale=cfg.learn_scale, head="ae" if cfg.objective == "ae" else "vae",
     )
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(spec)
@@ -101,10 +102,12 @@ def pretrain(
              f"{num_parameters:,}", checkpoint_dir)
 
     val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
+    hardware = choose_hardware(cfg)
     module = PretrainModule(
         net, objective, policy, cfg,
         _training_images(images_train, images_unlabeled, cfg.use_unlabeled),
         val, mean, std, num_classes=len(images_train.class_names),
+        precision=hardware.precision, device_kind=hardware.device_kind,
     )
     logger = tracking.live_logger()
     shown = slice(0, 8)

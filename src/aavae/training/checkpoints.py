@@ -1,0 +1,155 @@
+"""Checkpoints that survive crashes and full disks, and resume that finds the newest good one.
+
+* Every write goes to a temporary file in the checkpoint's own folder, is fsynced, then
+  renamed over the final name (:class:`AtomicCheckpointIO`): a kill or a full disk leaves
+  the previous file intact, never a half-written one under the real name. (A temporary file
+  in /tmp, as fsspec's transaction uses, is *copied* across filesystems, not renamed.)
+* ``last.ckpt`` after every epoch and ``epochNNNN.ckpt`` every N epochs
+  (:class:`EpochCheckpoints`), on SIGTERM or Ctrl+C ``last.ckpt`` mid-epoch
+  (:class:`CheckpointOnInterrupt`).
+* Resume takes the newest checkpoint that loads (:func:`newest_loadable_checkpoint`), saying
+  which and why when it passes over a damaged one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+RUN_MARKER = "mlflow_run.json"  # the MLflow run that trains into a checkpoint folder
+PERIODIC = re.compile(r"epoch(\d+)\.ckpt")
+
+
+def atomic_torch_save(content: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(content, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk leaves no debris, and the old file
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing through :func:`atomic_torch_save`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+class EpochCheckpoints(pl.Callback):
+    """``last.ckpt`` after every epoch, ``epochNNNN.ckpt`` every ``every_n_epochs``.
+
+    Lightning's ModelCheckpoint (2.6) writes ``last.ckpt`` only on epochs where it also keeps
+    a top-k file, so an interruption could lose ``every_n_epochs`` epochs; this writes it
+    every epoch. The module is asked to check its epoch's metrics first, so a diverged model
+    is never saved.
+    """
+
+    def __init__(self, checkpoint_dir: Path, every_n_epochs: int) -> None:
+        self.directory, self.every_n_epochs = Path(checkpoint_dir), every_n_epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        finish = getattr(module, "finish_epoch", None)
+        if finish is not None:
+            finish()  # raises on a non-finite loss, before anything is written
+        trainer.save_checkpoint(self.directory / LAST_CHECKPOINT)
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
+            # Same content: a hard link costs no disk (a copy where links are refused).
+            periodic = self.directory / f"epoch{epoch:04d}.ckpt"
+            temporary = periodic.with_name(f".{periodic.name}.tmp")
+            temporary.unlink(missing_ok=True)
+            try:
+                os.link(self.directory / LAST_CHECKPOINT, temporary)
+            except OSError:
+                shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
+            os.replace(temporary, periodic)
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there.
+
+    Other exceptions leave last.ckpt alone: a crash (NaN weights, a bug) must not replace
+    the last good checkpoint.
+    """
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.path = Path(checkpoint_dir) / LAST_CHECKPOINT
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path)
+            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
+
+
+def checkpoint_candidates(checkpoint_dir: Path) -> list[Path]:
+    """``last.ckpt`` first, then the periodic checkpoints, newest epoch first."""
+    periodic = sorted(
+        (p for p in checkpoint_dir.glob("epoch*.ckpt") if PERIODIC.fullmatch(p.name)),
+        key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)), reverse=True,  # type: ignore[union-attr]
+    )
+    last = checkpoint_dir / LAST_CHECKPOINT
+    return ([last] if last.is_file() else []) + periodic
+
+
+def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The first of :func:`checkpoint_candidates` that torch can read as a training checkpoint.
+
+    A damaged file (truncated by a kill or a full disk) is named in a warning and skipped.
+    """
+    for path in checkpoint_candidates(checkpoint_dir):
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if not isinstance(content, dict) or "state_dict" not in content or "loops" not in content:
+                raise ValueError("not a Lightning training checkpoint (no state_dict or loop state)")
+        except Exception as error:  # noqa: BLE001 - any unreadable file is passed over, with the reason
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            log.warning("Checkpoint %s cannot be read (%s); trying the next newest.", path, reason)
+            continue
+        return path
+    return None
+
+
+def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
+    """Move an earlier run's checkpoints out of ``checkpoint_dir`` before a run that starts over.
+
+    Left in place, the next resume would pick up the stale ``last.ckpt``. Moved to a sibling
+    ``<folder>.replaced-<UTC time>`` rather than deleted: a new run must not destroy earlier
+    checkpoints. Returns that folder, or None when there was nothing to move.
+    """
+    stale = sorted(checkpoint_dir.glob("*.ckpt"))
+    if not stale:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    archive = checkpoint_dir.with_name(f"{checkpoint_dir.name}.replaced-{stamp}")
+    archive.mkdir(parents=True)
+    marker = checkpoint_dir / RUN_MARKER
+    if marker.is_file():  # which MLflow run wrote them
+        shutil.copy2(marker, archive / RUN_MARKER)
+    for path in stale:
+        path.rename(archive / path.name)
+    return archive

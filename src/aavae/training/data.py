@@ -1,0 +1,74 @@
+"""What the engine trains on, and in which order: images, validation views, epoch batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """What the engine trains on: uint8 N x H x W x C images with labels (-1 = none)."""
+
+    images: np.ndarray | Tensor
+    labels: np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class ValidationViews:
+    """A fixed, seeded set of views of held-out images, so val loss compares across runs."""
+
+    views: np.ndarray | Tensor  # uint8 N x H x W x C
+    originals: np.ndarray | Tensor  # uint8 N x H x W x C
+    labels: np.ndarray | Tensor
+
+
+def as_tensor(array: np.ndarray | Tensor) -> Tensor:
+    """A tensor over the array's memory (no copy of a contiguous, writable array)."""
+    if isinstance(array, Tensor):
+        return array
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        # Memory-mapped .npy files open read-only; torch wants writable memory even for
+        # reads, and warns otherwise. One copy, made where the data leaves the catalog.
+        array = np.array(array)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def batch_shape(size: int, batch_size: int) -> tuple[int, int]:
+    """(batches per epoch, images per batch): full batches only, every batch the same size.
+
+    A constant shape is what lets a compiled step stay compiled and a CUDA graph replay; the
+    few images past the last full batch are seen in other epochs, in other orders. A dataset
+    smaller than one batch trains on all of it as one batch.
+    """
+    if size < 1:
+        raise ValueError("there are no training images")
+    if size < batch_size:
+        return 1, size
+    return size // batch_size, batch_size
+
+
+def epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
+    """This epoch's batches as an int64 (batches, batch) table of image indices.
+
+    Derived from (seed, epoch) alone, so a resumed run sees exactly the batches an
+    uninterrupted one would.
+    """
+    batches, per_batch = batch_shape(size, batch_size)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(size, generator=generator)
+    return order[: batches * per_batch].view(batches, per_batch)
+
+
+def step_loader(steps: int) -> torch.utils.data.DataLoader:
+    """What Lightning iterates: one item per step, carrying nothing.
+
+    The step reads its batch from the epoch's order table on the device; a batch of indices
+    built on the host and copied over would cost a host-to-device copy (and, from pageable
+    memory, a stream synchronisation) on every step.
+    """
+    return torch.utils.data.DataLoader(range(steps), batch_size=None)

@@ -1,0 +1,302 @@
+"""The Lightning module: Lightning runs the loop, the step runs itself.
+
+Lightning keeps what it is good at: devices, checkpoints and resume, validation, loggers,
+the progress bar and the time limit. The step (:class:`aavae.training.step.TrainStep`) owns
+the optimisation, update included, so it can be compiled and captured whole; Lightning
+drives it through :class:`aavae.training.optim.WholeStepOptimizer` in manual optimisation,
+which still counts steps and saves the real optimizer's state. Metrics are summed on the
+device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from aavae.config import PretrainConfig
+from aavae.models import AAVAENet
+from aavae.objective import Objective
+from aavae.training.data import (
+    TrainingImages,
+    ValidationViews,
+    as_tensor,
+    batch_shape,
+    epoch_order,
+    step_loader,
+)
+from aavae.training.optim import WholeStepOptimizer, build_optimizer
+from aavae.training.step import (
+    CudaGraphed,
+    StepSettings,
+    TrainStep,
+    autoencoder_terms,
+    original_terms,
+    probe_terms,
+    reconstruction_terms,
+)
+from aavae.views import ViewPolicy, channel_tensors, normalize, to_float
+
+log = logging.getLogger(__name__)
+
+GENERATOR_KEY = "aavae_generator_state"  # where checkpoints keep the step's random stream
+AUTO_COMPILE_MINUTES = 10.0  # on CPU, compile when eager training would last longer than this
+COMPILE_DECISION_STEPS = 3  # eager steps timed before deciding (after the first, which warms up)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or a metric became NaN or infinite: training stops before saving it."""
+
+
+class PretrainModule(pl.LightningModule):
+    """AAVAE pretraining (or the paper's VAE and AE baselines) with an online linear probe."""
+
+    def __init__(
+        self,
+        net: AAVAENet,
+        objective: Objective,
+        policy: ViewPolicy,
+        config: PretrainConfig,
+        train: TrainingImages,
+        val: ValidationViews | None,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int,
+        precision: str = "32-true",
+        device_kind: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.objective = objective
+        self.policy = policy
+        self.config = config
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.num_classes = num_classes
+        self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe else None
+        self.precision_name = precision
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+        self.compile_mode = resolve_switch(config.compile, device_kind)
+        self.graph_mode = device_kind == "cuda" and resolve_switch(config.cuda_graph, device_kind) is True
+        # Kept out of the state dict: checkpoints hold weights, not the dataset.
+        self._train_images = as_tensor(train.images)
+        self._train_labels = as_tensor(train.labels).long()
+        self._val = val
+        self._val_tensors: tuple[Tensor, Tensor, Tensor] | None = None
+        self.batches = batch_shape(len(self._train_images), config.batch_size)
+        self.step_fn: TrainStep | None = None
+        self._run_step: Any = None
+        self.generator: torch.Generator | None = None
+        self._restored_generator: Tensor | None = None
+        self._step_times: list[float] = []
+        self._diagnostic_sums: Tensor | None = None
+        self._diagnostic_steps = 0
+        self.epoch_metrics: dict[str, float] = {}
+        self._epoch_read = False
+        self._epoch_steps_run = 0
+        self._started_epoch = -1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches[0]
+
+    @property
+    def settings(self) -> StepSettings:
+        cfg = self.config
+        return StepSettings(
+            objective=self.objective, policy=self.policy, encode_original=cfg.encode_original,
+            online_probe=self.online_probe is not None, autocast_dtype=self.autocast_dtype,
+            gradient_clip_val=cfg.gradient_clip_val, channels_last=cfg.channels_last,
+            learning_rate=cfg.learning_rate, schedule=cfg.schedule,
+        )
+
+    # -- data on the device -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._train_images = self._train_images.to(self.device)
+        self._train_labels = self._train_labels.to(self.device)
+        if self._val is not None:
+            self._val_tensors = tuple(  # type: ignore[assignment]
+                as_tensor(a).to(self.device) for a in (self._val.views, self._val.originals, self._val.labels)
+            )
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        if self._restored_generator is not None:
+            self.generator.set_state(self._restored_generator)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return step_loader(self.steps_per_epoch)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        if self._val is None:
+            return []
+        batches = torch.utils.data.BatchSampler(
+            torch.utils.data.SequentialSampler(range(len(self._val.views))), self.config.batch_size, drop_last=False
+        )
+        return torch.utils.data.DataLoader(range(len(self._val.views)), batch_sampler=batches,
+                                           collate_fn=torch.as_tensor)
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> WholeStepOptimizer:
+        cfg = self.config
+        self._lr = torch.zeros((), device=self.device)  # the step writes the scheduled rate here
+        optimizer = build_optimizer(self, cfg.optimizer, self._lr, cfg.effective_weight_decay,
+                                    cfg.exclude_bn_bias, capturable=self.graph_mode)
+        return WholeStepOptimizer(optimizer)
+
+    def _build_step(self) -> TrainStep:
+        cfg = self.config
+        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
+        facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
+        step = TrainStep(
+            self.net, self.online_probe, facade.optimizer, self._lr, self.settings,
+            self._train_images, self._train_labels, mean, std, self.batches, self.generator,
+            warmup_steps=self.steps_per_epoch * cfg.warmup_epochs,
+            total_steps=self.steps_per_epoch * cfg.max_epochs,
+        )
+        if self.compile_mode is True:
+            step.compile()
+        self._run_step = CudaGraphed(step, self.generator) if self.graph_mode else step
+        log.info("Training step: %s%s", "compiled" if self.compile_mode is True else "eager",
+                 ", replayed as a CUDA graph" if self.graph_mode else "")
+        return step
+
+    def on_train_epoch_start(self) -> None:
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        """Load this epoch's batches; Lightning skips the epoch-start hook when it resumes a
+        checkpoint written mid-epoch, so the first step of a run calls this too."""
+        if self.step_fn is None:
+            self.step_fn = self._build_step()
+        epoch, steps_done = self.current_epoch, self.global_step
+        self._started_epoch = epoch
+        position = max(0, steps_done - epoch * self.steps_per_epoch)  # > 0 after a mid-epoch resume
+        order = epoch_order(len(self._train_images), self.config.batch_size, self.config.seed, epoch)
+        self.step_fn.start_epoch(order.to(self.device), steps_done, position)
+        self._diagnostic_sums, self._diagnostic_steps = None, 0
+        self._epoch_read, self._epoch_steps_run = False, 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if self.step_fn is None or self._started_epoch != self.current_epoch:
+            self._start_epoch()
+        assert self.step_fn is not None
+        step_number = self.global_step
+        self._maybe_compile(step_number)
+        self.optimizers().step(closure=self._run_step)
+        self._epoch_steps_run += 1
+        if (self.config.encode_original == "diagnostic_steps"
+                and step_number % self.config.diagnostics_every_n_steps == 0):
+            values = self.step_fn.diagnostics(seed=self.config.seed * 1_000_003 + step_number)
+            self._diagnostic_sums = values if self._diagnostic_sums is None else self._diagnostic_sums + values
+            self._diagnostic_steps += 1
+        if self.global_step >= (self.current_epoch + 1) * self.steps_per_epoch:
+            self._read_epoch_metrics()  # before validation, so no checkpoint saves a diverged model
+
+    def _maybe_compile(self, step_number: int) -> None:
+        """``compile: auto`` on CPU: time a few eager steps, compile if eager would be long."""
+        if self.compile_mode != "decide" or self.step_fn is None:
+            return
+        self._step_times.append(time.perf_counter())
+        if len(self._step_times) <= COMPILE_DECISION_STEPS + 1:
+            return
+        seconds = (self._step_times[-1] - self._step_times[1]) / (len(self._step_times) - 2)
+        remaining = self.steps_per_epoch * self.config.max_epochs - step_number
+        minutes = remaining * seconds / 60
+        if self.config.max_time_minutes is not None:
+            minutes = min(minutes, self.config.max_time_minutes)
+        self.compile_mode = minutes > AUTO_COMPILE_MINUTES
+        log.info("compile=auto: an eager step takes %.2f s, about %.0f min of training left: %s",
+                 seconds, minutes, "compiling the step" if self.compile_mode else "staying eager")
+        if self.compile_mode:
+            self.step_fn.compile()
+
+    def _read_epoch_metrics(self) -> None:
+        """Epoch means of the step's sums: the one device-to-host read of an epoch.
+
+        Raises :class:`NonFiniteLoss` if the loss or a metric stopped being finite, naming the
+        first step where the loss did.
+        """
+        step = self.step_fn
+        assert step is not None
+        self._epoch_read = True
+        parts = [step.sums, step.first_bad_step.float().view(1)]
+        if self._diagnostic_sums is not None:
+            parts.append(self._diagnostic_sums)
+        values = torch.cat(parts).tolist()  # host sync, once per epoch
+        count = len(step.keys)
+        steps_run = max(1, self._epoch_steps_run)
+        means = {key: value / steps_run for key, value in zip(step.keys, values[:count], strict=True)}
+        first_bad = int(values[count])
+        if self._diagnostic_sums is not None:
+            keys = self.settings.original_keys()
+            diagnostics = values[count + 1:]
+            means.update({k: v / self._diagnostic_steps for k, v in zip(keys, diagnostics, strict=True)})
+        bad = sorted(key for key, value in means.items() if not math.isfinite(value))
+        if bad or first_bad >= 0:
+            where = f"step {first_bad}" if first_bad >= 0 else f"epoch {self.current_epoch}"
+            raise NonFiniteLoss(
+                f"Pretraining diverged: {', '.join(bad) or 'the loss'} became NaN or infinite at "
+                f"{where}. The last good checkpoint is kept and nothing of this epoch is saved. "
+                "Lower pretrain.learning_rate, set pretrain.gradient_clip_val, or check the data."
+            )
+        self.epoch_metrics = means
+
+    def finish_epoch(self) -> None:
+        """Read the epoch's metrics if the last step has not (an epoch cut short by the time
+        limit); the checkpoint callback calls this before it writes anything."""
+        if not self._epoch_read and self.step_fn is not None and self._epoch_steps_run:
+            self._read_epoch_metrics()
+
+    def on_train_epoch_end(self) -> None:
+        self.finish_epoch()
+        if not self.epoch_metrics:
+            return
+        self.log_dict({f"train_{k}": v for k, v in self.epoch_metrics.items()})
+        self.log("loss", self.epoch_metrics["loss"], prog_bar=True, logger=False)
+
+    # -- checkpoints carry the random stream ----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.generator is not None:
+            checkpoint[GENERATOR_KEY] = self.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_generator = checkpoint.get(GENERATOR_KEY)
+
+    # -- validation ----------------------------------------------------------------------
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        """The paper's validation: ``val_samples`` importance samples of log p(x), the
+        augmentation diagnostics and the probe, on the fixed views of held-out images."""
+        assert self._val_tensors is not None
+        views, originals, labels = (t[batch] for t in self._val_tensors)
+        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
+        original = normalize(to_float(originals.permute(0, 3, 1, 2)), mean, std)
+        augmented = normalize(to_float(views.permute(0, 3, 1, 2)), mean, std)
+        x_in = augmented if self.objective.uses_augmented_input else original
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + batch_idx)
+        samples = self.config.val_samples if self.objective.is_variational else 1
+        noise = torch.randn((samples + 1, len(batch), self.net.spec.latent_dim),
+                            generator=generator, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            features, original_features = self.net.encode(x_in), self.net.encode(original)
+            if self.objective.is_variational:
+                _, metrics, latent = reconstruction_terms(
+                    self.net, features, original, noise[:samples], self.objective.kl_coeff)
+            else:
+                _, metrics, latent = autoencoder_terms(self.net, features, original)
+            metrics.update(original_terms(self.objective, self.net, original_features, latent, noise[samples]))
+            if self.online_probe is not None:
+                _, metrics["probe_acc"] = probe_terms(self.online_probe, original_features.float(), labels)
+        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch))
+
+
+def resolve_switch(value: bool | str, device_kind: str) -> bool | str:
+    """``auto`` for compile/cuda_graph: on for CUDA; on CPU, compile is decided by timing."""
+    if value != "auto":
+        return bool(value)
+    return True if device_kind == "cuda" else "decide"

@@ -1,0 +1,370 @@
+"""One training step, wholly on the device: gather, views, forward, loss, backward, update.
+
+The step reads every input from device tensors it owns and writes every output into them:
+the epoch's batch table and the position in it, the step count that drives the learning
+rate, the metric sums. Nothing in it waits for the host and no shape depends on the data,
+so the same body runs three ways, chosen once per run:
+
+* eagerly (CPU, or any device with the switches off);
+* with its loss function compiled by ``torch.compile`` (kernels fused; views, noise and the
+  optimizer update stay eager because they draw from or are the step's generator and
+  optimizer);
+* captured once as a CUDA graph and replayed (:class:`CudaGraphed`, CUDA only): one launch
+  per step, the host free to run ahead.
+
+Random numbers come from one generator per run, saved in checkpoints, so a resumed run
+draws what the uninterrupted one would (on CUDA the generator is registered with the graph,
+so each replay draws new numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aavae.models import AAVAENet
+from aavae.objective import (
+    Objective,
+    bits_per_dim,
+    gaussian_log_likelihood,
+    kl_gaussians,
+    kl_standard_normal,
+    log_normal,
+    mean_squared_error,
+    posterior_std,
+)
+from aavae.training.schedule import schedule_factor
+from aavae.views import ViewPolicy, make_views, normalize, to_float
+
+log = logging.getLogger(__name__)
+
+ENCODE_ORIGINAL = ("every_step", "diagnostic_steps")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What a step does, fixed for a run (a compiled step or a graph bakes it in)."""
+
+    objective: Objective
+    policy: ViewPolicy
+    encode_original: str = "diagnostic_steps"
+    online_probe: bool = True
+    autocast_dtype: torch.dtype | None = None
+    gradient_clip_val: float | None = None
+    channels_last: bool = True
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+
+    def metric_keys(self) -> tuple[str, ...]:
+        """Names of the per-step metrics, in the order the step sums them."""
+        if self.objective.is_variational:
+            keys = ["loss", "elbo", "kl", "log_pxz", "log_px", "bpd", "log_scale"]
+        else:
+            keys = ["loss", "mse"]
+        keys += self.original_keys() if self.encode_original == "every_step" else []
+        return (*keys, *(["probe_acc"] if self.online_probe else []))
+
+    def original_keys(self) -> list[str]:
+        """Metrics of the un-augmented pass: cos_sim of the latents (and kl_augmentation)."""
+        return ["cos_sim", "kl_augmentation"] if self.objective.is_variational else ["cos_sim"]
+
+
+def reconstruction_terms(
+    net: AAVAENet, features: Tensor, target: Tensor, noise: Tensor, kl_coeff: float
+) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The paper's VAE.step for the samples in ``noise`` (S x N x latent standard normals).
+
+    Returns the loss, its metrics and (mu, logvar, the first sample of z).
+    """
+    mu, logvar = (t.float() for t in net.projection(features))
+    std = posterior_std(logvar)
+    kl = kl_standard_normal(mu, logvar)
+    log_pxz_all, log_w = [], []
+    first_z = mu
+    for sample in range(noise.shape[0]):
+        z = mu + std * noise[sample]
+        first_z = z if sample == 0 else first_z
+        log_pxz = gaussian_log_likelihood(net.decode(z).float(), net.log_scale, target)
+        log_pz = log_normal(z, torch.zeros_like(z), torch.ones_like(z))
+        log_qz = log_normal(z, mu, std)
+        log_pxz_all.append(log_pxz)
+        log_w.append(log_pxz + log_pz - log_qz)
+    log_pxz = torch.stack(log_pxz_all, dim=1)
+    log_px = torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(noise.shape[0])
+    loss = (kl_coeff * kl - log_pxz.mean(dim=1)).mean()
+    metrics = {
+        "loss": loss,
+        "elbo": (kl - log_pxz.mean(dim=1)).mean(),  # the negative ELBO, as the paper logs it
+        "kl": kl.mean(),
+        "log_pxz": log_pxz.mean(),
+        "log_px": log_px.mean(),
+        "bpd": bits_per_dim(log_px.mean(), target[0].numel()),
+        "log_scale": net.log_scale.float().reshape(()),
+    }
+    return loss, metrics, (mu, logvar, first_z)
+
+
+def autoencoder_terms(net: AAVAENet, features: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """The paper's AE.step: a deterministic latent, the mean squared error against the input."""
+    z = net.projection(features).float()
+    loss = mean_squared_error(net.decode(z).float(), target)
+    return loss, {"loss": loss, "mse": loss}, z
+
+
+def original_terms(
+    objective: Objective, net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...] | Tensor,
+    original_noise: Tensor,
+) -> dict[str, Tensor]:
+    """cos_sim between the latents of the encoder's input and of the original (the paper's
+    diagnostics), and for a VAE the KL between their posteriors (kl_augmentation)."""
+    if not objective.is_variational:
+        z_original = net.projection(original_features).float()
+        return {"cos_sim": F.cosine_similarity(z_original, latent, dim=1, eps=1e-6).mean()}
+    mu, logvar, z = latent
+    mu_o, logvar_o = (t.float() for t in net.projection(original_features))
+    z_original = mu_o + posterior_std(logvar_o) * original_noise
+    return {
+        "cos_sim": F.cosine_similarity(z_original, z, dim=1, eps=1e-6).mean(),
+        "kl_augmentation": kl_gaussians(mu, logvar, mu_o, logvar_o).mean(),
+    }
+
+
+def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Online linear probe loss and accuracy over labelled images (-1 = unlabeled).
+
+    Written without data-dependent branches, so it never waits on the device.
+    """
+    logits = probe(features)
+    known = (labels >= 0).float()
+    count = known.sum().clamp(min=1)
+    loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none").mul(known).sum() / count
+    accuracy = ((logits.argmax(1) == labels).float() * known).sum() / count
+    return loss, accuracy.detach()
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch statistics as in training, but the running statistics left as they are.
+
+    A side pass (the diagnostics) must not move the statistics that evaluation will use.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+class TrainStep:
+    """The whole training step over device-resident state; call it once per step.
+
+    ``images``/``labels`` live on the training device; ``optimizer`` reads its learning rate
+    from ``lr`` (a 0-dim device tensor this step rewrites from the schedule).
+    """
+
+    def __init__(
+        self,
+        net: AAVAENet,
+        probe: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        lr: Tensor,
+        settings: StepSettings,
+        images: Tensor,
+        labels: Tensor,
+        mean: Tensor,
+        std: Tensor,
+        batches: tuple[int, int],
+        generator: torch.Generator,
+        warmup_steps: int,
+        total_steps: int,
+        reduce_gradients: Callable[[], None] | None = None,
+    ) -> None:
+        device = images.device
+        self.net, self.probe, self.optimizer, self.lr = net, probe, optimizer, lr
+        self.settings, self.generator = settings, generator
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
+        self.reduce_gradients = reduce_gradients
+        self.keys = settings.metric_keys()
+        long = {"dtype": torch.long, "device": device}
+        self.order = torch.zeros(batches, **long)  # this epoch's batches of image indices
+        self.position = torch.zeros((), **long)  # the next row of ``order``
+        self.step = torch.zeros((), **long)  # optimisation steps done: drives the schedule
+        self.warmup_steps = torch.tensor(warmup_steps, **long)
+        self.total_steps = torch.tensor(total_steps, **long)
+        self.sums = torch.zeros(len(self.keys), device=device)
+        self.first_bad_step = torch.full((), -1, **long)  # first step whose loss was not finite
+        self.last_input: Tensor | None = None  # this step's encoder input and target, for
+        self.last_target: Tensor | None = None  # the diagnostics that follow some steps
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.loss_fn: Callable[..., tuple[Tensor, Tensor]] = self.loss_and_metrics
+        self.compile_seconds: float | None = None
+
+    # -- the hot path ------------------------------------------------------------------------
+    def __call__(self) -> None:
+        """One optimisation step: no host round trip, no data-dependent shape."""
+        settings, device = self.settings, self.images.device
+        self.optimizer.zero_grad(set_to_none=True)
+        index = self.order[self.position]
+        images, labels = self.images[index], self.labels[index]
+        target = self.to_input(images)
+        x_in = self.views(images) if settings.objective.uses_augmented_input else target
+        batch, latent_dim = len(index), self.net.spec.latent_dim
+        noise = torch.randn((2, batch, latent_dim), generator=self.generator, device=device)
+        with torch.autocast(device.type, dtype=settings.autocast_dtype or torch.bfloat16,
+                            enabled=settings.autocast_dtype is not None, cache_enabled=False):
+            loss, metrics = self.loss_fn(x_in, target, labels, noise)
+        loss.backward()
+        if self.reduce_gradients is not None:
+            self.reduce_gradients()
+        if settings.gradient_clip_val is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, settings.gradient_clip_val, foreach=True)
+        factor = schedule_factor(self.step, self.warmup_steps, self.total_steps, settings.schedule)
+        self.lr.copy_(factor * settings.learning_rate)
+        self.optimizer.step()
+        self.sums += metrics
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(bad, self.step, self.first_bad_step))
+        self.position += 1
+        self.step += 1
+        self.last_input, self.last_target = x_in, target
+
+    def loss_and_metrics(self, x_in: Tensor, target: Tensor, labels: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss to minimise and the step's metrics as one vector (the compiled part)."""
+        settings, net = self.settings, self.net
+        original_features = None
+        if settings.encode_original == "every_step":
+            # The paper encodes the original on every step, in train mode: its batch-norm
+            # statistics see clean images as well as views.
+            with torch.no_grad():
+                original_features = net.encode(target)
+        features = net.encode(x_in)
+        if settings.objective.is_variational:
+            loss, metrics, latent = reconstruction_terms(
+                net, features, target, noise[:1], settings.objective.kl_coeff)
+        else:
+            loss, metrics, latent = autoencoder_terms(net, features, target)
+        if original_features is not None:
+            with torch.no_grad():
+                metrics.update(original_terms(settings.objective, net, original_features, latent, noise[1]))
+        total = loss
+        if self.probe is not None:
+            probe_loss, metrics["probe_acc"] = probe_terms(self.probe, features.detach().float(), labels)
+            total = total + probe_loss
+        return total, torch.stack([metrics[key].detach().float() for key in self.keys])
+
+    def to_input(self, images_nhwc: Tensor) -> Tensor:
+        """uint8 N x H x W x C -> normalised float N x C x H x W."""
+        x = normalize(to_float(images_nhwc.permute(0, 3, 1, 2)), self.mean, self.std)
+        return self._memory_format(x)
+
+    def views(self, images_nhwc: Tensor) -> Tensor:
+        # Views are pixel work in fp32 whatever the model's precision.
+        views = make_views(images_nhwc.permute(0, 3, 1, 2), self.settings.policy, self.generator)
+        return self._memory_format(normalize(views, self.mean, self.std))
+
+    def _memory_format(self, x: Tensor) -> Tensor:
+        if self.settings.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
+
+    # -- around the hot path -----------------------------------------------------------------
+    def start_epoch(self, order: Tensor, steps_done: int, position: int) -> None:
+        """Load the epoch's batch table and where to start in it (not 0 after a mid-epoch resume)."""
+        self.order.copy_(order)  # one host-to-device copy per epoch
+        self.step.fill_(steps_done)
+        self.position.fill_(position)
+        self.sums.zero_()
+
+    def compile(self) -> None:
+        """Compile the loss function (forward, loss, and through autograd its backward).
+
+        Compiled code is cached per function, not per step object: a process that trains
+        several models one after another (a benchmark, a notebook) would otherwise pile up
+        entries until dynamo's limit silently sends the step back to eager. One training at a
+        time is compiled, so the cache is cleared first.
+        """
+        torch._dynamo.reset()
+        self.loss_fn = torch.compile(self.loss_and_metrics, dynamic=False)
+
+    def compile_and_time(self) -> None:
+        """Run this step once compiled and note how long compiling (and the step) took."""
+        self.compile()
+        started = time.perf_counter()
+        self()
+        if self.images.device.type == "cuda":
+            torch.cuda.synchronize(self.images.device)  # once, to time the compilation
+        self.compile_seconds = time.perf_counter() - started
+        log.info("Compiled the training step in %.1f s", self.compile_seconds)
+
+    @torch.no_grad()
+    def diagnostics(self, seed: int) -> Tensor:
+        """cos_sim (and kl_augmentation) of the last step's input and its original.
+
+        The side pass of the ``diagnostic_steps`` setting: batch statistics as in training,
+        running statistics untouched, its own seeded noise (so its cadence does not change
+        what training draws).
+        """
+        assert self.last_input is not None and self.last_target is not None
+        settings, net, device = self.settings, self.net, self.images.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn((2, len(self.last_input), net.spec.latent_dim), generator=generator, device=device)
+        with frozen_batchnorm_statistics(net), torch.autocast(
+                device.type, dtype=settings.autocast_dtype or torch.bfloat16,
+                enabled=settings.autocast_dtype is not None):
+            features = net.encode(self.last_input)
+            original_features = net.encode(self.last_target)
+            if settings.objective.is_variational:
+                mu, logvar = (t.float() for t in net.projection(features))
+                latent: tuple[Tensor, ...] | Tensor = (mu, logvar, mu + posterior_std(logvar) * noise[0])
+            else:
+                latent = net.projection(features).float()
+            terms = original_terms(settings.objective, net, original_features, latent, noise[1])
+        return torch.stack([terms[key].float() for key in settings.original_keys()])
+
+
+class CudaGraphed:
+    """Run ``step`` eagerly for ``warmup`` calls on a side stream, then capture it as one CUDA
+    graph and replay that from then on (PyTorch's whole-network capture recipe).
+
+    The warm-up lets cuDNN choose its algorithms and the optimizer create its state before
+    capture. ``generator`` is registered with the graph, so each replay draws fresh numbers.
+    """
+
+    def __init__(self, step: Callable[[], None], generator: torch.Generator, warmup: int = 3) -> None:
+        self.step, self.generator, self.warmup = step, generator, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.calls < self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.calls += 1
+            return
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph):
+            self.step()
+        self.graph = graph
+        graph.replay()  # capturing records the step; replaying runs it
