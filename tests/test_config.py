@@ -41,3 +41,18 @@ def test_kl_coeff_follows_the_objective():
     assert PretrainConfig(objective="vae").effective_kl_coeff == 0.1
     assert PretrainConfig(objective="aavae").effective_kl_coeff == 0.0
     assert PretrainConfig(objective="vae", kl_coeff=0.5).effective_kl_coeff == 0.5
+
+
+def test_a_near_miss_suggests_the_key_that_exists():
+    with pytest.raises(ConfigError, match=r"'pretrain\.max_epoch': unknown parameter; did you mean max_epochs\?"):
+        parse("pretrain", {"max_epoch": 3})
+    with pytest.raises(ConfigError) as info:
+        parse("pretrain", {"zzz": 3})
+    assert "did you mean" not in str(info.value)
+
+
+def test_the_registry_name_takes_only_known_placeholders_and_embed_defaults_need_no_path():
+    assert parse("registry", {}).model_name.format(dataset="digits", objective="aavae") == "digits-aavae-encoder"
+    with pytest.raises(ConfigError, match="'registry.model_name'"):
+        parse("registry", {"model_name": "{user}-encoder"})
+    assert parse("embed", {}).path is None

@@ -7,6 +7,7 @@ naming the dotted key (``pretrain.learning_rate``) and what was expected.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -154,12 +155,45 @@ class EvaluateConfig(_Schema):
     embedding_points: int = Field(2000, ge=2, description="test points in embedding.png")
 
 
+class RegistryConfig(_Schema):
+    """The trained encoder as a registered MLflow model: one version per training run."""
+
+    enabled: bool = Field(True, description="log the encoder as an MLflow model and register it")
+    model_name: str = Field(
+        "{dataset}-{objective}-encoder",
+        pattern=r"^([A-Za-z0-9_.-]|\{dataset\}|\{objective\})+$",
+        description="registered model name: letters, digits, '_', '.', '-'; {dataset} and "
+        "{objective} are filled in from the trained model, so recipes do not share a name",
+    )
+
+
+class EmbedConfig(_Schema):
+    """``kedro run --pipeline embed``: embed every image of a folder, list neighbours of a query."""
+
+    path: str | None = Field(
+        None, description="folder, .tar, .tar.gz or .zip of images to embed, any layout"
+    )
+    model_uri: str | None = Field(
+        None, description="an MLflow model (models:/<name>/<version>, runs:/<run id>/<path>); "
+        "None: the trained data/06_models/aavae_model.pt",
+    )
+    query: str | None = Field(
+        None, description="an image file, or a path of the table, whose nearest neighbours to "
+        "list; None: a few images of the folder itself",
+    )
+    neighbours: int = Field(8, ge=1, le=100, description="neighbours listed per query")
+    batch_size: int = Field(256, ge=1, description="images encoded at a time")
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
 SCHEMAS: dict[str, type[_Schema]] = {
     "dataset": DatasetConfig,
     "views": ViewsConfig,
     "model": ModelConfig,
     "pretrain": PretrainConfig,
     "evaluate": EvaluateConfig,
+    "registry": RegistryConfig,
+    "embed": EmbedConfig,
 }
 
 S = TypeVar("S", bound=_Schema)
@@ -170,7 +204,9 @@ def _describe(error: dict[str, Any], group: str) -> str:
     if error["type"] == "extra_forbidden":
         schema = SCHEMAS[group]
         allowed = ", ".join(schema.model_fields)
-        return f"'{key}': unknown parameter (known keys of '{group}': {allowed})"
+        close = difflib.get_close_matches(str(error["loc"][-1]), schema.model_fields, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"'{key}': unknown parameter{hint} (known keys of '{group}': {allowed})"
     given = error.get("input")
     return f"'{key}': {error['msg']} (got {given!r})"
 
