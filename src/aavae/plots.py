@@ -94,22 +94,46 @@ def embedding_figure(
 
 def curves_figure(
     series: dict[str, Sequence[tuple[float, float]]], title: str, xlabel: str = "step",
-    ylabel: str = "loss",
+    ylabel: str = "loss", yscale: str = "auto",
 ) -> Figure:
-    """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss)."""
+    """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss).
+
+    ``yscale="auto"`` picks a log axis when the values span more than :data:`LOG_SPAN`
+    (symlog when some are zero or negative), so one early spike (a validation loss of 37,000
+    in the first epoch, then 100) does not flatten every other point into a line at the
+    bottom; otherwise the axis stays linear. ``"linear"``, ``"log"`` and ``"symlog"`` force one.
+    """
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, points in series.items():
         if len(points):
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+    values = np.array([y for points in series.values() for _, y in points], dtype=float)
+    scale, options = _y_scale(values[np.isfinite(values)]) if yscale == "auto" else (yscale, {})
+    ax.set_yscale(scale, **options)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel if scale == "linear" else f"{ylabel} ({scale} scale)")
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both" if scale != "linear" else "major")
     if series:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+#: The ratio of largest to smallest magnitude beyond which curves get a log axis.
+LOG_SPAN = 20.0
+
+
+def _y_scale(values: np.ndarray) -> tuple[str, dict]:
+    magnitudes = np.abs(values[values != 0])
+    if len(magnitudes) < 2 or magnitudes.max() <= LOG_SPAN * magnitudes.min():
+        return "linear", {}
+    if (values > 0).all():
+        return "log", {}
+    # Linear within the smallest typical magnitude (a tenth of the values are smaller), log beyond.
+    threshold = float(np.percentile(magnitudes, 10))
+    return "symlog", {"linthresh": 10 ** np.floor(np.log10(threshold))}
 
 
 def retrieval_figure(
@@ -146,3 +170,4 @@ def retrieval_figure(
     fig.suptitle("Nearest training images by cosine similarity of the learned features", fontsize=9)
     fig.tight_layout()
     return fig
+

@@ -156,8 +156,10 @@ def write_report(
     images = []
     if any(curves.values()):
         figure = curves_figure(curves, "Pretraining loss (per epoch)", xlabel="step", ylabel="loss")
+        scale = figure.axes[0].get_yscale()
+        note = "" if scale == "linear" else f" On a {scale} axis, so an early spike does not flatten the rest."
         images.append(ReportImage("Loss curves", figure_png(figure), "The pretraining loss per epoch, on "
-                                  "training batches and on the fixed validation views."))
+                                  "training batches and on the fixed validation views." + note))
     shown = [("view_preview", "Training views", "Each training image beside views drawn by the policy.")]
     if not evaluation_model.get("checkpoint"):  # another model's reconstructions would mislead
         shown.append(("reconstructions", "Reconstructions", "Held-out images and their reconstructions "

@@ -1,0 +1,48 @@
+"""Tests of aavae.plots: loss curves stay readable after a spike."""
+
+from __future__ import annotations
+
+import pytest
+
+from aavae.plots import curves_figure, figure_png
+from aavae.report_html import PNG_SIGNATURE
+
+# A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
+SPIKED = {
+    "train_loss": [(step, 400.0 / step + 90.0) for step in range(1, 31)],
+    "val_loss": [(1, 37_000.0)] + [(step, 150.0 / step + 95.0) for step in range(2, 31)],
+}
+
+
+def vertical_share(figure, values) -> float:
+    """How much of the axes' height the given y values span (0 = one line, 1 = all of it)."""
+    ax = figure.axes[0]
+    ys = [ax.transAxes.inverted().transform(ax.transData.transform((1.0, y)))[1] for y in values]
+    return max(ys) - min(ys)
+
+
+def test_an_early_spike_does_not_flatten_the_other_loss_values():
+    late = [y for _, y in SPIKED["train_loss"] + SPIKED["val_loss"][1:]]  # 95 ... 490
+    auto = curves_figure(SPIKED, "loss")
+    linear = curves_figure(SPIKED, "loss", yscale="linear")
+
+    assert auto.axes[0].get_yscale() == "log"
+    assert vertical_share(linear, late) < 0.02, "the reference: on a linear axis they are a line"
+    assert vertical_share(auto, late) > 0.2
+    assert "log scale" in auto.axes[0].get_ylabel()
+
+
+def test_curves_that_cross_zero_get_a_symlog_axis_and_narrow_ones_stay_linear():
+    crossing = {"train_loss": [(1, 5000.0), (2, 12.0), (3, -3.0), (4, -8.0)]}
+    figure = curves_figure(crossing, "loss")
+    assert figure.axes[0].get_yscale() == "symlog"
+    assert figure_png(figure, dpi=40).startswith(PNG_SIGNATURE)
+
+    narrow = {"train_loss": [(1, 2.0), (2, 1.5)], "val_loss": [(1, 2.2), (2, 1.9)]}
+    assert curves_figure(narrow, "loss").axes[0].get_yscale() == "linear"
+    assert curves_figure({}, "loss").axes[0].get_yscale() == "linear"
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_a_forced_scale_is_kept(scale):
+    assert curves_figure(SPIKED, "loss", yscale=scale).axes[0].get_yscale() == scale
