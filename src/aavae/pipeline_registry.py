@@ -1,12 +1,13 @@
 """Project pipelines.
 
-``pretrain`` = ingest + views + pretrain; ``evaluate`` = features + evaluate, reading what
-pretrain persisted, so it runs on its own; ``__default__`` = both.
+``pretrain`` = ingest + views + pretrain + register (the encoder as an MLflow model);
+``evaluate`` = features + evaluate, reading what pretrain persisted, so it runs on its own;
+``__default__`` = both.
 """
 
 from kedro.pipeline import Pipeline
 
-from aavae.pipelines import evaluate, features, ingest, pretrain, views
+from aavae.pipelines import evaluate, features, ingest, pretrain, register, views
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -15,7 +16,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         "views": views.create_pipeline(),
         "features": features.create_pipeline(),
     }
-    pipelines["pretrain"] = pipelines["ingest"] + pipelines["views"] + pretrain.create_pipeline()
+    pipelines["pretrain"] = (
+        pipelines["ingest"] + pipelines["views"] + pretrain.create_pipeline() + register.create_pipeline()
+    )
     pipelines["evaluate"] = pipelines["features"] + evaluate.create_pipeline()
     pipelines["__default__"] = pipelines["pretrain"] + pipelines["evaluate"]
     return pipelines

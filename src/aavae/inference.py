@@ -1,0 +1,153 @@
+"""A trained encoder ready for new images: bring them to the training size, normalise, encode.
+
+:class:`ImageEncoder` is the one owner of "what the trained model does to an image of any
+size", shared by the embed pipeline and the MLflow model (:mod:`aavae.mlflow_model`), so a
+served model, an embedded folder and the features pipeline give the same numbers:
+
+* images are brought to the training size exactly as ingest brings an image folder's files
+  there (:func:`aavae.data.imagefolder.fit_image`: shorter side scaled and centre-cropped,
+  or both sides scaled; images already at that size are left untouched, as ingest leaves
+  them);
+* the features are :func:`aavae.evaluation.extract_features` of the bundle's encoder with
+  the bundle's mean and std, the same call the features pipeline makes;
+* the network comes from :func:`aavae.evaluation.model_from_bundle`, the one function that
+  reads the bundle format.
+
+Plain PyTorch/NumPy/Pillow: no Kedro, no MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from aavae.data.imagefolder import RESIZE_POLICIES, fit_image
+from aavae.evaluation import extract_features, model_from_bundle
+from aavae.models import AAVAENet
+
+#: The keys :meth:`ImageEncoder.encode` returns with ``return_mu=True``.
+REPRESENTATION, MU = "representation", "mu"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input: its side, the resize policy, mean and std."""
+
+    image_size: int
+    resize: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(
+                f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+class ImageEncoder:
+    """The trained encoder of a model bundle, with the preprocessing it was trained with."""
+
+    def __init__(self, net: AAVAENet, preprocessing: Preprocessing, identity: str = "a model bundle") -> None:
+        self.net = net.eval()
+        self.preprocessing = preprocessing
+        self.identity = identity  # which model this is, for messages and embedding indexes
+        self._with_mu = _RepresentationAndMu(self.net)
+
+    @classmethod
+    def from_bundle(cls, bundle: Mapping[str, Any], resize: str = "resize_crop") -> ImageEncoder:
+        """Rebuild the bundle's network; ``resize`` is ``dataset.resize`` of its training run."""
+        net = model_from_bundle(bundle)
+        norm = bundle["normalization"]
+        preprocessing = Preprocessing(
+            image_size=int(net.spec.input_size), resize=resize,
+            mean=tuple(float(v) for v in norm["mean"]), std=tuple(float(v) for v in norm["std"]),
+        )
+        run_id = bundle.get("mlflow_run_id")
+        where = f"trained in MLflow run {run_id}" if run_id else str(bundle.get("checkpoint") or "")
+        return cls(net, preprocessing, f"model bundle {where}".strip())
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.net.spec.feature_dim)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.net.spec.latent_dim)
+
+    def fit_images(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 images (``N x H x W x C`` or a list of ``H x W x C``/``H x W``, any size; C of
+        1, 3 or 4) -> uint8 ``N x S x S x 3`` at the training size ``S``, as ingest does."""
+        side = self.preprocessing.image_size
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:] == (side, side, 3):
+            _check_uint8(images, "images")
+            return images
+        fitted = np.empty((len(images), side, side, 3), np.uint8)
+        for index, image in enumerate(images):
+            fitted[index] = self.fit_image(image, f"image {index}")
+        return fitted
+
+    def fit_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """One uint8 ``H x W x C`` (or ``H x W``) image -> uint8 ``S x S x 3``."""
+        image = np.asarray(image)
+        _check_uint8(image, name)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(
+                f"{name} must be uint8 H x W (grey) or H x W x C with C = 1, 3 or 4, "
+                f"got shape {image.shape}"
+            )
+        side = self.preprocessing.image_size
+        if image.shape[:2] == (side, side) and image.ndim == 3 and image.shape[2] == 3:
+            return image
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        return fit_image(pil, (side, side), self.preprocessing.resize)  # type: ignore[arg-type]
+
+    def encode(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        *,
+        return_mu: bool = False,
+        batch_size: int = 256,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Representations ``(N, feature_dim)`` float32 of uint8 images of any size.
+
+        With ``return_mu`` a dict of the representation and ``mu``, the mean of q(z | x)
+        ``(N, latent_dim)`` (the deterministic latent for an ``ae`` model), from one pass.
+        """
+        fitted = self.fit_images(images)
+        mean, std = self.preprocessing.mean, self.preprocessing.std
+        if not return_mu:
+            return extract_features(self.net.encoder, fitted, mean, std, batch_size=batch_size)
+        both = extract_features(self._with_mu, fitted, mean, std, batch_size=batch_size)
+        return {REPRESENTATION: both[:, : self.feature_dim], MU: both[:, self.feature_dim :]}
+
+
+class _RepresentationAndMu(nn.Module):
+    """Encoder output and the latent mean side by side, so one pass gives both."""
+
+    def __init__(self, net: AAVAENet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.net.encoder(x)
+        return torch.cat([features.flatten(1), self.net.latent_mean(features).flatten(1)], dim=1)
+
+
+def _check_uint8(image: np.ndarray, name: str) -> None:
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must hold uint8 pixels (0-255), got {image.dtype}; decode images to "
+            "uint8 (e.g. numpy.asarray(PIL.Image.open(path).convert('RGB')))"
+        )
