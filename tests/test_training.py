@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -15,14 +14,14 @@ from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import (
     Lamb,
-    StepSettings,
-    TrainStep,
-    build_optimizer,
     NonFiniteLoss,
     PretrainModule,
+    StepSettings,
     TrainingImages,
+    TrainStep,
     ValidationViews,
     batch_shape,
+    build_optimizer,
     build_trainer,
     epoch_order,
     fit,
@@ -342,3 +341,17 @@ def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
         torch.cuda.set_sync_debug_mode(0)
         results[graphed] = torch.cat([p.detach().flatten() for p in step.net.parameters()]).cpu()
     torch.testing.assert_close(results[True], results[False], rtol=1e-4, atol=1e-5)
+
+
+def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
+    module = _module(max_epochs=1, batch_size=256)
+    used = module.recompute_encoder_statistics(max_images=256)
+    assert used == 256
+    encoder = module.net.encoder.eval()
+    from aavae.views import normalize, original_view
+
+    x = normalize(original_view(module._train_images.permute(0, 3, 1, 2)), module.mean, module.std)
+    with torch.no_grad():
+        first_conv = encoder.conv1(x)
+    torch.testing.assert_close(encoder.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
+    assert encoder.bn1.momentum == 0.1, "momentum restored"

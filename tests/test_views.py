@@ -27,6 +27,7 @@ from aavae.views import (
     channel_stats,
     make_views,
     normalize,
+    original_view,
     sample_view_params,
     to_float,
 )
@@ -392,3 +393,14 @@ def test_channel_stats_match_numpy_for_arrays_and_tensors() -> None:
     np.testing.assert_allclose(channel_stats(torch.from_numpy(images)), (mean, std))
     with pytest.raises(ValueError, match="uint8"):
         channel_stats(images.astype(np.float32))
+
+
+@pytest.mark.parametrize(("side", "resized"), [(96, 105), (32, 35), (16, 16)])
+def test_original_view_is_torchvisions_resize_then_centre_crop(side: int, resized: int) -> None:
+    # The paper's STL-10 original: Resize(int(96 * 1.1)) then CenterCrop(96).
+    images = torch.randint(0, 256, (3, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = v2.CenterCrop(side)(v2.Resize(resized, antialias=True)(images.float() / 255))
+    torch.testing.assert_close(original_view(images, resized), expected, atol=1e-5, rtol=0)
+    assert torch.equal(original_view(images, None), to_float(images))
+    with pytest.raises(ValueError, match="must be at least the image size"):
+        original_view(images, side - 1)

@@ -58,9 +58,26 @@ class ViewsConfig(_Schema):
     preview_views: int = Field(4, ge=1, description="views shown per image in the preview")
     val_count: int = Field(256, ge=1, description="held-out images in the fixed validation views")
     seed: int = 0
+    mean: tuple[float, float, float] | None = Field(
+        None, description="per-channel normalisation mean in [0, 1]; null: computed from the "
+        "training images (the paper's recipes fix their datasets' constants)",
+    )
+    std: tuple[float, float, float] | None = Field(None, description="as mean; null: computed")
+    original_resize: int | None = Field(
+        None, gt=0, description="reconstruct (and evaluate on) Resize(original_resize) + "
+        "CenterCrop back to the image size of the original; the paper's STL-10: 105 for 96",
+    )
+
+    @model_validator(mode="after")
+    def _mean_and_std_together(self) -> ViewsConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("views.mean and views.std go together: give both, or neither")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"views.std must be positive, got {list(self.std)}")
+        return self
 
     def policy_fields(self) -> dict[str, Any]:
-        skip = {"preview_count", "preview_views", "val_count", "seed"}
+        skip = {"preview_count", "preview_views", "val_count", "seed", "mean", "std", "original_resize"}
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 
@@ -104,6 +121,10 @@ class PretrainConfig(_Schema):
         "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
     )
     channels_last: bool = True
+    recompute_bn_stats: bool = Field(
+        False, description="after pretraining, re-estimate the encoder's batch-norm "
+        "statistics on up to 10,000 un-augmented training images (what evaluation sees)",
+    )
     encode_original: Literal["every_step", "diagnostic_steps"] = Field(
         "diagnostic_steps",
         description="every_step: the paper's no-grad pass of the original image on every step "
@@ -116,7 +137,14 @@ class PretrainConfig(_Schema):
     reconstruction_every_n_epochs: int = Field(0, ge=0, description="0: only at the end")
     diagnostics_every_n_steps: int = Field(20, ge=1)
     online_probe: bool = True
-    use_unlabeled: bool = Field(True, description="train on unlabeled images too when ingested")
+    training_split: Literal["auto", "train", "unlabeled", "unlabeled+train"] = Field(
+        "auto", description="the images pretraining sees; auto: unlabeled + train when the "
+        "unlabeled split was ingested (STL-10), else train. The paper's STL-10: unlabeled",
+    )
+    unlabeled_holdout: int = Field(
+        0, ge=0, description="unlabeled images held out of pretraining (a fixed seeded "
+        "choice); the paper's STL-10 holds out 5,000 of the 100,000 for validation",
+    )
     max_time_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
 
     @property
@@ -124,6 +152,16 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
+
+    @model_validator(mode="after")
+    def _holdout_needs_unlabeled(self) -> PretrainConfig:
+        if self.unlabeled_holdout and self.training_split == "train":
+            raise ValueError(
+                "pretrain.unlabeled_holdout holds out unlabeled images, but "
+                "pretrain.training_split=train uses none; set training_split to unlabeled "
+                "or unlabeled+train, or unlabeled_holdout to 0"
+            )
+        return self
 
     @property
     def effective_weight_decay(self) -> float:

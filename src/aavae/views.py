@@ -114,6 +114,17 @@ class ViewPolicy:
         )
 
 
+PREPROCESSING_KEYS = ("mean", "std", "original_resize")
+
+
+def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, dict[str, Any]]:
+    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing of
+    originals: ``mean``, ``std`` and ``original_resize``, None when absent)."""
+    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items() if k not in PREPROCESSING_KEYS})
+    preprocessing = {key: view_policy.get(key) for key in PREPROCESSING_KEYS}
+    return policy, preprocessing
+
+
 def _check_range(name: str, value: tuple[float, float], upper: float = math.inf) -> None:
     low, high = value
     if not 0.0 < low <= high <= upper:
@@ -282,6 +293,43 @@ def to_float(images: Tensor) -> Tensor:
     """The un-augmented image: uint8 ``N x 3 x H x W`` -> float32 in [0, 1], channels_last."""
     images = _check_images(images, "to_float")
     return images.contiguous(memory_format=torch.channels_last).to(torch.float32).div_(255.0)
+
+
+def original_view(images: Tensor, original_resize: int | None = None) -> Tensor:
+    """The original as the network sees it: :func:`to_float`, or with ``original_resize``
+    torchvision's ``Resize(original_resize)`` then ``CenterCrop`` back to the image size.
+
+    The paper's STL-10 recipe reconstructs (and evaluates on) such a zoomed original:
+    Resize(105) + CenterCrop(96), a 1.09x centre zoom. Here it is the same bilinear resize
+    as the views' (two matrix products), restricted to the centre rows and columns.
+    """
+    if original_resize is None:
+        return to_float(images)
+    images = _check_images(images, "original_view")
+    n, channels, height, width = images.shape
+    if original_resize < max(height, width):
+        raise ValueError(
+            f"original_view: original_resize {original_resize} must be at least the image size "
+            f"{height}x{width} (it zooms in, then crops the centre back to the image size)"
+        )
+    rows = _zoom_weights(height, original_resize, images.device) / 255.0
+    cols = _zoom_weights(width, original_resize, images.device)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)
+    x = torch.matmul(x, cols.t())  # (N, C, H, W)
+    x = torch.matmul(rows, x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _zoom_weights(size: int, resized: int, device: torch.device) -> Tensor:
+    """(size, size): resize ``size`` -> ``resized`` pixels, keep the centre ``size`` of them.
+
+    torchvision's Resize scales the shorter side, so a square image scales by the same
+    factor both ways; CenterCrop's offset is ``int(round((resized - size) / 2))``.
+    """
+    zero = torch.zeros(1, device=device)
+    full = _resize_weights(zero, zero + size, size, resized)[0]  # (resized, size)
+    offset = int(round((resized - size) / 2.0))
+    return full[offset : offset + size]
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:

@@ -1,12 +1,12 @@
 """The pretraining engine, one concern per module, re-exported here.
 
 data.py (what is trained on, in which order), schedule.py (learning-rate schedule),
-optim.py (sync-free optimizers), step.py (the training step: eager, compiled or
+optim.py (sync-free optimizers), batchnorm.py (running statistics), step.py (the training step: eager, compiled or
 graph-replayed), module.py (the Lightning module around it), engine.py (Trainer, devices,
 resume), checkpoints.py (atomic writes, fallback on resume), snapshots.py (reconstruction grids).
 """
 
-from aavae.training.data import TrainingImages, ValidationViews, batch_shape, epoch_order
+from aavae.training.batchnorm import frozen_batchnorm_statistics, recompute_batchnorm_statistics
 from aavae.training.checkpoints import (
     LAST_CHECKPOINT,
     RUN_MARKER,
@@ -17,6 +17,7 @@ from aavae.training.checkpoints import (
     newest_loadable_checkpoint,
     set_aside_checkpoints,
 )
+from aavae.training.data import TrainingImages, ValidationViews, batch_shape, epoch_order
 from aavae.training.engine import (
     Hardware,
     build_trainer,
@@ -30,7 +31,7 @@ from aavae.training.module import NonFiniteLoss, PretrainModule
 from aavae.training.optim import Lamb, WholeStepOptimizer, build_optimizer, parameter_groups
 from aavae.training.schedule import schedule_factor, warmup_then_decay
 from aavae.training.snapshots import ReconstructionSnapshots, reconstruct, reconstruction_grid
-from aavae.training.step import CudaGraphed, StepSettings, TrainStep, frozen_batchnorm_statistics
+from aavae.training.step import CudaGraphed, StepSettings, TrainStep
 
 __all__ = [
     "LAST_CHECKPOINT",
@@ -62,6 +63,7 @@ __all__ = [
     "frozen_batchnorm_statistics",
     "newest_loadable_checkpoint",
     "parameter_groups",
+    "recompute_batchnorm_statistics",
     "reconstruct",
     "reconstruction_grid",
     "schedule_factor",

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet
 from aavae.objective import Objective
+from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
     TrainingImages,
     ValidationViews,
@@ -41,7 +42,7 @@ from aavae.training.step import (
     probe_terms,
     reconstruction_terms,
 )
-from aavae.views import ViewPolicy, channel_tensors, normalize, to_float
+from aavae.views import ViewPolicy, channel_tensors, normalize, original_view, to_float
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class PretrainModule(pl.LightningModule):
         num_classes: int,
         precision: str = "32-true",
         device_kind: str = "cpu",
+        original_resize: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -78,6 +80,7 @@ class PretrainModule(pl.LightningModule):
         self.policy = policy
         self.config = config
         self.mean, self.std = tuple(mean), tuple(std)
+        self.original_resize = original_resize
         self.num_classes = num_classes
         self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe else None
         self.precision_name = precision
@@ -114,6 +117,7 @@ class PretrainModule(pl.LightningModule):
             online_probe=self.online_probe is not None, autocast_dtype=self.autocast_dtype,
             gradient_clip_val=cfg.gradient_clip_val, channels_last=cfg.channels_last,
             learning_rate=cfg.learning_rate, schedule=cfg.schedule,
+            original_resize=self.original_resize,
         )
 
     # -- data on the device -------------------------------------------------------------------
@@ -259,6 +263,32 @@ class PretrainModule(pl.LightningModule):
         self.log_dict({f"train_{k}": v for k, v in self.epoch_metrics.items()})
         self.log("loss", self.epoch_metrics["loss"], prog_bar=True, logger=False)
 
+    @torch.no_grad()
+    def recompute_encoder_statistics(self, max_images: int = 10_000) -> int:
+        """Re-estimate the encoder's batch-norm statistics on un-augmented training images.
+
+        A seeded subset of at most ``max_images``, in training batches; returns how many
+        images were used.
+        """
+        images = self._train_images.to(self.device)
+        chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed))
+        chosen = chosen[:max_images].to(self.device)
+        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
+        size = self.config.batch_size
+
+        def batches():
+            for start in range(0, len(chosen), size):
+                raw = images[chosen[start:start + size]].permute(0, 3, 1, 2)
+                yield normalize(original_view(raw, self.original_resize), mean, std)
+
+        def encode(x: Tensor) -> Tensor:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                enabled=self.autocast_dtype is not None):
+                return self.net.encode(x)
+
+        recompute_batchnorm_statistics(self.net.encoder, batches(), encode)
+        return len(chosen)
+
     # -- checkpoints carry the random stream ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.generator is not None:
@@ -274,7 +304,7 @@ class PretrainModule(pl.LightningModule):
         assert self._val_tensors is not None
         views, originals, labels = (t[batch] for t in self._val_tensors)
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
-        original = normalize(to_float(originals.permute(0, 3, 1, 2)), mean, std)
+        original = normalize(original_view(originals.permute(0, 3, 1, 2), self.original_resize), mean, std)
         augmented = normalize(to_float(views.permute(0, 3, 1, 2)), mean, std)
         x_in = augmented if self.objective.uses_augmented_input else original
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + batch_idx)

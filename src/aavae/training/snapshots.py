@@ -12,18 +12,24 @@ from torch import Tensor
 
 from aavae.models import AAVAENet
 from aavae.training.data import as_tensor
-from aavae.views import normalize, to_float
+from aavae.views import normalize, original_view
 
 
 @torch.no_grad()
 def reconstruct(
-    net: AAVAENet, images_nhwc: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float]
+    net: AAVAENet, images_nhwc: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float],
+    original_resize: int | None = None,
 ) -> np.ndarray:
-    """Decode the latent mean of each image; uint8 N x H x W x C back in pixel space."""
+    """Decode the latent mean of each image; uint8 N x H x W x C back in pixel space.
+
+    ``original_resize`` zooms the input first, as the recipe presents originals (views are
+    passed as they are).
+    """
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    x = normalize(to_float(as_tensor(images_nhwc).to(device).permute(0, 3, 1, 2)), mean, std)
+    images = as_tensor(images_nhwc).to(device).permute(0, 3, 1, 2)
+    x = normalize(original_view(images, original_resize), mean, std)
     x_hat = net.decode(net.latent_mean(net.encode(x))).float()
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -36,8 +42,10 @@ def reconstruction_grid(module, originals: np.ndarray, views: np.ndarray) -> Fig
     """original | input view | reconstruction (AAVAE), or original | reconstruction."""
     from aavae.plots import image_grid
 
-    shown_input = views if module.objective.uses_augmented_input else originals
-    recon = reconstruct(module.net, shown_input, module.mean, module.std)
+    if module.objective.uses_augmented_input:
+        recon = reconstruct(module.net, views, module.mean, module.std)
+    else:
+        recon = reconstruct(module.net, originals, module.mean, module.std, module.original_resize)
     columns = [originals, views, recon] if module.objective.uses_augmented_input else [originals, recon]
     titles = ["original", "input view", "reconstruction"] if len(columns) == 3 else ["original", "reconstruction"]
     return image_grid(columns, titles, title=f"{module.objective.kind}: reconstructions of held-out images")

@@ -19,11 +19,10 @@ so each replay draws new numbers).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +41,9 @@ from aavae.objective import (
     mean_squared_error,
     posterior_std,
 )
+from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.schedule import schedule_factor
-from aavae.views import ViewPolicy, make_views, normalize, to_float
+from aavae.views import ViewPolicy, make_views, normalize, original_view
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class StepSettings:
     channels_last: bool = True
     learning_rate: float = 1e-3
     schedule: str = "constant"
+    original_resize: int | None = None  # the paper's STL-10 zoom of originals (views.original_resize)
 
     def metric_keys(self) -> tuple[str, ...]:
         """Names of the per-step metrics, in the order the step sums them."""
@@ -149,25 +150,6 @@ def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Ten
     loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none").mul(known).sum() / count
     accuracy = ((logits.argmax(1) == labels).float() * known).sum() / count
     return loss, accuracy.detach()
-
-
-@contextlib.contextmanager
-def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
-    """Batch statistics as in training, but the running statistics left as they are.
-
-    A side pass (the diagnostics) must not move the statistics that evaluation will use.
-    """
-    norms = [m for m in module.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 class TrainStep:
@@ -268,8 +250,9 @@ class TrainStep:
         return total, torch.stack([metrics[key].detach().float() for key in self.keys])
 
     def to_input(self, images_nhwc: Tensor) -> Tensor:
-        """uint8 N x H x W x C -> normalised float N x C x H x W."""
-        x = normalize(to_float(images_nhwc.permute(0, 3, 1, 2)), self.mean, self.std)
+        """uint8 N x H x W x C -> the normalised original, float N x C x H x W."""
+        x = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
+        x = normalize(x, self.mean, self.std)
         return self._memory_format(x)
 
     def views(self, images_nhwc: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ from aavae.training import (
     reconstruction_grid,
     set_aside_checkpoints,
 )
-from aavae.views import ViewPolicy
+from aavae.views import split_view_policy
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,32 @@ def checkpoint_key(*parts: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _training_images(train: ImageSet, unlabeled: ImageSet, use_unlabeled: bool) -> TrainingImages:
-    if use_unlabeled and len(unlabeled):
-        # One copy of both splits (the unlabeled set is memory-mapped, not loaded twice).
-        images = np.concatenate([np.asarray(unlabeled.images), np.asarray(train.images)])
-        labels = np.concatenate([np.asarray(unlabeled.labels), np.asarray(train.labels)])
+HOLDOUT_SEED = 0  # the same unlabeled images are held out in every run and every seed
+
+
+def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
+    """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say."""
+    if split == "auto":
+        split = "unlabeled+train" if len(unlabeled) else "train"
+    if split == "train":
+        return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+    if not len(unlabeled):
+        raise ValueError(
+            f"pretrain.training_split={split} needs the unlabeled split, which was not ingested: "
+            "set dataset.unlabeled=true (STL-10) or pretrain.training_split=train"
+        )
+    if holdout >= len(unlabeled):
+        raise ValueError(
+            f"pretrain.unlabeled_holdout={holdout} leaves none of the {len(unlabeled)} unlabeled "
+            "images to train on; hold out fewer"
+        )
+    kept = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(len(unlabeled))[holdout:])
+    images = np.asarray(unlabeled.images)[kept] if holdout else np.asarray(unlabeled.images)
+    labels = np.asarray(unlabeled.labels)[kept] if holdout else np.asarray(unlabeled.labels)
+    if split == "unlabeled":
         return TrainingImages(images, labels)
-    return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+    return TrainingImages(np.concatenate([images, np.asarray(train.images)]),
+                          np.concatenate([labels, np.asarray(train.labels)]))
 
 
 def pretrain(
@@ -78,8 +97,8 @@ def pretrain(
     net = build_model(spec)
     num_parameters = count_parameters(net)
     objective = Objective(cfg.objective, cfg.effective_kl_coeff)
-    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items() if k not in ("mean", "std")})
-    mean, std = view_policy["mean"], view_policy["std"]
+    policy, preprocessing = split_view_policy(view_policy)
+    mean, std = preprocessing["mean"], preprocessing["std"]
 
     key_cfg = {k: v for k, v in cfg.model_dump().items() if k not in _NOT_IN_CHECKPOINT_KEY}
     checkpoint_dir = CHECKPOINT_ROOT / checkpoint_key(
@@ -105,9 +124,10 @@ def pretrain(
     hardware = choose_hardware(cfg)
     module = PretrainModule(
         net, objective, policy, cfg,
-        _training_images(images_train, images_unlabeled, cfg.use_unlabeled),
+        training_images(images_train, images_unlabeled, cfg.training_split, cfg.unlabeled_holdout),
         val, mean, std, num_classes=len(images_train.class_names),
         precision=hardware.precision, device_kind=hardware.device_kind,
+        original_resize=preprocessing["original_resize"],
     )
     logger = tracking.live_logger()
     shown = slice(0, 8)
@@ -127,12 +147,17 @@ def pretrain(
         tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
         raise
 
+    if cfg.recompute_bn_stats:
+        used = module.recompute_encoder_statistics()
+        log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
     net = module.net.cpu().eval()
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
     bundle = {
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "spec": spec.to_dict(),
-        "normalization": {"mean": list(mean), "std": list(std)},
+        # how an image becomes the encoder's input: normalisation, and the paper's STL-10 zoom
+        "normalization": {"mean": list(mean), "std": list(std),
+                          "original_resize": preprocessing["original_resize"]},
         "class_names": list(images_train.class_names),
         "dataset": dataset_card.get("name"),
         "objective": cfg.objective,

@@ -11,12 +11,11 @@ from matplotlib.figure import Figure
 from aavae.config import ViewsConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.plots import image_grid
-from aavae.views import ViewPolicy, channel_stats, make_views
+from aavae.views import ViewPolicy, channel_stats, make_views, split_view_policy
 
 
 def _policy(view_policy: dict[str, Any]) -> ViewPolicy:
-    fields = {k: v for k, v in view_policy.items() if k not in ("mean", "std")}
-    return ViewPolicy.from_dict(fields)
+    return split_view_policy(view_policy)[0]
 
 
 def _views_uint8(images: np.ndarray, policy: ViewPolicy, seed: int) -> np.ndarray:
@@ -27,11 +26,23 @@ def _views_uint8(images: np.ndarray, policy: ViewPolicy, seed: int) -> np.ndarra
 
 
 def resolve_view_policy(views: dict[str, Any], images_train: ImageSet) -> dict[str, Any]:
-    """The policy actually used, plus the per-channel mean/std of the training images."""
+    """The policy actually used, plus how originals become network inputs: the per-channel
+    mean/std (the recipe's constants, or computed from the training images) and the optional
+    centre zoom of originals."""
     config = parse("views", views, ViewsConfig)
     policy = ViewPolicy(**config.policy_fields())
-    mean, std = channel_stats(np.asarray(images_train.images))
-    return {**policy.to_dict(), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if config.mean is not None and config.std is not None:
+        mean, std = config.mean, config.std
+    else:
+        mean, std = channel_stats(np.asarray(images_train.images))
+    side = min(images_train.image_shape[:2])
+    if config.original_resize is not None and config.original_resize < side:
+        raise ValueError(
+            f"views.original_resize={config.original_resize} is smaller than the images "
+            f"({side} px): it must be at least the image size (it zooms in, e.g. 105 for 96)"
+        )
+    return {**policy.to_dict(), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "original_resize": config.original_resize}
 
 
 def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> Figure:
