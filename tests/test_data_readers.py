@@ -993,3 +993,84 @@ def test_an_stl10_file_larger_than_the_release_allows_is_refused_before_reading(
     monkeypatch.setattr(stl10, "MAX_IMAGES_PER_FILE", 3)
     with pytest.raises(DatasetError, match="unlabeled_X.bin' has 110,592 bytes, more than"):
         read_stl10(tmp_path / "stl10_binary")
+
+
+class Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes str and bytes as Python 2 ``str`` (BINSTRING), as the official CIFAR-10 files are
+    written: loaded with ``encoding="bytes"``, numpy's dtype names and byte orders are bytes."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + len(obj).to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj: str) -> None:
+        self.save_bytes(obj.encode("latin1"))
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def test_cifar10_reads_python2_pickles_like_the_official_files(cifar_folder):
+    folder, batches = cifar_folder
+    for name, batch in batches.items():
+        buffer = io.BytesIO()
+        Python2Pickler(buffer, protocol=2).dump(batch)
+        assert b"X\x02\x00\x00\x00u1" not in buffer.getvalue()  # no Python 3 str anywhere
+        (folder / name).write_bytes(buffer.getvalue())
+    check_cifar(read_cifar10(folder), batches)
+
+
+def test_a_cifar10_pickle_with_damaged_numpy_state_is_read_or_refused_cleanly(cifar_folder):
+    """dtype flags 63 made numpy raise SystemError (and could do worse): the state is not
+    passed to numpy as it is, only a dtype rebuilt from its checked name."""
+    folder, batches = cifar_folder
+    data = pickle.dumps(batches["data_batch_1"], protocol=2)
+    flags = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"  # elsize, alignment, flags of the dtype
+    assert data.count(flags) == 1
+    (folder / "data_batch_1").write_bytes(data.replace(flags, flags[:-2] + b"\x3ft"))
+    check_cifar(read_cifar10(folder), batches)
+
+
+@pytest.mark.parametrize(
+    ("original", "damaged", "expected"),
+    [
+        (b"latin1", b"latkn1", "encoding 'latkn1' is not allowed"),
+        (b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8", r"numpy.dtype\('O8'\) is not allowed"),
+    ],
+)
+def test_a_cifar10_pickle_naming_other_codecs_or_dtypes_is_a_dataset_error(
+    cifar_folder, original, damaged, expected
+):
+    folder, batches = cifar_folder
+    data = pickle.dumps(batches["data_batch_1"], protocol=2)
+    assert original in data
+    (folder / "data_batch_1").write_bytes(data.replace(original, damaged, 1))
+    with pytest.raises(DatasetError, match=f"data_batch_1.*{expected}"):
+        read_cifar10(folder)
+
+
+def test_a_tar_cut_between_members_or_with_a_damaged_header_is_refused_not_read_in_part(tmp_path):
+    """tarfile ends its listing quietly at a damaged header or at the end of the data, which
+    read half a dataset as if it were whole; only the end-of-archive marker ends an archive."""
+    build_tree(tmp_path / "tree")
+    whole = tar_folder(tmp_path / "tree", tmp_path / "whole.tar", "w").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        cut_at = tar.getmembers()[5].offset  # a header boundary, past the first images
+    (tmp_path / "cut.tar").write_bytes(whole[:cut_at])
+    (tmp_path / "bad.tar").write_bytes(whole[:cut_at] + b"\x01" * 512 + whole[cut_at + 512 :])
+    with pytest.raises(DatasetError, match="cut.tar'.* truncated"):
+        read_imagefolder(tmp_path / "cut.tar")
+    with pytest.raises(DatasetError, match=f"bad.tar'.* header at byte {cut_at:,} is damaged"):
+        read_imagefolder(tmp_path / "bad.tar")
+    cifar = tmp_path / "cifar" / "cifar-10-batches-py"
+    write_cifar_folder(cifar)
+    packed_cifar = tar_folder(cifar.parent, tmp_path / "cifar.tar", "w").read_bytes()
+    with tarfile.open(tmp_path / "cifar.tar") as tar:
+        cut_at = tar.getmembers()[-1].offset
+    (tmp_path / "cifar_cut.tar").write_bytes(packed_cifar[:cut_at])
+    with pytest.raises(DatasetError, match="cifar_cut.tar'.* truncated"):
+        read_cifar10(tmp_path / "cifar_cut.tar")

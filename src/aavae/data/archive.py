@@ -243,12 +243,14 @@ class TarSource(Source):
         super().__init__(path)
         self._max_member_bytes = max_member_bytes
         self._max_members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
+        self._end_checked = False
         with self._reading():
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         try:
             with self._reading():
                 self._stream = _decompressed(self._file)
-                self._tar = tarfile.open(fileobj=_BoundedReads(self._stream, self), mode="r:")
+                self._reads = _BoundedReads(self._stream, self)
+                self._tar = tarfile.open(fileobj=self._reads, mode="r:")
         except BaseException:
             self._file.close()
             raise
@@ -264,7 +266,23 @@ class TarSource(Source):
             for member in self._tar:  # lazily, so a flood of members is refused early
                 members.append(member)
                 check_member_count(len(members), self, self._max_members)
+            self._check_end()
         return [entry for entry in map(self._checked, members) if entry is not None]
+
+    def _check_end(self) -> None:
+        """tarfile ends the listing quietly at a damaged header or at the end of the data;
+        only a block of zeros (the end-of-archive marker) is a whole archive's end."""
+        last, self._end_checked = self._reads.last, True
+        if last is None or (len(last) == tarfile.BLOCKSIZE and not any(last)):
+            return
+        if len(last) < tarfile.BLOCKSIZE:
+            problem = "it ends without the end-of-archive marker: it is truncated"
+        else:
+            problem = f"the header at byte {self._tar.offset:,} is damaged"
+        raise DatasetError(
+            f"Could not read {self.describe()}: {problem}, and the members after that point "
+            f"cannot be listed. {self._damage_hint}"
+        )
 
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
@@ -272,13 +290,16 @@ class TarSource(Source):
         # Iterating the TarFile reads headers lazily (or reuses those entries() loaded), so a
         # compressed archive is decompressed front to back once, without seeking backwards.
         with self._reading():
-            for member in self._tar:
+            for count, member in enumerate(self._tar, 1):
+                check_member_count(count, self, self._max_members)
                 entry = self._checked(member)
                 if entry is None or entry.is_dir or (wanted is not None and not wanted(entry)):
                     continue
                 stream = self._tar.extractfile(member)
                 assert stream is not None  # a regular file, checked above
                 yield entry, _GuardedStream(stream, self, entry.name, entry.size)  # type: ignore[misc]
+            if not self._end_checked:  # listed just now: the last read was the final header
+                self._check_end()
 
     def _checked(self, member: tarfile.TarInfo) -> Entry | None:
         name = safe_member_name(member.name, self)
@@ -367,6 +388,7 @@ class _BoundedReads:
 
     def __init__(self, raw: BinaryIO, source: Source) -> None:
         self._raw, self._source = raw, source
+        self.last: bytes | None = None  # what the latest read returned
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0 or size > MAX_SINGLE_READ:
@@ -376,10 +398,18 @@ class _BoundedReads:
                 f"the {MAX_SINGLE_READ:,} bytes one header or read may have. The archive is "
                 "damaged or not what it claims to be: check where it came from."
             )
-        return self._raw.read(size)
+        self.last = self._raw.read(size)
+        return self.last
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._raw.seek(offset, whence)
+        try:
+            return self._raw.seek(offset, whence)
+        except (ValueError, OverflowError) as exc:  # past 2**63: a size no file can have
+            raise DatasetError(
+                f"Refusing {self._source.describe()}: a header declares a size that puts the "
+                f"next member at byte {offset:,}, beyond any file. The archive is damaged or "
+                "not what it claims to be: check where it came from."
+            ) from exc
 
     def tell(self) -> int:
         return self._raw.tell()

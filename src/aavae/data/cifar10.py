@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -31,10 +32,8 @@ from aavae.data.imageset import ImageSet
 
 try:  # numpy >= 2 moved the module numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct
-    from numpy._core.numeric import _frombuffer
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
-    from numpy.core.numeric import _frombuffer
 
 CIFAR10 = OfficialArchive(
     dataset="CIFAR-10 (python version)",
@@ -54,9 +53,24 @@ ROW_LENGTH = 3 * IMAGE_SIDE * IMAGE_SIDE
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as pickles written by Python 3 with protocol 2 use it for bytes."""
-    if codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding '{encoding}' is not allowed")
+    if not isinstance(text, str) or not isinstance(encoding, str):
+        raise pickle.UnpicklingError("_codecs.encode takes a str and an encoding name")
+    try:
+        latin1 = codecs.lookup(encoding).name == "iso8859-1"
+    except LookupError:
+        latin1 = False
+    if not latin1:
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r:.40} is not allowed")
     return text.encode("latin1")
+
+
+# Pickled numpy state is not trusted either: a damaged dtype state can set internal flags
+# (numpy then fails with SystemError or RuntimeError, not a clean error), and an array state
+# can declare any shape. So the pickle gets stand-ins whose arguments are checked, and only
+# plain numeric dtypes, built afresh from their names, reach numpy.
+_DTYPE_NAMES = frozenset(
+    f"{kind}{size}" for kind in "biuf" for size in (1, 2, 4, 8)
+) - {"b2", "b4", "b8", "f1"}
 
 
 class _NdarrayType:
@@ -73,14 +87,80 @@ class _NdarrayType:
 _NDARRAY = _NdarrayType()
 
 
-def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+def _text(value: Any) -> Any:
+    """Python 2 strings load as bytes (the official files are Python 2 pickles)."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+class _DtypeSpec:
+    """What a pickle gets from ``numpy.dtype(name, ...)``: a checked name and byte order."""
+
+    def __init__(self, name: Any, align: Any = False, copy: Any = False) -> None:
+        name = _text(name)
+        if not isinstance(name, str) or name not in _DTYPE_NAMES:
+            raise pickle.UnpicklingError(f"numpy.dtype({name!r:.40}) is not allowed (not numeric)")
+        self.name, self.byteorder = name, "="
+
+    def __setstate__(self, state: Any) -> None:
+        order = _text(state[1]) if isinstance(state, tuple) and len(state) >= 2 else None
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"numpy dtype state {state!r:.60} is not allowed")
+        self.byteorder = order
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.name)
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+
+
+def _checked_shape(shape: Any, dtype: np.dtype, nbytes: int) -> tuple[int, ...]:
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > 8
+        or not all(type(side) is int and side >= 0 for side in shape)
+        or math.prod(shape) * dtype.itemsize != nbytes
+    ):
+        raise pickle.UnpicklingError(
+            f"array shape {shape!r:.60} of {dtype} does not match its {nbytes:,} bytes of data"
+        )
+    return shape
+
+
+class _CheckedArray(np.ndarray):
+    """The empty array numpy's pickles fill with ``__setstate__``; the state is checked first."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError(f"numpy array state {state!r:.60} is not allowed")
+        version, shape, dtype, is_fortran, raw = state
+        if not isinstance(dtype, _DtypeSpec) or not isinstance(raw, bytes) or version != 1:
+            raise pickle.UnpicklingError(
+                "numpy array state is not allowed: expected version 1, a numeric dtype and bytes"
+            )
+        dtype = dtype.resolve()
+        shape = _checked_shape(shape, dtype, len(raw))
+        super().__setstate__((1, shape, dtype, bool(is_fortran), raw))
+
+
+def _reconstruct_empty(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
     """numpy's ``_reconstruct`` for the one call its pickles make: an empty array to fill."""
     if subtype is not _NDARRAY or not isinstance(shape, tuple) or shape != (0,):
         raise pickle.UnpicklingError(
             f"_reconstruct({subtype!r:.50}, {shape!r:.50}, ...) is not allowed: numpy's pickles "
             "reconstruct only an empty ndarray"
         )
-    return _reconstruct(np.ndarray, shape, dtype)
+    return _reconstruct(_CheckedArray, (0,), b"b")
+
+
+def _frombuffer_checked(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's ``_frombuffer`` (protocol 5 pickles) with a numeric dtype and matching shape."""
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, _DtypeSpec):
+        raise pickle.UnpicklingError("_frombuffer takes bytes and a numeric dtype")
+    order = _text(order)
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"_frombuffer order {order!r:.20} is not allowed")
+    resolved = dtype.resolve()
+    data = bytes(buffer)  # a copy that nothing else in the pickle can alter
+    return np.frombuffer(data, resolved).reshape(_checked_shape(shape, resolved, len(data)), order=order)
 
 
 # The globals a pickled uint8 array refers to, under the module names numpy 1 (the official
@@ -88,10 +168,10 @@ def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_empty,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer_checked,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer_checked,
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _DtypeSpec,
     ("_codecs", "encode"): _latin1_encode,
 }
 
