@@ -355,3 +355,34 @@ def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
         first_conv = encoder.conv1(x)
     torch.testing.assert_close(encoder.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
     assert encoder.bn1.momentum == 0.1, "momentum restored"
+
+
+def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tmp_path, monkeypatch):
+    # The clock is faked (each step "takes" 6 minutes of a 60-minute limit), so the test does
+    # not depend on how busy the machine is: about 9 more steps fit after the timed ones.
+    from aavae.training.pacing import StepClock
+
+    real = StepClock.seconds_per_step
+    monkeypatch.setattr(StepClock, "seconds_per_step",
+                        lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
+    module = _module(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
+                     schedule_to_time_limit=True, warmup_fraction=0.1)
+    trainer = build_trainer(module.config, tmp_path, has_validation=False)
+    fit(module, trainer, tmp_path, resume=False)
+    fitted = module._fitted_steps
+    # Fitted at the start of step 7 (two ticks skipped, five steps timed): 0.97 of the
+    # ~3,600 s left at 360 s a step is 9 more steps.
+    assert fitted == 7 + 9
+    assert trainer.global_step == fitted, "training ended with the fitted schedule, not by the clock"
+    assert int(module.step_fn.warmup_steps) == round(0.1 * fitted)
+    assert int(module.step_fn.total_steps) == fitted, "the cosine spans exactly the steps run"
+    last_factor = schedule_factor(torch.tensor(fitted - 1), module.step_fn.warmup_steps,
+                                  module.step_fn.total_steps, "cosine")
+    assert module.step_fn.lr.item() == pytest.approx(module.config.learning_rate * last_factor.item())
+
+
+def test_max_steps_ends_training_and_the_schedule_together(tmp_path):
+    module = _module(max_epochs=100, max_steps=5, schedule="linear")
+    trainer = build_trainer(module.config, tmp_path, has_validation=False)
+    fit(module, trainer, tmp_path, resume=False)
+    assert trainer.global_step == 5 and int(module.step_fn.total_steps) == 5

@@ -98,6 +98,10 @@ class PretrainConfig(_Schema):
     learn_scale: bool = False
     val_samples: int = Field(1, ge=1, description="importance samples for val log p(x)")
     max_epochs: int = Field(100, ge=1)
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimisation steps (the schedule spans "
+        "them); null: max_epochs decides",
+    )
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["adam", "lamb"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
@@ -106,6 +110,10 @@ class PretrainConfig(_Schema):
     )
     exclude_bn_bias: bool = False
     warmup_epochs: int = Field(0, ge=0)
+    warmup_fraction: float | None = Field(
+        None, ge=0, lt=1, description="warm-up as a share of all steps (replaces warmup_epochs); "
+        "what a run fitted to a time limit needs",
+    )
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
@@ -146,12 +154,25 @@ class PretrainConfig(_Schema):
         "choice); the paper's STL-10 holds out 5,000 of the 100,000 for validation",
     )
     max_time_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    schedule_to_time_limit: bool = Field(
+        False, description="with max_time_minutes: time the first steps, then end the schedule "
+        "(and training) at the step count that fills the time limit, so a decay is not cut off",
+    )
 
     @property
     def effective_kl_coeff(self) -> float:
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
+
+    @model_validator(mode="after")
+    def _time_fit_needs_a_limit(self) -> PretrainConfig:
+        if self.schedule_to_time_limit and (self.max_time_minutes is None or self.max_steps):
+            raise ValueError(
+                "pretrain.schedule_to_time_limit fits the schedule to pretrain.max_time_minutes: "
+                "set max_time_minutes (and leave max_steps null)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _holdout_needs_unlabeled(self) -> PretrainConfig:

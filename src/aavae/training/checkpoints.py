@@ -76,7 +76,7 @@ class EpochCheckpoints(pl.Callback):
         finish = getattr(module, "finish_epoch", None)
         if finish is not None:
             finish()  # raises on a non-finite loss, before anything is written
-        trainer.save_checkpoint(self.directory / LAST_CHECKPOINT)
+        trainer.save_checkpoint(self.directory / LAST_CHECKPOINT, weights_only=False)
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
@@ -102,7 +102,7 @@ class CheckpointOnInterrupt(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
 
 

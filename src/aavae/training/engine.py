@@ -94,6 +94,7 @@ def build_trainer(
         strategy="ddp_spawn" if config.devices > 1 else "auto",
         precision="32-true",  # bf16 autocast happens inside the module's step
         max_epochs=config.max_epochs,
+        max_steps=config.max_steps or -1,
         max_time=max_time,
         logger=list(loggers) or False,
         callbacks=[EpochCheckpoints(checkpoint_dir, config.checkpoint_every_n_epochs),

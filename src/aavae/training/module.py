@@ -33,6 +33,7 @@ from aavae.training.data import (
     step_loader,
 )
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
+from aavae.training.pacing import StepClock
 from aavae.training.step import (
     CudaGraphed,
     StepSettings,
@@ -47,8 +48,12 @@ from aavae.views import ViewPolicy, channel_tensors, normalize, original_view, t
 log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "aavae_generator_state"  # where checkpoints keep the step's random stream
+FITTED_STEPS_KEY = "aavae_fitted_steps"  # the step count a time-limited schedule was fitted to
 AUTO_COMPILE_MINUTES = 10.0  # on CPU, compile when eager training would last longer than this
 COMPILE_DECISION_STEPS = 3  # eager steps timed before deciding (after the first, which warms up)
+FIT_TIMED_STEPS = 5  # steps timed before fitting the schedule to the time limit
+TIME_FIT_SLACK = 0.97  # share of the time left that the fitted steps are planned to fill
+UNFITTED_STEPS = 10**9  # warm-up/total until fitted: learning rate near 0, no decay
 
 
 class NonFiniteLoss(RuntimeError):
@@ -97,7 +102,10 @@ class PretrainModule(pl.LightningModule):
         self._run_step: Any = None
         self.generator: torch.Generator | None = None
         self._restored_generator: Tensor | None = None
-        self._step_times: list[float] = []
+        self._clock = StepClock(torch.device("cpu"))
+        self._fit_pending = False
+        self._fitted_steps: int | None = None
+        self._time_limit_started = time.perf_counter()
         self._diagnostic_sums: Tensor | None = None
         self._diagnostic_steps = 0
         self.epoch_metrics: dict[str, float] = {}
@@ -152,15 +160,30 @@ class PretrainModule(pl.LightningModule):
                                     cfg.exclude_bn_bias, capturable=self.graph_mode)
         return WholeStepOptimizer(optimizer)
 
-    def _build_step(self) -> TrainStep:
+    def planned_steps(self) -> int:
+        """The step count the schedule spans: max_steps, or max_epochs of full batches."""
+        by_epochs = self.steps_per_epoch * self.config.max_epochs
+        return min(self.config.max_steps, by_epochs) if self.config.max_steps else by_epochs
+
+    def warmup_for(self, total_steps: int) -> int:
         cfg = self.config
+        if cfg.warmup_fraction is not None:
+            return round(cfg.warmup_fraction * total_steps)
+        return self.steps_per_epoch * cfg.warmup_epochs
+
+    def _build_step(self) -> TrainStep:
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
+        total = self._fitted_steps or self.planned_steps()
+        warmup = self.warmup_for(total)
+        if self._fit_pending:
+            # Until the step rate is known, hold the start of the warm-up (a few steps at a
+            # learning rate near 0) and keep the decay far away.
+            total, warmup = UNFITTED_STEPS, UNFITTED_STEPS if self.config.warmup_fraction else warmup
         step = TrainStep(
             self.net, self.online_probe, facade.optimizer, self._lr, self.settings,
             self._train_images, self._train_labels, mean, std, self.batches, self.generator,
-            warmup_steps=self.steps_per_epoch * cfg.warmup_epochs,
-            total_steps=self.steps_per_epoch * cfg.max_epochs,
+            warmup_steps=warmup, total_steps=total,
         )
         if self.compile_mode is True:
             step.compile()
@@ -168,6 +191,11 @@ class PretrainModule(pl.LightningModule):
         log.info("Training step: %s%s", "compiled" if self.compile_mode is True else "eager",
                  ", replayed as a CUDA graph" if self.graph_mode else "")
         return step
+
+    def on_train_start(self) -> None:
+        self._clock = StepClock(self.device)
+        self._fit_pending = (self.config.schedule_to_time_limit and self._fitted_steps is None)
+        self._time_limit_started = time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
         self._start_epoch()
@@ -190,7 +218,7 @@ class PretrainModule(pl.LightningModule):
             self._start_epoch()
         assert self.step_fn is not None
         step_number = self.global_step
-        self._maybe_compile(step_number)
+        self._pace(step_number)
         self.optimizers().step(closure=self._run_step)
         self._epoch_steps_run += 1
         if (self.config.encode_original == "diagnostic_steps"
@@ -201,23 +229,46 @@ class PretrainModule(pl.LightningModule):
         if self.global_step >= (self.current_epoch + 1) * self.steps_per_epoch:
             self._read_epoch_metrics()  # before validation, so no checkpoint saves a diverged model
 
-    def _maybe_compile(self, step_number: int) -> None:
-        """``compile: auto`` on CPU: time a few eager steps, compile if eager would be long."""
-        if self.compile_mode != "decide" or self.step_fn is None:
-            return
-        self._step_times.append(time.perf_counter())
-        if len(self._step_times) <= COMPILE_DECISION_STEPS + 1:
-            return
-        seconds = (self._step_times[-1] - self._step_times[1]) / (len(self._step_times) - 2)
-        remaining = self.steps_per_epoch * self.config.max_epochs - step_number
-        minutes = remaining * seconds / 60
-        if self.config.max_time_minutes is not None:
-            minutes = min(minutes, self.config.max_time_minutes)
-        self.compile_mode = minutes > AUTO_COMPILE_MINUTES
-        log.info("compile=auto: an eager step takes %.2f s, about %.0f min of training left: %s",
-                 seconds, minutes, "compiling the step" if self.compile_mode else "staying eager")
-        if self.compile_mode:
-            self.step_fn.compile()
+    def _pace(self, step_number: int) -> None:
+        """Decisions taken by timing the first steps: ``compile: auto`` on CPU (compile when
+        eager training would be long), then ``schedule_to_time_limit`` (end the schedule at
+        the step count that fills the time limit). Nothing is timed once both are settled."""
+        if self.compile_mode == "decide":
+            self._clock.tick()
+            seconds = self._clock.seconds_per_step(skip=1, steps=COMPILE_DECISION_STEPS)
+            if seconds is None:
+                return
+            remaining = self.planned_steps() - step_number
+            minutes = remaining * seconds / 60
+            if self.config.max_time_minutes is not None:
+                minutes = min(minutes, self.config.max_time_minutes)
+            self.compile_mode = minutes > AUTO_COMPILE_MINUTES
+            log.info("compile=auto: an eager step takes %.2f s, about %.0f min of training left: %s",
+                     seconds, minutes, "compiling the step" if self.compile_mode else "staying eager")
+            if self.compile_mode:
+                assert self.step_fn is not None
+                self.step_fn.compile()
+            self._clock.reset()
+        elif self._fit_pending:
+            self._clock.tick()
+            # The first timed step of a compiled step compiles it: skip two.
+            seconds = self._clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)
+            if seconds is not None:
+                self._fit_schedule_to_time_limit(step_number, seconds)
+
+    def _fit_schedule_to_time_limit(self, step_number: int, seconds_per_step: float) -> None:
+        assert self.step_fn is not None and self.config.max_time_minutes is not None
+        elapsed = time.perf_counter() - self._time_limit_started
+        left = self.config.max_time_minutes * 60 - elapsed
+        # A little slack for validation and checkpoints at epoch ends.
+        total = step_number + max(1, int(TIME_FIT_SLACK * left / seconds_per_step))
+        self._fitted_steps, self._fit_pending = total, False
+        self.step_fn.total_steps.fill_(total)
+        self.step_fn.warmup_steps.fill_(self.warmup_for(total))
+        self.trainer.fit_loop.epoch_loop.max_steps = total
+        log.info("Schedule fitted to the %.1f-minute limit: %.3f s per step, %d steps in all "
+                 "(%d of warm-up), %.1f epochs", self.config.max_time_minutes, seconds_per_step,
+                 total, self.warmup_for(total), total / self.steps_per_epoch)
 
     def _read_epoch_metrics(self) -> None:
         """Epoch means of the step's sums: the one device-to-host read of an epoch.
@@ -293,9 +344,12 @@ class PretrainModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.generator is not None:
             checkpoint[GENERATOR_KEY] = self.generator.get_state()
+        if self._fitted_steps is not None:
+            checkpoint[FITTED_STEPS_KEY] = self._fitted_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored_generator = checkpoint.get(GENERATOR_KEY)
+        self._fitted_steps = checkpoint.get(FITTED_STEPS_KEY)  # a resumed run keeps its schedule
 
     # -- validation ----------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
