@@ -1,4 +1,4 @@
-"""AAVAE, VAE and AE on CIFAR-10 under the same wall-clock budget, then the same evaluation.
+"""AAVAE, VAE and AE on CIFAR-10 under the same budget and seeds, then the same evaluation.
 
 Each objective is pretrained by the project's own ``pretrain`` pipeline and scored by its own
 ``evaluate`` pipeline, run in-process through Kedro's API (``KedroSession``), so the numbers
@@ -8,29 +8,38 @@ are what ``kedro run`` produces. Everything but the objective is the same for ev
   of the dataset environment (``cifar10`` for the official python archive, ``imagefolder``
   for an image tree or archive such as ``../shared/datasets/cifar10_jpeg.tar.gz``);
 * a narrow ResNet-18 with the CIFAR stem (``--width``, ``--latent-dim``), batch size, Adam
-  at ``--lr`` with a *constant* rate after ``--warmup-epochs``: the budget, not an epoch
-  count, ends training (``pretrain.max_time_minutes``), so a decaying schedule would be cut
-  off at an arbitrary point of its decay, differently for objectives of different speed;
-* ``pretrain.kl_coeff`` at the project's default for the objective (0.1 for ``vae``, the
-  paper's; 0 for ``aavae`` and ``ae``), stated explicitly since ``conf/cifar10`` pins 0;
-* the frozen-feature linear probe and kNN on the full test split. The baselines (the same
-  architecture at random init; raw pixels) do not depend on the objective, so they are
-  computed once, with the first objective's evaluation (raw pixels is the slow part).
+  at ``--lr`` with a linear warm-up (``--warmup-fraction`` of the run) and a cosine decay
+  that ends with the budget: with ``--budget-minutes`` (equal wall clock) each run times
+  its first steps and fits its schedule to the time left (``pretrain.schedule_to_time_limit``),
+  so every objective ends its schedule instead of being cut mid-decay; with
+  ``--budget-steps`` (equal steps: AAVAE's views make its steps slower) every run makes the
+  same number of steps. ``--schedule constant`` keeps the old constant rate;
+* ``pretrain.kl_coeff`` and ``pretrain.weight_decay`` at the project's default for the
+  objective (kl 0.1 for ``vae``, the paper's, 0 otherwise; weight decay 1e-6 for the paper's
+  ``ae``, 0 otherwise), stated explicitly since ``conf/cifar10`` pins them;
+* ``--seeds N`` runs (default 3) of every objective, seed ``s`` setting ``pretrain.seed``
+  and ``evaluate.seed``; the table shows mean +- standard deviation over them;
+* the frozen-feature linear probe and kNN on the full test split. The baselines do not
+  depend on the objective, so they are computed with the first objective of each seed: the
+  same architecture at random init once per seed (a new draw each time), raw pixels once
+  (it is deterministic, and the slow part).
 
 All runs go to one MLflow experiment (``--experiment``, default ``budget_cifar10``), named
-``<objective>/pretrain`` and ``<objective>/evaluate``. kedro-mlflow reads the experiment and
+``<objective>/seed<s>/pretrain`` and ``<objective>/seed<s>/evaluate`` (``pretrain.seed`` is
+also a logged parameter and a ``seed`` tag). kedro-mlflow reads the experiment and
 run names only from ``mlflow.yml``, so the script writes a copy of the project's ``conf/base``
 and the dataset environment to ``data/08_reporting/budget_cifar10/conf`` with those two
 names changed, and runs the sessions with that ``conf_source``: the parameters and catalog
 are the project's, and the copy records the configuration that ran. The recipe itself goes
 in as runtime parameters, as ``kedro run --params`` would pass it.
 
-Each objective's ``metrics.json``, ``report.html``, ``reconstructions.png`` and
-``aavae_model.pt`` are copied to ``data/08_reporting/budget_cifar10/<objective>/`` before
-the next objective overwrites them; the table also goes to ``results.md`` and ``results.json``.
+Each run's ``metrics.json``, ``report.html``, ``reconstructions.png`` and ``aavae_model.pt``
+are copied to ``data/08_reporting/budget_cifar10/<objective>/seed<s>/`` before the next run
+overwrites them; the table also goes to ``results.md``, every run to ``results.json``.
 
-    PYTHONPATH=src python benchmarks/budget_cifar10.py [--budget-minutes 15] [--width 32]
-    PYTHONPATH=src python benchmarks/budget_cifar10.py --budget-minutes 0.5 --subset 500  # smoke
+    PYTHONPATH=src python benchmarks/budget_cifar10.py [--budget-minutes 5] [--seeds 3] [--width 32]
+    PYTHONPATH=src python benchmarks/budget_cifar10.py --budget-steps 400   # equal steps instead
+    PYTHONPATH=src python benchmarks/budget_cifar10.py --budget-minutes 0.5 --subset 500 --seeds 1  # smoke
     PYTHONPATH=src python benchmarks/budget_cifar10.py --set views.crop_scale=[0.2,1.0]  # any other knob
 
 ``--set GROUP.KEY=VALUE`` (repeatable) changes one more parameter of the views, model,
@@ -39,11 +48,11 @@ before anything runs and printed in the header.
 
 On a shared machine whose cores other jobs keep busy, ``--threads 1`` can be much faster.
 
-Output: a header (date, CPU, cores, budget, the exact command), one ``[budget]`` progress
-line per objective and phase, and as its last lines a Markdown table:
-``objective | epochs reached | images seen | linear top-1 | kNN top-1`` with one row per
-objective and one per baseline (accuracies in %). Epochs reached counts optimisation steps
-(a budget usually ends mid-epoch), as the run's model bundle records them.
+Output: a header (date, CPU, cores, budget and fairness, the exact command), one
+``[budget]`` progress line per run and phase, and as its last lines a Markdown table:
+``objective | runs | epochs reached | images seen | linear top-1 | kNN top-1`` with one row per
+objective and one per baseline, accuracies in % as mean +- sd over the seeds. Epochs reached
+(mean) counts optimisation steps, as the run's model bundle records them.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -90,20 +100,23 @@ KEPT_ARTIFACTS = (
 class Recipe:
     """What every objective shares: architecture, optimiser, budget, evaluation."""
 
-    budget_minutes: float
+    budget_minutes: float | None  # equal wall clock per run ...
+    budget_steps: int | None  # ... or equal steps
     width: int
     latent_dim: int
     batch_size: int
     learning_rate: float
-    warmup_epochs: int
+    warmup_fraction: float
+    schedule: str
     snapshot_every: int
     # (group, key, value) from --set, layered last: the same change for every objective.
     overrides: tuple[tuple[str, str, Any], ...] = ()
 
     def runtime_params(
-        self, objective: str, dataset: dict[str, Any], baselines: list[str]
+        self, objective: str, dataset: dict[str, Any], baselines: list[str], seed: int = 0
     ) -> dict[str, Any]:
         """Parameters layered over the dataset environment, as ``kedro run --params`` would."""
+        by_time = self.budget_steps is None
         params = {
             "dataset": dataset,
             "model": {"encoder": "resnet18", "stem": "cifar", "width": self.width, "h_dim": None,
@@ -115,19 +128,22 @@ class Recipe:
                 "learn_scale": False,
                 "val_samples": 1,  # a diagnostic only; 16 samples would eat into the budget
                 "max_epochs": 100_000,  # never reached: the budget stops training
-                "max_time_minutes": self.budget_minutes,
+                "max_time_minutes": self.budget_minutes if by_time else None,
+                "max_steps": None if by_time else self.budget_steps,
+                "schedule_to_time_limit": by_time and self.schedule != "constant",
                 "batch_size": self.batch_size,
                 "optimizer": "adam",
                 "learning_rate": self.learning_rate,
-                "weight_decay": 0.0,
-                "warmup_epochs": self.warmup_epochs,
-                "schedule": "constant",
-                "seed": 0,
+                "weight_decay": default_weight_decay(objective),  # stated, so MLflow shows it
+                "warmup_epochs": 0,
+                "warmup_fraction": self.warmup_fraction,
+                "schedule": self.schedule,
+                "seed": seed,
                 "resume": False,
                 "checkpoint_every_n_epochs": self.snapshot_every,
                 "reconstruction_every_n_epochs": self.snapshot_every,
             },
-            "evaluate": {"protocol": "frozen_features", "baselines": baselines},
+            "evaluate": {"protocol": "frozen_features", "baselines": baselines, "seed": seed},
         }
         for group, key, value in self.overrides:
             params.setdefault(group, {})[key] = value
@@ -145,9 +161,16 @@ def default_kl_coeff(objective: str) -> float:
     return PretrainConfig(objective=objective).effective_kl_coeff
 
 
+def default_weight_decay(objective: str) -> float:
+    """The project's weight decay for the objective: the paper's ae.py default 1e-6 for ``ae``."""
+    from aavae.config import PretrainConfig
+
+    return PretrainConfig(objective=objective).effective_weight_decay
+
+
 @dataclass
 class Outcome:
-    """One row of the table."""
+    """One run (an objective or a baseline at one seed)."""
 
     name: str
     epochs: float | None
@@ -157,6 +180,7 @@ class Outcome:
     pretrain_seconds: float | None = None
     evaluate_seconds: float | None = None
     kl_coeff: float | None = None
+    seed: int = 0
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -181,13 +205,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated, run in this order")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="evaluated once, with the first objective ('none' for none)")
-    parser.add_argument("--budget-minutes", type=float, default=15.0, help="training wall time per objective")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget-minutes", type=float, default=None,
+                        help="training wall time per run, the schedule fitted to it (default 5)")
+    budget.add_argument("--budget-steps", type=int, default=None,
+                        help="optimisation steps per run instead: equal steps, not equal time")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per objective, seeds 0..N-1")
     parser.add_argument("--width", type=int, default=32, help="ResNet-18 base channels (the paper's: 64)")
     parser.add_argument("--latent-dim", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant after warm-up")
-    parser.add_argument("--warmup-epochs", type=int, default=0,
-                        help="linear warm-up in whole epochs; a few-epoch budget cannot spare one")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate")
+    parser.add_argument("--warmup-fraction", type=float, default=0.05,
+                        help="linear warm-up, as a share of the run's steps")
+    parser.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine",
+                        help="decay after the warm-up, ending with the budget (constant: none)")
     parser.add_argument("--snapshot-every", type=int, default=2,
                         help="epochs between checkpoints and reconstruction grids in MLflow")
     parser.add_argument("--subset", type=int, default=None,
@@ -205,14 +236,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.baselines = _names(args.baselines, BASELINES, "--baselines", parser)
     if not args.objectives:
         parser.error("--objectives: give at least one of " + ", ".join(OBJECTIVES))
-    for flag, value in (("--budget-minutes", args.budget_minutes), ("--width", args.width),
+    if args.budget_minutes is None and args.budget_steps is None:
+        args.budget_minutes = 5.0
+    for flag, value in (("--budget-minutes", args.budget_minutes), ("--budget-steps", args.budget_steps),
+                        ("--seeds", args.seeds), ("--width", args.width),
                         ("--latent-dim", args.latent_dim), ("--batch-size", args.batch_size),
                         ("--lr", args.lr), ("--snapshot-every", args.snapshot_every),
                         ("--subset", args.subset), ("--threads", args.threads)):
         if value is not None and value <= 0:
             parser.error(f"{flag} must be positive, got {value}")
-    if args.warmup_epochs < 0:
-        parser.error(f"--warmup-epochs must be 0 or more, got {args.warmup_epochs}")
+    if not 0 <= args.warmup_fraction < 1:
+        parser.error(f"--warmup-fraction must be in [0, 1), got {args.warmup_fraction}")
     if not args.path.exists():
         parser.error(f"--path {args.path}: no such file or folder. Give a CIFAR-10 copy (the official "
                      "python archive, or an image-folder tree/archive such as cifar10_jpeg.tar.gz).")
@@ -333,30 +367,30 @@ def train_size(card: dict[str, Any]) -> int:
     return sum(splits[name]["count"] for name in ("train", "unlabeled") if name in splits)
 
 
-# -- one objective --------------------------------------------------------------------------
+# -- one run --------------------------------------------------------------------------------
 def run_objective(
-    objective: str, params: dict[str, Any], args: argparse.Namespace, env: str
+    objective: str, params: dict[str, Any], args: argparse.Namespace, env: str, seed: int = 0
 ) -> dict[str, float]:
-    """Run the pretrain then the evaluate pipeline for one objective; return their seconds."""
+    """Run the pretrain then the evaluate pipeline for one objective and seed; their seconds."""
     conf = args.project / REPORT_DIR / "conf"
     seconds = {}
     for pipeline in ("pretrain", "evaluate"):
-        write_conf(args.project, env, args.experiment, f"{objective}/{pipeline}", conf)
-        print(f"[budget] {objective}: {pipeline} ...", flush=True)
+        write_conf(args.project, env, args.experiment, f"{objective}/seed{seed}/{pipeline}", conf)
+        print(f"[budget] {objective} seed {seed}: {pipeline} ...", flush=True)
         try:
             seconds[pipeline] = run_pipeline(args.project, conf, env, params, pipeline)
         except Exception as error:
             raise RuntimeError(
-                f"objective '{objective}': the {pipeline} pipeline failed ({error}); its MLflow run "
-                "is marked FAILED and the log above says why"
+                f"objective '{objective}' seed {seed}: the {pipeline} pipeline failed ({error}); its "
+                "MLflow run is marked FAILED and the log above says why"
             ) from error
     return seconds
 
 
 def measure(
-    objective: str, batch_size: int, seconds: dict[str, float], project: Path
+    objective: str, batch_size: int, seconds: dict[str, float], project: Path, seed: int = 0
 ) -> tuple[Outcome, dict[str, Any]]:
-    """The row of the objective just run, from what its pipelines wrote; and its metrics.json."""
+    """The row of the run just made, from what its pipelines wrote; and its metrics.json."""
     metrics = json.loads((project / METRICS).read_text())
     card = json.loads((project / DATASET_CARD).read_text())
     bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
@@ -365,13 +399,14 @@ def measure(
     # for a bundle from before the engine recorded them.
     steps = int(bundle.get("steps", int(bundle["epochs"]) * steps_per_epoch))
     outcome = Outcome(objective, steps / steps_per_epoch, steps * per_step, metrics["linear_top1"],
-                      metrics["knn_top1"], seconds["pretrain"], seconds["evaluate"], bundle.get("kl_coeff"))
+                      metrics["knn_top1"], seconds["pretrain"], seconds["evaluate"], bundle.get("kl_coeff"),
+                      seed)
     return outcome, metrics
 
 
-def keep_artifacts(project: Path, objective: str) -> Path:
-    """Copy the objective's model, metrics and figures before the next objective overwrites them."""
-    kept = project / REPORT_DIR / objective
+def keep_artifacts(project: Path, objective: str, seed: int = 0) -> Path:
+    """Copy the run's model, metrics and figures before the next run overwrites them."""
+    kept = project / REPORT_DIR / objective / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
     for artifact in KEPT_ARTIFACTS:
         if (project / artifact).is_file():
@@ -380,9 +415,9 @@ def keep_artifacts(project: Path, objective: str) -> Path:
 
 
 def progress_line(row: Outcome, kept: Path) -> str:
-    return (f"[budget] {row.name}: {row.epochs:.2f} epochs ({row.images_seen:,} images, kl_coeff "
-            f"{row.kl_coeff}) in a {row.pretrain_seconds:.0f} s pretrain run, evaluated in "
-            f"{row.evaluate_seconds:.0f} s: linear {100 * row.linear_top1:.2f}%, kNN "
+    return (f"[budget] {row.name} seed {row.seed}: {row.epochs:.2f} epochs ({row.images_seen:,} "
+            f"images, kl_coeff {row.kl_coeff}) in a {row.pretrain_seconds:.0f} s pretrain run, evaluated "
+            f"in {row.evaluate_seconds:.0f} s: linear {100 * row.linear_top1:.2f}%, kNN "
             f"{100 * row.knn_top1:.2f}%; artifacts in {kept}")
 
 
@@ -398,16 +433,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def budget_line(args: argparse.Namespace) -> str:
+    if args.budget_steps is not None:
+        fairness = f"equal steps: {args.budget_steps} optimisation steps per run"
+    else:
+        fitted = "" if args.schedule == "constant" else ", the schedule fitted to it"
+        fairness = f"equal wall clock: {args.budget_minutes:g} min of pretraining per run{fitted}"
+    return (f"budget: {fairness}; {args.seeds} seed(s) per objective; objectives "
+            f"{', '.join(args.objectives)}")
+
+
 def header_lines(args: argparse.Namespace, env: str) -> list[str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [
         f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         f"cpu: {cpu_model()}, {os.cpu_count()} cores ({usable} usable), torch threads "
-        f"{torch.get_num_threads()}; gpu: {gpu}",
-        f"budget: {args.budget_minutes:g} min per objective; objectives {', '.join(args.objectives)}; "
-        f"ResNet-18 (cifar stem) width {args.width}, latent {args.latent_dim}, batch {args.batch_size}, "
-        f"Adam lr {args.lr:g} constant after {args.warmup_epochs} warm-up epochs"
+        f"{torch.get_num_threads()}; gpu: {gpu}; torch {torch.__version__}",
+        budget_line(args),
+        f"recipe: ResNet-18 (cifar stem) width {args.width}, latent {args.latent_dim}, batch "
+        f"{args.batch_size}, Adam peak lr {args.lr:g}, warm-up {args.warmup_fraction:g} of the run, "
+        f"then {args.schedule}"
         + "".join(f"; {group}.{key}={value!r}" for group, key, value in args.overrides),
         f"data: {args.path} (env {env}{f', subset {args.subset} per split' if args.subset else ''}); "
         f"MLflow experiment '{args.experiment}'",
@@ -419,23 +465,43 @@ def _cell(value: float | int | None, pattern: str) -> str:
     return "-" if value is None else format(value, pattern)
 
 
+def _spread(values: list[float]) -> str:
+    """Mean +- sample standard deviation, in percent (just the value for one run)."""
+    percents = [100 * v for v in values]
+    if len(percents) == 1:
+        return f"{percents[0]:.2f}"
+    return f"{statistics.mean(percents):.2f} ± {statistics.stdev(percents):.2f}"
+
+
 def results_table(rows: list[Outcome]) -> list[str]:
-    lines = ["| objective | epochs reached | images seen | linear top-1 | kNN top-1 |",
-             "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row.name} | {_cell(row.epochs, '.2f')} | {_cell(row.images_seen, ',')} | "
-                     f"{100 * row.linear_top1:.2f} | {100 * row.knn_top1:.2f} |")
+    """One line per objective or baseline, its runs aggregated over seeds."""
+    lines = ["| objective | runs | epochs reached | images seen | linear top-1 | kNN top-1 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name in dict.fromkeys(row.name for row in rows):
+        runs = [row for row in rows if row.name == name]
+        epochs = [row.epochs for row in runs if row.epochs is not None]
+        seen = [row.images_seen for row in runs if row.images_seen is not None]
+        lines.append(
+            f"| {name} | {len(runs)} | {_cell(statistics.mean(epochs) if epochs else None, '.2f')} | "
+            f"{_cell(round(statistics.mean(seen)) if seen else None, ',')} | "
+            f"{_spread([row.linear_top1 for row in runs])} | {_spread([row.knn_top1 for row in runs])} |"
+        )
     return lines
 
 
-def baseline_rows(metrics: dict[str, Any], names: list[str]) -> list[Outcome]:
+def baseline_rows(metrics: dict[str, Any], names: list[str], seed: int = 0) -> list[Outcome]:
     rows = []
     for name in names:
         scores = metrics["baselines"][name]
         untrained = name == "random_init"
         rows.append(Outcome(BASELINE_LABELS[name], 0.0 if untrained else None, 0 if untrained else None,
-                            scores["linear_top1"], scores["knn_top1"]))
+                            scores["linear_top1"], scores["knn_top1"], seed=seed))
     return rows
+
+
+def baselines_for(seed: int, wanted: list[str]) -> list[str]:
+    """Random init is drawn anew for every seed; raw pixels is deterministic: seed 0 only."""
+    return [name for name in wanted if seed == 0 or name != "raw_pixels"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -460,27 +526,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[budget] subset: {args.subset} images per split written to {args.path} "
               f"in {time.perf_counter() - started:.0f} s", flush=True)
     env, dataset = dataset_params(args.path, data_format)
-    recipe = Recipe(args.budget_minutes, args.width, args.latent_dim, args.batch_size, args.lr,
-                    args.warmup_epochs, args.snapshot_every, args.overrides)
+    recipe = Recipe(args.budget_minutes, args.budget_steps, args.width, args.latent_dim,
+                    args.batch_size, args.lr, args.warmup_fraction, args.schedule,
+                    args.snapshot_every, args.overrides)
 
-    rows, first_metrics = [], None
-    for position, objective in enumerate(args.objectives):
-        baselines = args.baselines if position == 0 else []  # the same for every objective
-        params = recipe.runtime_params(objective, dataset, baselines)
-        seconds = run_objective(objective, params, args, env)
-        row, metrics = measure(objective, args.batch_size, seconds, args.project)
-        print(progress_line(row, keep_artifacts(args.project, objective)), flush=True)
-        rows.append(row)
-        first_metrics = first_metrics or metrics
-    rows += baseline_rows(first_metrics, args.baselines)
+    runs, baselines = [], []
+    for seed in range(args.seeds):
+        for position, objective in enumerate(args.objectives):
+            wanted = baselines_for(seed, args.baselines) if position == 0 else []
+            params = recipe.runtime_params(objective, dataset, wanted, seed)
+            seconds = run_objective(objective, params, args, env, seed)
+            row, metrics = measure(objective, args.batch_size, seconds, args.project, seed)
+            print(progress_line(row, keep_artifacts(args.project, objective, seed)), flush=True)
+            runs.append(row)
+            baselines += baseline_rows(metrics, wanted, seed)
+    rows = runs + sorted(baselines, key=lambda row: row.name != BASELINE_LABELS["random_init"])
 
     table = results_table(rows)
     report = args.project / REPORT_DIR
     (report / "results.md").write_text("\n".join([*header, "", *table]) + "\n")
     (report / "results.json").write_text(json.dumps(
-        {"header": header, "recipe": asdict(recipe), "rows": [asdict(row) for row in rows]}, indent=2))
+        {"header": header, "recipe": asdict(recipe), "runs": [asdict(row) for row in rows]}, indent=2))
     print("\n".join(["", *table]), flush=True)
-
 
 if __name__ == "__main__":
     main()

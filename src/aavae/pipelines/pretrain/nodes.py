@@ -115,7 +115,7 @@ def pretrain(
                     moved)
     _remember_run(checkpoint_dir)
     tracking.log_params_once({"model.num_parameters": num_parameters})
-    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective,
+    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
                        **({"resumed_from_run": resumed_from} if resumed_from else {})})
     log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
              f"{num_parameters:,}", checkpoint_dir)
