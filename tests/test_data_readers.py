@@ -223,8 +223,11 @@ def test_cifar10_refuses_pickles_that_would_run_code(cifar_folder, tmp_path):
 def test_cifar10_malformed_batch_names_the_file_and_key(cifar_folder, batch, expected):
     folder, _ = cifar_folder
     (folder / "data_batch_4").write_bytes(pickle.dumps(batch, protocol=4))
-    with pytest.raises(DatasetError, match=f"data_batch_4.*{expected}"):
+    with pytest.raises(DatasetError, match=f"data_batch_4.*{expected}") as error:
         read_cifar10(folder)
+    assert "Use the official cifar-10-python.tar.gz (--params dataset.download=true" in str(
+        error.value
+    )  # what to do, not only what is wrong
 
 
 def test_cifar10_missing_batch_is_named(cifar_folder):
@@ -377,8 +380,11 @@ def test_stl10_damaged_file_is_named(tmp_path, damage, expected):
     folder = tmp_path / "stl10_binary"
     write_stl_folder(folder, {"train": 3, "test": 1, "unlabeled": 1})
     damage(folder)
-    with pytest.raises(DatasetError, match=expected):
+    with pytest.raises(DatasetError, match=expected) as error:
         read_stl10(folder)
+    assert "Use the official stl10_binary.tar.gz (--params dataset.download=true" in str(
+        error.value
+    )  # what to do, not only what is wrong
 
 
 def test_stl10_unknown_split_is_refused(tmp_path):

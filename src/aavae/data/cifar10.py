@@ -43,6 +43,9 @@ CIFAR10 = OfficialArchive(
     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     md5="c58f30108f718f92721af3b95e74349a",
 )
+USE_OFFICIAL = (
+    f"Use the official {CIFAR10.archive_name} (--params dataset.download=true fetches it)."
+)
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 META_FILE = "batches.meta"
@@ -250,12 +253,12 @@ def _unpickle(data: bytes, where: str) -> dict:
     ) as exc:
         raise DatasetError(
             f"Cannot unpickle {where}: {type(exc).__name__}: {exc}. Expected a CIFAR-10 python "
-            f"batch; use the official {CIFAR10.archive_name} "
-            "(--params dataset.download=true fetches it)."
+            f"batch. {USE_OFFICIAL}"
         ) from exc
     if not isinstance(content, Mapping):
         raise DatasetError(
-            f"{where} holds a {type(content).__name__}, expected a dict (a CIFAR-10 python batch)."
+            f"{where} holds a {type(content).__name__}, expected a dict (a CIFAR-10 python "
+            f"batch). {USE_OFFICIAL}"
         )
     return dict(content)
 
@@ -267,7 +270,8 @@ def _field(batch: Mapping, key: str, where: str) -> Any:
             return batch[candidate]
     found = ", ".join(repr(k) for k in batch) or "none"
     raise DatasetError(
-        f"{where} has no key '{key}' (found: {found}); it is not a CIFAR-10 python batch."
+        f"{where} has no key '{key}' (found: {found}); it is not a CIFAR-10 python batch. "
+        f"{USE_OFFICIAL}"
     )
 
 
@@ -275,7 +279,8 @@ def _class_names(meta: Mapping, where: str) -> tuple[str, ...]:
     names = _field(meta, "label_names", where)
     if not isinstance(names, list) or len(names) != NUM_CLASSES:
         raise DatasetError(
-            f"{where}: 'label_names' must be a list of {NUM_CLASSES} names, got {names!r:.200}."
+            f"{where}: 'label_names' must be a list of {NUM_CLASSES} names, got {names!r:.200}. "
+            f"{USE_OFFICIAL}"
         )
     return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
 
@@ -295,17 +300,23 @@ def _batch_arrays(batch: Mapping, where: str) -> tuple[np.ndarray, np.ndarray]:
             else type(data).__name__
         )
         raise DatasetError(
-            f"{where}: 'data' must be a uint8 array of shape N x {ROW_LENGTH}, got a {described}."
+            f"{where}: 'data' must be a uint8 array of shape N x {ROW_LENGTH}, got a {described}. "
+            f"{USE_OFFICIAL}"
         )
     try:
         labels = np.asarray(_field(batch, "labels", where), dtype=np.int64)
     except (TypeError, ValueError) as exc:
-        raise DatasetError(f"{where}: 'labels' must be a list of integers ({exc}).") from exc
+        raise DatasetError(
+            f"{where}: 'labels' must be a list of integers ({exc}). {USE_OFFICIAL}"
+        ) from exc
     if labels.shape != (len(data),):
-        raise DatasetError(f"{where}: {len(data)} images but 'labels' has shape {labels.shape}.")
+        raise DatasetError(
+            f"{where}: {len(data)} images but 'labels' has shape {labels.shape}. {USE_OFFICIAL}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetError(
-            f"{where}: 'labels' must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}."
+            f"{where}: 'labels' must lie in 0..{NUM_CLASSES - 1}, found "
+            f"{labels.min()}..{labels.max()}. {USE_OFFICIAL}"
         )
     # Row = R plane, G plane, B plane, each row-major 32 x 32: to N x H x W x C.
     images = data.reshape(-1, 3, IMAGE_SIDE, IMAGE_SIDE).transpose(0, 2, 3, 1)

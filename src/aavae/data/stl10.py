@@ -38,6 +38,9 @@ STL10 = OfficialArchive(
     url="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
     md5="91f7769df0f17e558f3565bffb0c7dfb",
 )
+USE_OFFICIAL = (
+    f"Use the official {STL10.archive_name} (--params dataset.download=true fetches it)."
+)
 SPLITS = ("train", "test", "unlabeled")
 LABELED_SPLITS = ("train", "test")
 CLASS_NAMES_FILE = "class_names.txt"
@@ -142,7 +145,8 @@ def _read_files(
         if len(labels[split]) != len(images[split]):
             raise DatasetError(
                 f"{source.describe()}: '{labels_file(split)}' has {len(labels[split])} labels but "
-                f"'{images_file(split)}' has {len(images[split])} images; they must match."
+                f"'{images_file(split)}' has {len(images[split])} images; they must match. "
+                f"{USE_OFFICIAL}"
             )
     return images, labels, class_names
 
@@ -158,8 +162,7 @@ def _check_size(name: str, entry: Entry, where: str) -> None:
     if entry.size > limit:
         raise DatasetError(
             f"{where} has {entry.size:,} bytes, more than the {limit:,} an STL-10 file of this "
-            "kind can have: it is not an STL-10 file. Use the official "
-            f"{STL10.archive_name}."
+            f"kind can have: it is not an STL-10 file. {USE_OFFICIAL}"
         )
 
 
@@ -169,7 +172,7 @@ def _read_images(stream: BinaryIO, entry: Entry, where: str) -> np.ndarray:
     if remainder:
         raise DatasetError(
             f"{where} has {entry.size:,} bytes, not a multiple of {IMAGE_BYTES:,} (one 3 x 96 x 96 "
-            "image): the file is truncated or not an STL-10 image file."
+            f"image): the file is truncated or not an STL-10 image file. {USE_OFFICIAL}"
         )
     images = np.empty((count, IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)
     # Raw index order is [image, channel, column, row]; the result wants [image, row, column, channel].
@@ -187,7 +190,7 @@ def _parse_labels(data: bytes, where: str) -> np.ndarray:
     if labels.size and (labels.min() < 1 or labels.max() > NUM_CLASSES):
         raise DatasetError(
             f"{where}: labels must lie in 1..{NUM_CLASSES}, found {labels.min()}..{labels.max()}; "
-            "it is not an STL-10 label file."
+            f"it is not an STL-10 label file. {USE_OFFICIAL}"
         )
     return labels - 1
 
@@ -197,10 +200,11 @@ def _parse_class_names(data: bytes, where: str) -> tuple[str, ...]:
         names = tuple(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
     except UnicodeDecodeError as exc:
         raise DatasetError(
-            f"{where} is not UTF-8 text ({exc}); expected one class name per line."
+            f"{where} is not UTF-8 text ({exc}); expected one class name per line. {USE_OFFICIAL}"
         ) from exc
     if len(names) != NUM_CLASSES:
         raise DatasetError(
-            f"{where} names {len(names)} classes, expected {NUM_CLASSES} (one per line)."
+            f"{where} names {len(names)} classes, expected {NUM_CLASSES} (one per line). "
+            f"{USE_OFFICIAL}"
         )
     return names
