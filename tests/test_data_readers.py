@@ -1080,3 +1080,24 @@ def test_a_tar_cut_between_members_or_with_a_damaged_header_is_refused_not_read_
     (tmp_path / "cifar_cut.tar").write_bytes(packed_cifar[:cut_at])
     with pytest.raises(DatasetError, match="cifar_cut.tar'.* truncated"):
         read_cifar10(tmp_path / "cifar_cut.tar")
+
+
+def test_an_image_declaring_ten_billion_pixels_is_refused_before_decoding(tmp_path):
+    """A PNG's header can declare 100,000 x 100,000 pixels in a few bytes; Pillow's bomb
+    limit must stop it before 30 GB are allocated, and the error must name the file."""
+    import struct
+    import zlib
+
+    build_tree(tmp_path / "tree")
+    path = tmp_path / "tree/train/cat/bomb.png"
+    save(path, np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"IHDR")
+    data[at + 4 : at + 12] = struct.pack(">II", 100_000, 100_000)
+    data[at + 17 : at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at : at + 17])))
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"bomb.png'.*DecompressionBombError.*on_bad_image=skip"):
+        read_imagefolder(tmp_path / "tree", image_size=8, workers=1)
+    assert read_imagefolder(tmp_path / "tree", image_size=8, on_bad_image="skip").skipped == [
+        "train/cat/bomb.png"
+    ]
