@@ -72,6 +72,18 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     epochs_in_final_run = client.get_metric_history(third_run.info.run_id, "train_loss")
     assert len(epochs_in_final_run) < 6, "the final attempt resumed instead of starting over"
 
+    # The same command again after a finished run trains nothing, says so, and points the
+    # model bundle (and so the next evaluate) at the run that trained it, not the empty one.
+    again = kedro(project, *ARGS)
+    assert "Already trained" in again.stdout + again.stderr
+    fourth = _runs(project)[-1]
+    assert fourth.data.tags["already_trained_in_run"] == third_run.info.run_id
+    assert "train_loss" not in fourth.data.metrics
+    rebuilt = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
+    assert rebuilt["mlflow_run_id"] == third_run.info.run_id and rebuilt["epochs"] == 6
+    for key, value in bundle["state_dict"].items():
+        assert torch.equal(rebuilt["state_dict"][key], value), key
+
     # Starting over (resume off) moves the finished run's checkpoints aside instead of
     # writing beside them as last-v1.ckpt, which left the stale last.ckpt for the next resume.
     folder = last.parent

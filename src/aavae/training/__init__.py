@@ -14,6 +14,7 @@ from aavae.training.checkpoints import (
     CheckpointOnInterrupt,
     EpochCheckpoints,
     atomic_torch_save,
+    finished_training,
     newest_loadable_checkpoint,
     set_aside_checkpoints,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "choose_precision",
     "cpu_has_fast_bf16",
     "epoch_order",
+    "finished_training",
     "fit",
     "frozen_batchnorm_statistics",
     "newest_loadable_checkpoint",

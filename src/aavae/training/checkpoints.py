@@ -134,6 +134,27 @@ def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
     return None
 
 
+def finished_training(
+    checkpoint: Path, planned_steps: int, max_time_minutes: float | None
+) -> dict[str, Any] | None:
+    """The checkpoint's content if its run already trained to the end, else None.
+
+    The end is the planned step count (max_epochs or max_steps, or the step count a
+    time-limited schedule was fitted to), or the time limit as Lightning's timer recorded it.
+    """
+    content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    steps = int(content.get("global_step", 0))
+    fitted = content.get("aavae_fitted_steps")
+    if steps >= planned_steps or (fitted is not None and steps >= fitted):
+        return content
+    if max_time_minutes is not None:
+        for name, state in content.get("callbacks", {}).items():
+            elapsed = state.get("time_elapsed", {}).get("train") if name.startswith("Timer") else None
+            if elapsed is not None and elapsed >= max_time_minutes * 60:
+                return content
+    return None
+
+
 def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
     """Move an earlier run's checkpoints out of ``checkpoint_dir`` before a run that starts over.
 

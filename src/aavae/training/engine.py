@@ -21,6 +21,7 @@ from aavae.training.checkpoints import (
     EpochCheckpoints,
     newest_loadable_checkpoint,
 )
+from aavae.training.progress import PlainProgress, output_is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def build_trainer(
     max_time = None
     if config.max_time_minutes is not None:
         max_time = {"seconds": int(config.max_time_minutes * 60)}
+    terminal = output_is_terminal()
+    progress = [] if terminal else [PlainProgress()]
     return pl.Trainer(
         accelerator=hardware.accelerator,
         devices=config.devices,
@@ -98,7 +101,8 @@ def build_trainer(
         max_time=max_time,
         logger=list(loggers) or False,
         callbacks=[EpochCheckpoints(checkpoint_dir, config.checkpoint_every_n_epochs),
-                   CheckpointOnInterrupt(checkpoint_dir), *callbacks],
+                   CheckpointOnInterrupt(checkpoint_dir), *progress, *callbacks],
+        enable_progress_bar=terminal,  # a bar redraws one line: nothing shows in a pipe or log
         enable_checkpointing=False,  # EpochCheckpoints writes them
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=config.diagnostics_every_n_steps,

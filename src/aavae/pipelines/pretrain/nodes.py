@@ -18,7 +18,6 @@ from aavae.data.imageset import ImageSet
 from aavae.models import ModelSpec, build_model, count_parameters
 from aavae.objective import Objective
 from aavae.training import (
-    LAST_CHECKPOINT,
     RUN_MARKER,
     PretrainModule,
     ReconstructionSnapshots,
@@ -26,7 +25,9 @@ from aavae.training import (
     ValidationViews,
     build_trainer,
     choose_hardware,
+    finished_training,
     fit,
+    newest_loadable_checkpoint,
     reconstruction_grid,
     set_aside_checkpoints,
 )
@@ -108,17 +109,11 @@ def pretrain(
     )
     previous = _previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
-    resumes = cfg.resume and (checkpoint_dir / LAST_CHECKPOINT).is_file()
-    resumed_from = previous if resumes else None
-    if not resumes and (moved := set_aside_checkpoints(checkpoint_dir)):
+    resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
+    resumed_from = previous if resume_from else None
+    if not resume_from and (moved := set_aside_checkpoints(checkpoint_dir)):
         log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s",
                     moved)
-    _remember_run(checkpoint_dir)
-    tracking.log_params_once({"model.num_parameters": num_parameters})
-    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
-                       **({"resumed_from_run": resumed_from} if resumed_from else {})})
-    log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
-             f"{num_parameters:,}", checkpoint_dir)
 
     val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
     hardware = choose_hardware(cfg)
@@ -129,6 +124,23 @@ def pretrain(
         precision=hardware.precision, device_kind=hardware.device_kind,
         original_resize=preprocessing["original_resize"],
     )
+    done = resume_from and finished_training(resume_from, module.planned_steps(), cfg.max_time_minutes)
+    tracking.log_params_once({"model.num_parameters": num_parameters})
+    if done:
+        # Nothing to train: rebuild the bundle from the finished run's checkpoint and point
+        # it (and the evaluation after it) at the run that trained it, not at this empty one.
+        log.warning("Already trained: this configuration finished in MLflow run %s (%s). "
+                    "Nothing to train; the model bundle is rewritten from that checkpoint. "
+                    "pretrain.resume=false trains again from scratch.", previous or "?", resume_from)
+        tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir})
+        module.load_state_dict(done["state_dict"])
+        return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val,
+                       epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
+    _remember_run(checkpoint_dir)
+    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
+                       **({"resumed_from_run": resumed_from} if resumed_from else {})})
+    log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
+             f"{num_parameters:,}", checkpoint_dir)
     logger = tracking.live_logger()
     shown = slice(0, 8)
     callbacks = []
@@ -147,11 +159,19 @@ def pretrain(
         tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
         raise
 
+    return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs=int(epochs),
+                   steps=int(module.global_step), run_id=tracking.active_run_id())
+
+
+def _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs, steps, run_id):
+    """The model bundle and the final reconstruction grid of a trained module."""
     if cfg.recompute_bn_stats:
         used = module.recompute_encoder_statistics()
         log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
     net = module.net.cpu().eval()
+    shown = slice(0, 8)
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
+    mean, std = preprocessing["mean"], preprocessing["std"]
     bundle = {
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "spec": spec.to_dict(),
@@ -161,11 +181,11 @@ def pretrain(
         "class_names": list(images_train.class_names),
         "dataset": dataset_card.get("name"),
         "objective": cfg.objective,
-        "kl_coeff": objective.kl_coeff,
-        "epochs": int(epochs),  # Lightning counts an epoch cut short by max_time as done
-        "steps": int(module.global_step),
-        "num_parameters": int(num_parameters),
-        "mlflow_run_id": tracking.active_run_id(),
+        "kl_coeff": module.objective.kl_coeff,
+        "epochs": epochs,  # Lightning counts an epoch cut short by max_time as done
+        "steps": steps,
+        "num_parameters": count_parameters(net),
+        "mlflow_run_id": run_id,  # the run that trained these weights
     }
     return bundle, figure
 
