@@ -74,6 +74,21 @@ def test_mu_is_the_posterior_mean_of_the_same_pass():
     np.testing.assert_array_equal(both[REPRESENTATION], encoder.encode(images))
 
 
+def test_the_fast_bf16_path_stays_within_a_few_percent_and_keeps_the_neighbours():
+    bundle = trained_looking_bundle()
+    images = np.random.default_rng(4).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    exact = ImageEncoder.from_bundle(bundle).encode(images)
+    fast = ImageEncoder.from_bundle(bundle, precision="bf16-mixed").encode(images)
+
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    assert np.abs(fast - exact).max() <= 0.05 * np.abs(exact).max()
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    nearest = lambda x: np.argsort(-(unit(x) @ unit(x).T), axis=1)[:, 1]  # noqa: E731
+    assert np.mean(nearest(fast) == nearest(exact)) >= 0.9
+    with pytest.raises(ValueError, match="precision must be one of 32-true, bf16-mixed"):
+        ImageEncoder.from_bundle(bundle, precision="fp8")
+
+
 def test_grey_and_transparent_images_become_rgb_like_ingest():
     encoder = ImageEncoder.from_bundle(trained_looking_bundle())
     grey = np.full((20, 20), 77, np.uint8)

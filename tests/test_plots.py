@@ -1,10 +1,11 @@
-"""Tests of aavae.plots: loss curves stay readable after a spike."""
+"""Tests of aavae.plots: loss curves stay readable after a spike; the neighbour grid."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from aavae.plots import curves_figure, figure_png
+from aavae.plots import curves_figure, figure_png, neighbour_grid_figure
 from aavae.report_html import PNG_SIGNATURE
 
 # A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
@@ -41,6 +42,20 @@ def test_curves_that_cross_zero_get_a_symlog_axis_and_narrow_ones_stay_linear():
     narrow = {"train_loss": [(1, 2.0), (2, 1.5)], "val_loss": [(1, 2.2), (2, 1.9)]}
     assert curves_figure(narrow, "loss").axes[0].get_yscale() == "linear"
     assert curves_figure({}, "loss").axes[0].get_yscale() == "linear"
+
+
+def test_neighbour_grid_has_one_row_per_query_and_a_column_per_neighbour():
+    rng = np.random.default_rng(0)
+    queries = rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+    neighbours = [[rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)] * k for k in (4, 4, 2)]
+    titles = [[f"{0.9 - j / 10:.2f}" for j in range(len(row))] for row in neighbours]
+
+    figure = neighbour_grid_figure(queries, neighbours, ["a.jpg", "b.jpg", "c.jpg"], titles, "nn")
+
+    assert len(figure.axes) == 3 * 5
+    assert figure.axes[0].get_title() == "a.jpg" and figure.axes[1].get_title() == "0.90"
+    assert not figure.axes[-1].axison, "a row with fewer neighbours leaves its cells blank"
+    assert figure_png(figure, dpi=40).startswith(PNG_SIGNATURE)
 
 
 @pytest.mark.parametrize("scale", ["linear", "log"])

@@ -2,12 +2,13 @@
 
 ``pretrain`` = ingest + views + pretrain + register (the encoder as an MLflow model);
 ``evaluate`` = features + evaluate, reading what pretrain persisted, so it runs on its own;
-``__default__`` = both.
+``__default__`` = both. ``embed`` embeds any image folder with the trained (or a registered)
+encoder; ``embed_query`` answers another neighbour query from the stored index.
 """
 
 from kedro.pipeline import Pipeline
 
-from aavae.pipelines import evaluate, features, ingest, pretrain, register, views
+from aavae.pipelines import embed, evaluate, features, ingest, pretrain, register, views
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -21,4 +22,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     )
     pipelines["evaluate"] = pipelines["features"] + evaluate.create_pipeline()
     pipelines["__default__"] = pipelines["pretrain"] + pipelines["evaluate"]
+    pipelines["embed"] = embed.create_embed_pipeline()
+    pipelines["embed_query"] = embed.create_query_pipeline()
     return pipelines

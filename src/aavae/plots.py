@@ -171,3 +171,38 @@ def retrieval_figure(
     fig.tight_layout()
     return fig
 
+
+def neighbour_grid_figure(
+    queries: np.ndarray,
+    neighbours: Sequence[Sequence[np.ndarray]],
+    query_titles: Sequence[str],
+    neighbour_titles: Sequence[Sequence[str]],
+    title: str,
+) -> Figure:
+    """One row per query (uint8 H x W x C): the query, framed, then its nearest images.
+
+    Unlike :func:`retrieval_figure` nothing here needs classes: the captions are whatever the
+    caller gives (file names, similarities), so it shows neighbours in any image folder.
+    """
+    rows = len(queries)
+    k = max((len(found) for found in neighbours), default=0)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.55 * rows + 0.5), squeeze=False)
+    for r in range(rows):
+        cells = [(queries[r], query_titles[r], "black")]
+        cells += [(image, caption, "tab:blue")
+                  for image, caption in zip(neighbours[r], neighbour_titles[r], strict=True)]
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            image, caption, colour = cells[c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption[:18], fontsize=7, color=colour)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2 if c == 0 else 1)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,164 @@
+"""Every image of a folder or archive, in any layout, brought to one size in batches.
+
+The embed pipeline reads what a user points it at: a folder of holiday photos, a .tar.gz of
+a dataset's test split, a .zip of scans. No ``<split>/<class>`` structure is needed, so the
+image-folder reader (which plans splits and classes) does not fit; the parts it is built on
+do, and are used as they are:
+
+* :func:`aavae.data.archive.open_source` lists and streams a folder, tar or zip without
+  extracting anything, refusing absolute paths, ``..``, links and absurd sizes;
+* :func:`aavae.data.imagefolder.fit_image` brings each image to the size exactly as ingest
+  does (Pillow, JPEG draft mode, RGB), so an embedded image matches an ingested one.
+
+Images come in batches (:func:`iter_image_batches`) so a folder larger than memory is
+embedded batch by batch; Pillow releases the GIL, so a batch decodes on a few threads.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from aavae.data.archive import Entry, open_source
+from aavae.data.errors import DatasetError
+from aavae.data.imagefolder import IMAGE_EXTENSIONS, PIL_FORMATS, ResizePolicy, fit_image
+
+logger = logging.getLogger(__name__)
+
+DECODE_CHUNK = 64  # images per decoding task: amortises handing work to a thread
+
+
+@dataclass
+class ImageBatch:
+    """Decoded images (uint8 ``N x S x S x 3``) and their paths inside the folder or archive."""
+
+    paths: list[str]
+    images: np.ndarray
+
+
+@dataclass
+class FolderListing:
+    """The images of a source (paths relative to it, in storage order) and what was left out."""
+
+    source: Path
+    paths: list[str]
+    not_images: list[str] = field(default_factory=list)
+
+
+def is_image_path(path: str) -> bool:
+    """An image by its extension, outside hidden folders and ``__MACOSX`` (as ingest decides)."""
+    parts = path.split("/")
+    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return False
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(path: str | os.PathLike) -> FolderListing:
+    """The images of a folder or archive, without decoding any; an error if there are none."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(
+            f"'{path}' does not exist: give a folder, .tar, .tar.gz/.tgz or .zip of images."
+        )
+    with open_source(path) as source:
+        entries = [entry for entry in source.entries() if not entry.is_dir]
+    paths = [entry.name for entry in entries if is_image_path(entry.name)]
+    not_images = [entry.name for entry in entries if not is_image_path(entry.name)]
+    if not paths:
+        raise DatasetError(
+            f"'{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}, any folder layout; "
+            f"hidden folders are skipped): found {len(entries)} other files."
+        )
+    return FolderListing(path, paths, not_images)
+
+
+def iter_image_batches(
+    path: str | os.PathLike,
+    image_size: int,
+    resize: ResizePolicy = "resize_crop",
+    *,
+    batch_size: int = 1024,
+    on_bad_image: str = "error",
+    wanted: Callable[[str], bool] | None = None,
+    workers: int | None = None,
+    skipped: list[str] | None = None,
+) -> Iterator[ImageBatch]:
+    """Yield the images of ``path`` in storage order, ``batch_size`` at a time.
+
+    ``wanted`` selects paths (default: every image). Undecodable files stop the read with an
+    error naming the file, or with ``on_bad_image="skip"`` are left out and appended to
+    ``skipped``.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    select = (lambda name: is_image_path(name)) if wanted is None else wanted
+    size = (image_size, image_size)
+    workers = workers or min(4, os.cpu_count() or 1)
+    with open_source(path) as source, ThreadPoolExecutor(workers, "embed-decode") as pool:
+        pending: list[tuple[str, bytes]] = []
+
+        def flush() -> ImageBatch:
+            chunks = [pending[i : i + DECODE_CHUNK] for i in range(0, len(pending), DECODE_CHUNK)]
+            decoded = [item for chunk in pool.map(_decode_chunk(size, resize), chunks) for item in chunk]
+            pending.clear()
+            kept: list[tuple[str, np.ndarray]] = []
+            for name, image, error in decoded:
+                if error is None:
+                    kept.append((name, image))
+                elif on_bad_image == "skip":
+                    if skipped is not None:
+                        skipped.append(name)
+                else:
+                    raise DatasetError(
+                        f"Cannot decode image {source.describe(name)}: {error}. Fix or remove "
+                        "the file, or pass --params embed.on_bad_image=skip to leave it out."
+                    )
+            images = np.stack([image for _, image in kept]) if kept else np.empty((0, *size, 3), np.uint8)
+            return ImageBatch([name for name, _ in kept], images)
+
+        for entry, stream in source.files(lambda entry: _wanted(entry, select)):
+            pending.append((entry.name, stream.read()))
+            if len(pending) >= batch_size:
+                yield flush()
+        if pending:
+            yield flush()
+
+
+def read_image(path: str | os.PathLike, image_size: int, resize: ResizePolicy = "resize_crop") -> np.ndarray:
+    """One image file, brought to ``image_size`` as ingest does (uint8 ``S x S x 3``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Image '{path}' does not exist (or is not a file).")
+    name, image, error = _decode_one(path.name, path.read_bytes(), (image_size, image_size), resize)
+    if error is not None:
+        raise DatasetError(f"Cannot decode image '{path}': {error}.")
+    return image
+
+
+def _wanted(entry: Entry, select: Callable[[str], bool]) -> bool:
+    return select(entry.name)
+
+
+def _decode_chunk(size: tuple[int, int], resize: ResizePolicy):
+    def decode(chunk: list[tuple[str, bytes]]) -> list[tuple[str, np.ndarray | None, str | None]]:
+        return [_decode_one(name, data, size, resize) for name, data in chunk]
+
+    return decode
+
+
+def _decode_one(
+    name: str, data: bytes, size: tuple[int, int], resize: ResizePolicy
+) -> tuple[str, np.ndarray | None, str | None]:
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
+            return name, fit_image(image, size, resize), None
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
+        return name, None, f"{type(error).__name__}: {error}"
