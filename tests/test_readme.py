@@ -1,0 +1,27 @@
+"""README's promises that a real run can check: the metric names the pretrain run logs."""
+
+from __future__ import annotations
+
+import re
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_ROOT
+
+
+def readme_metric_names() -> set[str]:
+    """``train_<name>`` and ``val_<name>`` for the names README lists, plus ``epoch``."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    paragraph = readme[readme.index("`train_<name>`"):]
+    paragraph = paragraph[: paragraph.index("\n\n")]
+    listed = set(re.findall(r"`([a-z_]+)`", paragraph.split("for these names:")[1]))
+    return {f"{split}_{name}" for split in ("train", "val") for name in listed - {"epoch"}} | {"epoch"}
+
+
+def test_readme_lists_exactly_the_metrics_pretraining_logs(digits_project):
+    client = MlflowClient(f"sqlite:///{digits_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aavae")
+    (pretrain,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'pretrain'")
+    logged = {key for key in pretrain.data.metrics if not key.startswith("eval_")}  # eval_: copied by evaluate
+
+    assert readme_metric_names() == logged
