@@ -51,4 +51,4 @@ lint: install-test
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf data/0[2-8]_*/* mlflow.db mlartifacts
+	rm -rf data/0[2-8]_*/* mlflow.db mlartifacts mlruns
