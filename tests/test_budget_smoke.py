@@ -64,8 +64,8 @@ def test_each_objective_is_pretrained_and_evaluated_into_one_experiment(tmp_path
     assert [(row.group(1), row.group(2)) for row in rows] == [
         ("vae", "2"), ("ae", "2"), ("random init", "2"), ("raw pixels", "1")], "random init drawn per seed"
     assert " ± " in rows[0].group(5) and " ± " not in rows[3].group(5)
-    for row in rows[:2]:  # trained: at least one step of 8 images
-        assert float(row.group(3)) > 0 and int(row.group(4).replace(",", "")) % 8 == 0
+    for row in rows[:2]:  # trained: at least one step (the means over two seeds)
+        assert float(row.group(3)) > 0 and int(row.group(4).replace(",", "")) >= 8
     assert any(line.startswith("command: ") and "--objectives vae,ae" in line for line in lines)
     assert any(line.startswith("budget: equal wall clock: 0.02 min") for line in lines)
 

@@ -350,7 +350,8 @@ def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
     encoder = module.net.encoder.eval()
     from aavae.views import normalize, original_view
 
-    x = normalize(original_view(module._train_images.permute(0, 3, 1, 2)), module.mean, module.std)
+    images = torch.from_numpy(module._train_source)  # not fitted: the images are still on the host
+    x = normalize(original_view(images.permute(0, 3, 1, 2)), module.mean, module.std)
     with torch.no_grad():
         first_conv = encoder.conv1(x)
     torch.testing.assert_close(encoder.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)

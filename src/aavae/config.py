@@ -119,7 +119,7 @@ class PretrainConfig(_Schema):
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed where the hardware has fast bf16, else 32-true"
     )
-    devices: int = Field(1, ge=1)
+    devices: int = Field(1, ge=1, description="devices on this machine; pretrain.batch_size is the global batch over all of them")
     gradient_clip_val: float | None = Field(None, gt=0)
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
@@ -129,6 +129,15 @@ class PretrainConfig(_Schema):
         "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
     )
     channels_last: bool = True
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="keep the training images on the device (gathered there each step) "
+        "or stream batches from host memory; auto: on the device when they take under half of "
+        "its free memory (a quarter of free RAM on a CPU)",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="with several devices, pool batch-norm statistics over them "
+        "(then the result equals one device's on the same global batch)",
+    )
     recompute_bn_stats: bool = Field(
         False, description="after pretraining, re-estimate the encoder's batch-norm "
         "statistics on up to 10,000 un-augmented training images (what evaluation sees)",
@@ -164,6 +173,15 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
+
+    @model_validator(mode="after")
+    def _batch_splits_over_devices(self) -> PretrainConfig:
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"pretrain.batch_size={self.batch_size} is the global batch and must split evenly "
+                f"over pretrain.devices={self.devices}; use a multiple of {self.devices}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _time_fit_needs_a_limit(self) -> PretrainConfig:

@@ -149,6 +149,12 @@ class ViewParams:
     def __len__(self) -> int:
         return len(self.flip)
 
+    def slice(self, start: int, stop: int) -> ViewParams:
+        """The parameters of images ``start:stop``: one rank's share of a global batch."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewParams(**{name: value[start:stop] if isinstance(value, Tensor) else value
+                             for name, value in parts.items()})
+
     def to(self, device: torch.device | str) -> ViewParams:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():

@@ -21,7 +21,9 @@ from aavae.training.checkpoints import (
     EpochCheckpoints,
     newest_loadable_checkpoint,
 )
+from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
 from aavae.training.progress import PlainProgress, output_is_terminal
+from aavae.training.syncbn import PooledBatchNormSync
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,15 @@ def build_trainer(
         max_time = {"seconds": int(config.max_time_minutes * 60)}
     terminal = output_is_terminal()
     progress = [] if terminal else [PlainProgress()]
+    devices, nodes, strategy = distribution(config, hardware)
     return pl.Trainer(
         accelerator=hardware.accelerator,
-        devices=config.devices,
-        strategy="ddp_spawn" if config.devices > 1 else "auto",
+        devices=devices,
+        num_nodes=nodes,
+        strategy=strategy,
+        # torch's SyncBatchNorm on GPUs, the gloo-capable PooledBatchNorm on CPUs
+        sync_batchnorm=config.sync_batchnorm and (devices * nodes) > 1 and hardware.device_kind == "cuda",
+        use_distributed_sampler=False,  # the step shards every global batch itself
         precision="32-true",  # bf16 autocast happens inside the module's step
         max_epochs=config.max_epochs,
         max_steps=config.max_steps or -1,
@@ -104,7 +111,9 @@ def build_trainer(
                    CheckpointOnInterrupt(checkpoint_dir), *progress, *callbacks],
         enable_progress_bar=terminal,  # a bar redraws one line: nothing shows in a pipe or log
         enable_checkpointing=False,  # EpochCheckpoints writes them
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(),
+                 *([PooledBatchNormSync()] if config.sync_batchnorm and (devices * nodes) > 1
+                   and hardware.device_kind != "cuda" else [])],
         log_every_n_steps=config.diagnostics_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_validation else 0,
@@ -112,6 +121,24 @@ def build_trainer(
         deterministic=False,
         default_root_dir=str(checkpoint_dir),
     )
+
+
+def distribution(config: PretrainConfig, hardware: Hardware) -> tuple[int, int, Any]:
+    """(devices per node, nodes, strategy): the processes torchrun or SLURM started, or
+    ``pretrain.devices`` processes spawned here, or one.
+
+    Under torchrun/srun every process runs ``kedro run`` itself and Lightning joins them
+    (it detects the cluster environment and does not launch more); ``pretrain.devices > 1``
+    alone spawns that many ranks inside the training node, which gets rank 0's weights back.
+    """
+    world = launched_world_size()
+    backend = "nccl" if hardware.device_kind == "cuda" else "gloo"
+    if world > 1:
+        per_node = local_world_size()
+        return per_node, world // per_node, StepOwnsGradients(process_group_backend=backend)
+    if config.devices > 1:
+        return config.devices, 1, StepOwnsGradients(start_method="spawn", process_group_backend=backend)
+    return 1, 1, "auto"
 
 
 def fit(

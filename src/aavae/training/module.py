@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +27,7 @@ from aavae.models import AAVAENet
 from aavae.objective import Objective
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
+    ImageArrays,
     TrainingImages,
     ValidationViews,
     as_tensor,
@@ -32,6 +35,7 @@ from aavae.training.data import (
     epoch_order,
     step_loader,
 )
+from aavae.training.distributed import all_reduce_mean, die_with_parent, gradient_reducer
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
 from aavae.training.pacing import StepClock
 from aavae.training.step import (
@@ -43,6 +47,7 @@ from aavae.training.step import (
     probe_terms,
     reconstruction_terms,
 )
+from aavae.training.streaming import HostBatches
 from aavae.views import ViewPolicy, channel_tensors, normalize, original_view, to_float
 
 log = logging.getLogger(__name__)
@@ -92,12 +97,17 @@ class PretrainModule(pl.LightningModule):
         self.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
         self.compile_mode = resolve_switch(config.compile, device_kind)
         self.graph_mode = device_kind == "cuda" and resolve_switch(config.cuda_graph, device_kind) is True
-        # Kept out of the state dict: checkpoints hold weights, not the dataset.
-        self._train_images = as_tensor(train.images)
-        self._train_labels = as_tensor(train.labels).long()
+        # Kept out of the state dict: checkpoints hold weights, not the dataset. The images stay
+        # where the catalog put them (often a memory map) until fit decides where they live.
+        self._train_source = train.images
+        self._train_labels_host = np.asarray(train.labels, dtype=np.int64)
+        self._train_images: Tensor | None = None  # on the device, when they live there
+        self._train_labels: Tensor | None = None
+        self._host: HostBatches | None = None  # else: batches streamed from the host
         self._val = val
         self._val_tensors: tuple[Tensor, Tensor, Tensor] | None = None
-        self.batches = batch_shape(len(self._train_images), config.batch_size)
+        self.batches = batch_shape(len(self._train_source), config.batch_size)
+        self.rank, self.world = 0, 1
         self.step_fn: TrainStep | None = None
         self._run_step: Any = None
         self.generator: torch.Generator | None = None
@@ -129,9 +139,26 @@ class PretrainModule(pl.LightningModule):
         )
 
     # -- data on the device -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if multiprocessing.parent_process() is not None:
+            die_with_parent()  # a rank spawned inside the node must not outlive a killed run
+
     def on_fit_start(self) -> None:
-        self._train_images = self._train_images.to(self.device)
-        self._train_labels = self._train_labels.to(self.device)
+        self.rank, self.world = self.trainer.global_rank, self.trainer.world_size
+        if self.world > 1:
+            log.info("Rank %d of %d trains on its %d images of every global batch of %d",
+                     self.rank, self.world, self.batches[1] // self.world, self.batches[1])
+        if self.data_on_device():
+            self._train_images = _to_device(self._train_source, self.device)
+            self._train_labels = torch.from_numpy(self._train_labels_host).to(self.device)
+        else:
+            share = self.batches[1] // self.world
+            self._host = HostBatches(
+                self._train_source, self._train_labels_host,
+                slice(self.rank * share, (self.rank + 1) * share),
+                (share, *self._train_source.shape[1:]), self.device)
+            log.info("Training images (%.1f GB) stay in host memory; batches are streamed to %s",
+                     _nbytes(self._train_source) / 1e9, self.device)
         if self._val is not None:
             self._val_tensors = tuple(  # type: ignore[assignment]
                 as_tensor(a).to(self.device) for a in (self._val.views, self._val.originals, self._val.labels)
@@ -171,6 +198,19 @@ class PretrainModule(pl.LightningModule):
             return round(cfg.warmup_fraction * total_steps)
         return self.steps_per_epoch * cfg.warmup_epochs
 
+    def data_on_device(self) -> bool:
+        """``pretrain.data_on_device``; ``auto``: when the images take under half of the
+        device's free memory (a quarter of the free RAM on a CPU, where 'on the device' means
+        a copy of the memory-mapped files in RAM)."""
+        wanted = self.config.data_on_device
+        if wanted != "auto":
+            return bool(wanted)
+        size = _nbytes(self._train_source)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return size < free / 2
+        return size < _available_ram() / 4
+
     def _build_step(self) -> TrainStep:
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
@@ -184,6 +224,9 @@ class PretrainModule(pl.LightningModule):
             self.net, self.online_probe, facade.optimizer, self._lr, self.settings,
             self._train_images, self._train_labels, mean, std, self.batches, self.generator,
             warmup_steps=warmup, total_steps=total,
+            reduce_gradients=gradient_reducer(facade.optimizer_parameters()) if self.world > 1 else None,
+            shard=(self.rank, self.world),
+            staged=(self._host.images, self._host.labels) if self._host is not None else None,
         )
         if self.compile_mode is True:
             step.compile()
@@ -208,8 +251,10 @@ class PretrainModule(pl.LightningModule):
         epoch, steps_done = self.current_epoch, self.global_step
         self._started_epoch = epoch
         position = max(0, steps_done - epoch * self.steps_per_epoch)  # > 0 after a mid-epoch resume
-        order = epoch_order(len(self._train_images), self.config.batch_size, self.config.seed, epoch)
+        order = epoch_order(len(self._train_source), self.config.batch_size, self.config.seed, epoch)
         self.step_fn.start_epoch(order.to(self.device), steps_done, position)
+        if self._host is not None:
+            self._host.start_epoch(order, position)
         self._diagnostic_sums, self._diagnostic_steps = None, 0
         self._epoch_read, self._epoch_steps_run = False, 0
 
@@ -219,6 +264,8 @@ class PretrainModule(pl.LightningModule):
         assert self.step_fn is not None
         step_number = self.global_step
         self._pace(step_number)
+        if self._host is not None:
+            self._host.next()  # this step's batch into the device buffers the step reads
         self.optimizers().step(closure=self._run_step)
         self._epoch_steps_run += 1
         if (self.config.encode_original == "diagnostic_steps"
@@ -282,7 +329,12 @@ class PretrainModule(pl.LightningModule):
         parts = [step.sums, step.first_bad_step.float().view(1)]
         if self._diagnostic_sums is not None:
             parts.append(self._diagnostic_sums)
-        values = torch.cat(parts).tolist()  # host sync, once per epoch
+        vector = torch.cat(parts)
+        if self.world > 1:
+            first_bad = vector[len(step.keys)].clone()
+            all_reduce_mean([vector])  # every rank's sums: the epoch's means over all of them
+            vector[len(step.keys)] = first_bad
+        values = vector.tolist()  # host sync, once per epoch
         count = len(step.keys)
         steps_run = max(1, self._epoch_steps_run)
         means = {key: value / steps_run for key, value in zip(step.keys, values[:count], strict=True)}
@@ -321,16 +373,20 @@ class PretrainModule(pl.LightningModule):
         A seeded subset of at most ``max_images``, in training batches; returns how many
         images were used.
         """
-        images = self._train_images.to(self.device)
-        chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.seed))
-        chosen = chosen[:max_images].to(self.device)
+        count = len(self._train_source)
+        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed))[:max_images]
+        chosen = chosen.sort().values.numpy()
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         size = self.config.batch_size
 
         def batches():
             for start in range(0, len(chosen), size):
-                raw = images[chosen[start:start + size]].permute(0, 3, 1, 2)
-                yield normalize(original_view(raw, self.original_resize), mean, std)
+                rows = chosen[start:start + size]
+                if self._train_images is not None:
+                    raw = self._train_images[torch.from_numpy(rows).to(self.device)]
+                else:
+                    raw = torch.from_numpy(_gather_host(self._train_source, rows)).to(self.device)
+                yield normalize(original_view(raw.permute(0, 3, 1, 2), self.original_resize), mean, std)
 
         def encode(x: Tensor) -> Tensor:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -376,7 +432,16 @@ class PretrainModule(pl.LightningModule):
             metrics.update(original_terms(self.objective, self.net, original_features, latent, noise[samples]))
             if self.online_probe is not None:
                 _, metrics["probe_acc"] = probe_terms(self.online_probe, original_features.float(), labels)
-        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch))
+        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch),
+                      sync_dist=self.world > 1)
+
+    def on_train_end(self) -> None:
+        if self._host is not None:
+            self._host.stop()
+
+    def on_exception(self, exception: BaseException) -> None:
+        if self._host is not None:
+            self._host.stop()
 
 
 def resolve_switch(value: bool | str, device_kind: str) -> bool | str:
@@ -384,3 +449,33 @@ def resolve_switch(value: bool | str, device_kind: str) -> bool | str:
     if value != "auto":
         return bool(value)
     return True if device_kind == "cuda" else "decide"
+
+
+def _nbytes(images) -> int:
+    return int(images.nbytes) if hasattr(images, "nbytes") else int(np.prod(images.shape))
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30  # unknown: assume a laptop's
+
+
+def _to_device(images, device: torch.device) -> Tensor:
+    """All training images as one uint8 tensor on ``device`` (chunked from memory maps)."""
+    if isinstance(images, ImageArrays):
+        return images.to_device(device)
+    if isinstance(images, Tensor):
+        return images.to(device)
+    return ImageArrays([(np.asarray(images), None)]).to_device(device)
+
+
+def _gather_host(images, rows: np.ndarray) -> np.ndarray:
+    if isinstance(images, ImageArrays):
+        return images.gather(rows)
+    return np.asarray(images[rows])

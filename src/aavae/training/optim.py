@@ -9,7 +9,7 @@ slower on the host than fused Adam, and as fast as any other kernel once graph-r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -143,6 +143,5 @@ class WholeStepOptimizer:
         for group, lr in zip(self.optimizer.param_groups, self._lr_tensors, strict=True):
             group["lr"] = lr
 
-    def parameters(self) -> Iterable[Tensor]:
-        for group in self.optimizer.param_groups:
-            yield from group["params"]
+    def optimizer_parameters(self) -> list[Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -43,7 +43,7 @@ from aavae.objective import (
 )
 from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.schedule import schedule_factor
-from aavae.views import ViewPolicy, make_views, normalize, original_view
+from aavae.views import ViewPolicy, apply_view_params, normalize, original_view, sample_view_params
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         lr: Tensor,
         settings: StepSettings,
-        images: Tensor,
-        labels: Tensor,
+        images: Tensor | None,
+        labels: Tensor | None,
         mean: Tensor,
         std: Tensor,
         batches: tuple[int, int],
@@ -175,12 +175,25 @@ class TrainStep:
         warmup_steps: int,
         total_steps: int,
         reduce_gradients: Callable[[], None] | None = None,
+        shard: tuple[int, int] = (0, 1),
+        staged: tuple[Tensor, Tensor] | None = None,
     ) -> None:
-        device = images.device
+        """``batches`` is (steps per epoch, global batch); ``shard`` is (rank, world): this
+        process trains on its contiguous share of every global batch. ``staged`` replaces
+        ``images``/``labels`` when batches are streamed from the host: device buffers that
+        are filled with this rank's batch before each step."""
+        device = mean.device
         self.net, self.probe, self.optimizer, self.lr = net, probe, optimizer, lr
         self.settings, self.generator = settings, generator
         self.images, self.labels, self.mean, self.std = images, labels, mean, std
+        self.staged = staged
+        self.device = device
         self.reduce_gradients = reduce_gradients
+        rank, world = shard
+        if batches[1] % world:
+            raise ValueError(f"a global batch of {batches[1]} images does not split over {world} processes")
+        self.global_batch = batches[1]
+        self.local = slice(rank * batches[1] // world, (rank + 1) * batches[1] // world)
         self.keys = settings.metric_keys()
         long = {"dtype": torch.long, "device": device}
         self.order = torch.zeros(batches, **long)  # this epoch's batches of image indices
@@ -199,14 +212,15 @@ class TrainStep:
     # -- the hot path ------------------------------------------------------------------------
     def __call__(self) -> None:
         """One optimisation step: no host round trip, no data-dependent shape."""
-        settings, device = self.settings, self.images.device
+        settings, device = self.settings, self.device
         self.optimizer.zero_grad(set_to_none=True)
-        index = self.order[self.position]
-        images, labels = self.images[index], self.labels[index]
+        images, labels = self.batch()
         target = self.to_input(images)
         x_in = self.views(images) if settings.objective.uses_augmented_input else target
-        batch, latent_dim = len(index), self.net.spec.latent_dim
-        noise = torch.randn((2, batch, latent_dim), generator=self.generator, device=device)
+        # Random numbers are drawn for the whole global batch on every rank, each rank
+        # keeping its share: the result does not depend on the number of processes.
+        noise = torch.randn((2, self.global_batch, self.net.spec.latent_dim), generator=self.generator,
+                            device=device)[:, self.local]
         with torch.autocast(device.type, dtype=settings.autocast_dtype or torch.bfloat16,
                             enabled=settings.autocast_dtype is not None, cache_enabled=False):
             loss, metrics = self.loss_fn(x_in, target, labels, noise)
@@ -249,6 +263,15 @@ class TrainStep:
             total = total + probe_loss
         return total, torch.stack([metrics[key].detach().float() for key in self.keys])
 
+    def batch(self) -> tuple[Tensor, Tensor]:
+        """This rank's images and labels of the current step: gathered from the images on the
+        device by the epoch's order, or the staged buffers the host filled."""
+        if self.staged is not None:
+            return self.staged
+        assert self.images is not None and self.labels is not None
+        index = self.order[self.position, self.local]
+        return self.images[index], self.labels[index]
+
     def to_input(self, images_nhwc: Tensor) -> Tensor:
         """uint8 N x H x W x C -> the normalised original, float N x C x H x W."""
         x = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
@@ -256,8 +279,13 @@ class TrainStep:
         return self._memory_format(x)
 
     def views(self, images_nhwc: Tensor) -> Tensor:
-        # Views are pixel work in fp32 whatever the model's precision.
-        views = make_views(images_nhwc.permute(0, 3, 1, 2), self.settings.policy, self.generator)
+        """This rank's views: parameters drawn for the global batch, applied to its share.
+        Pixel work in fp32 whatever the model's precision."""
+        height, width = images_nhwc.shape[1:3]
+        params = sample_view_params(self.global_batch, height, width, self.settings.policy,
+                                    self.generator, self.device)
+        views = apply_view_params(images_nhwc.permute(0, 3, 1, 2), params.slice(self.local.start, self.local.stop),
+                                  self.settings.policy)
         return self._memory_format(normalize(views, self.mean, self.std))
 
     def _memory_format(self, x: Tensor) -> Tensor:
@@ -289,8 +317,8 @@ class TrainStep:
         self.compile()
         started = time.perf_counter()
         self()
-        if self.images.device.type == "cuda":
-            torch.cuda.synchronize(self.images.device)  # once, to time the compilation
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once, to time the compilation
         self.compile_seconds = time.perf_counter() - started
         log.info("Compiled the training step in %.1f s", self.compile_seconds)
 
@@ -303,7 +331,7 @@ class TrainStep:
         what training draws).
         """
         assert self.last_input is not None and self.last_target is not None
-        settings, net, device = self.settings, self.net, self.images.device
+        settings, net, device = self.settings, self.net, self.device
         generator = torch.Generator(device=device).manual_seed(seed)
         noise = torch.randn((2, len(self.last_input), net.spec.latent_dim), generator=generator, device=device)
         with frozen_batchnorm_statistics(net), torch.autocast(

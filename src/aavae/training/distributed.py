@@ -1,0 +1,93 @@
+"""Data-parallel pretraining on Lightning's DDP, with the step reducing its own gradients.
+
+Lightning's DDP wrapper synchronises gradients through hooks that it arms *after* the
+module's forward returns; this project's step runs forward, backward and the update inside
+one call (so it can be captured as a CUDA graph), so those hooks would never be armed.
+:class:`StepOwnsGradients` is Lightning's DDP strategy without the wrapper: it starts the
+processes (or joins those torchrun/SLURM started), broadcasts rank 0's weights, and the step
+all-reduces its gradients itself (:func:`all_reduce_mean`, one flat collective per step,
+capturable in a CUDA graph on NCCL).
+
+How the work is split: ``pretrain.batch_size`` is the *global* batch. Every rank builds the
+same epoch order and draws the same random numbers for the whole global batch, then works
+on its own contiguous slice of it; averaged gradients then equal those of one process on the
+whole batch (exactly so with ``pretrain.sync_batchnorm``, which also pools batch-norm
+statistics), so a run's result does not depend on how many devices trained it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import _sync_module_states
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+WORLD_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def _first_int(names: Sequence[str], default: int) -> int:
+    for name in names:
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name])
+    return default
+
+
+def launched_rank() -> int:
+    """This process's global rank when torchrun, SLURM or mpirun started it, else 0."""
+    return _first_int(RANK_VARIABLES, 0)
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun, SLURM or mpirun started (1 when run plainly)."""
+    return _first_int(WORLD_VARIABLES, 1)
+
+
+def local_world_size() -> int:
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE or SLURM's tasks per node."""
+    return _first_int(("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"), launched_world_size())
+
+
+class StepOwnsGradients(DDPStrategy):
+    """DDP without the DistributedDataParallel wrapper: the training step reduces gradients."""
+
+    def configure_ddp(self) -> None:
+        assert self.model is not None
+        _sync_module_states(self.model)  # every rank starts from rank 0's weights and buffers
+
+
+def all_reduce_mean(tensors: list[Tensor]) -> None:
+    """Average ``tensors`` over all processes in place, as one flat collective."""
+    if not tensors:
+        return
+    flat = torch._utils._flatten_dense_tensors(tensors)
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    for tensor, reduced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors), strict=True):
+        tensor.copy_(reduced)
+
+
+def gradient_reducer(params: list[torch.nn.Parameter]):
+    """A callable that averages the gradients of ``params`` over all processes."""
+
+    def reduce() -> None:
+        all_reduce_mean([p.grad for p in params if p.grad is not None])
+
+    return reduce
+
+
+def die_with_parent() -> None:
+    """Ask Linux to end this process when its parent dies (a spawned rank whose parent was
+    killed must not train on, writing checkpoints beside the rerun). Best effort elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
