@@ -226,12 +226,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.KEY=VALUE",
                         help="change one more parameter for every objective, e.g. "
                              "--set views.crop_scale=[0.2,1.0] (value read as YAML; repeatable)")
+    parser.add_argument("--eval-variant", dest="eval_variants", action="append", default=[],
+                        metavar="evaluate.KEY=VALUE",
+                        help="also evaluate every trained model with this evaluate parameter changed "
+                             "(one more row per objective), e.g. evaluate.recompute_bn_stats=true")
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR,
+                        help="where results and kept artifacts go, relative to the project (default %(default)s)")
     parser.add_argument("--experiment", default="budget_cifar10", help="MLflow experiment of all runs")
     parser.add_argument("--project", type=Path, default=PROJECT_ROOT, help="Kedro project root to run in")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
 
     args.overrides = tuple(_override(text, parser) for text in args.overrides)
+    args.eval_variants = tuple(_override(text, parser) for text in args.eval_variants)
+    if any(group != "evaluate" for group, _, _ in args.eval_variants):
+        parser.error("--eval-variant changes an evaluate parameter only, e.g. evaluate.recompute_bn_stats=true")
     args.objectives = _names(args.objectives, OBJECTIVES, "--objectives", parser)
     args.baselines = _names(args.baselines, BASELINES, "--baselines", parser)
     if not args.objectives:
@@ -369,14 +378,16 @@ def train_size(card: dict[str, Any]) -> int:
 
 # -- one run --------------------------------------------------------------------------------
 def run_objective(
-    objective: str, params: dict[str, Any], args: argparse.Namespace, env: str, seed: int = 0
+    objective: str, params: dict[str, Any], args: argparse.Namespace, env: str, seed: int = 0,
+    pipelines: tuple[str, ...] = ("pretrain", "evaluate"), label: str | None = None,
 ) -> dict[str, float]:
     """Run the pretrain then the evaluate pipeline for one objective and seed; their seconds."""
-    conf = args.project / REPORT_DIR / "conf"
+    conf = args.project / args.report_dir / "conf"
     seconds = {}
-    for pipeline in ("pretrain", "evaluate"):
-        write_conf(args.project, env, args.experiment, f"{objective}/seed{seed}/{pipeline}", conf)
-        print(f"[budget] {objective} seed {seed}: {pipeline} ...", flush=True)
+    for pipeline in pipelines:
+        name = label or objective
+        write_conf(args.project, env, args.experiment, f"{name}/seed{seed}/{pipeline}", conf)
+        print(f"[budget] {name} seed {seed}: {pipeline} ...", flush=True)
         try:
             seconds[pipeline] = run_pipeline(args.project, conf, env, params, pipeline)
         except Exception as error:
@@ -404,9 +415,9 @@ def measure(
     return outcome, metrics
 
 
-def keep_artifacts(project: Path, objective: str, seed: int = 0) -> Path:
+def keep_artifacts(project: Path, objective: str, seed: int = 0, report_dir: Path = REPORT_DIR) -> Path:
     """Copy the run's model, metrics and figures before the next run overwrites them."""
-    kept = project / REPORT_DIR / objective / f"seed{seed}"
+    kept = project / report_dir / objective / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
     for artifact in KEPT_ARTIFACTS:
         if (project / artifact).is_file():
@@ -537,13 +548,24 @@ def main(argv: list[str] | None = None) -> None:
             params = recipe.runtime_params(objective, dataset, wanted, seed)
             seconds = run_objective(objective, params, args, env, seed)
             row, metrics = measure(objective, args.batch_size, seconds, args.project, seed)
-            print(progress_line(row, keep_artifacts(args.project, objective, seed)), flush=True)
+            print(progress_line(row, keep_artifacts(args.project, objective, seed, args.report_dir)), flush=True)
             runs.append(row)
             baselines += baseline_rows(metrics, wanted, seed)
+            for group, key, value in args.eval_variants:  # the same model, evaluated otherwise
+                label = f"{objective}, {group}.{key}={value}"
+                varied = {**params, group: {**params[group], key: value, "baselines": []}}
+                seconds = {"pretrain": row.pretrain_seconds,
+                           **run_objective(objective, varied, args, env, seed, ("evaluate",), label)}
+                variant, _ = measure(objective, args.batch_size, seconds, args.project, seed)
+                variant.name = label
+                print(progress_line(variant, keep_artifacts(args.project, label.replace("/", "_"), seed,
+                                                            args.report_dir)), flush=True)
+                runs.append(variant)
     rows = runs + sorted(baselines, key=lambda row: row.name != BASELINE_LABELS["random_init"])
 
     table = results_table(rows)
-    report = args.project / REPORT_DIR
+    report = args.project / args.report_dir
+    report.mkdir(parents=True, exist_ok=True)
     (report / "results.md").write_text("\n".join([*header, "", *table]) + "\n")
     (report / "results.json").write_text(json.dumps(
         {"header": header, "recipe": asdict(recipe), "runs": [asdict(row) for row in rows]}, indent=2))

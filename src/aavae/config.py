@@ -230,6 +230,13 @@ class EvaluateConfig(_Schema):
     )
     embedding_method: Literal["tsne", "pca"] = "tsne"
     embedding_points: int = Field(2000, ge=2, description="test points in embedding.png")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="where networks run during evaluation; auto: the GPU when there is one"
+    )
+    recompute_bn_stats: bool = Field(
+        False, description="re-estimate the evaluated encoder's batch-norm statistics on up to "
+        "10,000 un-augmented training images before extracting features",
+    )
 
 
 class RegistryConfig(_Schema):

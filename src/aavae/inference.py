@@ -53,6 +53,7 @@ class Preprocessing:
     resize: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    original_resize: int | None = None  # the paper's STL-10 zoom of originals (105 for 96)
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_POLICIES:
@@ -90,6 +91,7 @@ class ImageEncoder:
         preprocessing = Preprocessing(
             image_size=int(net.spec.input_size), resize=resize,
             mean=tuple(float(v) for v in norm["mean"]), std=tuple(float(v) for v in norm["std"]),
+            original_resize=norm.get("original_resize"),
         )
         run_id = bundle.get("mlflow_run_id")
         where = f"trained in MLflow run {run_id}" if run_id else str(bundle.get("checkpoint") or "")
@@ -155,8 +157,10 @@ class ImageEncoder:
         fast = precision == "bf16-mixed"
         if not return_mu:
             encoder = self._fused_encoder() if fast else self.net.encoder
-            return extract_features(encoder, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast)
-        both = extract_features(self._with_mu, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast)
+            return extract_features(encoder, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast,
+                                    original_resize=self.preprocessing.original_resize)
+        both = extract_features(self._with_mu, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast,
+                                original_resize=self.preprocessing.original_resize)
         return {REPRESENTATION: both[:, : self.feature_dim], MU: both[:, self.feature_dim :]}
 
     def _fused_encoder(self) -> nn.Module:

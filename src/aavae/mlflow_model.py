@@ -180,6 +180,7 @@ class RegisteredEncoder:
         self.preprocessing = Preprocessing(
             image_size=int(metadata["image_size"]), resize=str(metadata["resize"]),
             mean=tuple(metadata["mean"]), std=tuple(metadata["std"]),
+            original_resize=metadata.get("original_resize"),
         )
         self.identity = model_uri
 

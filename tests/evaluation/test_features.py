@@ -84,3 +84,15 @@ def test_extract_features_rejects_an_encoder_that_returns_a_tuple():
 
     with pytest.raises(TypeError, match="encoder must return a tensor"):
         extract_features(TwoOutputs(), random_images(), MEAN, STD)
+
+
+def test_extract_features_zooms_as_the_recipes_originals_when_asked():
+    # The paper's STL-10 evaluates Resize(105) + CenterCrop(96) of every image.
+    from torchvision.transforms import v2
+
+    encoder = torch.nn.Sequential(torch.nn.Flatten())
+    images = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    zoomed = v2.CenterCrop(96)(v2.Resize(105, antialias=True)(images.permute(0, 3, 1, 2).float() / 255))
+    expected = ((zoomed - 0.5) / 0.25).flatten(1).numpy()
+    got = extract_features(encoder, images, [0.5] * 3, [0.25] * 3, original_resize=105, channels_last=False)
+    np.testing.assert_allclose(got, expected, atol=1e-4)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aavae.views import original_view
+
 ArrayLike = np.ndarray | Tensor
 
 
@@ -26,6 +28,7 @@ def extract_features(
     channels_last: bool = True,
     autocast_bf16: bool | None = None,
     progress: bool = False,
+    original_resize: int | None = None,
 ) -> np.ndarray:
     """Run a frozen ``encoder`` over uint8 ``N x H x W x C`` images; return float32 ``(N, D)``.
 
@@ -34,6 +37,8 @@ def extract_features(
     is copied into memory. ``device`` defaults to where the encoder's parameters are; the
     encoder is moved there for the call and moved back, and its train/eval mode is restored.
     ``autocast_bf16=None`` uses bf16 autocast on a CUDA device that supports it, never on CPU.
+    ``original_resize`` zooms each image first as the recipe's originals were (the paper's
+    STL-10: Resize(105) + CenterCrop(96); a bundle's ``normalization.original_resize``).
     """
     _check_images(images)
     mean_t, std_t = _channel_stats(mean, std, channels=images.shape[3])
@@ -55,10 +60,10 @@ def extract_features(
             for start in range(0, len(images), batch_size):
                 batch = _as_uint8_batch(images, start, start + batch_size).to(target)
                 # NHWC -> NCHW as a view is exactly the channels_last layout; no copy needed.
-                x = batch.permute(0, 3, 1, 2)
+                x = original_view(batch.permute(0, 3, 1, 2), original_resize)
                 if not channels_last:
                     x = x.contiguous()
-                x = (x.float().div_(255.0) - mean_t) / std_t
+                x = (x - mean_t) / std_t
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                     out = encoder(x)
                 chunks.append(_flat_features(out, len(batch)))

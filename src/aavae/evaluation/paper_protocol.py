@@ -126,6 +126,7 @@ def paper_linear_eval(
     seed: int = 0,
     device: str | torch.device | None = None,
     autocast_bf16: bool | None = None,
+    original_resize: int | None = None,
 ) -> ClassifierResult:
     """The paper's linear evaluation (its ``src/linear_eval.py``) on uint8 ``N x H x W x C`` images.
 
@@ -136,9 +137,10 @@ def paper_linear_eval(
     dropped each epoch, as the paper's loader does, unless there is less than one batch).
     Each batch is augmented on ``device``: ``crop`` = reflect-padded (4) random crop + flip
     (CIFAR-10), ``resized_crop`` = random resized crop + flip (STL-10); ``auto`` picks by the
-    image side (<= 32: crop). Test images are scored un-augmented. (The paper's STL-10
-    script zooms every image it scores, and, as released, the images its probe trains on:
-    ``Resize(105)`` + ``CenterCrop(96)``; see the module docstring. That zoom is left out.)
+    image side (<= 32: crop). Test images are scored un-augmented, zoomed as the recipe's
+    originals when ``original_resize`` is given (the paper's STL-10 scores ``Resize(105)`` +
+    ``CenterCrop(96)`` of every test image; as released, its probe also trained on such
+    unshuffled zooms, which is left out: see the module docstring).
 
     One fix to the paper's script: its learning rate ``0.1 * int(batch_size / 256)`` is zero
     for batches under 256; here the ratio is not truncated. ``learning_rate`` overrides it.
@@ -178,7 +180,7 @@ def paper_linear_eval(
             )
         test_features = extract_features(
             encoder, test_images, mean, std, batch_size=max(batch_size, 256), device=dev,
-            autocast_bf16=autocast_bf16,
+            autocast_bf16=autocast_bf16, original_resize=original_resize,
         )
     finally:
         encoder.to(home).train(was_training)

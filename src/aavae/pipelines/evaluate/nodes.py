@@ -26,6 +26,7 @@ from aavae.evaluation import (
     paper_linear_eval,
 )
 from aavae.models import ModelSpec
+from aavae.pipelines.features.nodes import evaluation_device
 from aavae.plots import confusion_matrix_figure, curves_figure, embedding_figure, figure_png
 from aavae.report_html import ReportImage, render_report
 
@@ -50,6 +51,8 @@ def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], cla
             encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
             split.normalization["mean"], split.normalization["std"], len(class_names), class_names,
             epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
+            device=evaluation_device(config.accelerator),
+            original_resize=split.normalization.get("original_resize"),
         )
     return linear_probe(
         train_x, train_y, test_x, test_y, len(class_names), class_names,

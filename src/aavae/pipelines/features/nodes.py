@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 from aavae.config import EvaluateConfig, ModelConfig, parse
 from aavae.data.imageset import ImageSet
@@ -15,6 +17,10 @@ from aavae.evaluation import (
     model_from_bundle,
 )
 from aavae.models import ModelSpec
+from aavae.training.batchnorm import recompute_batchnorm_statistics
+from aavae.views import channel_tensors, normalize, original_view
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model(
@@ -44,9 +50,18 @@ def resolve_model(
         raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
 
 
-def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], batch_size: int) -> np.ndarray:
+def evaluation_device(accelerator: str) -> torch.device:
+    """``evaluate.accelerator``: ``auto`` is the GPU when torch sees one."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
+
+
+def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
     norm = bundle["normalization"]
-    return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=batch_size)
+    return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=config.batch_size,
+                            device=evaluation_device(config.accelerator),
+                            original_resize=norm.get("original_resize"))
 
 
 def extract_model_features(
@@ -55,11 +70,35 @@ def extract_model_features(
     """Features of the evaluated encoder for the labelled train split and the test split."""
     config = parse("evaluate", evaluate, EvaluateConfig)
     encoder = model_from_bundle(evaluation_model).encoder
+    if config.recompute_bn_stats:
+        used = recompute_statistics_on(encoder, images_train, evaluation_model, config)
+        log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
     return tuple(  # type: ignore[return-value]
-        {"features": _features(encoder, split, evaluation_model, config.batch_size),
-         "labels": np.asarray(split.labels)}
+        {"features": _features(encoder, split, evaluation_model, config), "labels": np.asarray(split.labels)}
         for split in (images_train, images_test)
     )
+
+
+def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, Any], config: EvaluateConfig,
+                            max_images: int = 10_000) -> int:
+    """Batch-norm statistics of ``encoder`` re-estimated on a seeded subset of clean training images."""
+    device = evaluation_device(config.accelerator)
+    norm = bundle["normalization"]
+    mean, std = channel_tensors(norm["mean"], norm["std"], 3, device)
+    rows = np.sort(np.random.default_rng(config.seed).permutation(len(images_train))[:max_images])
+    encoder.to(device)
+
+    def batches():
+        for start in range(0, len(rows), config.batch_size):
+            raw = torch.from_numpy(np.asarray(images_train.images[rows[start:start + config.batch_size]]))
+            x = original_view(raw.to(device).permute(0, 3, 1, 2), norm.get("original_resize"))
+            yield normalize(x, mean, std)
+
+    try:
+        recompute_batchnorm_statistics(encoder, batches())
+    finally:
+        encoder.cpu()
+    return len(rows)
 
 
 def extract_baseline_features(
@@ -72,5 +111,5 @@ def extract_baseline_features(
     for name in config.baselines:
         encoder = baseline_encoder(name, spec, config.seed)
         for split_name, split in (("train", images_train), ("test", images_test)):
-            arrays[f"{name}_{split_name}"] = _features(encoder, split, evaluation_model, config.batch_size)
+            arrays[f"{name}_{split_name}"] = _features(encoder, split, evaluation_model, config)
     return arrays
