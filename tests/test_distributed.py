@@ -63,3 +63,19 @@ def test_two_processes_give_one_process_weights_on_the_same_global_batch(tmp_pat
     assert (one - two).norm() < 0.01 * update_one.norm()
     checkpoint = torch.load(tmp_path / "two" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4, "two epochs of two steps: the steps are not split per rank"
+
+
+def test_the_launcher_decides_ranks_nodes_and_devices(monkeypatch):
+    from aavae.training.distributed import launched_rank, launched_world_size, local_world_size
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NNODES"):
+        monkeypatch.delenv(name, raising=False)
+    assert (launched_rank(), launched_world_size(), local_world_size()) == (0, 1, 1), "a plain run"
+    monkeypatch.setenv("SLURM_PROCID", "9")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert (launched_rank(), launched_world_size(), local_world_size()) == (9, 16, 8), "srun, 2 x 8"
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert (launched_rank(), launched_world_size(), local_world_size()) == (3, 4, 2), "torchrun first"

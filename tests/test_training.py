@@ -157,8 +157,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = _module(max_epochs=2)
     counter = CountSteps()
     trainer = build_trainer(resumed.config, tmp_path / "split", callbacks=[counter])
-    epochs = fit(resumed, trainer, tmp_path / "split", resume=True)
-    assert epochs == 2
+    epochs, steps = fit(resumed, trainer, tmp_path / "split", resume=True)
+    assert (epochs, steps) == (2, 2 * len(resumed.train_dataloader()))
     assert counter.steps == len(resumed.train_dataloader()), "only the second epoch ran again"
     _assert_same_weights(_weights(straight), _weights(resumed))
     # and training did change the weights

@@ -51,8 +51,13 @@ def launched_world_size() -> int:
 
 
 def local_world_size() -> int:
-    """Processes on this node: torchrun's LOCAL_WORLD_SIZE or SLURM's tasks per node."""
-    return _first_int(("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"), launched_world_size())
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE, or SLURM's tasks over its nodes."""
+    if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    nodes = _first_int(("SLURM_NNODES", "SLURM_JOB_NUM_NODES"), 0)
+    if nodes:
+        return max(1, launched_world_size() // nodes)
+    return launched_world_size()
 
 
 class StepOwnsGradients(DDPStrategy):

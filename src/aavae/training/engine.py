@@ -146,10 +146,11 @@ def fit(
     trainer: pl.Trainer,
     checkpoint_dir: Path,
     resume: bool = True,
-) -> int:
+) -> tuple[int, int]:
     """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
 
-    Returns the number of epochs completed in total.
+    Returns (epochs, optimisation steps) completed in total, as the last checkpoint records
+    them: with ranks spawned inside this process, the Trainer here never sees the loop.
     """
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
     ckpt_path = str(found) if found else None
@@ -160,4 +161,9 @@ def fit(
     except SIGTERMException as exc:
         # Lightning's SIGTERM exit carries status 0; a terminated run must not look successful.
         raise SystemExit(128 + signal.SIGTERM) from exc
-    return trainer.current_epoch
+    last = newest_loadable_checkpoint(checkpoint_dir)
+    if last is None:
+        return trainer.current_epoch, trainer.global_step
+    content = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    # Saved at the end of epoch e (0-based), or cut short in it: e + 1 epochs, as Lightning counts.
+    return int(content["epoch"]) + 1, int(content["global_step"])
