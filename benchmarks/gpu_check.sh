@@ -82,6 +82,9 @@ step pretrain_256 300 $PY benchmarks/pretrain_throughput.py --device "$DEVICE" -
 if [ "$DEVICE" = cuda ]; then ENGINES="--engines aavae-compiled-graphed,paper"; else ENGINES=; fi
 step pretrain_1024 300 $PY benchmarks/pretrain_throughput.py --device "$DEVICE" --batch-size $BIG_BATCH \
      $SMALL --rounds 1 $ENGINES
+# 4b. What Lightning's loop costs per step beside the compiled, graph-replayed step.
+if [ "$DEVICE" = cuda ]; then LO="--steps 100 --warmup 20 --rounds 2"; else LO="--steps 10 --warmup 3 --rounds 1 --compile false"; fi
+step lightning 240 $PY benchmarks/lightning_overhead.py --device "$DEVICE" $LO
 # 5. Evaluation on the device: feature extraction, linear probe, kNN.
 step evaluate 180 $PY benchmarks/evaluate.py --device "$DEVICE" $EVAL_ARGS
 # 6. A short real pipeline run on the CIFAR-10 JPEG copy: pretrain, then evaluate.
@@ -115,6 +118,7 @@ fi
         compiled=$(grep -E '^compile_s' "$LOGS/$name.log" | sed -E 's/compile_s ([a-z-]+): first step ([0-9.]+) s.*/compile \2 s/' | head -1)
         [ -n "$compiled" ] && figure="$figure; $compiled" ;;
       evaluate) figure="$(last evaluate '^features:') $(last evaluate '^seconds:')" ;;
+      lightning) figure="$(last lightning '^lightning_overhead_ms:')" ;;
       kedro_pretrain) figure="$(last kedro_pretrain 'Schedule fitted|steps in all|Training step:' | sed -E 's/.*(Training step:|Schedule)/\1/')" ;;
       kedro_evaluate) figure="$(python3 -c "import json;m=json.load(open('$LOGS/metrics.json'));print(f\"linear {m['linear_top1']:.4f} knn {m['knn_top1']:.4f}\")" 2>/dev/null)" ;;
       budget) figure="see $LOGS/budget.log (table at its end)" ;;

@@ -357,6 +357,7 @@ def model_spec(width: int) -> ModelSpec:
 
 def pretrain_config(args: argparse.Namespace, compile: bool = False, graph: bool = False) -> PretrainConfig:
     return PretrainConfig(
+        data_on_device=args.data_on_device,
         objective="aavae",
         batch_size=args.batch_size,
         optimizer="adam",
@@ -491,6 +492,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--data-on-device",
+        choices=("true", "false", "auto"),
+        default="true",
+        help="our engine's images on the device (true), or batches streamed from host memory "
+        "by a background thread (false), as pretrain.data_on_device",
+    )
+    parser.add_argument(
         "--engines",
         default=None,
         help="comma-separated, timed in this order each round: aavae, aavae-compiled, "
@@ -535,6 +543,7 @@ def parse_args() -> argparse.Namespace:
     if on_cuda and not cuda:
         parser.error("--device cuda: torch sees no CUDA device; use --device cpu")
     args.batch_size = args.batch_size or (256 if on_cuda else 128)
+    args.data_on_device = {"true": True, "false": False}.get(args.data_on_device, "auto")
     default_engines = ("aavae,aavae-graphed,aavae-compiled-graphed,paper" if on_cuda
                        else "aavae,aavae-compiled,paper")
     args.engines = [e.strip() for e in (args.engines or default_engines).split(",") if e.strip()]
@@ -581,7 +590,8 @@ def main() -> None:
     print(
         f"data: {data} | width {args.width} batch {args.batch_size} steps {args.steps} "
         f"warmup {args.warmup} rounds {args.rounds} paper workers {args.workers} | "
-        f"aavae diagnostics every {DIAGNOSTICS_EVERY_N_STEPS} steps",
+        f"aavae diagnostics every {DIAGNOSTICS_EVERY_N_STEPS} steps, data on device "
+        f"{args.data_on_device}",
         flush=True,
     )
     seconds: dict[str, list[float]] = {name: [] for name in args.engines}
