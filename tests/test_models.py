@@ -239,6 +239,74 @@ def test_unreadable_or_absent_checkpoint_is_named(tmp_path) -> None:
         load_paper_checkpoint(tmp_path / "absent.ckpt", small_spec())
 
 
+def test_a_checkpoint_of_this_projects_training_module_loads_from_under_its_net_prefix(tmp_path) -> None:
+    # PretrainModule holds the model as ``net`` beside an online probe: keys net.encoder..., online_probe...
+    spec = small_spec(head="ae")
+    original = build_model(spec).train()
+    with torch.no_grad():  # batch-norm statistics off their initial values
+        original.latent_mean(original.encode(torch.randn(4, 3, 32, 32)))
+    original.eval()
+    state = {f"net.{key}": value for key, value in original.state_dict().items()}
+    state |= {"online_probe.weight": torch.randn(10, 64), "online_probe.bias": torch.zeros(10)}
+    path = tmp_path / "epoch0003.ckpt"
+    torch.save({"epoch": 2, "global_step": 30, "state_dict": state, "loops": {}}, path)
+
+    loaded = load_paper_checkpoint(path, small_spec()).eval()  # model.* has no head: the file's is used
+
+    assert loaded.spec.head == "ae"
+    images, z = torch.randn(3, 3, 32, 32), torch.randn(3, 16)
+    with torch.no_grad():
+        for net_output in (lambda net: net.encode(images), lambda net: net.latent_mean(net.encode(images)),
+                           lambda net: net.decode(z)):
+            assert torch.equal(net_output(original), net_output(loaded))
+
+
+def test_a_prefixed_checkpoint_of_another_size_names_the_prefix_and_the_keys(tmp_path) -> None:
+    state = {f"net.{k}": v for k, v in build_model(small_spec(latent_dim=32)).state_dict().items()}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state}, path)
+
+    with pytest.raises(ValueError, match=r"under the prefix 'net\.'.*projection\.mu\.weight \(32, 64\) vs \(16, 64\)"):
+        load_paper_checkpoint(path, small_spec(latent_dim=16))
+
+
+def test_a_checkpoint_of_another_model_is_refused_as_such_not_as_a_wrong_architecture(tmp_path) -> None:
+    path = tmp_path / "classifier.ckpt"
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=10).state_dict()}, path)
+
+    with pytest.raises(ValueError) as caught:
+        load_paper_checkpoint(path, small_spec())
+
+    message = str(caught.value)
+    assert f"checkpoint {path} holds no weights of an AAVAE model" in message
+    assert "conv1." in message and "fc." in message, "it says what the file holds"
+    assert "encoder, stem, width" not in message, "the architecture is not the problem"
+
+
+@pytest.mark.parametrize("start", [b"", b"\x13\x37", b"\x80\x02"])
+def test_random_bytes_are_reported_as_not_a_checkpoint(tmp_path, start: bytes) -> None:
+    path = tmp_path / "random.ckpt"
+    body = bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8))
+    path.write_bytes(start + body if start else b"")
+
+    with pytest.raises(ValueError) as caught:
+        load_paper_checkpoint(path, small_spec())
+
+    message = str(caught.value)
+    assert str(path) in message
+    assert "not a checkpoint" in message
+    assert "Python objects" not in message and "weights_only" not in message, "not an unpickling-policy issue"
+
+
+def test_a_truncated_checkpoint_is_reported_as_damaged(tmp_path) -> None:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": build_model(small_spec()).state_dict()}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    with pytest.raises(ValueError, match=f"checkpoint {path} is damaged \\(truncated\\?\\)"):
+        load_paper_checkpoint(path, small_spec())
+
+
 @pytest.mark.parametrize(
     ("settings", "pattern"),
     [
