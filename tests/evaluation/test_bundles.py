@@ -121,3 +121,62 @@ def test_resolve_model_node_reads_evaluate_checkpoint(tmp_path):
         resolve_model(trained, images, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params)
     with pytest.raises(ValueError, match="No model to evaluate"):
         resolve_model(None, images, {}, model_params)
+
+
+def _trained_checkpoints(folder, objective: str = "aavae"):
+    """This project's training checkpoints (last.ckpt, epoch0001.ckpt) of one real epoch, and the net."""
+    from aavae.config import PretrainConfig
+    from aavae.data.digits import read_digits
+    from aavae.objective import Objective
+    from aavae.training import PretrainModule, TrainingImages, ValidationViews, build_trainer, fit
+    from aavae.views import ViewPolicy
+
+    digits = read_digits(image_size=16)
+    train, test = digits["train"], digits["test"]
+    torch.manual_seed(0)
+    head = "ae" if objective == "ae" else "vae"
+    net = build_model(ModelSpec(encoder="resnet18", width=4, latent_dim=8, input_size=16, head=head))
+    config = PretrainConfig(objective=objective, max_epochs=1, batch_size=128, precision="32-true",
+                            accelerator="cpu", warmup_epochs=0, compile=False, online_probe=True,
+                            checkpoint_every_n_epochs=1)
+    val = ValidationViews(test.images[:64], test.images[:64], test.labels[:64])
+    module = PretrainModule(net, Objective(objective, config.effective_kl_coeff), ViewPolicy(), config,
+                            TrainingImages(train.images[:256], train.labels[:256]), val,
+                            mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
+    fit(module, build_trainer(config, folder), folder, resume=False)
+    return module.net.eval(), train.images[:64]
+
+
+@pytest.mark.parametrize("objective", ["aavae", "ae"])
+def test_this_projects_own_training_checkpoints_are_evaluable(tmp_path, objective):
+    net, images = _trained_checkpoints(tmp_path, objective)
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("online_probe.") for k in state) and all(
+        k.startswith(("net.", "online_probe.")) for k in state), "what the loader must cope with"
+    model_params = ModelSpec(encoder="resnet18", width=4, latent_dim=8, input_size=16)  # no head: vae
+
+    for name in ("last.ckpt", "epoch0001.ckpt"):
+        loaded = ev.bundle_from_checkpoint(tmp_path / name, model_params, images, [str(i) for i in range(10)])
+        assert loaded["objective"] == "project checkpoint" and loaded["epochs"] == 1
+        assert loaded["spec"]["head"] == ("ae" if objective == "ae" else "vae")
+        rebuilt = ev.model_from_bundle(loaded)
+        np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),
+                                      encoder_output(net, images, MEAN, STD))
+
+
+def test_a_bundle_that_overrides_model_params_says_so(tmp_path, caplog):
+    net = trained_looking_model()
+    path = tmp_path / "aavae_model.pt"
+    torch.save({"state_dict": net.state_dict(), "spec": SPEC.to_dict(),
+                "normalization": {"mean": MEAN, "std": STD}}, path)
+    images = random_images(6, 16)
+
+    with caplog.at_level("WARNING", logger="aavae.evaluation.bundles"):
+        ev.bundle_from_checkpoint(path, SPEC, images, ["a", "b"])
+    assert caplog.text == "", "nothing to say when the bundle is what model.* describes"
+
+    with caplog.at_level("WARNING", logger="aavae.evaluation.bundles"):
+        ev.bundle_from_checkpoint(path, ModelSpec(encoder="resnet34", width=16, latent_dim=16, input_size=16),
+                                  images, ["a", "b"])
+    assert f"{path} is a model bundle: it is evaluated with its own architecture" in caplog.text
+    assert "encoder resnet18 (model.* says resnet34)" in caplog.text and "width 8 (model.* says 16)" in caplog.text

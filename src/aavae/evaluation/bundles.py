@@ -7,6 +7,7 @@ rebuilds its network, for the features pipeline, the embed pipeline and the MLfl
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch import nn
 from aavae.evaluation.features import ArrayLike
 from aavae.models import AAVAENet, ModelSpec, build_model, load_paper_checkpoint
 from aavae.views import channel_stats
+
+log = logging.getLogger(__name__)
 
 BUNDLE_KEYS = ("state_dict", "spec", "normalization")
 
@@ -48,9 +51,11 @@ def bundle_from_checkpoint(
     """A model bundle, in the format pretrain writes, for a checkpoint file given by path.
 
     ``path`` holds either a bundle of this project (``aavae_model.pt``; its own spec and
-    normalisation are used) or a checkpoint of the paper's code (a Lightning ``.ckpt`` or a
-    bare state_dict), read with :func:`aavae.models.load_paper_checkpoint` into ``spec``; the
-    normalisation is then the channel mean/std of ``train_images``. ``class_names`` are the
+    normalisation are used, and a warning says where they differ from ``spec``) or a training
+    checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, one of the paper's
+    Lightning ``.ckpt`` or a bare state_dict), read with
+    :func:`aavae.models.load_paper_checkpoint` into ``spec``; the normalisation is then the
+    channel mean/std of ``train_images``. ``class_names`` are the
     classes it is evaluated on. Files load with ``weights_only=True``: never runs their code.
     """
     path = Path(path)
@@ -61,16 +66,17 @@ def bundle_from_checkpoint(
         net = model_from_bundle(content, source=f"model bundle {path}")
         bundle = dict(content)
         bundle["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        _say_if_architecture_differs(path, net.spec, spec)
     else:
         net = load_paper_checkpoint(path, spec)
         mean, std = channel_stats(np.asarray(train_images))
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
         bundle = {
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "spec": spec.to_dict(),
+            "spec": net.spec.to_dict(),  # model.*, with the head the file holds
             "normalization": {"mean": list(mean), "std": list(std)},
             "dataset": None,
-            "objective": "paper checkpoint",
+            "objective": "project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
             "epochs": int(epoch) + 1 if isinstance(epoch, int) else None,
             "num_parameters": sum(p.numel() for p in net.parameters()),
             "mlflow_run_id": None,
@@ -78,6 +84,24 @@ def bundle_from_checkpoint(
     bundle["class_names"] = [str(name) for name in class_names]
     bundle["checkpoint"] = str(path)
     return bundle
+
+
+def _say_if_architecture_differs(path: Path, found: ModelSpec, configured: ModelSpec) -> None:
+    """A bundle brings its own architecture, which overrides ``model.*``: say so when they differ."""
+    ours, theirs = configured.architecture(), found.architecture()
+    ours.pop("head"), theirs.pop("head")  # the head follows the objective, not model.*
+    differing = [f"{key} {theirs[key]} (model.* says {ours[key]})" for key in ours if ours[key] != theirs[key]]
+    if differing:
+        log.warning(
+            "%s is a model bundle: it is evaluated with its own architecture and normalisation, "
+            "not with model.*; they differ in %s.", path, ", ".join(differing),
+        )
+
+
+def _is_project_checkpoint(content: object) -> bool:
+    """A Lightning checkpoint of this project's training module (its model under ``net.``)."""
+    state = content.get("state_dict") if isinstance(content, Mapping) else None
+    return isinstance(state, Mapping) and any(str(key).startswith("net.") for key in state)
 
 
 def _load_tensors_only(path: Path) -> object:

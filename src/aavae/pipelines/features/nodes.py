@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aavae import tracking
 from aavae.config import EvaluateConfig, ModelConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
@@ -38,6 +39,7 @@ def resolve_model(
                 "No model to evaluate: data/06_models/aavae_model.pt does not exist. Run "
                 "`kedro run --pipeline pretrain` first, or set --params evaluate.checkpoint=<path>."
             )
+        _record_evaluated_model(aavae_model, "data/06_models/aavae_model.pt")
         return aavae_model
     model_cfg = parse("model", model, ModelConfig)
     spec = ModelSpec(
@@ -45,9 +47,24 @@ def resolve_model(
         latent_dim=model_cfg.latent_dim, input_size=images_train.image_shape[0],
     )
     try:
-        return bundle_from_checkpoint(config.checkpoint, spec, images_train.images, images_train.class_names)
+        bundle = bundle_from_checkpoint(config.checkpoint, spec, images_train.images, images_train.class_names)
     except (OSError, ValueError) as error:
         raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
+    _record_evaluated_model(bundle, config.checkpoint)
+    return bundle
+
+
+def _record_evaluated_model(bundle: dict[str, Any], source: str) -> None:
+    """Tag the run with the architecture actually evaluated (``evaluated_model.*``).
+
+    The run's ``model.*`` params are the configuration, which a bundle given as
+    ``evaluate.checkpoint`` overrides; tags, since MLflow refuses to change a logged param.
+    """
+    if tracking.active_run_id() is None:
+        return
+    architecture = ModelSpec.from_dict(bundle["spec"]).architecture()
+    tracking.set_tags({"evaluated_model.source": source,
+                       **{f"evaluated_model.{key}": value for key, value in architecture.items()}})
 
 
 def evaluation_device(accelerator: str) -> torch.device:
