@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -43,14 +44,29 @@ def atomic_torch_save(content: Any, path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)  # a full disk leaves no debris, and the old file
+        if (full := _disk_full(error)) is not None:
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise OSError(full.errno, f"{full.strerror} while writing checkpoint {path}: {kept}. "
+                          "Free space on that disk, then rerun the same command to resume") from error
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a power cut
     finally:
         os.close(directory)
+
+
+def _disk_full(error: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT error behind ``error``, if any. torch.save's zip writer reports a
+    failed write as a RuntimeError ("unexpected pos ...") raised while handling the OSError."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -119,8 +135,10 @@ def checkpoint_candidates(checkpoint_dir: Path) -> list[Path]:
 def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The first of :func:`checkpoint_candidates` that torch can read as a training checkpoint.
 
-    A damaged file (truncated by a kill or a full disk) is named in a warning and skipped.
+    A damaged file (truncated by a kill or a full disk) is named in a warning and skipped;
+    the checkpoint taken instead is named beside the ones passed over.
     """
+    passed_over = []
     for path in checkpoint_candidates(checkpoint_dir):
         try:
             content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -129,7 +147,11 @@ def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
         except Exception as error:  # noqa: BLE001 - any unreadable file is passed over, with the reason
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.warning("Checkpoint %s cannot be read (%s); trying the next newest.", path, reason)
+            passed_over.append(path.name)
             continue
+        if passed_over:
+            log.warning("Using checkpoint %s (step %s) instead of the unreadable %s in %s.", path.name,
+                        int(content.get("global_step", 0)), ", ".join(passed_over), checkpoint_dir)
         return path
     return None
 
