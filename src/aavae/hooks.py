@@ -1,4 +1,5 @@
-"""Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the runner."""
+"""Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the
+runner; no MLflow run left RUNNING by a dead process."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 import mlflow
 from kedro.framework.hooks import hook_impl
 
+from aavae import tracking
 from aavae.config import validate_all
 from aavae.quiet import reapply_logger_levels
-
+from aavae.training.distributed import launched_rank
 
 class ParameterValidationHooks:
     """Fail within seconds on an unknown key or a wrong type, before ingestion starts."""
@@ -47,3 +49,44 @@ class RunnerTagHooks:
         name = match.group(1) if match else "SequentialRunner" if recorded == "None" else None
         if name and mlflow.active_run() is not None:  # None: Kedro's default runner
             mlflow.set_tag("runner", name)
+
+
+class RunLivenessHooks:
+    """Every MLflow run records its process; each start closes the runs of dead processes.
+
+    The process tags are set from the run's creation on (see
+    :func:`aavae.tracking.tag_runs_opened_from_here`), armed here in ``after_context_created``,
+    before kedro-mlflow opens the run in its ``before_pipeline_run``, and disarmed in ours,
+    which Kedro calls after the plugin's. Then every RUNNING run of the store whose process is
+    gone is marked KILLED, whichever pipeline it ran; and this run is set to end KILLED if
+    the process exits without the pipeline finishing or failing (Ctrl+C, ``SystemExit``).
+    """
+
+    def __init__(self) -> None:
+        self._previous: str | None = None
+        self._armed = False
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        if launched_rank() == 0:  # other ranks open no run (settings.py disables kedro-mlflow)
+            self._previous, self._armed = tracking.tag_runs_opened_from_here(), True
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        if self._armed:
+            tracking.stop_tagging_runs(self._previous)
+            self._armed = False
+        run_id = tracking.active_run_id()
+        if run_id is None:
+            return
+        tracking.set_tags(tracking.process_tags())  # a run opened before the session (notebooks)
+        tracking.close_runs_of_gone_processes(keep=run_id)
+        tracking.end_runs_killed_at_exit()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        tracking.end_runs_killed_at_exit(armed=False)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        tracking.end_runs_killed_at_exit(armed=False)

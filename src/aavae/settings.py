@@ -2,14 +2,19 @@
 
 from kedro.config import OmegaConfigLoader
 
-from aavae.hooks import LoggingLevelHooks, ParameterValidationHooks, RunnerTagHooks
+from aavae.hooks import (
+    LoggingLevelHooks,
+    ParameterValidationHooks,
+    RunLivenessHooks,
+    RunnerTagHooks,
+)
 from aavae.quiet import filter_unactionable_warnings
 
 # Kedro imports this module before its plugins and config loaders: the earliest project code
 # that runs in `kedro run`, so the filters are in place before the warnings they silence.
 filter_unactionable_warnings()
 
-HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks())
+HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), RunLivenessHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -7,15 +7,22 @@ import it.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import os
 from typing import Any
 
 import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 
+from aavae.liveness import Liveness, ProcessRecord
+
 log = logging.getLogger(__name__)
+
+MLFLOW_RUN_CONTEXT_VARIABLE = MLFLOW_RUN_CONTEXT.name  # JSON tags MLflow adds to every new run
 
 
 class RunBoundMLFlowLogger(MLFlowLogger):
@@ -87,8 +94,78 @@ def close_if_stale(run_id: str | None) -> None:
     except mlflow.exceptions.MlflowException:
         return
     if run.info.status == "RUNNING":
-        client.set_terminated(run_id, "KILLED")
-        log.info("Marked the interrupted run %s as KILLED.", run_id)
+        # Runs that record their process were judged when this run started
+        # (close_runs_of_gone_processes); one still RUNNING here predates those tags, and the
+        # pretraining lock says no other pretraining uses this checkpoint folder.
+        mark_killed(client, run_id, "still RUNNING when the next pretraining of its checkpoint folder started")
+
+
+PROCESS_TAGS = ("process.pid", "process.host", "process.start")
+KILLED_NOTE_TAG = "killed_because"
+
+
+def process_tags() -> dict[str, str]:
+    """This process as run tags, for :func:`close_runs_of_gone_processes` to judge later."""
+    me = ProcessRecord.current()
+    return dict(zip(PROCESS_TAGS, (str(me.pid), me.host, me.start or ""), strict=True))
+
+
+def tag_runs_opened_from_here() -> str | None:
+    """Have every run MLflow opens from now on carry :func:`process_tags` from its creation.
+
+    Set as tags after the run opens, a kill in between would leave a RUNNING run that
+    nothing can judge. MLflow's ``MLFLOW_RUN_CONTEXT`` (JSON tags added to each new run) closes
+    that gap. Returns the variable's previous value for :func:`stop_tagging_runs`.
+    """
+    previous = os.environ.get(MLFLOW_RUN_CONTEXT_VARIABLE)
+    tags = json.loads(previous) if previous else {}
+    os.environ[MLFLOW_RUN_CONTEXT_VARIABLE] = json.dumps({**tags, **process_tags()})
+    return previous
+
+
+def stop_tagging_runs(previous: str | None) -> None:
+    """Undo :func:`tag_runs_opened_from_here` (child processes must not inherit this PID)."""
+    if previous is None:
+        os.environ.pop(MLFLOW_RUN_CONTEXT_VARIABLE, None)
+    else:
+        os.environ[MLFLOW_RUN_CONTEXT_VARIABLE] = previous
+
+
+def close_runs_of_gone_processes(keep: str | None = None) -> list[str]:
+    """Mark KILLED every RUNNING run of the store whose process is gone; return their ids.
+
+    Any pipeline's run: a SIGKILL, an out-of-memory kill or a power cut leaves its run
+    RUNNING forever otherwise. Gone means on this host and no such PID, or the PID now
+    belongs to a process started later (:mod:`aavae.liveness`). Runs without process tags
+    (older runs, other tools) and runs of other hosts are left alone: they cannot be judged.
+    ``keep`` is the caller's own run.
+    """
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    closed = []
+    running = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=10_000)
+    for run in running:
+        if run.info.run_id == keep or PROCESS_TAGS[0] not in run.data.tags:
+            continue
+        pid, host, start = (run.data.tags.get(tag, "") for tag in PROCESS_TAGS)
+        try:
+            holder = ProcessRecord(int(pid), host, start or None)
+        except ValueError:
+            continue
+        if holder.liveness() is Liveness.GONE:
+            mark_killed(client, run.info.run_id,
+                        f"its process ({holder.describe()}) was gone when run {keep or '?'} started")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def mark_killed(client: MlflowClient, run_id: str, why: str) -> None:
+    """End a run whose process is gone as KILLED, saying why in its ``killed_because`` tag."""
+    client.set_tag(run_id, KILLED_NOTE_TAG, why)
+    client.set_terminated(run_id, "KILLED")
+    log.warning("Marked MLflow run %s as KILLED: %s.", run_id, why)
 
 
 def end_active_run_killed() -> None:
@@ -103,6 +180,17 @@ def end_active_run_killed() -> None:
         return
     MlflowClient().set_terminated(run_id, "KILLED")
     atexit.register(_end_runs_killed)
+
+
+def end_runs_killed_at_exit(armed: bool = True) -> None:
+    """At interpreter exit, end the runs still open as KILLED (``armed=False`` disarms it).
+
+    Armed while a pipeline runs: Ctrl+C or ``SystemExit`` pass by Kedro's error hook, and
+    MLflow's own exit handler would then record the interrupted run as FINISHED.
+    """
+    atexit.unregister(_end_runs_killed)
+    if armed:
+        atexit.register(_end_runs_killed)  # after MLflow's handler, so it runs before it
 
 
 def _end_runs_killed() -> None:

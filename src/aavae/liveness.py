@@ -1,0 +1,94 @@
+"""Is the process that took a lock or opened an MLflow run still running?
+
+A PID alone cannot say: after a crash the number is free, and the system may hand it to an
+unrelated process. So a process is recorded as (PID, host, start): ``start`` is the boot id
+and the process's start time in clock ticks since boot (Linux ``/proc``), which no later
+process with the same PID shares. Elsewhere ``start`` is None and only the PID is checked.
+
+Only a process on this host can be judged; one on another host (a shared data folder or
+MLflow store) is reported as unknown, never as gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+class Liveness(Enum):
+    ALIVE = "alive"
+    GONE = "gone"
+    UNKNOWN = "unknown"  # on another host: cannot be checked from here
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def process_start(pid: int) -> str | None:
+    """``<boot id>:<start ticks>`` of process ``pid``, or None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return f"{boot}:{fields[19]}"  # field 22, starttime
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child its parent has not yet reaped: still in the table, but not running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith("Z")
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """Who holds something: PID, host, and the process's start (None where unknown)."""
+
+    pid: int
+    host: str
+    start: str | None
+
+    @classmethod
+    def current(cls) -> ProcessRecord:
+        return cls(os.getpid(), host_name(), process_start(os.getpid()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProcessRecord:
+        """From :meth:`to_dict`'s keys; a KeyError or ValueError when they are missing or wrong."""
+        return cls(int(data["pid"]), str(data["host"]), data.get("process_start") or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "host": self.host, "process_start": self.start}
+
+    def liveness(self) -> Liveness:
+        """ALIVE, GONE (no such PID here, a zombie, or the PID now belongs to a later
+        process), or UNKNOWN (another host)."""
+        if self.host != host_name():
+            return Liveness.UNKNOWN
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return Liveness.GONE
+        except PermissionError:
+            pass  # exists, owned by another user
+        if _is_zombie(self.pid):
+            return Liveness.GONE
+        now = process_start(self.pid)
+        if self.start is not None and now is not None and now != self.start:
+            return Liveness.GONE  # the PID was reused by a process started later
+        return Liveness.ALIVE
+
+    def describe(self) -> str:
+        return f"PID {self.pid} on host {self.host}"
