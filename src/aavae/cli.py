@@ -10,8 +10,9 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
   registered is named, with the ones that exist, before anything starts. (Kedro would
   otherwise fall back to MLflow's defaults and fail with a "filesystem tracking backend"
   traceback, or list a traceback around its own message.)
-* A parameter error (:class:`aavae.config.ConfigError`) prints its message, not the
-  60-line traceback around it.
+* A parameter error (:class:`aavae.config.ConfigError`) or a pretraining refused because
+  another one holds the project (:class:`aavae.pretrain_lock.PretrainLocked`) prints its
+  message, not the 60-line traceback around it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kedro.framework.session import KedroSession
 from kedro.utils import load_obj
 
 from aavae.config import ConfigError
+from aavae.pretrain_lock import PretrainLocked
 
 DEFAULT_ENV = "local"  # settings.CONFIG_LOADER_ARGS["default_run_env"]
 
@@ -69,7 +71,7 @@ def run(
     try:
         with settings.SESSION_CLASS.create(**create_kwargs) as session:
             return session.run(**run_kwargs)
-    except ConfigError as error:
+    except (ConfigError, PretrainLocked) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -1,5 +1,5 @@
 """Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the
-runner; no MLflow run left RUNNING by a dead process."""
+runner; one pretraining per data folder; no MLflow run left RUNNING by a dead process."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from kedro.framework.hooks import hook_impl
 
 from aavae import tracking
 from aavae.config import validate_all
+from aavae.pretrain_lock import PretrainLock
 from aavae.quiet import reapply_logger_levels
 from aavae.training.distributed import launched_rank
+
+PRETRAIN_NODE = "pretrain"
+
 
 class ParameterValidationHooks:
     """Fail within seconds on an unknown key or a wrong type, before ingestion starts."""
@@ -49,6 +53,48 @@ class RunnerTagHooks:
         name = match.group(1) if match else "SequentialRunner" if recorded == "None" else None
         if name and mlflow.active_run() is not None:  # None: Kedro's default runner
             mlflow.set_tag("runner", name)
+
+
+class PretrainLockHooks:
+    """One pretraining per project data folder: a second is refused before anything runs.
+
+    Taken before kedro-mlflow opens its run (``tryfirst``), so a refused run leaves no trace
+    in MLflow; the run id is added to the lock when the first node starts. Only in pipelines
+    holding the ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every
+    rank as a ``kedro run`` of its own (the other ranks train with it, not against it).
+    """
+
+    def __init__(self) -> None:
+        self.lock: PretrainLock | None = None
+        self._run_recorded = False
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self.lock, self._run_recorded = None, False
+        if launched_rank() > 0 or not any(node.name == PRETRAIN_NODE for node in pipeline.nodes):
+            return
+        lock = PretrainLock.for_project(run_params.get("project_path") or ".")
+        lock.acquire()
+        self.lock = lock
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        if self.lock is not None and not self._run_recorded:  # kedro-mlflow's run is open now
+            self.lock.record_run(tracking.active_run_id())
+            self._run_recorded = True
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()  # Ctrl+C and SystemExit: released at interpreter exit instead
+        self.lock, self._run_recorded = None, False
 
 
 class RunLivenessHooks:

@@ -5,6 +5,7 @@ from kedro.config import OmegaConfigLoader
 from aavae.hooks import (
     LoggingLevelHooks,
     ParameterValidationHooks,
+    PretrainLockHooks,
     RunLivenessHooks,
     RunnerTagHooks,
 )
@@ -14,7 +15,8 @@ from aavae.quiet import filter_unactionable_warnings
 # that runs in `kedro run`, so the filters are in place before the warnings they silence.
 filter_unactionable_warnings()
 
-HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), RunLivenessHooks())
+HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), PretrainLockHooks(),
+         RunLivenessHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
