@@ -50,6 +50,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     assert first.wait(timeout=120) != 0
     preview = project / "data/08_reporting/view_preview.png"
     assert preview.is_file() and last.is_file()
+    assert not (project / "data/06_models/.pretrain.lock").exists(), "SIGTERM releases the pretraining lock"
 
     second = _start(project)
     _wait_for_new_checkpoint(project, second, after=last.stat().st_mtime)
@@ -60,6 +61,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     first_run, second_run, third_run = _runs(project)
     assert first_run.info.status == "KILLED", "SIGTERM ends the run as KILLED"
     assert second_run.info.status == "KILLED", "the next run closes the SIGKILLed one"
+    assert "was gone" in second_run.data.tags["killed_because"]
     assert third_run.info.status == "FINISHED"
     assert third_run.data.tags["resumed_from_run"] == second_run.info.run_id
     assert preview.is_file(), "earlier artifacts survive"
