@@ -2,6 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
+from aavae.distributed_catalog import RankZeroCatalog
 from aavae.hooks import (
     LoggingLevelHooks,
     ParameterValidationHooks,
@@ -10,6 +11,7 @@ from aavae.hooks import (
     RunnerTagHooks,
 )
 from aavae.quiet import filter_unactionable_warnings
+from aavae.training.distributed import launched_rank
 
 # Kedro imports this module before its plugins and config loaders: the earliest project code
 # that runs in `kedro run`, so the filters are in place before the warnings they silence.
@@ -17,6 +19,11 @@ filter_unactionable_warnings()
 
 HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), PretrainLockHooks(),
          RunLivenessHooks())
+
+# Under torchrun/SLURM every rank runs `kedro run --pipeline train`: one MLflow run (rank 0's)
+# and one writer of each artifact (see distributed_catalog.py).
+DATA_CATALOG_CLASS = RankZeroCatalog
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow") if launched_rank() > 0 else ()
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -86,7 +86,7 @@ def log_metrics_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
 
 def close_if_stale(run_id: str | None) -> None:
     """Mark a run KILLED if it is still RUNNING though its process is gone (e.g. SIGKILL)."""
-    if not run_id or run_id == active_run_id():
+    if not run_id or active_run_id() in (None, run_id):  # no store to ask (ranks above 0, notebooks)
         return
     client = MlflowClient()
     try:
@@ -196,3 +196,16 @@ def end_runs_killed_at_exit(armed: bool = True) -> None:
 def _end_runs_killed() -> None:
     while mlflow.active_run() is not None:
         mlflow.end_run("KILLED")
+
+
+class FigureToRun:
+    """Log a figure into the logger's run under ``reconstructions/epoch_NNNNN.png``.
+
+    A class, not a closure: spawned ranks receive their callbacks by pickling.
+    """
+
+    def __init__(self, logger: RunBoundMLFlowLogger) -> None:
+        self.logger = logger
+
+    def __call__(self, figure: Any, epoch: int) -> None:
+        self.logger.experiment.log_figure(self.logger.run_id, figure, f"reconstructions/epoch_{epoch:05d}.png")

@@ -123,3 +123,46 @@ class ImageArrays:
             stop = min(start + chunk, len(self))
             out[start:stop] = torch.from_numpy(self.gather(np.arange(start, stop)))
         return out
+
+
+def nbytes(images: np.ndarray | Tensor | ImageArrays) -> int:
+    return int(images.nbytes) if hasattr(images, "nbytes") else int(np.prod(images.shape))
+
+
+def available_ram() -> int:
+    """Bytes of memory the system could hand out now (MemAvailable), 8 GiB where unknown."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def fits_on_device(images: np.ndarray | Tensor | ImageArrays, device: torch.device) -> bool:
+    """Whether the training images should live on ``device``: under half its free memory (a
+    quarter of the free RAM on a CPU, where 'on the device' means a copy of the memory-mapped
+    files in RAM)."""
+    size = nbytes(images)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return size < free / 2
+    return size < available_ram() / 4
+
+
+def to_device(images: np.ndarray | Tensor | ImageArrays, device: torch.device) -> Tensor:
+    """All training images as one uint8 tensor on ``device`` (chunked from memory maps)."""
+    if isinstance(images, ImageArrays):
+        return images.to_device(device)
+    if isinstance(images, Tensor):
+        return images.to(device)
+    return ImageArrays([(np.asarray(images), None)]).to_device(device)
+
+
+def gather_host(images: np.ndarray | ImageArrays, rows: np.ndarray) -> np.ndarray:
+    """Rows of host images (a memory map, or :class:`ImageArrays`), in the order given."""
+    if isinstance(images, ImageArrays):
+        return images.gather(rows)
+    return np.asarray(images[rows])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,17 +26,20 @@ from aavae.models import AAVAENet
 from aavae.objective import Objective
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
-    ImageArrays,
     TrainingImages,
     ValidationViews,
     as_tensor,
     batch_shape,
     epoch_order,
+    fits_on_device,
+    gather_host,
+    nbytes,
     step_loader,
+    to_device,
 )
 from aavae.training.distributed import all_reduce_mean, die_with_parent, gradient_reducer
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
-from aavae.training.pacing import StepClock
+from aavae.training.pacing import CompileDecision, Pacer, ScheduleFit
 from aavae.training.step import (
     CudaGraphed,
     StepSettings,
@@ -54,10 +56,6 @@ log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "aavae_generator_state"  # where checkpoints keep the step's random stream
 FITTED_STEPS_KEY = "aavae_fitted_steps"  # the step count a time-limited schedule was fitted to
-AUTO_COMPILE_MINUTES = 10.0  # on CPU, compile when eager training would last longer than this
-COMPILE_DECISION_STEPS = 3  # eager steps timed before deciding (after the first, which warms up)
-FIT_TIMED_STEPS = 5  # steps timed before fitting the schedule to the time limit
-TIME_FIT_SLACK = 0.97  # share of the time left that the fitted steps are planned to fill
 UNFITTED_STEPS = 10**9  # warm-up/total until fitted: learning rate near 0, no decay
 
 
@@ -112,10 +110,8 @@ class PretrainModule(pl.LightningModule):
         self._run_step: Any = None
         self.generator: torch.Generator | None = None
         self._restored_generator: Tensor | None = None
-        self._clock = StepClock(torch.device("cpu"))
-        self._fit_pending = False
+        self._pacer: Pacer | None = None
         self._fitted_steps: int | None = None
-        self._time_limit_started = time.perf_counter()
         self._diagnostic_sums: Tensor | None = None
         self._diagnostic_steps = 0
         self.epoch_metrics: dict[str, float] = {}
@@ -149,7 +145,7 @@ class PretrainModule(pl.LightningModule):
             log.info("Rank %d of %d trains on its %d images of every global batch of %d",
                      self.rank, self.world, self.batches[1] // self.world, self.batches[1])
         if self.data_on_device():
-            self._train_images = _to_device(self._train_source, self.device)
+            self._train_images = to_device(self._train_source, self.device)
             self._train_labels = torch.from_numpy(self._train_labels_host).to(self.device)
         else:
             share = self.batches[1] // self.world
@@ -158,7 +154,7 @@ class PretrainModule(pl.LightningModule):
                 slice(self.rank * share, (self.rank + 1) * share),
                 (share, *self._train_source.shape[1:]), self.device)
             log.info("Training images (%.1f GB) stay in host memory; batches are streamed to %s",
-                     _nbytes(self._train_source) / 1e9, self.device)
+                     nbytes(self._train_source) / 1e9, self.device)
         if self._val is not None:
             self._val_tensors = tuple(  # type: ignore[assignment]
                 as_tensor(a).to(self.device) for a in (self._val.views, self._val.originals, self._val.labels)
@@ -199,24 +195,16 @@ class PretrainModule(pl.LightningModule):
         return self.steps_per_epoch * cfg.warmup_epochs
 
     def data_on_device(self) -> bool:
-        """``pretrain.data_on_device``; ``auto``: when the images take under half of the
-        device's free memory (a quarter of the free RAM on a CPU, where 'on the device' means
-        a copy of the memory-mapped files in RAM)."""
+        """``pretrain.data_on_device``; ``auto``: :func:`fits_on_device`."""
         wanted = self.config.data_on_device
-        if wanted != "auto":
-            return bool(wanted)
-        size = _nbytes(self._train_source)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return size < free / 2
-        return size < _available_ram() / 4
+        return fits_on_device(self._train_source, self.device) if wanted == "auto" else bool(wanted)
 
     def _build_step(self) -> TrainStep:
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
         total = self._fitted_steps or self.planned_steps()
         warmup = self.warmup_for(total)
-        if self._fit_pending:
+        if self._pacer is not None and self._pacer.fitting:
             # Until the step rate is known, hold the start of the warm-up (a few steps at a
             # learning rate near 0) and keep the decay far away.
             total, warmup = UNFITTED_STEPS, UNFITTED_STEPS if self.config.warmup_fraction else warmup
@@ -236,9 +224,10 @@ class PretrainModule(pl.LightningModule):
         return step
 
     def on_train_start(self) -> None:
-        self._clock = StepClock(self.device)
-        self._fit_pending = (self.config.schedule_to_time_limit and self._fitted_steps is None)
-        self._time_limit_started = time.perf_counter()
+        cfg = self.config
+        self._pacer = Pacer(self.device, decide_compile=self.compile_mode == "decide",
+                            fit_schedule=cfg.schedule_to_time_limit and self._fitted_steps is None,
+                            time_limit_minutes=cfg.max_time_minutes, planned_steps=self.planned_steps())
 
     def on_train_epoch_start(self) -> None:
         self._start_epoch()
@@ -277,44 +266,28 @@ class PretrainModule(pl.LightningModule):
             self._read_epoch_metrics()  # before validation, so no checkpoint saves a diverged model
 
     def _pace(self, step_number: int) -> None:
-        """Decisions taken by timing the first steps: ``compile: auto`` on CPU (compile when
-        eager training would be long), then ``schedule_to_time_limit`` (end the schedule at
-        the step count that fills the time limit). Nothing is timed once both are settled."""
-        if self.compile_mode == "decide":
-            self._clock.tick()
-            seconds = self._clock.seconds_per_step(skip=1, steps=COMPILE_DECISION_STEPS)
-            if seconds is None:
-                return
-            remaining = self.planned_steps() - step_number
-            minutes = remaining * seconds / 60
-            if self.config.max_time_minutes is not None:
-                minutes = min(minutes, self.config.max_time_minutes)
-            self.compile_mode = minutes > AUTO_COMPILE_MINUTES
+        """Apply what the pacer decides from the first steps' timing (nothing once settled)."""
+        decision = self._pacer.before_step(step_number) if self._pacer is not None else None
+        if isinstance(decision, CompileDecision):
+            self.compile_mode = decision.compile
             log.info("compile=auto: an eager step takes %.2f s, about %.0f min of training left: %s",
-                     seconds, minutes, "compiling the step" if self.compile_mode else "staying eager")
-            if self.compile_mode:
+                     decision.seconds_per_step, decision.minutes_left,
+                     "compiling the step" if decision.compile else "staying eager")
+            if decision.compile:
                 assert self.step_fn is not None
                 self.step_fn.compile()
-            self._clock.reset()
-        elif self._fit_pending:
-            self._clock.tick()
-            # The first timed step of a compiled step compiles it: skip two.
-            seconds = self._clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)
-            if seconds is not None:
-                self._fit_schedule_to_time_limit(step_number, seconds)
+        elif isinstance(decision, ScheduleFit):
+            self._fit_schedule(decision)
 
-    def _fit_schedule_to_time_limit(self, step_number: int, seconds_per_step: float) -> None:
-        assert self.step_fn is not None and self.config.max_time_minutes is not None
-        elapsed = time.perf_counter() - self._time_limit_started
-        left = self.config.max_time_minutes * 60 - elapsed
-        # A little slack for validation and checkpoints at epoch ends.
-        total = step_number + max(1, int(TIME_FIT_SLACK * left / seconds_per_step))
-        self._fitted_steps, self._fit_pending = total, False
+    def _fit_schedule(self, fit: ScheduleFit) -> None:
+        """End warm-up, decay and training at the step count that fills the time limit."""
+        assert self.step_fn is not None
+        total = self._fitted_steps = fit.total_steps
         self.step_fn.total_steps.fill_(total)
         self.step_fn.warmup_steps.fill_(self.warmup_for(total))
         self.trainer.fit_loop.epoch_loop.max_steps = total
         log.info("Schedule fitted to the %.1f-minute limit: %.3f s per step, %d steps in all "
-                 "(%d of warm-up), %.1f epochs", self.config.max_time_minutes, seconds_per_step,
+                 "(%d of warm-up), %.1f epochs", self.config.max_time_minutes, fit.seconds_per_step,
                  total, self.warmup_for(total), total / self.steps_per_epoch)
 
     def _read_epoch_metrics(self) -> None:
@@ -385,7 +358,7 @@ class PretrainModule(pl.LightningModule):
                 if self._train_images is not None:
                     raw = self._train_images[torch.from_numpy(rows).to(self.device)]
                 else:
-                    raw = torch.from_numpy(_gather_host(self._train_source, rows)).to(self.device)
+                    raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
                 yield normalize(original_view(raw.permute(0, 3, 1, 2), self.original_resize), mean, std)
 
         def encode(x: Tensor) -> Tensor:
@@ -450,32 +423,3 @@ def resolve_switch(value: bool | str, device_kind: str) -> bool | str:
         return bool(value)
     return True if device_kind == "cuda" else "decide"
 
-
-def _nbytes(images) -> int:
-    return int(images.nbytes) if hasattr(images, "nbytes") else int(np.prod(images.shape))
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30  # unknown: assume a laptop's
-
-
-def _to_device(images, device: torch.device) -> Tensor:
-    """All training images as one uint8 tensor on ``device`` (chunked from memory maps)."""
-    if isinstance(images, ImageArrays):
-        return images.to_device(device)
-    if isinstance(images, Tensor):
-        return images.to(device)
-    return ImageArrays([(np.asarray(images), None)]).to_device(device)
-
-
-def _gather_host(images, rows: np.ndarray) -> np.ndarray:
-    if isinstance(images, ImageArrays):
-        return images.gather(rows)
-    return np.asarray(images[rows])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aavae.training.data import ImageArrays
+from aavae.training.data import ImageArrays, gather_host
 
 DEPTH = 3  # batches gathered ahead of the step (each holds a pinned buffer)
 
@@ -59,7 +59,7 @@ class HostBatches:
             if self._stop.is_set():
                 self._free.put(((images, labels), None))
                 return
-            images.numpy()[:] = _gather(self.source, index)
+            images.numpy()[:] = gather_host(self.source, index)
             labels.numpy()[:] = self.labels_host[index]
             self._ready.put((images, labels))
 
@@ -93,11 +93,3 @@ def _drained(items: queue.Queue) -> Iterator:
         except queue.Empty:
             return
 
-
-def _gather(source: ImageArrays | np.ndarray, index: np.ndarray) -> np.ndarray:
-    if isinstance(source, ImageArrays):
-        return source.gather(index)
-    order = np.argsort(index, kind="stable")
-    out = np.empty((len(index), *source.shape[1:]), dtype=np.uint8)
-    out[order] = source[index[order]]
-    return out

@@ -147,20 +147,19 @@ def pretrain(
     if logger is not None and cfg.reconstruction_every_n_epochs:
         callbacks.append(ReconstructionSnapshots(
             val.originals[shown], val.views[shown], cfg.reconstruction_every_n_epochs,
-            lambda fig, epoch: logger.experiment.log_figure(
-                logger.run_id, fig, f"reconstructions/epoch_{epoch:05d}.png"),
+            tracking.FigureToRun(logger),
         ))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
     try:
-        epochs = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
+        epochs, steps = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
     except Exception:
         raise  # kedro-mlflow marks the run FAILED
     except BaseException:
         tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
         raise
 
-    return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs=int(epochs),
-                   steps=int(module.global_step), run_id=tracking.active_run_id())
+    return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs=epochs,
+                   steps=steps, run_id=tracking.active_run_id())
 
 
 def _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs, steps, run_id):
