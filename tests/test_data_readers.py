@@ -948,10 +948,15 @@ def test_deeply_nested_members_are_read(tmp_path):
     assert len(result.splits["train"]) == len(result.splits["test"]) == 1
 
 
-def test_images_that_would_need_more_memory_than_exists_are_refused_with_a_hint(tmp_path):
+def test_images_that_would_need_more_disk_than_is_free_are_refused_with_a_hint(tmp_path):
     build_tree(tmp_path / "tree")
-    with pytest.raises(DatasetError, match="need .* GiB of memory.*dataset.image_size"):
-        read_imagefolder(tmp_path / "tree", image_size=10_000_000)
+    with pytest.raises(
+        DatasetError,
+        match=f"6 images of 10000000x10000000 need .* GiB of disk space in '{tmp_path / 'stage'}'"
+        ".* are free.*dataset.image_size",
+    ):
+        read_imagefolder(tmp_path / "tree", image_size=10_000_000, staging=tmp_path / "stage")
+    assert list((tmp_path / "stage").iterdir()) == []  # refused before anything was written
 
 
 def test_encoded_files_are_handed_to_threads_in_batches_bounded_by_bytes(tmp_path, monkeypatch):

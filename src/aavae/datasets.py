@@ -49,7 +49,13 @@ class _FileDataset(AbstractDataset):
 
 
 class ImageSetDataset(_FileDataset):
-    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped."""
+    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped.
+
+    Saving goes through :func:`save_imageset`, which renames (or links) images that are a
+    memory map of a whole .npy file into place instead of copying them: the image-folder
+    reader stages its decoded images on disk, so a set larger than RAM reaches the catalog
+    without passing through memory or being copied.
+    """
 
     def load(self) -> ImageSet:
         if not self._filepath.exists():

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from aavae.data.imageset import ImageSet
+from aavae.data.staging import file_chunks, npy_file_of
 
 FINGERPRINT_VERSION = "aavae-imagesets-v1"
 
@@ -25,11 +26,15 @@ def content_sha256(splits: dict[str, ImageSet]) -> str:
     about 0.15 s for CIFAR-10's 184 MB.
 
     For each split, in order: a JSON header (name, class names, shape), the C-order uint8
-    image bytes, then the labels as little-endian int64.
+    image bytes, then the labels as little-endian int64. Images that are a memory map of a
+    whole .npy file (staged on disk by the image-folder reader) are hashed by reading the
+    file in chunks, never through the map, so hashing a set larger than RAM costs no memory;
+    the bytes, and so the fingerprint, are the same either way.
     """
     hasher = hashlib.sha256(FINGERPRINT_VERSION.encode())
     for name, imageset in splits.items():
-        images = np.ascontiguousarray(imageset.images)
+        path = npy_file_of(imageset.images)
+        images = imageset.images if path is not None else np.ascontiguousarray(imageset.images)
         header = {
             "split": name,
             "class_names": list(imageset.class_names),
@@ -37,7 +42,11 @@ def content_sha256(splits: dict[str, ImageSet]) -> str:
             "dtype": str(images.dtype),
         }
         hasher.update(b"\n" + json.dumps(header, sort_keys=True).encode() + b"\n")
-        hasher.update(memoryview(images).cast("B"))
+        if path is None:
+            hasher.update(memoryview(images).cast("B"))
+        else:
+            for chunk in file_chunks(path, images.offset, images.nbytes):
+                hasher.update(chunk)
         hasher.update(np.ascontiguousarray(imageset.labels, dtype="<i8").tobytes())
     return hasher.hexdigest()
 

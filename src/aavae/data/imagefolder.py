@@ -12,10 +12,17 @@ compressed tar is decompressed front to back once) and decoded by a thread pool:
 releases the GIL while decoding and resizing, and large JPEGs are decoded at reduced scale
 (draft mode) when they are to be shrunk anyway.
 
-Memory: the decoded images of every split are held in RAM, in arrays allocated once at their
-final size (N x H x W x 3 uint8), until the caller saves them; the encoded files waiting
-for a decoding thread are bounded by :data:`MAX_BYTES_IN_FLIGHT`, and Pillow refuses images
-of more than twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) before decoding them.
+Memory does not grow with the number of images. Each decoded image is written at its row of
+a ``.npy`` file per split, created at its final size in a staging folder on disk
+(:mod:`aavae.data.staging`: under ``data/02_intermediate`` of a Kedro project), with plain
+positioned writes whose pages the kernel owns; the image sets returned are read-only memory
+maps of those files, which saving them to the catalog renames into place (no copy). Images
+left out as undecodable are squeezed out of the files chunk by chunk. What memory holds is
+the images in flight: encoded files waiting for a decoding thread, bounded by
+:data:`MAX_BYTES_IN_FLIGHT`, and about :data:`RUN_BYTES` of decoded images per thread.
+Pillow refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb)
+before decoding them. Disk space for every decoded image is checked before the first is
+decoded.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +45,7 @@ from aavae.data.archive import Entry, Source, file_digests, open_source
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import ImageSet
+from aavae.data.staging import NpyRows, map_npy, new_staging_folder, remove_folder, staging_root
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,7 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
 BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
 MAX_BYTES_IN_FLIGHT = 256 * 1024**2  # encoded bytes read but not yet decoded, at most (roughly)
+RUN_BYTES = 4 * 1024**2  # decoded bytes a thread holds before writing them to the staged file
 EXPECTED_LAYOUT = (
     "<split>/<class>/<image> with a 'train' split, e.g. train/cat/0001.jpg and "
     "test/cat/0002.png (test is optional), as a folder, .tar, .tar.gz/.tgz or .zip file, "
@@ -74,8 +83,15 @@ def read_imagefolder(
     resize: ResizePolicy = "resize_crop",
     on_bad_image: BadImagePolicy = "error",
     workers: int | None = None,
+    staging: str | os.PathLike | None = None,
 ) -> ReadResult:
     """Read every split of an image folder tree into ImageSets of one image size.
+
+    The images of each split are decoded into a .npy file on disk and returned as a
+    read-only memory map of it (see the module docstring): ingesting takes the same memory
+    for a thousand images as for a million, and saving the sets with ``save_imageset``
+    moves the files into place. Files of a result that is never saved are deleted when its
+    image sets are garbage collected.
 
     Args:
         path: a folder, ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` laid out as
@@ -88,6 +104,10 @@ def read_imagefolder(
         on_bad_image: ``"error"`` stops at the first undecodable image, naming it;
             ``"skip"`` leaves it out and lists it in ``ReadResult.skipped``.
         workers: decoding threads (default: the CPUs this process may use).
+        staging: folder under which the decoded images are staged (default:
+            :func:`aavae.data.staging.staging_root`, ``data/02_intermediate`` in a Kedro
+            project). Put it on the filesystem the sets will be saved to, so saving is a
+            rename.
     """
     _check_arguments(image_size, resize, on_bad_image, workers)
     path = Path(path)
@@ -95,14 +115,21 @@ def read_imagefolder(
         raise DatasetError(
             f"Image folder path '{path}' does not exist. Expected {EXPECTED_LAYOUT}."
         )
-    with open_source(path) as source:
-        layout = plan_layout(source.entries(), source)
-        size = None if image_size is None else (image_size, image_size)
-        decoder = _Decoder(layout, size, resize, on_bad_image, source)
-        _stream_and_decode(source, decoder, workers or _available_cpus())
-    splits = decoder.results()
-    archive_sha256 = None if path.is_dir() else file_digests(path)["sha256"]
-    return ReadResult(splits, str(path), "imagefolder", archive_sha256, sorted(decoder.skipped))
+    root = staging_root() if staging is None else Path(staging)
+    decoder: _Decoder | None = None
+    try:
+        with open_source(path) as source:
+            layout = plan_layout(source.entries(), source)
+            size = None if image_size is None else (image_size, image_size)
+            decoder = _Decoder(layout, size, resize, on_bad_image, source, root)
+            _stream_and_decode(source, decoder, workers or _available_cpus())
+            splits = decoder.results()
+        archive_sha256 = None if path.is_dir() else file_digests(path)["sha256"]
+        return ReadResult(splits, str(path), "imagefolder", archive_sha256, sorted(decoder.skipped))
+    except BaseException:
+        if decoder is not None:
+            decoder.discard()
+        raise
 
 
 def _check_arguments(
@@ -247,7 +274,7 @@ def _check_classes(
 
 
 class _Decoder:
-    """Decodes encoded images into per-split arrays allocated once, at their final size."""
+    """Decodes encoded images into one .npy file per split, created at its final size."""
 
     def __init__(
         self,
@@ -256,11 +283,13 @@ class _Decoder:
         resize: ResizePolicy,
         on_bad_image: BadImagePolicy,
         source: Source,
+        stage_in: Path,
     ) -> None:
         self.layout = layout
         self.resize = resize
         self.on_bad_image = on_bad_image
         self.source = source
+        self.stage_in = stage_in  # where the staging folder is made
         self.exact = size is None  # keep images as they are: all must share the first one's size
         self.slots = {
             name: (split, index)
@@ -272,7 +301,8 @@ class _Decoder:
         }
         self.skipped: list[str] = []
         self.size: tuple[int, int] | None = None  # (width, height)
-        self.arrays: dict[str, np.ndarray] = {}
+        self.folder: Path | None = None  # the staging folder, once created
+        self.files: dict[str, NpyRows] = {}
         if size is not None:
             self._allocate(size)
 
@@ -288,32 +318,31 @@ class _Decoder:
         if self.size is None:
             try:
                 with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
-                    self._allocate(image.size)
+                    size = image.size
             except Exception:  # an unreadable image: its own decoding reports it
-                pass
+                return
+            self._allocate(size)
 
     def _allocate(self, size: tuple[int, int]) -> None:
         width, height = size
         count = sum(len(files) for files in self.layout.splits.values())
+        what = f"{self.source.describe()}: {count:,} images of {width}x{height}"
+        self.folder = new_staging_folder(self.stage_in, count * width * height * 3, what)
         try:
-            self.arrays = {
-                split: np.empty((len(files), height, width, 3), dtype=np.uint8)
-                for split, files in self.layout.splits.items()
-            }
-        except MemoryError:
-            raise DatasetError(
-                f"{self.source.describe()}: {count:,} images of {width}x{height} need "
-                f"{count * width * height * 3 / 1024**3:,.1f} GiB of memory, more than this "
-                "machine can allocate. Set a smaller --params dataset.image_size=<side>, or "
-                "ingest fewer images."
-            ) from None
+            for split, files in self.layout.splits.items():
+                shape = (len(files), height, width, 3)
+                self.files[split] = NpyRows(self.folder / f"{split}.npy", shape)
+        except BaseException:
+            self.discard()
+            raise
         self.size = size
 
     def decode_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        run = _Run()  # decoded images of consecutive rows, written with one call
         for name, data in batch:
             split, index = self.slots[name]
             try:
-                self.arrays[split][index] = self._decode(name, data)
+                image = self._decode(name, data)
             except _SizeMismatch:
                 raise
             except Exception as exc:  # Pillow raises many types for damaged files
@@ -325,7 +354,17 @@ class _Decoder:
                     ) from exc
                 self.skipped.append(name)
                 continue
-            self.decoded[split][index] = True
+            if not run.extends(split, index) or run.nbytes >= RUN_BYTES:
+                self._write(run)
+                run = _Run(split, index)
+            run.images.append(image)
+            run.nbytes += image.nbytes
+        self._write(run)
+
+    def _write(self, run: _Run) -> None:
+        if run.images:
+            self.files[run.split].write(run.start, run.images)
+            self.decoded[run.split][run.start : run.start + len(run.images)] = True
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         assert self.size is not None, "batches are decoded only once the size is known"
@@ -341,13 +380,14 @@ class _Decoder:
             return fit_image(image, self.size, self.resize)
 
     def results(self) -> dict[str, ImageSet]:
+        """The image sets, each a read-only map of its file, undecodable rows squeezed out."""
         class_names = self.layout.class_names
-        splits = {}
+        labels_of = {}
         for split, files in self.layout.splits.items():
             kept = self.decoded[split]
             all_labels = np.fromiter((label for _, label in files), np.int64, count=len(files))
-            labels = all_labels[kept]
-            counts = np.bincount(labels, minlength=len(class_names))
+            labels_of[split] = all_labels[kept]
+            counts = np.bincount(labels_of[split], minlength=len(class_names))
             for name, count in zip(class_names, counts, strict=True):
                 if not count:
                     raise DatasetError(
@@ -355,11 +395,39 @@ class _Decoder:
                         "readable images: all were skipped as undecodable (the log names "
                         "them). Replace the files, or remove the class from every split."
                     )
-            images = self.arrays[split]
-            splits[split] = ImageSet(
-                images if kept.all() else images[kept], labels, class_names, split
-            )
+        splits = {}
+        for split, rows in self.files.items():
+            if not self.decoded[split].all():
+                rows.compact(self.decoded[split])
+            rows.close()
+            images = map_npy(rows.path, staged=True)
+            splits[split] = ImageSet(images, labels_of[split], class_names, split)
         return splits
+
+    def discard(self) -> None:
+        """Delete the staging folder and everything in it (the read failed)."""
+        for rows in self.files.values():
+            rows.close()
+        if self.folder is not None:
+            remove_folder(self.folder)
+
+
+@dataclass
+class _Run:
+    """Decoded images bound for consecutive rows of one split's file, from ``start``.
+
+    Files are read in storage order, which for a folder or an archive of sorted names is
+    row order, so most of a batch is one run: one write instead of one per image. A run is
+    written once it holds RUN_BYTES, so a batch of large images is never all in memory.
+    """
+
+    split: str = ""
+    start: int = 0
+    images: list[np.ndarray] = field(default_factory=list)
+    nbytes: int = 0
+
+    def extends(self, split: str, index: int) -> bool:
+        return split == self.split and index == self.start + len(self.images)
 
 
 class _SizeMismatch(DatasetError):

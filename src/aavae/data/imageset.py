@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aavae.data.staging import map_npy, place_npy, relocated
+
 UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
 
 
@@ -60,13 +62,20 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
 
     The files are written into a sibling temporary folder that is renamed into place, so
     an interrupted write never leaves a half artifact and never destroys the previous one
-    before the new one is complete.
+    before the new one is complete; if the final rename fails, the previous one is put back.
+
+    Images that are a memory map of a whole .npy file (what the image-folder reader stages
+    on disk, or what :func:`load_imageset` maps) are not copied through memory: a staged
+    file is renamed into place, another file hard-linked (or copied by the kernel across
+    filesystems), so saving a set larger than RAM costs no memory and, from the staging
+    folder, no disk copy either. Other images are written with ``np.save``.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
+        if place_npy(imageset.images, staging / "images.npy") is None:
+            np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
         np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
         meta = {"split": imageset.split, "class_names": list(imageset.class_names)}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -74,10 +83,15 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
             retired = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(retired, ignore_errors=True)
             folder.rename(retired)
-            staging.rename(folder)
+            try:
+                staging.rename(folder)
+            except BaseException:
+                retired.rename(folder)  # the previous artifact back under its name
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             staging.rename(folder)
+        relocated(imageset.images, folder / "images.npy")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -92,6 +106,7 @@ def load_imageset(folder: str | os.PathLike, mmap: bool = True) -> ImageSet:
             "pipeline first (kedro run --pipeline pretrain)."
         )
     meta = json.loads((folder / "meta.json").read_text())
-    images = np.load(folder / "images.npy", mmap_mode="r" if mmap else None)
+    path = folder / "images.npy"
+    images = map_npy(path, staged=False) if mmap else np.load(path)
     labels = np.load(folder / "labels.npy")
     return ImageSet(images, labels, tuple(meta["class_names"]), meta["split"])
