@@ -252,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if trial.survived:
             compare(project, reference, trial)
-        running = running_runs(project)
+        try:
+            running = running_runs(project)
+        except Exception as exc:  # a store no later run could open: the trial is lost
+            running = 0
+            trial.problems.append(f"the MLflow store does not open: {str(exc).splitlines()[0][:200]}")
         left_running += running
         if running:
             trial.problems.append(f"{running} MLflow run(s) left RUNNING")

@@ -1,18 +1,22 @@
 """Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the
-runner; one pretraining per data folder; no MLflow run left RUNNING by a dead process."""
+runner; one pretraining per data folder; an MLflow store that always opens; no MLflow run left
+RUNNING by a dead process."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from aavae import tracking
 from aavae.config import validate_all
 from aavae.pretrain_lock import PretrainLock
 from aavae.quiet import reapply_logger_levels
+from aavae.tracking_store import prepare_sqlite_store
 from aavae.training.distributed import launched_rank
 
 PRETRAIN_NODE = "pretrain"
@@ -95,6 +99,28 @@ class PretrainLockHooks:
         if self.lock is not None:
             self.lock.release()  # Ctrl+C and SystemExit: released at interpreter exit instead
         self.lock, self._run_recorded = None, False
+
+
+class TrackingStoreHooks:
+    """Create a missing SQLite MLflow store whole, or replace one a killed run left half made.
+
+    ``tryfirst``: kedro-mlflow opens the store in its own ``after_context_created``, and MLflow
+    would start migrating a missing or half-made one there, not atomically
+    (:mod:`aavae.tracking_store`).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        if launched_rank() > 0:  # kedro-mlflow is off on these ranks: they never open the store
+            return
+        loader = context.config_loader
+        if "mlflow" not in loader.config_patterns:  # as kedro-mlflow registers it
+            loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+        try:
+            uri = (loader["mlflow"].get("server") or {}).get("mlflow_tracking_uri")
+        except MissingConfigException:
+            uri = None
+        prepare_sqlite_store(uri or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 class RunLivenessHooks:

@@ -9,6 +9,7 @@ from aavae.hooks import (
     PretrainLockHooks,
     RunLivenessHooks,
     RunnerTagHooks,
+    TrackingStoreHooks,
 )
 from aavae.quiet import filter_unactionable_warnings
 from aavae.training.distributed import launched_rank
@@ -18,7 +19,7 @@ from aavae.training.distributed import launched_rank
 filter_unactionable_warnings()
 
 HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), PretrainLockHooks(),
-         RunLivenessHooks())
+         TrackingStoreHooks(), RunLivenessHooks())
 
 # Under torchrun/SLURM every rank runs `kedro run --pipeline train`: one MLflow run (rank 0's)
 # and one writer of each artifact (see distributed_catalog.py).

@@ -1,0 +1,114 @@
+"""The project's SQLite MLflow store: created whole or not at all.
+
+MLflow creates a new SQLite store's tables with a long chain of schema migrations that are not
+one transaction. A process killed meanwhile (the first ``kedro run`` of a fresh project,
+SIGKILLed or out of memory in its first seconds: ``benchmarks/faults.py`` hit it) leaves a
+file that MLflow can never open again: every later run stops with ``table ... already
+exists``. So, before kedro-mlflow first opens the store, :func:`prepare_sqlite_store`
+
+* creates a missing store under a temporary name in its folder and renames it into place,
+  so the store's name only ever holds a complete one; and
+* moves aside a store that such a kill left half made (its schema short of the installed
+  MLflow's and not one run in it: there is nothing in it to lose), then creates it anew.
+
+A store with runs whose schema is older is left alone: MLflow then says to run
+``mlflow db upgrade``. Other tracking URIs (servers, Databricks, files) are not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(tracking_uri: str | None) -> Path | None:
+    """The file of a ``sqlite:///`` tracking URI (relative to the working directory, as
+    SQLAlchemy reads it), or None for any other kind of store."""
+    if not tracking_uri or not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    path = tracking_uri[len(SQLITE_PREFIX):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def prepare_sqlite_store(tracking_uri: str | None) -> None:
+    """Make sure the store of ``tracking_uri`` opens: create it whole, or replace a half-made one."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return
+    if path.exists():
+        schema, runs = _schema_and_runs(path)
+        if schema == _latest_schema() or runs:
+            return
+        aside = path.with_name(f"{path.name}.incomplete-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+        _forget_engines(path)
+        path.rename(aside)
+        log.warning(
+            "The MLflow store %s was left half created (schema %s, no runs), most likely by a run "
+            "killed while creating it; moved it to %s and creating it anew.", path, schema or "none", aside)
+    _create(path)
+
+
+def _schema_and_runs(path: Path) -> tuple[str | None, int]:
+    """The store's schema revision (None if it has none) and how many runs it holds."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if "alembic_version" in tables else None
+            runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as exc:
+        raise RuntimeError(
+            f"The MLflow store '{path}' is not a readable SQLite database ({exc}). Move it aside "
+            "(the next run creates a new one), or point mlflow.yml's server.mlflow_tracking_uri "
+            "at the store you meant."
+        ) from exc
+    return (row[0] if row else None), runs
+
+
+def _forget_engines(path: Path) -> None:
+    """Drop MLflow's cached connections to ``path`` (a notebook that failed to open it earlier
+    holds some): they would go on reading the file moved aside."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engines = getattr(SqlAlchemyStore, "_engine_map", {})
+    for uri in list(engines):
+        cached = sqlite_path(uri)
+        if cached is not None and cached.resolve() == path.resolve():
+            engines.pop(uri).dispose()
+
+
+def _latest_schema() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision  # alembic: import on use
+
+    return _get_latest_schema_revision()
+
+
+def _create(path: Path) -> None:
+    """Create the store under a temporary name beside ``path``, then link it into place."""
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    building.unlink(missing_ok=True)
+    try:
+        # MLflow's own constructor, as kedro-mlflow would call it: same tables, same default
+        # experiment and artifact root.
+        store = _get_sqlalchemy_store(f"{SQLITE_PREFIX}{building}", None)
+        store.engine.dispose()
+        try:
+            os.link(building, path)  # never over a store another process just created
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(building, path)
+    finally:
+        building.unlink(missing_ok=True)
