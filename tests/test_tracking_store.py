@@ -7,6 +7,8 @@ store left a file whose every later open failed with "table datasets already exi
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -88,6 +90,29 @@ def test_a_store_with_runs_is_never_moved_even_if_its_schema_is_behind(tmp_path)
         db.execute("INSERT INTO runs (run_uuid, experiment_id, lifecycle_stage) VALUES ('r', 7, 'active')")
     prepare_sqlite_store(f"sqlite:///{store}")
     assert store.exists() and not list(tmp_path.glob("mlflow.db.incomplete-*"))
+
+
+KILLED_MID_TRANSACTION = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")  # spill changed pages into the file: the journal is hot
+db.execute("BEGIN IMMEDIATE")
+for n in range(2000):
+    db.execute("INSERT INTO experiments (name, lifecycle_stage) VALUES (?, 'active')", (f"x{n}",))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_killed_mid_transaction_is_rolled_back_not_refused(tmp_path):
+    """faults.py, trial 14 of 20: a kill during a write left mlflow.db-journal behind."""
+    store = tmp_path / "mlflow.db"
+    prepare_sqlite_store(f"sqlite:///{store}")
+    subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(store)], check=False)
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0, "a hot journal, as the kill leaves it"
+    prepare_sqlite_store(f"sqlite:///{store}")
+    assert opens(store) and not list(tmp_path.glob("mlflow.db.incomplete-*"))
+    names = [e.name for e in MlflowClient(f"sqlite:///{store}").search_experiments()]
+    assert names == ["Default"], "the killed transaction was rolled back"
 
 
 def test_a_file_that_is_no_database_is_named(tmp_path):

@@ -59,7 +59,9 @@ def prepare_sqlite_store(tracking_uri: str | None) -> None:
 def _schema_and_runs(path: Path) -> tuple[str | None, int]:
     """The store's schema revision (None if it has none) and how many runs it holds."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        # Read-write, not read-only: a process killed mid-transaction leaves a hot journal,
+        # which SQLite rolls back on this first connection (a read-only one cannot).
+        with contextlib.closing(sqlite3.connect(path)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             row = db.execute("SELECT version_num FROM alembic_version").fetchone() \
                 if "alembic_version" in tables else None
