@@ -49,3 +49,12 @@ def digits_project(tmp_path_factory) -> Path:
         result = kedro(project, "--pipeline", pipeline, "--env", "test")
         (project / f"{pipeline}.log").write_text(result.stdout + result.stderr)
     return project
+
+
+def project_runs(project: Path) -> list:
+    """Every MLflow run of a project copy's 'aavae' experiment, oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aavae")
+    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)

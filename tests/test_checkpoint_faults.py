@@ -23,6 +23,7 @@ from aavae.training import (
     fit,
 )
 from aavae.views import ViewPolicy
+from tests.test_training import _assert_same_weights, _weights  # noqa: I001
 
 
 def _module(max_epochs: int) -> PretrainModule:
@@ -39,15 +40,6 @@ def _module(max_epochs: int) -> PretrainModule:
                           TrainingImages(train.images[:256], train.labels[:256]), val,
                           mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
 
-
-def _weights(module: PretrainModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _assert_same_weights(expected: dict, got: dict) -> None:
-    assert expected.keys() == got.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 class DiskFullAfter:

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import copy_project, kedro
+from tests.conftest import copy_project, kedro, project_runs
 from tests.test_interruption import _wait_for_new_checkpoint
 
 # Few, large steps in fp32. Adam amplifies rounding: after two epochs of 21 steps at batch 64,
@@ -28,11 +27,6 @@ from tests.test_interruption import _wait_for_new_checkpoint
 ONE = "pretrain.max_epochs=3,pretrain.sync_batchnorm=true,pretrain.precision=32-true,pretrain.batch_size=448"
 TWO = ONE + ",pretrain.devices=2"
 
-
-def _runs(project: Path) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("aavae")
-    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
 
 
 def _flat(path: Path) -> torch.Tensor:
@@ -58,7 +52,7 @@ def test_two_spawned_ranks_train_like_one_process_and_resume_after_a_kill(tmp_pa
                    .stdout.splitlines() if str(two) in line), "no orphaned rank keeps running"
     kedro(two, "--pipeline", "pretrain", "--env", "test", "--params", TWO)
 
-    killed, finished = _runs(two)[-2:]
+    killed, finished = project_runs(two)[-2:]
     assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
     assert finished.data.tags["resumed_from_run"] == killed.info.run_id
     bundle = torch.load(two / "data/06_models/aavae_model.pt", weights_only=True)
@@ -82,7 +76,7 @@ def test_torchrun_starts_ranks_that_share_one_mlflow_run_and_one_writer(tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Rank 0 of 2" in output and "Rank 1 of 2" in output
-    runs = [run for run in _runs(project) if run.info.run_name == "train"]
+    runs = [run for run in project_runs(project) if run.info.run_name == "train"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", "rank 1 opens no MLflow run"
     assert "train_loss" in runs[0].data.metrics
     bundle = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)

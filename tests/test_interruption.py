@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import copy_project, kedro
+from tests.conftest import copy_project, kedro, project_runs
 
 ARGS = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=6"]
 
@@ -35,11 +35,6 @@ def _wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: fl
     raise AssertionError("no checkpoint appeared in time")
 
 
-def _runs(project: Path) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("aavae")
-    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
-
 
 def test_sigterm_then_sigkill_then_resume(tmp_path):
     project = copy_project(tmp_path)
@@ -58,7 +53,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     second.wait(timeout=60)
 
     kedro(project, *ARGS)
-    first_run, second_run, third_run = _runs(project)
+    first_run, second_run, third_run = project_runs(project)
     assert first_run.info.status == "KILLED", "SIGTERM ends the run as KILLED"
     assert second_run.info.status == "KILLED", "the next run closes the SIGKILLed one"
     assert "was gone" in second_run.data.tags["killed_because"]
@@ -78,7 +73,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     # model bundle (and so the next evaluate) at the run that trained it, not the empty one.
     again = kedro(project, *ARGS)
     assert "Already trained" in again.stdout + again.stderr
-    fourth = _runs(project)[-1]
+    fourth = project_runs(project)[-1]
     assert fourth.data.tags["already_trained_in_run"] == third_run.info.run_id
     assert "train_loss" not in fourth.data.metrics
     rebuilt = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
@@ -92,7 +87,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     old_last = torch.load(folder / "last.ckpt", weights_only=True, mmap=True)
     started = time.time()
     kedro(project, *ARGS[:-1], "pretrain.max_epochs=6,pretrain.resume=false")
-    fourth_run = _runs(project)[-1]
+    fourth_run = project_runs(project)[-1]
     assert "resumed_from_run" not in fourth_run.data.tags
     assert len(client.get_metric_history(fourth_run.info.run_id, "train_loss")) == 6, "it started over"
     assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from aavae.hooks import PretrainLockHooks
 from aavae.pipeline_registry import register_pipelines
 from aavae.pretrain_lock import LOCK_NAME, PretrainLock, PretrainLocked
-from tests.conftest import copy_project, kedro
+from tests.conftest import copy_project, kedro, project_runs
 from tests.test_interruption import _wait_for_new_checkpoint
 
 LONG = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=60,pretrain.compile=false"]
@@ -132,11 +131,6 @@ def test_the_hook_locks_pipelines_with_the_pretrain_node_on_rank_zero_only(tmp_p
     assert not lock.exists()
 
 
-def _runs(project: Path) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("aavae")
-    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
-
 
 def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path):
     project = copy_project(tmp_path)
@@ -144,7 +138,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
 
     first = _start(project, LONG)
     _wait_for_new_checkpoint(project, first, after=0)
-    (first_run,) = _runs(project)
+    (first_run,) = project_runs(project)
     record = json.loads(lock.read_text())
     assert (record["pid"], record["mlflow_run_id"]) == (first.pid, first_run.info.run_id)
 
@@ -153,7 +147,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
     assert refused.returncode != 0
     assert f"PID {first.pid} on host {socket.gethostname()}" in said and first_run.info.run_id in said
     assert "Traceback" not in said, "a refusal is a message, not a crash"
-    assert len(_runs(project)) == 1, "the refused run opened no MLflow run"
+    assert len(project_runs(project)) == 1, "the refused run opened no MLflow run"
     assert first.poll() is None, "the first run trains on"
 
     first.kill()  # SIGKILL: nothing in the process can clean up
@@ -163,7 +157,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
     done = kedro(project, *TRAIN, timeout=300)
     assert f"Took over the pretraining lock {lock}" in done.stdout + done.stderr
     assert not lock.exists(), "released at the end"
-    killed, finished = _runs(project)
+    killed, finished = project_runs(project)
     assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
     assert finished.info.run_id in killed.data.tags["killed_because"]
 

@@ -6,14 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from aavae import tracking
-from tests.conftest import copy_project, kedro
+from tests.conftest import copy_project, kedro, project_runs
 
 # A process that opens a run the way `kedro run` does (process tags from creation), then is
 # killed where nothing can end the run: SIGKILL.
@@ -84,11 +83,6 @@ def test_every_run_records_its_process_from_its_creation(store):
     assert "MLFLOW_RUN_CONTEXT" not in os.environ or previous is not None, "child processes do not inherit it"
 
 
-def _runs(project: Path) -> list:
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("aavae")
-    return sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
-
 
 def test_any_kedro_run_closes_a_killed_run_of_another_pipeline(tmp_path):
     project = copy_project(tmp_path)
@@ -97,7 +91,7 @@ def test_any_kedro_run_closes_a_killed_run_of_another_pipeline(tmp_path):
 
     kedro(project, "--pipeline", "ingest", "--env", "test")
 
-    killed, ingest = _runs(project)
+    killed, ingest = project_runs(project)
     assert killed.info.run_id == dead and killed.info.status == "KILLED"
     assert ingest.info.run_id in killed.data.tags["killed_because"]
     assert ingest.info.status == "FINISHED"
