@@ -177,11 +177,13 @@ class ImageEncoder:
         return self._fused
 
 
-def resolve_precision(requested: str) -> str:
-    """``auto``: bf16-mixed where the CPU has bf16 matrix units (as pretraining decides), else
-    32-true. Other values are returned as they are."""
+def resolve_precision(requested: str, device: torch.device | None = None) -> str:
+    """``auto``: bf16-mixed on a CUDA ``device`` with bf16, or, on the CPU, where it has bf16
+    matrix units (as pretraining decides); else 32-true. Other values are returned as they are."""
     if requested != "auto":
         return requested
+    if device is not None and device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     from aavae.training.engine import cpu_has_fast_bf16  # the one owner of that check
 
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"

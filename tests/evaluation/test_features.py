@@ -96,3 +96,24 @@ def test_extract_features_zooms_as_the_recipes_originals_when_asked():
     expected = ((zoomed - 0.5) / 0.25).flatten(1).numpy()
     got = extract_features(encoder, images, [0.5] * 3, [0.25] * 3, original_resize=105, channels_last=False)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("precision", "fast_bf16", "autocast"), [
+    ("auto", True, True), ("auto", False, False), ("32-true", True, False), ("bf16-mixed", False, True),
+])
+def test_evaluate_precision_decides_the_features_autocast(monkeypatch, precision, fast_bf16, autocast):
+    from aavae.config import EvaluateConfig
+    from aavae.pipelines.features import nodes
+    from aavae.training import engine
+
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast_bf16)
+    config = EvaluateConfig(precision=precision, accelerator="cpu")
+    assert nodes.evaluation_autocast(config) is autocast
+
+
+def test_bf16_features_are_those_of_float32_within_bf16_rounding():
+    encoder, images = small_encoder(), random_images(16, 8)
+    exact = extract_features(encoder, images, MEAN, STD, autocast_bf16=False)
+    rounded = extract_features(encoder, images, MEAN, STD, autocast_bf16=True)
+    assert not np.array_equal(exact, rounded), "autocast was not applied"
+    np.testing.assert_allclose(rounded, exact, rtol=0.05, atol=0.02)

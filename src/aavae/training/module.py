@@ -280,15 +280,18 @@ class PretrainModule(pl.LightningModule):
             self._fit_schedule(decision)
 
     def _fit_schedule(self, fit: ScheduleFit) -> None:
-        """End warm-up, decay and training at the step count that fills the time limit."""
+        """End warm-up, decay and training at the step count that fills the time limit; a
+        refined fit moves only the end (the warm-up stays as the first fit set it)."""
         assert self.step_fn is not None
         total = self._fitted_steps = fit.total_steps
         self.step_fn.total_steps.fill_(total)
-        self.step_fn.warmup_steps.fill_(self.warmup_for(total))
+        if not fit.refined:
+            self.step_fn.warmup_steps.fill_(self.warmup_for(total))
         self.trainer.fit_loop.epoch_loop.max_steps = total
-        log.info("Schedule fitted to the %.1f-minute limit: %.3f s per step, %d steps in all "
-                 "(%d of warm-up), %.1f epochs", self.config.max_time_minutes, fit.seconds_per_step,
-                 total, self.warmup_for(total), total / self.steps_per_epoch)
+        log.info("Schedule %s to the %.1f-minute limit: %.3f s per step, %d steps in all "
+                 "(%d of warm-up), %.1f epochs", "refitted" if fit.refined else "fitted",
+                 self.config.max_time_minutes, fit.seconds_per_step, total,
+                 int(self.step_fn.warmup_steps), total / self.steps_per_epoch)
 
     def _read_epoch_metrics(self) -> None:
         """Epoch means of the step's sums: the one device-to-host read of an epoch.

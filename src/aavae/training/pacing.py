@@ -4,6 +4,11 @@ Two of them: ``compile: auto`` on a CPU (compile the step when eager training wo
 enough to pay for compiling), and ``schedule_to_time_limit`` (end the warm-up and decay with
 the time limit, at the step count that fills it). :class:`Pacer` only times and decides;
 the module applies what it decides. Nothing is timed once both are settled.
+
+The first steps of a run are slower than the steady state (allocator and kernel caches warm
+up: 1.3-1.5 s against 1.0 s a step on a 2-core CPU), so a schedule fitted on them alone ends
+minutes early. The fit is therefore refined at :data:`REFIT_AT` of the time limit from the rate
+measured since the first fit; only the end of the cosine moves (the warm-up is over by then).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ AUTO_COMPILE_MINUTES = 10.0  # on CPU, compile when eager training would last lo
 COMPILE_DECISION_STEPS = 3  # eager steps timed before deciding (after the first, which warms up)
 FIT_TIMED_STEPS = 5  # steps timed before fitting the schedule to the time limit
 TIME_FIT_SLACK = 0.97  # share of the time left that the fitted steps are planned to fill
+REFIT_AT = (0.2, 0.5)  # shares of the time limit at which the fit is refined from the steady rate
 
 
 class StepClock:
@@ -57,6 +63,7 @@ class CompileDecision:
 class ScheduleFit:
     total_steps: int
     seconds_per_step: float
+    refined: bool = False  # a later fit from the steady rate: moves the end, keeps the warm-up
 
 
 class Pacer:
@@ -70,15 +77,19 @@ class Pacer:
         self.time_limit_minutes = time_limit_minutes
         self.planned_steps = planned_steps
         self.started = time.perf_counter()
+        self.refits_left = list(REFIT_AT) if self.fitting else []
+        self.anchor: tuple[int, float] | None = None  # (step, time) of the first fit
 
     @property
     def settled(self) -> bool:
-        return not (self.deciding_compile or self.fitting)
+        return not (self.deciding_compile or self.fitting or self.refits_left)
 
     def before_step(self, step_number: int) -> CompileDecision | ScheduleFit | None:
         """Call at the start of every step; returns a decision on the step it is taken."""
         if self.settled:
             return None
+        if not (self.deciding_compile or self.fitting):
+            return self._refine(step_number)
         self.clock.tick()
         if self.deciding_compile:
             seconds = self.clock.seconds_per_step(skip=1, steps=COMPILE_DECISION_STEPS)
@@ -94,8 +105,31 @@ class Pacer:
         seconds = self.clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)
         if seconds is None:
             return None
-        assert self.time_limit_minutes is not None
-        left = self.time_limit_minutes * 60 - (time.perf_counter() - self.started)
         self.fitting = False
+        self.anchor = (step_number, self.clock.times[-1])
+        return self._fit(step_number, seconds, self.clock.times[-1])
+
+    def _refine(self, step_number: int) -> ScheduleFit | None:
+        """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit.
+
+        Between refits this reads the host clock only (no device wait); the step that refits
+        waits once so that the time it reads is the device's.
+        """
+        assert self.time_limit_minutes is not None and self.anchor is not None
+        limit = self.time_limit_minutes * 60
+        if time.perf_counter() - self.started < self.refits_left[0] * limit:
+            return None
+        self.refits_left.pop(0)
+        self.clock.tick()
+        now = self.clock.times[-1]
+        anchor_step, anchor_time = self.anchor
+        if step_number <= anchor_step:
+            return None
+        fit = self._fit(step_number, (now - anchor_time) / (step_number - anchor_step), now)
+        return ScheduleFit(fit.total_steps, fit.seconds_per_step, refined=True)
+
+    def _fit(self, step_number: int, seconds: float, now: float) -> ScheduleFit:
+        assert self.time_limit_minutes is not None
+        left = self.time_limit_minutes * 60 - (now - self.started)
         # A little slack for validation and checkpoints at epoch ends.
         return ScheduleFit(step_number + max(1, int(TIME_FIT_SLACK * left / seconds)), seconds)

@@ -26,7 +26,7 @@ from aavae.evaluation import (
     paper_linear_eval,
 )
 from aavae.models import ModelSpec
-from aavae.pipelines.features.nodes import evaluation_device
+from aavae.pipelines.features.nodes import evaluation_autocast, evaluation_device
 from aavae.plots import confusion_matrix_figure, curves_figure, embedding_figure, figure_png
 from aavae.report_html import ReportImage, render_report
 
@@ -51,7 +51,7 @@ def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], cla
             encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
             split.normalization["mean"], split.normalization["std"], len(class_names), class_names,
             epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
-            device=evaluation_device(config.accelerator),
+            device=evaluation_device(config.accelerator), autocast_bf16=evaluation_autocast(config),
             original_resize=split.normalization.get("original_resize"),
         )
     return linear_probe(

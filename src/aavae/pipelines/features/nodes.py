@@ -17,6 +17,7 @@ from aavae.evaluation import (
     extract_features,
     model_from_bundle,
 )
+from aavae.inference import resolve_precision
 from aavae.models import ModelSpec
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.views import channel_tensors, normalize, original_view
@@ -74,10 +75,15 @@ def evaluation_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
 
 
+def evaluation_autocast(config: EvaluateConfig) -> bool:
+    """``evaluate.precision``: whether networks run under bf16 autocast during evaluation."""
+    return resolve_precision(config.precision, evaluation_device(config.accelerator)) == "bf16-mixed"
+
+
 def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
     norm = bundle["normalization"]
     return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=config.batch_size,
-                            device=evaluation_device(config.accelerator),
+                            device=evaluation_device(config.accelerator), autocast_bf16=evaluation_autocast(config),
                             original_resize=norm.get("original_resize"))
 
 
