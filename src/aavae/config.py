@@ -8,9 +8,12 @@ naming the dotted key (``pretrain.learning_rate``) and what was expected.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from aavae.models import ModelSpec
 
 
 class ConfigError(ValueError):
@@ -87,6 +90,14 @@ class ModelConfig(_Schema):
     width: int = Field(64, ge=1, description="base channel count; the paper's is 64")
     h_dim: int | None = Field(None, ge=1, description="None: the encoder's output size")
     latent_dim: int = Field(128, ge=1)
+
+    def spec(self, input_size: int, **pretraining: Any) -> ModelSpec:
+        """The network these parameters name, for images ``input_size`` pixels on a side;
+        ``pretraining`` sets what only training decides (``log_scale``, ``learn_scale``, ``head``)."""
+        from aavae.models import ModelSpec  # torch is imported only when a network is built
+
+        return ModelSpec(encoder=self.encoder, stem=self.stem, width=self.width, h_dim=self.h_dim,
+                         latent_dim=self.latent_dim, input_size=input_size, **pretraining)
 
 
 class PretrainConfig(_Schema):

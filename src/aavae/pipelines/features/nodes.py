@@ -42,11 +42,7 @@ def resolve_model(
             )
         _record_evaluated_model(aavae_model, "data/06_models/aavae_model.pt")
         return aavae_model
-    model_cfg = parse("model", model, ModelConfig)
-    spec = ModelSpec(
-        encoder=model_cfg.encoder, stem=model_cfg.stem, width=model_cfg.width, h_dim=model_cfg.h_dim,
-        latent_dim=model_cfg.latent_dim, input_size=images_train.image_shape[0],
-    )
+    spec = parse("model", model, ModelConfig).spec(input_size=images_train.image_shape[0])
     try:
         bundle = bundle_from_checkpoint(config.checkpoint, spec, images_train.images, images_train.class_names)
     except (OSError, ValueError) as error:

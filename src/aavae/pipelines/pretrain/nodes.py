@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from aavae import tracking
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
-from aavae.models import ModelSpec, build_model, count_parameters
+from aavae.models import build_model, count_parameters
 from aavae.objective import Objective
 from aavae.training import (
     RUN_MARKER,
@@ -88,12 +88,8 @@ def pretrain(
     """Train the model; return the model bundle and a reconstruction grid."""
     model_cfg = parse("model", model, ModelConfig)
     cfg = parse("pretrain", pretrain, PretrainConfig)
-    height = images_train.image_shape[0]
-    spec = ModelSpec(
-        encoder=model_cfg.encoder, stem=model_cfg.stem, width=model_cfg.width, h_dim=model_cfg.h_dim,
-        latent_dim=model_cfg.latent_dim, input_size=height, log_scale=cfg.log_scale,
-        learn_scale=cfg.learn_scale, head="ae" if cfg.objective == "ae" else "vae",
-    )
+    spec = model_cfg.spec(input_size=images_train.image_shape[0], log_scale=cfg.log_scale, learn_scale=cfg.learn_scale,
+                          head="ae" if cfg.objective == "ae" else "vae")
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(spec)
     num_parameters = count_parameters(net)
