@@ -28,11 +28,22 @@ def encoder_output(net: AAVAENet, images: np.ndarray, mean, std) -> np.ndarray:
     return extract_features(net.encoder, images, mean, std)
 
 
+def test_make_bundle_holds_what_rebuilds_the_network_and_the_facts_given():
+    net = trained_looking_model()
+    bundle = ev.make_bundle(net, {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]}, objective="aavae", epochs=3)
+    assert set(ev.BUNDLE_KEYS) <= set(bundle) and bundle["spec"] == SPEC.to_dict()
+    assert bundle["objective"] == "aavae" and bundle["epochs"] == 3
+    assert bundle["num_parameters"] == sum(p.numel() for p in net.parameters())
+    assert all(tensor.device.type == "cpu" and not tensor.requires_grad for tensor in bundle["state_dict"].values())
+    images = random_images(6, 16)
+    np.testing.assert_array_equal(encoder_output(ev.model_from_bundle(bundle), images, MEAN, STD),
+                                  encoder_output(net, images, MEAN, STD))
+
+
 def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp_path):
     net = trained_looking_model()
-    bundle = {"state_dict": net.state_dict(), "spec": SPEC.to_dict(), "objective": "aavae",
-              "normalization": {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]},
-              "class_names": ["old"], "mlflow_run_id": "abc", "epochs": 7}
+    bundle = ev.make_bundle(net, {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]}, objective="aavae",
+                            class_names=["old"], mlflow_run_id="abc", epochs=7)
     path = tmp_path / "aavae_model.pt"
     torch.save(bundle, path)
     images = random_images(6, 16)

@@ -31,6 +31,7 @@ from aavae.evaluation.bundles import (
     BUNDLE_KEYS,
     baseline_encoder,
     bundle_from_checkpoint,
+    make_bundle,
     model_from_bundle,
 )
 from aavae.evaluation.embedding import EMBEDDING_METHODS, embed_2d
@@ -66,6 +67,7 @@ __all__ = [
     "extract_features",
     "knn_classify",
     "linear_probe",
+    "make_bundle",
     "model_from_bundle",
     "nearest_neighbours",
     "padded_random_crop",

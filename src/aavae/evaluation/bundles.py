@@ -1,8 +1,9 @@
 """Models to evaluate: rebuild a model bundle, read a checkpoint file into one, the baselines.
 
 A model bundle is what the pretrain node writes (``aavae_model.pt``): weights plus the
-plain config needed to rebuild them. :func:`model_from_bundle` is the one function that
-rebuilds its network, for the features pipeline, the embed pipeline and the MLflow model.
+plain config needed to rebuild them. :func:`make_bundle` is the one function that assembles
+one (the pretrain node, a paper checkpoint read for evaluation); :func:`model_from_bundle` the
+one that rebuilds its network, for the features pipeline, the embed pipeline and the MLflow model.
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ import torch
 from torch import nn
 
 from aavae.evaluation.features import ArrayLike
-from aavae.models import AAVAENet, ModelSpec, build_model, load_paper_checkpoint
+from aavae.models import AAVAENet, ModelSpec, build_model, count_parameters, load_paper_checkpoint
 from aavae.views import channel_stats
 
 log = logging.getLogger(__name__)
 
 BUNDLE_KEYS = ("state_dict", "spec", "normalization")
+
+
+def make_bundle(net: AAVAENet, normalization: Mapping[str, Any], **facts: Any) -> dict[str, Any]:
+    """A model bundle of ``net``: its weights on the CPU, its spec, how an image becomes its
+    input (``mean``, ``std``, optionally ``original_resize``), its parameter count, and
+    ``facts`` about where it came from (dataset, objective, epochs, the MLflow run, ...)."""
+    return {
+        "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
+        "spec": net.spec.to_dict(),
+        "normalization": dict(normalization),
+        "num_parameters": count_parameters(net),
+        **facts,
+    }
 
 
 def model_from_bundle(bundle: Mapping[str, Any], source: str = "the model bundle") -> AAVAENet:
@@ -68,19 +82,14 @@ def bundle_from_checkpoint(
         bundle["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _say_if_architecture_differs(path, net.spec, spec)
     else:
-        net = load_paper_checkpoint(path, spec)
+        net = load_paper_checkpoint(path, spec)  # model.*, with the head the file holds
         mean, std = channel_stats(np.asarray(train_images))
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
-        bundle = {
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "spec": net.spec.to_dict(),  # model.*, with the head the file holds
-            "normalization": {"mean": list(mean), "std": list(std)},
-            "dataset": None,
-            "objective": "project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
-            "epochs": int(epoch) + 1 if isinstance(epoch, int) else None,
-            "num_parameters": sum(p.numel() for p in net.parameters()),
-            "mlflow_run_id": None,
-        }
+        bundle = make_bundle(
+            net, {"mean": list(mean), "std": list(std)}, dataset=None,
+            objective="project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
+            epochs=int(epoch) + 1 if isinstance(epoch, int) else None, mlflow_run_id=None,
+        )
     bundle["class_names"] = [str(name) for name in class_names]
     bundle["checkpoint"] = str(path)
     return bundle

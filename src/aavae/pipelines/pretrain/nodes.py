@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from aavae import tracking
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
+from aavae.evaluation import make_bundle
 from aavae.models import build_model, count_parameters
 from aavae.objective import Objective
 from aavae.training import (
@@ -130,7 +131,7 @@ def pretrain(
                     "pretrain.resume=false trains again from scratch.", previous or "?", resume_from)
         tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir})
         module.load_state_dict(done["state_dict"])
-        return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val,
+        return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
                        epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
     _remember_run(checkpoint_dir)
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
@@ -154,11 +155,11 @@ def pretrain(
         tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
         raise
 
-    return _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs=epochs,
+    return _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs=epochs,
                    steps=steps, run_id=tracking.active_run_id())
 
 
-def _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, epochs, steps, run_id):
+def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs, steps, run_id):
     """The model bundle and the final reconstruction grid of a trained module."""
     if cfg.recompute_bn_stats:
         used = module.recompute_encoder_statistics()
@@ -166,22 +167,15 @@ def _finish(module, cfg, spec, preprocessing, images_train, dataset_card, val, e
     net = module.net.cpu().eval()
     shown = slice(0, 8)
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
-    mean, std = preprocessing["mean"], preprocessing["std"]
-    bundle = {
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "spec": spec.to_dict(),
-        # how an image becomes the encoder's input: normalisation, and the paper's STL-10 zoom
-        "normalization": {"mean": list(mean), "std": list(std),
-                          "original_resize": preprocessing["original_resize"]},
-        "class_names": list(images_train.class_names),
-        "dataset": dataset_card.get("name"),
-        "objective": cfg.objective,
-        "kl_coeff": module.objective.kl_coeff,
-        "epochs": epochs,  # Lightning counts an epoch cut short by max_time as done
-        "steps": steps,
-        "num_parameters": count_parameters(net),
-        "mlflow_run_id": run_id,  # the run that trained these weights
-    }
+    # how an image becomes the encoder's input: normalisation, and the paper's STL-10 zoom
+    normalization = {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]),
+                     "original_resize": preprocessing["original_resize"]}
+    bundle = make_bundle(
+        net, normalization, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
+        objective=cfg.objective, kl_coeff=module.objective.kl_coeff,
+        epochs=epochs,  # Lightning counts an epoch cut short by max_time as done
+        steps=steps, mlflow_run_id=run_id,  # the run that trained these weights
+    )
     return bundle, figure
 
 
