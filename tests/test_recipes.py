@@ -10,7 +10,7 @@ from kedro.config import OmegaConfigLoader
 
 from aavae.config import ConfigError, PretrainConfig, validate_all
 from aavae.data.imageset import UNLABELED, ImageSet
-from aavae.pipelines.pretrain.nodes import training_images
+from aavae.training import training_images
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

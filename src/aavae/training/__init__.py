@@ -14,11 +14,20 @@ from aavae.training.checkpoints import (
     CheckpointOnInterrupt,
     EpochCheckpoints,
     atomic_torch_save,
+    checkpoint_dir_for,
     finished_training,
     newest_loadable_checkpoint,
+    previous_run,
+    remember_run,
     set_aside_checkpoints,
 )
-from aavae.training.data import TrainingImages, ValidationViews, batch_shape, epoch_order
+from aavae.training.data import (
+    TrainingImages,
+    ValidationViews,
+    batch_shape,
+    epoch_order,
+    training_images,
+)
 from aavae.training.engine import (
     Hardware,
     build_trainer,
@@ -55,6 +64,7 @@ __all__ = [
     "batch_shape",
     "build_optimizer",
     "build_trainer",
+    "checkpoint_dir_for",
     "choose_accelerator",
     "choose_hardware",
     "choose_precision",
@@ -65,10 +75,13 @@ __all__ = [
     "frozen_batchnorm_statistics",
     "newest_loadable_checkpoint",
     "parameter_groups",
+    "previous_run",
     "recompute_batchnorm_statistics",
     "reconstruct",
     "reconstruction_grid",
+    "remember_run",
     "schedule_factor",
     "set_aside_checkpoints",
+    "training_images",
     "warmup_then_decay",
 ]

@@ -9,11 +9,15 @@
   (:class:`CheckpointOnInterrupt`).
 * Resume takes the newest checkpoint that loads (:func:`newest_loadable_checkpoint`), saying
   which and why when it passes over a damaged one.
+* One folder per configuration (:func:`checkpoint_dir_for`: a hash of what decides what is
+  learned), with a marker naming the MLflow run that trains into it (:func:`remember_run`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import os
 import re
@@ -32,6 +36,36 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 RUN_MARKER = "mlflow_run.json"  # the MLflow run that trains into a checkpoint folder
 PERIODIC = re.compile(r"epoch(\d+)\.ckpt")
+# Settings that do not change what is learned, so they do not start a new checkpoint line.
+NOT_IN_CHECKPOINT_KEY = frozenset({
+    "resume", "max_time_minutes", "checkpoint_every_n_epochs", "reconstruction_every_n_epochs",
+    "diagnostics_every_n_steps", "accelerator", "devices", "compile", "cuda_graph",
+})
+
+
+def checkpoint_dir_for(root: Path, dataset_card: dict[str, Any], spec: dict[str, Any],
+                       pretrain: dict[str, Any], view_policy: dict[str, Any]) -> Path:
+    """The folder under ``root`` of one configuration's checkpoints: a hash of what decides what
+    is learned (the dataset's identity, the architecture, the ``pretrain`` parameters less
+    :data:`NOT_IN_CHECKPOINT_KEY`, the view policy), so resume never crosses configurations."""
+    dataset = {key: dataset_card.get(key) for key in ("name", "sha256", "splits")}
+    dataset["dataset"] = dataset.pop("name")  # the key's historical spelling: old folders still match
+    learned = {key: value for key, value in pretrain.items() if key not in NOT_IN_CHECKPOINT_KEY}
+    blob = json.dumps((dataset, spec, learned, view_policy), sort_keys=True, default=str)
+    return root / hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def previous_run(checkpoint_dir: Path) -> str | None:
+    """The MLflow run that last trained into ``checkpoint_dir``, if one did."""
+    marker = checkpoint_dir / RUN_MARKER
+    return json.loads(marker.read_text()).get("run_id") if marker.is_file() else None
+
+
+def remember_run(checkpoint_dir: Path, run_id: str | None) -> None:
+    """Mark ``checkpoint_dir`` as trained into by MLflow run ``run_id`` (nothing without a run)."""
+    if run_id:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / RUN_MARKER).write_text(json.dumps({"run_id": run_id}))
 
 
 def atomic_torch_save(content: Any, path: Path) -> None:

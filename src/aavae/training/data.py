@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aavae.data.imageset import ImageSet
+
 
 @dataclass(frozen=True)
 class TrainingImages:
@@ -166,3 +168,31 @@ def gather_host(images: np.ndarray | ImageArrays, rows: np.ndarray) -> np.ndarra
     if isinstance(images, ImageArrays):
         return images.gather(rows)
     return np.asarray(images[rows])
+
+
+HOLDOUT_SEED = 0  # the same unlabeled images are held out in every run and every seed
+
+
+def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
+    """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say."""
+    if split == "auto":
+        split = "unlabeled+train" if len(unlabeled) else "train"
+    if split == "train":
+        return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+    if not len(unlabeled):
+        raise ValueError(
+            f"pretrain.training_split={split} needs the unlabeled split, which was not ingested: "
+            "set dataset.unlabeled=true (STL-10) or pretrain.training_split=train"
+        )
+    if holdout >= len(unlabeled):
+        raise ValueError(
+            f"pretrain.unlabeled_holdout={holdout} leaves none of the {len(unlabeled)} unlabeled "
+            "images to train on; hold out fewer"
+        )
+    kept = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(len(unlabeled))[holdout:])
+    images = np.asarray(unlabeled.images)[kept] if holdout else np.asarray(unlabeled.images)
+    labels = np.asarray(unlabeled.labels)[kept] if holdout else np.asarray(unlabeled.labels)
+    if split == "unlabeled":
+        return TrainingImages(images, labels)
+    return TrainingImages(np.concatenate([images, np.asarray(train.images)]),
+                          np.concatenate([labels, np.asarray(train.labels)]))

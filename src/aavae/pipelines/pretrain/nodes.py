@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,62 +17,26 @@ from aavae.evaluation import make_bundle
 from aavae.models import build_model, count_parameters
 from aavae.objective import Objective
 from aavae.training import (
-    RUN_MARKER,
     PretrainModule,
     ReconstructionSnapshots,
-    TrainingImages,
     ValidationViews,
     build_trainer,
+    checkpoint_dir_for,
     choose_hardware,
     finished_training,
     fit,
     newest_loadable_checkpoint,
+    previous_run,
     reconstruction_grid,
+    remember_run,
     set_aside_checkpoints,
+    training_images,
 )
 from aavae.views import split_view_policy
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT = Path("data/06_models/checkpoints")
-# Settings that do not change what is learned, so they do not start a new checkpoint line.
-_NOT_IN_CHECKPOINT_KEY = {
-    "resume", "max_time_minutes", "checkpoint_every_n_epochs", "reconstruction_every_n_epochs",
-    "diagnostics_every_n_steps", "accelerator", "devices", "compile", "cuda_graph",
-}
-
-
-def checkpoint_key(*parts: dict[str, Any]) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-HOLDOUT_SEED = 0  # the same unlabeled images are held out in every run and every seed
-
-
-def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
-    """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say."""
-    if split == "auto":
-        split = "unlabeled+train" if len(unlabeled) else "train"
-    if split == "train":
-        return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
-    if not len(unlabeled):
-        raise ValueError(
-            f"pretrain.training_split={split} needs the unlabeled split, which was not ingested: "
-            "set dataset.unlabeled=true (STL-10) or pretrain.training_split=train"
-        )
-    if holdout >= len(unlabeled):
-        raise ValueError(
-            f"pretrain.unlabeled_holdout={holdout} leaves none of the {len(unlabeled)} unlabeled "
-            "images to train on; hold out fewer"
-        )
-    kept = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(len(unlabeled))[holdout:])
-    images = np.asarray(unlabeled.images)[kept] if holdout else np.asarray(unlabeled.images)
-    labels = np.asarray(unlabeled.labels)[kept] if holdout else np.asarray(unlabeled.labels)
-    if split == "unlabeled":
-        return TrainingImages(images, labels)
-    return TrainingImages(np.concatenate([images, np.asarray(train.images)]),
-                          np.concatenate([labels, np.asarray(train.labels)]))
 
 
 def pretrain(
@@ -98,13 +60,8 @@ def pretrain(
     policy, preprocessing = split_view_policy(view_policy)
     mean, std = preprocessing["mean"], preprocessing["std"]
 
-    key_cfg = {k: v for k, v in cfg.model_dump().items() if k not in _NOT_IN_CHECKPOINT_KEY}
-    checkpoint_dir = CHECKPOINT_ROOT / checkpoint_key(
-        {"dataset": dataset_card.get("name"), "sha256": dataset_card.get("sha256"),
-         "splits": dataset_card.get("splits")},
-        spec.to_dict(), key_cfg, view_policy,
-    )
-    previous = _previous_run(checkpoint_dir)
+    checkpoint_dir = checkpoint_dir_for(CHECKPOINT_ROOT, dataset_card, spec.to_dict(), cfg.model_dump(), view_policy)
+    previous = previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
     resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
     resumed_from = previous if resume_from else None
@@ -133,7 +90,7 @@ def pretrain(
         module.load_state_dict(done["state_dict"])
         return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
                        epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
-    _remember_run(checkpoint_dir)
+    remember_run(checkpoint_dir, tracking.active_run_id())
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
                        **({"resumed_from_run": resumed_from} if resumed_from else {})})
     log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
@@ -177,16 +134,3 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs,
         steps=steps, mlflow_run_id=run_id,  # the run that trained these weights
     )
     return bundle, figure
-
-
-def _previous_run(checkpoint_dir: Path) -> str | None:
-    """The MLflow run that last trained into this checkpoint folder."""
-    marker = checkpoint_dir / RUN_MARKER
-    return json.loads(marker.read_text()).get("run_id") if marker.is_file() else None
-
-
-def _remember_run(checkpoint_dir: Path) -> None:
-    run_id = tracking.active_run_id()
-    if run_id:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        (checkpoint_dir / RUN_MARKER).write_text(json.dumps({"run_id": run_id}))
