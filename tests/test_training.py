@@ -387,3 +387,16 @@ def test_max_steps_ends_training_and_the_schedule_together(tmp_path):
     trainer = build_trainer(module.config, tmp_path, has_validation=False)
     fit(module, trainer, tmp_path, resume=False)
     assert trainer.global_step == 5 and int(module.step_fn.total_steps) == 5
+
+
+def test_the_checkpoint_folder_is_keyed_by_what_is_learned_and_keeps_its_old_name(tmp_path):
+    from aavae.training import checkpoint_dir_for
+
+    card = {"name": "digits", "sha256": "ab12", "splits": {"train": {"count": 10}}, "source": "anywhere"}
+    spec, policy = {"width": 8}, {"flip_p": 0.5}
+    folder = checkpoint_dir_for(tmp_path, card, spec, {"learning_rate": 1e-3, "resume": True}, policy)
+    # Pinned: the name earlier versions gave this configuration, so their checkpoints still resume.
+    assert folder == tmp_path / "55ece8129dc3"
+    assert checkpoint_dir_for(tmp_path, card, spec, {"learning_rate": 1e-3, "devices": 2}, policy) == folder
+    assert checkpoint_dir_for(tmp_path, card, spec, {"learning_rate": 2e-3}, policy) != folder
+    assert checkpoint_dir_for(tmp_path, {**card, "sha256": "cd34"}, spec, {"learning_rate": 1e-3}, policy) != folder
