@@ -5,10 +5,11 @@ enough to pay for compiling), and ``schedule_to_time_limit`` (end the warm-up an
 the time limit, at the step count that fills it). :class:`Pacer` only times and decides;
 the module applies what it decides. Nothing is timed once both are settled.
 
-The first steps of a run are slower than the steady state (allocator and kernel caches warm
-up: 1.3-1.5 s against 1.0 s a step on a 2-core CPU), so a schedule fitted on them alone ends
-minutes early. The fit is therefore refined at :data:`REFIT_AT` of the time limit from the rate
-measured since the first fit; only the end of the cosine moves (the warm-up is over by then).
+The first steps of a run are a poor sample of its step rate (on the 2-core CPU, steps 3-7 ran
+at 1.3-1.5 s against a steady 1.0 s in one run, and at 1.03 s against a steady 1.45 s in
+another), so a schedule fitted on them alone ends minutes early or is cut by the limit before
+its decay ends. The fit is therefore refined at :data:`REFIT_AT` of the time limit from the
+rate since the first fit; only the end of the cosine moves (the warm-up is over by then).
 """
 
 from __future__ import annotations
