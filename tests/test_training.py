@@ -382,6 +382,28 @@ def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tm
     assert module.step_fn.lr.item() == pytest.approx(module.config.learning_rate * last_factor.item())
 
 
+def test_a_resumed_run_keeps_the_warm_up_of_its_first_fit_after_a_refit(tmp_path, monkeypatch):
+    from aavae.training.pacing import ScheduleFit, StepClock
+
+    real = StepClock.seconds_per_step
+    monkeypatch.setattr(StepClock, "seconds_per_step",
+                        lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
+    settings = dict(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
+                    schedule_to_time_limit=True, warmup_fraction=0.1)
+    module = _module(**settings)
+    fit(module, build_trainer(module.config, tmp_path, has_validation=False), tmp_path, resume=False)
+    first_warmup = int(module.step_fn.warmup_steps)
+    module._fit_schedule(ScheduleFit(160, 36.0, refined=True))  # a refit ten times longer
+    assert int(module.step_fn.warmup_steps) == first_warmup, "a refit leaves the warm-up alone"
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+
+    resumed = _module(**settings)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.schedule_lengths() == (160, first_warmup)
+    assert resumed.warmup_for(160) != first_warmup, "the test would not tell the two apart"
+
+
 def test_max_steps_ends_training_and_the_schedule_together(tmp_path):
     module = _module(max_epochs=100, max_steps=5, schedule="linear")
     trainer = build_trainer(module.config, tmp_path, has_validation=False)

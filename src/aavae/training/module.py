@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_KEY = "aavae_generator_state"  # where checkpoints keep the step's random stream
 FITTED_STEPS_KEY = "aavae_fitted_steps"  # the step count a time-limited schedule was fitted to
+FITTED_WARMUP_KEY = "aavae_fitted_warmup"  # its warm-up, which a refit leaves as the first fit set it
 UNFITTED_STEPS = 10**9  # warm-up/total until fitted: learning rate near 0, no decay
 
 
@@ -112,6 +113,7 @@ class PretrainModule(pl.LightningModule):
         self._restored_generator: Tensor | None = None
         self._pacer: Pacer | None = None
         self._fitted_steps: int | None = None
+        self._fitted_warmup: int | None = None
         self._diagnostic_sums: Tensor | None = None
         self._diagnostic_steps = 0
         self.epoch_metrics: dict[str, float] = {}
@@ -194,6 +196,13 @@ class PretrainModule(pl.LightningModule):
             return round(cfg.warmup_fraction * total_steps)
         return self.steps_per_epoch * cfg.warmup_epochs
 
+    def schedule_lengths(self) -> tuple[int, int]:
+        """Total and warm-up steps of the schedule: fitted to the time limit if it was (a resumed
+        run keeps both, so it follows the schedule the interrupted run followed), else planned."""
+        total = self._fitted_steps or self.planned_steps()
+        warmup = self._fitted_warmup if self._fitted_warmup is not None else self.warmup_for(total)
+        return total, warmup
+
     def data_on_device(self) -> bool:
         """``pretrain.data_on_device``; ``auto``: :func:`fits_on_device`."""
         wanted = self.config.data_on_device
@@ -202,8 +211,7 @@ class PretrainModule(pl.LightningModule):
     def _build_step(self) -> TrainStep:
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
-        total = self._fitted_steps or self.planned_steps()
-        warmup = self.warmup_for(total)
+        total, warmup = self.schedule_lengths()
         if self._pacer is not None and self._pacer.fitting:
             # Until the step rate is known, hold the start of the warm-up (a few steps at a
             # learning rate near 0) and keep the decay far away.
@@ -286,7 +294,8 @@ class PretrainModule(pl.LightningModule):
         total = self._fitted_steps = fit.total_steps
         self.step_fn.total_steps.fill_(total)
         if not fit.refined:
-            self.step_fn.warmup_steps.fill_(self.warmup_for(total))
+            self._fitted_warmup = self.warmup_for(total)
+            self.step_fn.warmup_steps.fill_(self._fitted_warmup)
         self.trainer.fit_loop.epoch_loop.max_steps = total
         log.info("Schedule %s to the %.1f-minute limit: %.3f s per step, %d steps in all "
                  "(%d of warm-up), %.1f epochs", "refitted" if fit.refined else "fitted",
@@ -378,10 +387,12 @@ class PretrainModule(pl.LightningModule):
             checkpoint[GENERATOR_KEY] = self.generator.get_state()
         if self._fitted_steps is not None:
             checkpoint[FITTED_STEPS_KEY] = self._fitted_steps
+            checkpoint[FITTED_WARMUP_KEY] = self._fitted_warmup
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored_generator = checkpoint.get(GENERATOR_KEY)
         self._fitted_steps = checkpoint.get(FITTED_STEPS_KEY)  # a resumed run keeps its schedule
+        self._fitted_warmup = checkpoint.get(FITTED_WARMUP_KEY)  # (None from older checkpoints)
 
     # -- validation ----------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
