@@ -3,7 +3,8 @@
 Feature extraction runs the project's :func:`aavae.evaluation.extract_features` with a
 ResNet-18 encoder (CIFAR stem, ``--width``) over ``--images`` random 32 x 32 images (60,000
 is CIFAR-10's train + test; 0 skips it), in fp32 and at what ``evaluate.precision: auto``
-picks on ``--device`` (bf16 on a GPU or a CPU with AMX/AVX512-BF16), both timed in the run. The probe and kNN run on synthetic features that
+picks on ``--device`` (bf16 on a GPU or a CPU with AMX/AVX512-BF16), both timed in the run,
+with how far the two sets of features lie apart. The probe and kNN run on synthetic features that
 imitate a ResNet-18 representation of CIFAR-10: 50,000 train and 10,000 test rows of 512
 non-negative values (ReLU of noisy class centres with per-feature scales), ten classes
 overlapping enough that accuracy lands between 70% and 90%. Seeded, so every run sees the
@@ -74,7 +75,7 @@ def main() -> None:
                                generator=torch.Generator().manual_seed(args.seed)).numpy()
         # The baseline is the same extraction in fp32; the figure is evaluate.precision=auto's.
         precision = resolve_precision("auto", device)
-        rates = {}
+        rates, features_by = {}, {}
         for name in dict.fromkeys(("32-true", precision)):
             bf16 = name == "bf16-mixed"
             extract_features(encoder, images[:512], [0.5] * 3, [0.25] * 3, device=device,
@@ -85,11 +86,14 @@ def main() -> None:
                                         autocast_bf16=bf16)
             sync(device)
             seconds = time.perf_counter() - tic
-            rates[name] = len(features) / seconds
+            rates[name], features_by[name] = len(features) / seconds, features
             print(f"features ({name}): {len(features)} images x {features.shape[1]} in {seconds:.1f} s "
                   f"({rates[name]:,.0f} images/s, resnet18 width {args.width})", flush=True)
         print(f"features: {len(images)} images at evaluate.precision=auto ({precision}): "
               f"{rates[precision]:,.0f} images/s, {rates[precision] / rates['32-true']:.2f}x fp32", flush=True)
+        exact, used = features_by["32-true"], features_by[precision]
+        print(f"features: relative difference from fp32 {np.linalg.norm(used - exact) / np.linalg.norm(exact):.2%}",
+              flush=True)
 
     train_x, train_y, test_x, test_y = synthetic_features(
         args.train, args.test, args.dim, args.classes, args.separation, args.seed

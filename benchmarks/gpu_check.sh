@@ -117,7 +117,7 @@ fi
         figure="$(grep -E '^engine:' "$LOGS/$name.log" | sed -E 's/^engine: ([a-z-]+) images_per_s: ([0-9.]+).*step_ms: ([0-9.]+)( mfu: ([0-9.%]+))?.*/\1 \2 img\/s \5;/' | tr '\n' ' ')$(last $name '^ratio:')"
         compiled=$(grep -E '^compile_s' "$LOGS/$name.log" | sed -E 's/compile_s ([a-z-]+): first step ([0-9.]+) s.*/compile \2 s/' | head -1)
         [ -n "$compiled" ] && figure="$figure; $compiled" ;;
-      evaluate) figure="$(last evaluate '^features:') $(last evaluate '^seconds:')" ;;
+      evaluate) figure="$(last evaluate '^features: [0-9]'); $(last evaluate '^features: relative' | cut -d' ' -f2-) $(last evaluate '^seconds:')" ;;
       lightning) figure="$(last lightning '^lightning_overhead_ms:')" ;;
       kedro_pretrain) figure="$(last kedro_pretrain 'Schedule fitted|steps in all|Training step:' | sed -E 's/.*(Training step:|Schedule)/\1/')" ;;
       kedro_evaluate) figure="$(python3 -c "import json;m=json.load(open('$LOGS/metrics.json'));print(f\"linear {m['linear_top1']:.4f} knn {m['knn_top1']:.4f}\")" 2>/dev/null)" ;;

@@ -246,8 +246,8 @@ class EvaluateConfig(_Schema):
     )
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="networks in evaluation (features, baselines, the paper protocol); "
-        "auto: bf16-mixed on a GPU with bf16 or a CPU with fast bf16 (AMX, AVX512-BF16), 2.4x "
-        "faster there with features within 0.3 % of 32-true; else 32-true",
+        "auto: bf16-mixed on a GPU with bf16 or a CPU with fast bf16 (AMX, AVX512-BF16), 2.5x "
+        "faster there with features 0.35 % from 32-true's; else 32-true",
     )
     recompute_bn_stats: bool = Field(
         False, description="re-estimate the evaluated encoder's batch-norm statistics on up to "
