@@ -1,4 +1,4 @@
-"""The pretraining throughput benchmark runs end to end with the smallest settings."""
+"""The pretraining throughput and evaluation benchmarks run end to end with the smallest settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SCRIPT = PROJECT_ROOT / "benchmarks" / "pretrain_throughput.py"
 ENGINE_ROW = re.compile(r"^engine: (aavae|aavae-compiled|paper) images_per_s: \d+\.\d step_ms: \d+\.\d\b")
 
 
-def run_benchmark(*flags: str) -> subprocess.CompletedProcess:
+def run_benchmark(*flags: str, script: Path = SCRIPT) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -21,7 +21,7 @@ def run_benchmark(*flags: str) -> subprocess.CompletedProcess:
         ),
     }
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *flags],
+        [sys.executable, str(script), *flags],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -69,3 +69,17 @@ def test_pretrain_throughput_refuses_a_batch_larger_than_the_images():
     result = run_benchmark("--device", "cpu", "--images", "4", "--batch-size", "8")
     assert result.returncode != 0
     assert "--images (4) must hold at least one batch" in result.stderr
+
+
+def test_evaluate_benchmark_times_fp32_and_auto_features_and_their_difference():
+    result = run_benchmark("--device", "cpu", "--images", "64", "--width", "8", "--train", "300",
+                           "--test", "100", "--dim", "16", "--threads", "1",
+                           script=PROJECT_ROOT / "benchmarks" / "evaluate.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("features (32-true): 64 images x ") for line in lines), lines
+    summary = next(line for line in lines if line.startswith("features: 64 images at evaluate.precision=auto"))
+    assert re.search(r"\d+\.\d\dx fp32$", summary), summary
+    difference = next(line for line in lines if line.startswith("features: relative difference from fp32 "))
+    assert re.search(r" \d+\.\d\d%$", difference), difference
+    assert re.fullmatch(r"seconds: \d+\.\d", lines[-1]), lines[-1]
