@@ -135,3 +135,39 @@ def test_a_truncated_last_checkpoint_resumes_from_the_intact_periodic_one(tmp_pa
 
     assert "Using checkpoint epoch0002.ckpt (step 4) instead of the unreadable last.ckpt" in caplog.text
     _assert_same_weights(_weights(straight), _weights(resumed))
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_next_run_removes_temporaries_of_a_killed_writer_and_names_them(tmp_path):
+    """A kill mid-write leaves a temporary beside the intact file; the next `kedro run` removes
+    it (a live writer's stays), and says so."""
+    import os
+
+    from aavae.liveness import temporary_prefix
+    from tests.conftest import copy_project, kedro
+
+    project = copy_project(tmp_path)
+    dead, here = _dead_pid(), temporary_prefix("last.ckpt")
+    folder = project / "data" / "06_models" / "checkpoints" / "0123456789ab"
+    folder.mkdir(parents=True)
+    killed = folder / here.replace(f"-{os.getpid()}-", f"-{dead}-")
+    legacy = folder / f".last.ckpt.{dead}.tmp"  # how checkpoint writes were named before
+    bundle_write = project / "data" / "06_models" / (temporary_prefix("aavae_model.pt").replace(
+        f"-{os.getpid()}-", f"-{dead}-") + "x1y2z3")
+    live = folder / f"{here}write"  # this test process is alive: its temporary must stay
+    for path in (killed, legacy, bundle_write, live):
+        path.write_bytes(b"half a file")
+
+    result = kedro(project, "--pipeline", "ingest", "--env", "test")
+
+    said = "".join((result.stdout + result.stderr).split())  # the log folds long paths
+    for path in (killed, legacy, bundle_write):
+        assert not path.exists() and path.name in said, path
+    assert live.exists()

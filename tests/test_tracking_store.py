@@ -127,3 +127,52 @@ def test_kedro_run_on_a_store_a_killed_first_run_left_half_made(tmp_path):
     half_made_store(project / "mlflow.db")
     kedro(project, "--pipeline", "ingest", "--env", "test")
     assert opens(project / "mlflow.db") and len(list(project.glob("mlflow.db.incomplete-*"))) == 1
+
+
+
+HOLD_OPEN = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])  # a process with the store open, as MLflow creating it is
+print("open", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def held_open_half_made_store(tmp_path):
+    """A half-made store that another live process has open (what `mlflow ui` creating it
+    looks like to a run starting meanwhile), and that process."""
+    store = tmp_path / "mlflow.db"
+    half_made_store(store)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(store), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    yield store, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_a_half_made_store_that_a_live_process_finishes_is_left_to_it(tmp_path, held_open_half_made_store):
+    import shutil
+    import threading
+
+    store, _ = held_open_half_made_store
+    complete = tmp_path / "complete.db"
+    prepare_sqlite_store(f"sqlite:///{complete}")
+    finish = threading.Timer(1.5, lambda: shutil.copyfile(complete, store))  # the other process's work
+    finish.start()
+    prepare_sqlite_store(f"sqlite:///{store}")
+    finish.join()
+    assert not list(tmp_path.glob("mlflow.db.incomplete-*")), "nothing moved aside under it"
+    assert opens(store)
+
+
+def test_a_store_held_open_unfinished_is_refused_naming_the_process(tmp_path, held_open_half_made_store,
+                                                                    monkeypatch):
+    from aavae import tracking_store
+
+    store, holder = held_open_half_made_store
+    monkeypatch.setattr(tracking_store, "CREATOR_WAIT_SECONDS", 1.0)
+    with pytest.raises(RuntimeError, match=rf"is being created by another process \(PID {holder.pid} "):
+        prepare_sqlite_store(f"sqlite:///{store}")
+    assert store.exists() and not list(tmp_path.glob("mlflow.db.incomplete-*"))

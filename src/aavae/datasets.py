@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -16,11 +17,12 @@ import torch
 from kedro.io import AbstractDataset, DatasetError
 
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
+from aavae.liveness import temporary_prefix
 
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -28,6 +30,17 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: Which pipeline writes the artifacts of each data layer, for messages about a missing or
+#: damaged one.
+WRITERS = {
+    "03_primary": "kedro run --pipeline ingest",
+    "04_feature": "kedro run --pipeline evaluate",
+    "05_model_input": "kedro run --pipeline prepare",
+    "06_models": "kedro run --pipeline pretrain",
+    "07_model_output": "kedro run --pipeline embed",
+}
 
 
 class _FileDataset(AbstractDataset):
@@ -44,8 +57,19 @@ class _FileDataset(AbstractDataset):
     def _missing(self) -> DatasetError:
         return DatasetError(
             f"'{self._filepath}' does not exist: run the pipeline that writes it first "
-            "(kedro run --pipeline pretrain)."
+            f"({self._writer()})."
         )
+
+    def _damaged(self, error: Exception) -> DatasetError:
+        return DatasetError(
+            f"Could not read '{self._filepath}': it is damaged or truncated ({error}). Run the "
+            f"pipeline that writes it again ({self._writer()}); the file is replaced whole."
+        )
+
+    def _writer(self) -> str:
+        """The command that writes this artifact, from its data layer."""
+        layer = next((part for part in self._filepath.parts if part in WRITERS), None)
+        return WRITERS.get(layer, "kedro run --pipeline pretrain")
 
 
 class ImageSetDataset(_FileDataset):
@@ -60,7 +84,10 @@ class ImageSetDataset(_FileDataset):
     def load(self) -> ImageSet:
         if not self._filepath.exists():
             raise self._missing()
-        return load_imageset(self._filepath)
+        try:
+            return load_imageset(self._filepath)
+        except (ValueError, FileNotFoundError) as error:
+            raise DatasetError(str(error)) from error
 
     def save(self, data: ImageSet) -> None:
         save_imageset(data, self._filepath)
@@ -72,8 +99,11 @@ class ArraysDataset(_FileDataset):
     def load(self) -> dict[str, np.ndarray]:
         if not self._filepath.exists():
             raise self._missing()
-        with np.load(self._filepath, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+        try:
+            with np.load(self._filepath, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise self._damaged(error) from error
 
     def save(self, data: dict[str, np.ndarray]) -> None:
         def write(tmp: str) -> None:

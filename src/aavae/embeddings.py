@@ -207,12 +207,24 @@ def answer_query(
     elif (row := index.row_of(query)) is not None:
         rows = [row]
     else:
-        raise ValueError(
-            f"embed.query={query!r} is neither an image file nor a path of the embedded table "
-            f"(paths look like {index.paths[0]!r}). Give an existing image file."
-        )
+        raise ValueError(_not_a_query(query, index.paths[0]))
     found = index.query(index.unit_vectors[rows], k, exclude_rows=rows)
     return [QueryAnswer(index.paths[row], neighbours) for row, neighbours in zip(rows, found, strict=True)]
+
+
+def check_query(query: str | None, path: str | os.PathLike) -> None:
+    """Refuse an ``embed.query`` that is neither an image file nor an image of ``path``, before
+    the folder is embedded (listing it costs a fraction of embedding it)."""
+    if query is None or Path(query).is_file():
+        return
+    paths = list_images(path).paths
+    if query not in paths:
+        raise ValueError(_not_a_query(query, paths[0] if paths else "(no images)"))
+
+
+def _not_a_query(query: str, example: str) -> str:
+    return (f"embed.query={query!r} is neither an image file nor a path of the embedded table "
+            f"(paths look like {example!r}). Give an existing image file, or a path inside embed.path.")
 
 
 def read_indexed_images(index: NeighbourIndex, paths: set[str], prep: Preprocessing) -> dict[str, np.ndarray]:

@@ -1,11 +1,13 @@
 """Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the
 runner; one pretraining per data folder; an MLflow store that always opens; no MLflow run left
-RUNNING by a dead process."""
+RUNNING by a dead process; no temporary file left by a killed writer."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -14,10 +16,13 @@ from kedro.framework.hooks import hook_impl
 
 from aavae import tracking
 from aavae.config import validate_all
+from aavae.liveness import remove_dead_temporaries
 from aavae.pretrain_lock import PretrainLock
 from aavae.quiet import reapply_logger_levels
 from aavae.tracking_store import prepare_sqlite_store
 from aavae.training.distributed import launched_rank
+
+log = logging.getLogger(__name__)
 
 PRETRAIN_NODE = "pretrain"
 
@@ -162,3 +167,25 @@ class RunLivenessHooks:
     @hook_impl
     def on_pipeline_error(self) -> None:
         tracking.end_runs_killed_at_exit(armed=False)
+
+
+class DeadWritersTemporariesHooks:
+    """Temporary files and folders of a writer that was killed (``.<name>.tmp-<pid>-<host>-*``
+    beside the artifact or checkpoint it was writing) are removed at the next run, and named.
+
+    Every write of this project goes to such a temporary and is renamed into place, so a kill
+    leaves the previous artifact intact, and only the temporary behind: nothing else would
+    ever remove it. Only rank 0 sweeps (the other ranks write nothing).
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        if launched_rank() > 0:
+            return
+        data = Path(run_params.get("project_path") or ".") / "data"
+        checkpoints = data / "06_models" / "checkpoints"
+        folders = [*sorted(data.glob("0[2-8]_*")), checkpoints,
+                   *(sorted(checkpoints.iterdir()) if checkpoints.is_dir() else [])]
+        for removed in remove_dead_temporaries(folder for folder in folders if folder.is_dir()):
+            log.warning("Removed %s, left by a writer that was killed mid-write (the artifact it "
+                        "was replacing is intact).", removed)

@@ -12,7 +12,10 @@ MLflow store) is reported as unknown, never as gone.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -92,3 +95,49 @@ class ProcessRecord:
 
     def describe(self) -> str:
         return f"PID {self.pid} on host {self.host}"
+
+
+# -- temporary files: named for their writer, removed once it is gone ---------------------------
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-(?P<host>[A-Za-z0-9_]+)-")
+# What checkpoint writes were named before writers were recorded with their host.
+_LEGACY_CHECKPOINT = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
+
+
+def _host_token() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", host_name())
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of the name of a temporary file or folder written on the way to ``name``:
+    ``.<name>.tmp-<pid>-<host>-``, so a later run can tell when its writer is gone."""
+    return f".{name}.tmp-{os.getpid()}-{_host_token()}-"
+
+
+def temporary_path(path: Path) -> Path:
+    """This process's temporary file beside ``path`` (see :func:`temporary_prefix`)."""
+    return path.with_name(temporary_prefix(path.name) + "write")
+
+
+def remove_dead_temporaries(folders: Iterable[Path]) -> list[Path]:
+    """Remove the temporary files and folders in ``folders`` whose writer was killed (a process
+    of this host that no longer runs); return what was removed. A live writer's, another host's
+    and files not named by :func:`temporary_prefix` are left alone."""
+    host, removed = _host_token(), []
+    for folder in folders:
+        try:
+            entries = list(Path(folder).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TEMPORARY.match(entry.name) or _LEGACY_CHECKPOINT.match(entry.name)
+            if match is None or match.groupdict().get("host", host) != host:
+                continue
+            if ProcessRecord(int(match["pid"]), host_name(), None).liveness() is not Liveness.GONE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

@@ -4,6 +4,7 @@ from kedro.config import OmegaConfigLoader
 
 from aavae.distributed_catalog import RankZeroCatalog
 from aavae.hooks import (
+    DeadWritersTemporariesHooks,
     LoggingLevelHooks,
     ParameterValidationHooks,
     PretrainLockHooks,
@@ -19,7 +20,7 @@ from aavae.training.distributed import launched_rank
 filter_unactionable_warnings()
 
 HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), PretrainLockHooks(),
-         TrackingStoreHooks(), RunLivenessHooks())
+         TrackingStoreHooks(), RunLivenessHooks(), DeadWritersTemporariesHooks())
 
 # Under torchrun/SLURM every rank runs `kedro run --pipeline train`: one MLflow run (rank 0's)
 # and one writer of each artifact (see distributed_catalog.py).

@@ -9,7 +9,9 @@ exists``. So, before kedro-mlflow first opens the store, :func:`prepare_sqlite_s
 * creates a missing store under a temporary name in its folder and renames it into place,
   so the store's name only ever holds a complete one; and
 * moves aside a store that such a kill left half made (its schema short of the installed
-  MLflow's and not one run in it: there is nothing in it to lose), then creates it anew.
+  MLflow's and not one run in it: there is nothing in it to lose), then creates it anew;
+  unless a live process has it open (``mlflow ui`` creating it that moment): then it waits
+  for that process to finish it, and refuses, naming it, if it does not.
 
 A store with runs whose schema is older is left alone: MLflow then says to run
 ``mlflow db upgrade``. Other tracking URIs (servers, Databricks, files) are not touched.
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +50,8 @@ def prepare_sqlite_store(tracking_uri: str | None) -> None:
         schema, runs = _schema_and_runs(path)
         if schema == _latest_schema() or runs:
             return
+        if _another_process_finishes_it(path):  # e.g. `mlflow ui` creating it right now
+            return
         aside = path.with_name(f"{path.name}.incomplete-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
         _forget_engines(path)
         path.rename(aside)
@@ -54,6 +59,51 @@ def prepare_sqlite_store(tracking_uri: str | None) -> None:
             "The MLflow store %s was left half created (schema %s, no runs), most likely by a run "
             "killed while creating it; moved it to %s and creating it anew.", path, schema or "none", aside)
     _create(path)
+
+
+#: How long a run waits for another process that is creating the store (``mlflow ui``).
+CREATOR_WAIT_SECONDS = 60.0
+
+
+def _another_process_finishes_it(path: Path) -> bool:
+    """Whether a live process that has the store open (MLflow creating it: ``mlflow ui``,
+    another run starting) completes its schema within ``wait_seconds``. A half-made store is
+    only moved aside when no live process could still be making it; one still open and
+    unfinished after the wait is refused, naming the process."""
+    wait_seconds = CREATOR_WAIT_SECONDS
+    holders = _processes_holding(path)
+    if not holders:
+        return False
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        schema, runs = _schema_and_runs(path)
+        if schema == _latest_schema() or runs:
+            return True
+        holders = _processes_holding(path)
+        if not holders:
+            return False  # it let go without finishing: half made after all
+    raise RuntimeError(
+        f"The MLflow store '{path}' is being created by another process ({'; '.join(holders)}), "
+        f"and it has not finished in {wait_seconds:.0f} s. Wait for it (an `mlflow ui` starting "
+        "up), or stop it, then rerun."
+    )
+
+
+def _processes_holding(path: Path) -> list[str]:
+    """Other processes of this host with ``path`` open, as ``PID n (command)`` (Linux /proc;
+    elsewhere none can be seen)."""
+    target, found = str(path.resolve()), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append(f"PID {proc.name} ({command[:80]})")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return found
 
 
 def _schema_and_runs(path: Path) -> tuple[str | None, int]:

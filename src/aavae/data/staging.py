@@ -82,12 +82,21 @@ def new_staging_folder(root: Path, needed_bytes: int, what: str) -> Path:
         ) from exc
     if needed_bytes > free:
         raise DatasetError(
-            f"{what} need {needed_bytes / GiB:,.1f} GiB of disk space in '{root.absolute()}' (where decoded "
-            f"images are staged), but only {free / GiB:,.1f} GiB are free. Free some space, set "
+            f"{what} need {readable_size(needed_bytes)} of disk space in '{root.absolute()}' (where decoded "
+            f"images are staged), but only {readable_size(free)} are free. Free some space, set "
             "a smaller --params dataset.image_size=<side>, or ingest fewer images."
         )
     prefix = f"{STAGING_PREFIX}{os.getpid()}+{socket.gethostname()}+"
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root)).absolute()  # a later chdir moves nothing
+
+
+def readable_size(size: int) -> str:
+    """Bytes in the unit that shows them: ``512 B``, ``3.4 MB``, ``1.2 GiB``."""
+    if size >= GiB:
+        return f"{size / GiB:,.1f} GiB"
+    if size >= 1024**2:
+        return f"{size / 1024**2:,.1f} MB"
+    return f"{size / 1024:,.1f} kB" if size >= 1024 else f"{size} B"
 
 
 def _remove_stale_folders(root: Path) -> None:

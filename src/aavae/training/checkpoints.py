@@ -31,6 +31,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from aavae.liveness import temporary_path
+
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -71,7 +73,7 @@ def remember_run(checkpoint_dir: Path, run_id: str | None) -> None:
 def atomic_torch_save(content: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(path)  # named for this process: a later run removes it if we die
     try:
         with open(temporary, "wb") as handle:
             torch.save(content, handle)
@@ -131,7 +133,7 @@ class EpochCheckpoints(pl.Callback):
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
             periodic = self.directory / f"epoch{epoch:04d}.ckpt"
-            temporary = periodic.with_name(f".{periodic.name}.tmp")
+            temporary = temporary_path(periodic)
             temporary.unlink(missing_ok=True)
             try:
                 os.link(self.directory / LAST_CHECKPOINT, temporary)
