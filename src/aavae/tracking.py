@@ -70,15 +70,23 @@ def set_tags(tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_metrics_to_run(run_id: str | None, metrics: dict[str, float]) -> None:
-    """Write metrics onto another run (the training run), when it exists in this store."""
+def log_metrics_to_run(run_id: str | None, metrics: dict[str, float], data_sha256: str | None = None) -> None:
+    """Write metrics onto another run (the training run), when it exists in this store and did
+    not record other training data (its ``data.sha256`` tag) than ``data_sha256``, the
+    fingerprint of the images the metrics were measured on."""
     if not run_id:
         return
     client = MlflowClient()
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         log.warning("Training run %s is not in this MLflow store; not copying metrics to it.", run_id)
+        return
+    trained_on = run.data.tags.get("data.sha256")
+    if trained_on and trained_on != data_sha256:
+        log.warning("Training run %s trained on other data (sha256 %s) than these metrics were "
+                    "measured on (%s): not copying them onto it.", run_id, trained_on[:12],
+                    (data_sha256 or "unrecorded")[:12])
         return
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))

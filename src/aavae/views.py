@@ -115,12 +115,15 @@ class ViewPolicy:
 
 
 PREPROCESSING_KEYS = ("mean", "std", "original_resize")
+#: What a resolved view policy records of the images it was resolved from (aavae.provenance).
+PROVENANCE_KEYS = ("data_sha256",)
 
 
 def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, dict[str, Any]]:
     """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing of
     originals: ``mean``, ``std`` and ``original_resize``, None when absent)."""
-    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items() if k not in PREPROCESSING_KEYS})
+    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items()
+                                   if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
     preprocessing = {key: view_policy.get(key) for key in PREPROCESSING_KEYS}
     return policy, preprocessing
 
@@ -364,6 +367,29 @@ def channel_tensors(
         raise ValueError(f"normalize: std must be positive, got {std}")
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
     return as_tensor(mean), as_tensor(std)
+
+
+def resolve_preprocessing(
+    mean: Sequence[float] | None, std: Sequence[float] | None, original_resize: int | None,
+    images: np.ndarray,
+) -> dict[str, Any]:
+    """How an original becomes the network's input (``mean``, ``std``, ``original_resize``):
+    the recipe's fixed constants when given (the paper's CIFAR-10 and STL-10), else the
+    per-channel statistics of ``images`` (uint8 ``N x H x W x C``, the training split).
+
+    The one rule behind both a trained model's view policy and a checkpoint of the paper read
+    for evaluation, so both are scored with the preprocessing the recipe prescribes.
+    """
+    if mean is None or std is None:
+        mean, std = channel_stats(np.asarray(images))
+    side = min(images.shape[1:3])
+    if original_resize is not None and original_resize < side:
+        raise ValueError(
+            f"views.original_resize={original_resize} is smaller than the images "
+            f"({side} px): it must be at least the image size (it zooms in, e.g. 105 for 96)"
+        )
+    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "original_resize": original_resize}
 
 
 def channel_stats(

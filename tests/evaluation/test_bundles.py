@@ -14,6 +14,7 @@ from aavae.views import channel_stats
 from tests.evaluation.helpers import MEAN, STD, random_images
 
 SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
+PREPROCESSING = {"mean": list(MEAN), "std": list(STD), "original_resize": None}
 
 
 def trained_looking_model(spec: ModelSpec = SPEC) -> AAVAENet:
@@ -48,7 +49,7 @@ def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp
     torch.save(bundle, path)
     images = random_images(6, 16)
 
-    loaded = ev.bundle_from_checkpoint(path, ModelSpec(width=16), images, ["a", "b"])
+    loaded = ev.bundle_from_checkpoint(path, ModelSpec(width=16), PREPROCESSING, ["a", "b"])
 
     assert loaded["spec"] == SPEC.to_dict()  # the file's spec, not the one passed for paper files
     assert loaded["normalization"] == bundle["normalization"]
@@ -59,19 +60,27 @@ def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp
                                   encoder_output(net, images, MEAN, STD))
 
 
-def test_a_paper_checkpoint_given_by_path_is_read_into_the_spec_with_dataset_statistics(tmp_path):
+@pytest.mark.parametrize("recipe", [
+    {"mean": None, "std": None, "original_resize": None},  # a recipe without fixed constants
+    {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26), "original_resize": 18},  # the paper's kind
+])
+def test_a_paper_checkpoint_given_by_path_is_read_into_the_spec_with_the_recipes_preprocessing(tmp_path, recipe):
+    from aavae.views import resolve_preprocessing
+
     net = trained_looking_model()
     state = dict(net.state_dict())
     state["online_finetuner.weight"] = torch.randn(10, 64)  # the paper's module holds more
     path = tmp_path / "last.ckpt"
     torch.save({"epoch": 4, "global_step": 50, "state_dict": state}, path)
     images = random_images(6, 16)
+    preprocessing = resolve_preprocessing(recipe["mean"], recipe["std"], recipe["original_resize"], images)
 
-    loaded = ev.bundle_from_checkpoint(path, SPEC, images, ["a", "b"])
+    loaded = ev.bundle_from_checkpoint(path, SPEC, preprocessing, ["a", "b"])
 
-    mean, std = channel_stats(images)
+    mean, std = recipe["mean"] or channel_stats(images)[0], recipe["std"] or channel_stats(images)[1]
     np.testing.assert_allclose(loaded["normalization"]["mean"], mean)
     np.testing.assert_allclose(loaded["normalization"]["std"], std)
+    assert loaded["normalization"]["original_resize"] == recipe["original_resize"]
     assert loaded["epochs"] == 5 and loaded["objective"] == "paper checkpoint"
     assert loaded["mlflow_run_id"] is None and loaded["class_names"] == ["a", "b"]
     rebuilt = ev.model_from_bundle(loaded)
@@ -80,17 +89,16 @@ def test_a_paper_checkpoint_given_by_path_is_read_into_the_spec_with_dataset_sta
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
-    images = random_images(4, 16)
     with pytest.raises(FileNotFoundError, match="absent.ckpt does not exist"):
-        ev.bundle_from_checkpoint(tmp_path / "absent.ckpt", SPEC, images, ["a", "b"])
+        ev.bundle_from_checkpoint(tmp_path / "absent.ckpt", SPEC, PREPROCESSING, ["a", "b"])
     wrong = tmp_path / "wide.ckpt"
     torch.save({"state_dict": build_model(ModelSpec(width=16, input_size=16)).state_dict()}, wrong)
     with pytest.raises(ValueError, match="wide.ckpt does not fit"):
-        ev.bundle_from_checkpoint(wrong, SPEC, images, ["a", "b"])
+        ev.bundle_from_checkpoint(wrong, SPEC, PREPROCESSING, ["a", "b"])
     broken_bundle = tmp_path / "bundle.pt"
     torch.save({"state_dict": {}, "spec": SPEC.to_dict(), "normalization": {}}, broken_bundle)
     with pytest.raises(ValueError, match="model bundle .*bundle.pt cannot be rebuilt"):
-        ev.bundle_from_checkpoint(broken_bundle, SPEC, images, ["a", "b"])
+        ev.bundle_from_checkpoint(broken_bundle, SPEC, PREPROCESSING, ["a", "b"])
 
 
 def test_model_from_bundle_names_missing_keys():
@@ -121,17 +129,21 @@ def test_resolve_model_node_reads_evaluate_checkpoint(tmp_path):
     net = trained_looking_model()
     path = tmp_path / "paper.ckpt"
     torch.save({"state_dict": net.state_dict()}, path)
-    images = ImageSet(random_images(6, 16), np.array([0, 1] * 3), ("a", "b"), "train")
+    train = ImageSet(random_images(6, 16), np.array([0, 1] * 3), ("a", "b"), "train", "f" * 64)
+    test = ImageSet(random_images(4, 16), np.array([0, 1] * 2), ("a", "b"), "test", "f" * 64)
+    card = {"name": "folder", "sha256": "f" * 64, "image_shape": [16, 16, 3], "source": "here"}
     model_params = {"encoder": "resnet18", "width": 8, "latent_dim": 16}
-    trained = {"state_dict": {}, "spec": {}, "normalization": {}}
+    trained = ev.make_bundle(net, PREPROCESSING, data={**card})
 
-    assert resolve_model(trained, images, {}, model_params) is trained
-    bundle = resolve_model(trained, images, {"checkpoint": str(path)}, model_params)
+    same = resolve_model(trained, train, test, card, {}, model_params, {})
+    assert same["evaluated_on"]["kind"] == "same_data" and same["state_dict"] is trained["state_dict"]
+    bundle = resolve_model(trained, train, test, card, {"checkpoint": str(path)}, model_params, {})
     assert bundle["checkpoint"] == str(path) and bundle["spec"]["input_size"] == 16
+    assert bundle["evaluated_on"]["kind"] == "data_unrecorded", "a paper checkpoint does not say"
     with pytest.raises(ValueError, match=r"evaluate.checkpoint='.*missing.ckpt': checkpoint"):
-        resolve_model(trained, images, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params)
+        resolve_model(trained, train, test, card, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params, {})
     with pytest.raises(ValueError, match="No model to evaluate"):
-        resolve_model(None, images, {}, model_params)
+        resolve_model(None, train, test, card, {}, model_params, {})
 
 
 def _trained_checkpoints(folder, objective: str = "aavae"):
@@ -167,7 +179,7 @@ def test_this_projects_own_training_checkpoints_are_evaluable(tmp_path, objectiv
     model_params = ModelSpec(encoder="resnet18", width=4, latent_dim=8, input_size=16)  # no head: vae
 
     for name in ("last.ckpt", "epoch0001.ckpt"):
-        loaded = ev.bundle_from_checkpoint(tmp_path / name, model_params, images, [str(i) for i in range(10)])
+        loaded = ev.bundle_from_checkpoint(tmp_path / name, model_params, PREPROCESSING, [str(i) for i in range(10)])
         assert loaded["objective"] == "project checkpoint" and loaded["epochs"] == 1
         assert loaded["spec"]["head"] == ("ae" if objective == "ae" else "vae")
         rebuilt = ev.model_from_bundle(loaded)
@@ -180,14 +192,13 @@ def test_a_bundle_that_overrides_model_params_says_so(tmp_path, caplog):
     path = tmp_path / "aavae_model.pt"
     torch.save({"state_dict": net.state_dict(), "spec": SPEC.to_dict(),
                 "normalization": {"mean": MEAN, "std": STD}}, path)
-    images = random_images(6, 16)
 
     with caplog.at_level("WARNING", logger="aavae.evaluation.bundles"):
-        ev.bundle_from_checkpoint(path, SPEC, images, ["a", "b"])
+        ev.bundle_from_checkpoint(path, SPEC, PREPROCESSING, ["a", "b"])
     assert caplog.text == "", "nothing to say when the bundle is what model.* describes"
 
     with caplog.at_level("WARNING", logger="aavae.evaluation.bundles"):
         ev.bundle_from_checkpoint(path, ModelSpec(encoder="resnet34", width=16, latent_dim=16, input_size=16),
-                                  images, ["a", "b"])
+                                  PREPROCESSING, ["a", "b"])
     assert f"{path} is a model bundle: it is evaluated with its own architecture" in caplog.text
     assert "encoder resnet18 (model.* says resnet34)" in caplog.text and "width 8 (model.* says 16)" in caplog.text

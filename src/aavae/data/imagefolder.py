@@ -62,9 +62,9 @@ BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
 MAX_BYTES_IN_FLIGHT = 256 * 1024**2  # encoded bytes read but not yet decoded, at most (roughly)
 RUN_BYTES = 4 * 1024**2  # decoded bytes a thread holds before writing them to the staged file
 EXPECTED_LAYOUT = (
-    "<split>/<class>/<image> with a 'train' split, e.g. train/cat/0001.jpg and "
-    "test/cat/0002.png (test is optional), as a folder, .tar, .tar.gz/.tgz or .zip file, "
-    "optionally inside one top-level folder"
+    "<split>/<class>/<image> with a 'train' split and a 'test' (or 'val') split of held-out "
+    "images for evaluation, e.g. train/cat/0001.jpg and test/cat/0002.png, as a folder, .tar, "
+    ".tar.gz/.tgz or .zip file, optionally inside one top-level folder"
 )
 
 
@@ -499,6 +499,15 @@ def fit_image(image: Image.Image, size: tuple[int, int], policy: ResizePolicy) -
     image.draft("RGB", needed)
     box = centre_box(image.size, size) if crop else None
     return np.asarray(_to_rgb(image).resize(size, Image.Resampling.BILINEAR, box=box))
+
+
+def fit_images(images: np.ndarray, side: int, policy: ResizePolicy) -> np.ndarray:
+    """uint8 ``N x H x W x C`` images -> uint8 ``N x side x side x 3``, each brought there as
+    :func:`fit_image` brings a file (what a model trained at ``side`` expects of other images)."""
+    fitted = np.empty((len(images), side, side, 3), np.uint8)
+    for index in range(len(images)):
+        fitted[index] = fit_image(Image.fromarray(np.asarray(images[index])), (side, side), policy)
+    return fitted
 
 
 def centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[float, ...]:

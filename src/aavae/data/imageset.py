@@ -12,18 +12,26 @@ from pathlib import Path
 import numpy as np
 
 from aavae.data.staging import map_npy, place_npy, relocated
+from aavae.liveness import temporary_prefix
 
 UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images of one split: uint8 ``N x H x W x C`` (C = 3), int64 labels, class names."""
+    """Images of one split: uint8 ``N x H x W x C`` (C = 3), int64 labels, class names.
+
+    ``fingerprint`` is the data fingerprint of the ingest that made it (the dataset card's
+    ``sha256``, shared by all its splits; None before ingest stamps it, or in sets saved by an
+    older version): how later artifacts prove which images they were made from
+    (:mod:`aavae.provenance`).
+    """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     split: str
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -72,12 +80,13 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder.name), dir=folder.parent))
     try:
         if place_npy(imageset.images, staging / "images.npy") is None:
             np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
         np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
-        meta = {"split": imageset.split, "class_names": list(imageset.class_names)}
+        meta = {"split": imageset.split, "class_names": list(imageset.class_names),
+                "data_sha256": imageset.fingerprint}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old")
@@ -105,8 +114,15 @@ def load_imageset(folder: str | os.PathLike, mmap: bool = True) -> ImageSet:
             f"Image set folder '{folder}' lacks {', '.join(missing)}: run the ingest "
             "pipeline first (kedro run --pipeline pretrain)."
         )
-    meta = json.loads((folder / "meta.json").read_text())
-    path = folder / "images.npy"
-    images = map_npy(path, staged=False) if mmap else np.load(path)
-    labels = np.load(folder / "labels.npy")
-    return ImageSet(images, labels, tuple(meta["class_names"]), meta["split"])
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        path = folder / "images.npy"
+        images = map_npy(path, staged=False) if mmap else np.load(path)
+        labels = np.load(folder / "labels.npy")
+    except (ValueError, OSError, EOFError) as error:  # truncated or overwritten files
+        raise ValueError(
+            f"Image set folder '{folder}' is damaged ({error}): a file in it was truncated or "
+            "overwritten. Run the ingest pipeline again to rewrite it (kedro run --pipeline "
+            "ingest, with your --env and --params)."
+        ) from error
+    return ImageSet(images, labels, tuple(meta["class_names"]), meta["split"], meta.get("data_sha256"))

@@ -14,13 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from aavae.evaluation.features import ArrayLike
 from aavae.models import AAVAENet, ModelSpec, build_model, count_parameters, load_paper_checkpoint
-from aavae.views import channel_stats
+from aavae.provenance import weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +26,14 @@ BUNDLE_KEYS = ("state_dict", "spec", "normalization")
 
 
 def make_bundle(net: AAVAENet, normalization: Mapping[str, Any], **facts: Any) -> dict[str, Any]:
-    """A model bundle of ``net``: its weights on the CPU, its spec, how an image becomes its
-    input (``mean``, ``std``, optionally ``original_resize``), its parameter count, and
-    ``facts`` about where it came from (dataset, objective, epochs, the MLflow run, ...)."""
+    """A model bundle of ``net``: its weights on the CPU and their fingerprint, its spec, how an
+    image becomes its input (``mean``, ``std``, optionally ``original_resize``), its parameter
+    count, and ``facts`` about where it came from (dataset, the ``data`` it was trained on,
+    objective, epochs, the MLflow run, ...; see :mod:`aavae.provenance`)."""
+    state_dict = {key: value.detach().cpu() for key, value in net.state_dict().items()}
     return {
-        "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
+        "state_dict": state_dict,
+        "weights_sha256": weights_sha256(state_dict),
         "spec": net.spec.to_dict(),
         "normalization": dict(normalization),
         "num_parameters": count_parameters(net),
@@ -59,7 +60,7 @@ def model_from_bundle(bundle: Mapping[str, Any], source: str = "the model bundle
 def bundle_from_checkpoint(
     path: str | os.PathLike,
     spec: ModelSpec,
-    train_images: ArrayLike,
+    preprocessing: Mapping[str, Any],
     class_names: Sequence[str],
 ) -> dict[str, Any]:
     """A model bundle, in the format pretrain writes, for a checkpoint file given by path.
@@ -68,9 +69,11 @@ def bundle_from_checkpoint(
     normalisation are used, and a warning says where they differ from ``spec``) or a training
     checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, one of the paper's
     Lightning ``.ckpt`` or a bare state_dict), read with
-    :func:`aavae.models.load_paper_checkpoint` into ``spec``; the normalisation is then the
-    channel mean/std of ``train_images``. ``class_names`` are the
-    classes it is evaluated on. Files load with ``weights_only=True``: never runs their code.
+    :func:`aavae.models.load_paper_checkpoint` into ``spec``; such a file does not say how its
+    images were normalised, so it gets ``preprocessing`` (``mean``, ``std``,
+    ``original_resize``: the recipe's, :func:`aavae.views.resolve_preprocessing`), as the
+    paper's linear evaluation applies its recipe's constants. ``class_names`` are the classes it
+    is evaluated on. Files load with ``weights_only=True``: never runs their code.
     """
     path = Path(path)
     if not path.is_file():
@@ -83,10 +86,9 @@ def bundle_from_checkpoint(
         _say_if_architecture_differs(path, net.spec, spec)
     else:
         net = load_paper_checkpoint(path, spec)  # model.*, with the head the file holds
-        mean, std = channel_stats(np.asarray(train_images))
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
         bundle = make_bundle(
-            net, {"mean": list(mean), "std": list(std)}, dataset=None,
+            net, {key: preprocessing.get(key) for key in ("mean", "std", "original_resize")}, dataset=None,
             objective="project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
             epochs=int(epoch) + 1 if isinstance(epoch, int) else None, mlflow_run_id=None,
         )

@@ -23,6 +23,7 @@ from aavae.embeddings import (
     Encoder,
     NeighbourIndex,
     answer_query,
+    check_query,
     embed_folder,
     read_indexed_images,
 )
@@ -50,7 +51,9 @@ def load_encoder(
             "No model to embed with: data/06_models/aavae_model.pt does not exist. Run "
             "`kedro run --pipeline pretrain` first, or pass --params embed.model_uri=models:/<name>/<version>."
         )
-    resize = parse("dataset", dataset, DatasetConfig).resize
+    # how its training images were brought to size, as the bundle records it (older bundles: the
+    # environment's dataset.resize)
+    resize = (aavae_model.get("data") or {}).get("resize") or parse("dataset", dataset, DatasetConfig).resize
     return ImageEncoder.from_bundle(aavae_model, resize, resolve_precision(config.precision))
 
 
@@ -62,6 +65,7 @@ def embed_images(encoder: Encoder, embed: dict[str, Any]) -> tuple[pd.DataFrame,
             "embed.path is not set: give the folder or archive (.tar, .tar.gz, .zip) of images "
             "to embed, e.g. kedro run --pipeline embed --params embed.path=data/01_raw/photos"
         )
+    check_query(config.query, config.path)  # a wrong query is said now, not after the embedding
     result = embed_folder(encoder, config.path, batch_size=config.batch_size,
                           on_bad_image=config.on_bad_image)
     log.info("Embedded %d images of %s in %.1f s (%.0f images/s) with %s (%s)", len(result.paths),

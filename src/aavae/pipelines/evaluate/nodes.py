@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from aavae import tracking
+from aavae import provenance, tracking
 from aavae.config import EvaluateConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
@@ -26,7 +26,12 @@ from aavae.evaluation import (
     paper_linear_eval,
 )
 from aavae.models import ModelSpec
-from aavae.pipelines.features.nodes import evaluation_autocast, evaluation_device
+from aavae.pipelines.features.nodes import (
+    TRANSFER,
+    evaluation_autocast,
+    evaluation_device,
+    evaluation_images,
+)
 from aavae.plots import confusion_matrix_figure, curves_figure, embedding_figure, figure_png
 from aavae.report_html import ReportImage, render_report
 
@@ -85,13 +90,19 @@ def evaluate(
     """Score the model and each baseline; return metrics.json, MLflow metrics, a confusion matrix
     (as a figure, and as PNG bytes for the report)."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    class_names = list(evaluation_model["class_names"])
+    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
+    _check_features(features_train, features_test, baseline_features, evaluation_model, images_train)
+    class_names = _class_names(evaluation_model)
     split = _Split(images_train, images_test, evaluation_model["normalization"])
     spec = ModelSpec.from_dict(evaluation_model["spec"])
     scores, probe = _score(features_train["features"], features_test["features"], split,
                            lambda: model_from_bundle(evaluation_model).encoder, class_names, config)
+    evaluated_on = evaluation_model.get("evaluated_on") or {}
     metrics: dict[str, Any] = {
-        "dataset": evaluation_model.get("dataset"),
+        "dataset": evaluated_on.get("name", evaluation_model.get("dataset")),
+        "data_sha256": evaluated_on.get("sha256"),
+        "evaluation": evaluated_on.get("kind"),  # same_data | transfer | data_unrecorded
+        "model_dataset": evaluation_model.get("dataset"),
         "objective": evaluation_model.get("objective"),
         "epochs": evaluation_model.get("epochs"),
         "training_run_id": evaluation_model.get("mlflow_run_id"),
@@ -109,11 +120,31 @@ def evaluate(
              metrics["baselines"].get("random_init", {}).get("linear_top1"), metrics["knn_top1"])
     flat = _flat_scores(metrics)
     tracking.set_tags({"training_run_id": metrics["training_run_id"], "protocol": config.protocol})
-    tracking.log_metrics_to_run(metrics["training_run_id"], {f"eval_{k}": v for k, v in flat.items()})
+    if evaluated_on.get("kind") == TRANSFER:
+        log.info("Transfer evaluation: the scores stay in this run, not on training run %s.",
+                 metrics["training_run_id"])
+    else:  # the training run's own data (tracking refuses a run that recorded other data)
+        tracking.log_metrics_to_run(metrics["training_run_id"], {f"eval_{k}": v for k, v in flat.items()},
+                                    data_sha256=evaluated_on.get("sha256"))
     title = f"Linear eval ({config.protocol}) of {metrics['objective']} features (test)"
     figure = confusion_matrix_figure(probe.confusion, class_names, title)
     mlflow_metrics = {key: {"value": float(value), "step": 0} for key, value in flat.items()}
     return metrics, mlflow_metrics, figure, figure_png(figure)
+
+
+def _class_names(evaluation_model: dict[str, Any]) -> list[str]:
+    """The classes of the images evaluated on (a transfer evaluation's are not the model's)."""
+    return list((evaluation_model.get("evaluated_on") or {}).get("class_names") or evaluation_model["class_names"])
+
+
+def _check_features(features_train, features_test, baseline_features, evaluation_model, images) -> None:
+    """Features scored together must come from the evaluated model and these images."""
+    model = provenance.model_fingerprint(evaluation_model)
+    for name, arrays in (("features_train", features_train), ("features_test", features_test)):
+        provenance.check_features(f"data/04_feature/{name}.npz", arrays, model, images.fingerprint)
+    if baseline_features:
+        provenance.check_features("data/04_feature/baseline_features.npz", baseline_features, None,
+                                  images.fingerprint)
 
 
 def _flat_scores(metrics: dict[str, Any]) -> dict[str, float]:
@@ -129,12 +160,15 @@ def plot_embedding(
 ) -> tuple[Figure, bytes]:
     """A 2-D map (t-SNE or PCA) of the test features, coloured by class."""
     config = parse("evaluate", evaluate, EvaluateConfig)
+    provenance.check_features("data/04_feature/features_test.npz", features_test,
+                              provenance.model_fingerprint(evaluation_model),
+                              (evaluation_model.get("evaluated_on") or {}).get("sha256"))
     coords, labels, _ = embed_2d(features_test["features"], features_test["labels"],
                                  method=config.embedding_method, max_points=config.embedding_points,
                                  seed=config.seed)
     method = "t-SNE" if config.embedding_method == "tsne" else "PCA"
     title = f"{method} of {len(coords)} test features ({evaluation_model.get('objective')})"
-    figure = embedding_figure(coords, labels, list(evaluation_model["class_names"]), title)
+    figure = embedding_figure(coords, labels, _class_names(evaluation_model), title)
     return figure, figure_png(figure)
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from aavae import tracking
-from aavae.config import EvaluateConfig, ModelConfig, parse
+from aavae import provenance, tracking
+from aavae.config import EvaluateConfig, ModelConfig, ViewsConfig, parse
+from aavae.data.imagefolder import fit_images
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
     baseline_encoder,
@@ -20,39 +22,104 @@ from aavae.evaluation import (
 from aavae.inference import resolve_precision
 from aavae.models import ModelSpec
 from aavae.training.batchnorm import recompute_batchnorm_statistics
-from aavae.views import channel_tensors, normalize, original_view
+from aavae.views import channel_tensors, normalize, original_view, resolve_preprocessing
 
 log = logging.getLogger(__name__)
 
 
 def resolve_model(
-    aavae_model: dict[str, Any] | None, images_train: ImageSet, evaluate: dict[str, Any], model: dict[str, Any]
+    aavae_model: dict[str, Any] | None,
+    images_train: ImageSet,
+    images_test: ImageSet,
+    dataset_card: dict[str, Any],
+    evaluate: dict[str, Any],
+    model: dict[str, Any],
+    views: dict[str, Any],
 ) -> dict[str, Any]:
-    """The model bundle to evaluate: the trained ``aavae_model``, or ``evaluate.checkpoint``.
+    """The model bundle to evaluate: the trained ``aavae_model``, or ``evaluate.checkpoint``;
+    with what it is evaluated on (``evaluated_on``: the ingested images' identity and whether
+    they are the model's own training data).
 
-    A checkpoint of the paper's code is read into the architecture of the ``model`` parameters
-    at this dataset's image size.
+    The trained model is only scored on the data it was trained on: after a re-ingest of other
+    images (or the same at another size) this refuses, naming both. A file given as
+    ``evaluate.checkpoint`` that was trained on other data is a transfer evaluation: allowed,
+    said in the log and recorded in the run, its images brought to the model's input size. A
+    checkpoint of the paper's code is read into the architecture of the ``model`` parameters at
+    this dataset's image size, with the recipe's preprocessing (``views.mean``/``std``/
+    ``original_resize``), as the paper's linear evaluation does.
     """
     config = parse("evaluate", evaluate, EvaluateConfig)
+    data = provenance.same_images(images_train, images_test)
+    provenance.check_data("data/03_primary/dataset_card.json", dataset_card.get("sha256"), data,
+                          "Run `kedro run --pipeline ingest` (with your --env and --params) again.")
+    images = provenance.data_identity(dataset_card)
     if config.checkpoint is None:
         if aavae_model is None:
             raise ValueError(
                 "No model to evaluate: data/06_models/aavae_model.pt does not exist. Run "
                 "`kedro run --pipeline pretrain` first, or set --params evaluate.checkpoint=<path>."
             )
-        _record_evaluated_model(aavae_model, "data/06_models/aavae_model.pt")
-        return aavae_model
-    spec = parse("model", model, ModelConfig).spec(input_size=images_train.image_shape[0])
-    try:
-        bundle = bundle_from_checkpoint(config.checkpoint, spec, images_train.images, images_train.class_names)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
-    _record_evaluated_model(bundle, config.checkpoint)
-    return bundle
+        source, bundle = TRAINED_MODEL, aavae_model
+        _refuse_other_data(bundle, images)
+    else:
+        source = config.checkpoint
+        spec = parse("model", model, ModelConfig).spec(input_size=images_train.image_shape[0])
+        views_config = parse("views", views, ViewsConfig)
+        preprocessing = resolve_preprocessing(views_config.mean, views_config.std,
+                                              views_config.original_resize, images_train.images)
+        try:
+            bundle = bundle_from_checkpoint(config.checkpoint, spec, preprocessing, images_train.class_names)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
+    kind = _evaluation_kind(bundle, images, source)
+    _record_evaluated_model(bundle, source, kind, images)
+    return {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
 
 
-def _record_evaluated_model(bundle: dict[str, Any], source: str) -> None:
-    """Tag the run with the architecture actually evaluated (``evaluated_model.*``).
+TRAINED_MODEL = "data/06_models/aavae_model.pt"
+#: ``evaluated_on.kind``: the model's own data; other data (transfer); a file that does not
+#: record its data (the paper's checkpoints, training checkpoints, older bundles).
+SAME_DATA, TRANSFER, DATA_UNRECORDED = "same_data", "transfer", "data_unrecorded"
+
+
+def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any]) -> None:
+    """The trained model is scored on its own data only: anything else needs asking for."""
+    trained_on = bundle.get("data") or {}
+    if not trained_on.get("sha256") or trained_on["sha256"] == images.get("sha256"):
+        return
+    run = bundle.get("mlflow_run_id")
+    raise provenance.ProvenanceError(
+        f"{TRAINED_MODEL} was trained on {provenance.describe_data(trained_on)}"
+        f"{f' (MLflow run {run})' if run else ''}, but the images ingested now are "
+        f"{provenance.describe_data(images)}: scoring it on them would report another dataset's "
+        "accuracy as this model's. Either ingest its own data again (`kedro run --pipeline ingest` "
+        "with the --env and dataset.* parameters it was trained with), or evaluate it on these "
+        f"images as a transfer evaluation with --params evaluate.checkpoint={TRAINED_MODEL}, or "
+        "train on these images (`kedro run --pipeline pretrain`)."
+    )
+
+
+def _evaluation_kind(bundle: dict[str, Any], images: dict[str, Any], source: str) -> str:
+    trained_on = bundle.get("data") or {}
+    if not trained_on.get("sha256"):
+        if source == TRAINED_MODEL:
+            log.warning("%s was written before models recorded their training data: whether it is "
+                        "evaluated on its own data cannot be checked. Pretrain again to record it.",
+                        TRAINED_MODEL)
+        return DATA_UNRECORDED
+    if trained_on["sha256"] == images.get("sha256"):
+        return SAME_DATA
+    side, model_side = images["image_shape"][0], ModelSpec.from_dict(bundle["spec"]).input_size
+    resized = f"; images brought from {side} to {model_side} px" if side != model_side else ""
+    log.warning("Transfer evaluation: %s was trained on %s and is evaluated on %s%s. Its scores are "
+                "not copied onto its training run.", source, provenance.describe_data(trained_on),
+                provenance.describe_data(images), resized)
+    return TRANSFER
+
+
+def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, images: dict[str, Any]) -> None:
+    """Tag the run with the architecture actually evaluated (``evaluated_model.*``), the data
+    it was trained on and the data it is evaluated on (``data.*``, ``evaluation.kind``).
 
     The run's ``model.*`` params are the configuration, which a bundle given as
     ``evaluate.checkpoint`` overrides; tags, since MLflow refuses to change a logged param.
@@ -60,8 +127,13 @@ def _record_evaluated_model(bundle: dict[str, Any], source: str) -> None:
     if tracking.active_run_id() is None:
         return
     architecture = ModelSpec.from_dict(bundle["spec"]).architecture()
+    trained_on = bundle.get("data") or {}
     tracking.set_tags({"evaluated_model.source": source,
-                       **{f"evaluated_model.{key}": value for key, value in architecture.items()}})
+                       **{f"evaluated_model.{key}": value for key, value in architecture.items()},
+                       "evaluated_model.data_sha256": trained_on.get("sha256") or "unrecorded",
+                       "evaluated_model.weights_sha256": provenance.model_fingerprint(bundle),
+                       "data.name": images.get("name"), "data.sha256": images.get("sha256"),
+                       "data.source": images.get("source"), "evaluation.kind": kind})
 
 
 def evaluation_device(accelerator: str) -> torch.device:
@@ -83,17 +155,42 @@ def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: Evalu
                             original_resize=norm.get("original_resize"))
 
 
+def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet) -> list[ImageSet]:
+    """The image sets as the evaluated model takes them: checked to be the images it is
+    evaluated on, and brought to its input size when a transfer evaluation gives it others
+    (as its MLflow model brings any image: :func:`aavae.data.imagefolder.fit_image`)."""
+    evaluated_on = evaluation_model.get("evaluated_on") or {}
+    fix = "Run `kedro run --pipeline evaluate` (features + evaluate together) after the ingest."
+    for imageset in imagesets:
+        provenance.check_data("the evaluated model's data (evaluation_model)", evaluated_on.get("sha256"),
+                              imageset.fingerprint, fix)
+    side = ModelSpec.from_dict(evaluation_model["spec"]).input_size
+    if all(imageset.image_shape[0] == side for imageset in imagesets):
+        return list(imagesets)
+    resize = (evaluation_model.get("data") or {}).get("resize") or evaluated_on.get("resize") or "resize_crop"
+    log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
+             " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], side, resize)
+    return [replace(imageset, images=fit_images(imageset.images, side, resize)) for imageset in imagesets]
+
+
 def extract_model_features(
     evaluation_model: dict[str, Any], images_train: ImageSet, images_test: ImageSet, evaluate: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Features of the evaluated encoder for the labelled train split and the test split."""
+    """Features of the evaluated encoder for the labelled train split and the test split, each
+    recording the model's and the images' fingerprints and the settings that made them."""
     config = parse("evaluate", evaluate, EvaluateConfig)
+    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
     encoder = model_from_bundle(evaluation_model).encoder
     if config.recompute_bn_stats:
         used = recompute_statistics_on(encoder, images_train, evaluation_model, config)
         log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
+    made_from = {"model_sha256": provenance.model_fingerprint(evaluation_model),
+                 provenance.DATA_SHA256: images_train.fingerprint,
+                 "precision": resolve_precision(config.precision, evaluation_device(config.accelerator)),
+                 "recompute_bn_stats": config.recompute_bn_stats}
     return tuple(  # type: ignore[return-value]
-        {"features": _features(encoder, split, evaluation_model, config), "labels": np.asarray(split.labels)}
+        provenance.stamp({"features": _features(encoder, split, evaluation_model, config),
+                          "labels": np.asarray(split.labels)}, split=split.split, **made_from)
         for split in (images_train, images_test)
     )
 
@@ -125,10 +222,12 @@ def extract_baseline_features(
 ) -> dict[str, np.ndarray]:
     """Baselines under the same protocol: the same architecture at random init; raw pixels."""
     config = parse("evaluate", evaluate, EvaluateConfig)
+    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
     spec = ModelSpec.from_dict(evaluation_model["spec"])
     arrays: dict[str, np.ndarray] = {}
     for name in config.baselines:
         encoder = baseline_encoder(name, spec, config.seed)
         for split_name, split in (("train", images_train), ("test", images_test)):
             arrays[f"{name}_{split_name}"] = _features(encoder, split, evaluation_model, config)
-    return arrays
+    return provenance.stamp(arrays, **{provenance.DATA_SHA256: images_train.fingerprint},
+                            architecture=spec.architecture(), seed=config.seed)

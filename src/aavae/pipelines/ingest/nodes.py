@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from aavae.config import DatasetConfig, parse
@@ -16,11 +17,13 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[
     """Read the dataset named by ``params:dataset``; return train, test, unlabeled, card."""
     config = parse("dataset", dataset, DatasetConfig)
     result = read_dataset(config)
-    train, test, unlabeled = pipeline_splits(result)
+    # every split carries the ingest's data fingerprint, so what is made from it can say so
+    train, test, unlabeled = (replace(split, fingerprint=result.sha256) for split in pipeline_splits(result))
     card = {
         "name": config.name,
         "class_names": list(train.class_names),
         "image_shape": list(train.image_shape),
+        "resize": config.resize,  # how images of another size are brought to image_shape
         **result.describe(),
     }
     log.info("Ingested %s from %s: %s", config.name, result.source,

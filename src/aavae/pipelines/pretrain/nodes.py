@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 from matplotlib.figure import Figure
 
-from aavae import tracking
+from aavae import provenance, tracking
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
@@ -32,7 +32,7 @@ from aavae.training import (
     set_aside_checkpoints,
     training_images,
 )
-from aavae.views import split_view_policy
+from aavae.views import PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def pretrain(
     pretrain: dict[str, Any],
 ) -> tuple[dict[str, Any], Figure]:
     """Train the model; return the model bundle and a reconstruction grid."""
+    _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card)
     model_cfg = parse("model", model, ModelConfig)
     cfg = parse("pretrain", pretrain, PretrainConfig)
     spec = model_cfg.spec(input_size=images_train.image_shape[0], log_scale=cfg.log_scale, learn_scale=cfg.learn_scale,
@@ -60,7 +61,8 @@ def pretrain(
     policy, preprocessing = split_view_policy(view_policy)
     mean, std = preprocessing["mean"], preprocessing["std"]
 
-    checkpoint_dir = checkpoint_dir_for(CHECKPOINT_ROOT, dataset_card, spec.to_dict(), cfg.model_dump(), view_policy)
+    learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
+    checkpoint_dir = checkpoint_dir_for(CHECKPOINT_ROOT, dataset_card, spec.to_dict(), cfg.model_dump(), learned_views)
     previous = previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
     resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
@@ -86,12 +88,14 @@ def pretrain(
         log.warning("Already trained: this configuration finished in MLflow run %s (%s). "
                     "Nothing to train; the model bundle is rewritten from that checkpoint. "
                     "pretrain.resume=false trains again from scratch.", previous or "?", resume_from)
-        tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir})
+        tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir,
+                           **_data_tags(dataset_card)})
         module.load_state_dict(done["state_dict"])
         return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
                        epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
     remember_run(checkpoint_dir, tracking.active_run_id())
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
+                       **_data_tags(dataset_card),
                        **({"resumed_from_run": resumed_from} if resumed_from else {})})
     log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
              f"{num_parameters:,}", checkpoint_dir)
@@ -129,8 +133,28 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs,
                      "original_resize": preprocessing["original_resize"]}
     bundle = make_bundle(
         net, normalization, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
+        data=provenance.data_identity(dataset_card),
         objective=cfg.objective, kl_coeff=module.objective.kl_coeff,
         epochs=epochs,  # Lightning counts an epoch cut short by max_time as done
         steps=steps, mlflow_run_id=run_id,  # the run that trained these weights
     )
     return bundle, figure
+
+
+def _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card) -> None:
+    """Refuse to train on images, views and a policy of different ingests (say, a re-ingest
+    followed by ``--pipeline train`` without ``prepare``)."""
+    data = dataset_card.get("sha256")
+    fix = ("Run `kedro run --pipeline pretrain` (ingest + views + pretrain), or "
+           "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
+    for imageset in (images_train, images_unlabeled):
+        provenance.check_data(f"data/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
+    provenance.check_data("data/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
+    provenance.check_data("data/05_model_input/val_views.npz",
+                          (provenance.stamp_of(val_views) or {}).get(provenance.DATA_SHA256), data, fix)
+
+
+def _data_tags(dataset_card: dict[str, Any]) -> dict[str, Any]:
+    """What the MLflow run records of the data it trained on."""
+    return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
+            "data.source": dataset_card.get("source")}

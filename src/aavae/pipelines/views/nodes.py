@@ -8,13 +8,19 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from aavae import provenance
 from aavae.config import ViewsConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.plots import image_grid
-from aavae.views import ViewPolicy, channel_stats, make_views, split_view_policy
+from aavae.views import ViewPolicy, make_views, resolve_preprocessing, split_view_policy
+
+POLICY_FILE = "data/05_model_input/view_policy.json"
 
 
-def _policy(view_policy: dict[str, Any]) -> ViewPolicy:
+def _policy(view_policy: dict[str, Any], images: ImageSet) -> ViewPolicy:
+    """The augmentation policy, once it is shown to be resolved from these images' ingest."""
+    provenance.check_data(POLICY_FILE, view_policy.get(provenance.DATA_SHA256), images.fingerprint,
+                          "Run `kedro run --pipeline views` (or `--pipeline prepare`) to resolve it again.")
     return split_view_policy(view_policy)[0]
 
 
@@ -31,24 +37,14 @@ def resolve_view_policy(views: dict[str, Any], images_train: ImageSet) -> dict[s
     centre zoom of originals."""
     config = parse("views", views, ViewsConfig)
     policy = ViewPolicy(**config.policy_fields())
-    if config.mean is not None and config.std is not None:
-        mean, std = config.mean, config.std
-    else:
-        mean, std = channel_stats(np.asarray(images_train.images))
-    side = min(images_train.image_shape[:2])
-    if config.original_resize is not None and config.original_resize < side:
-        raise ValueError(
-            f"views.original_resize={config.original_resize} is smaller than the images "
-            f"({side} px): it must be at least the image size (it zooms in, e.g. 105 for 96)"
-        )
-    return {**policy.to_dict(), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-            "original_resize": config.original_resize}
+    preprocessing = resolve_preprocessing(config.mean, config.std, config.original_resize, images_train.images)
+    return {**policy.to_dict(), **preprocessing, provenance.DATA_SHA256: images_train.fingerprint}
 
 
 def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> Figure:
     """A grid: each training image beside several of its views."""
     config = parse("views", views, ViewsConfig)
-    policy = _policy(view_policy)
+    policy = _policy(view_policy, images_train)
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(images_train), size=min(config.preview_count, len(images_train)), replace=False))
     originals = np.asarray(images_train.images[chosen])
@@ -68,8 +64,9 @@ def make_validation_views(images_test: ImageSet, view_policy: dict[str, Any], vi
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(images_test), size=min(config.val_count, len(images_test)), replace=False))
     originals = np.ascontiguousarray(images_test.images[chosen])
-    return {
-        "views": _views_uint8(originals, _policy(view_policy), config.seed),
+    arrays = {
+        "views": _views_uint8(originals, _policy(view_policy, images_test), config.seed),
         "originals": originals,
         "labels": np.asarray(images_test.labels[chosen]),
     }
+    return provenance.stamp(arrays, **{provenance.DATA_SHA256: images_test.fingerprint})

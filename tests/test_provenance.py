@@ -1,0 +1,156 @@
+"""Artifacts know where they came from: a model is never scored silently on other images.
+
+The issue's cases through real `kedro run`s: after a digits pretrain, a re-ingest of another
+folder (or of the digits at another size) makes evaluate refuse, naming both datasets, with
+metrics.json and the training run untouched; an explicit `evaluate.checkpoint` of the same model
+is a transfer evaluation, said and recorded, its images brought to the model's input size.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from aavae import provenance
+from aavae.data.imageset import ImageSet, load_imageset, save_imageset
+from aavae.datasets import ArraysDataset
+from tests.conftest import copy_project, kedro, project_runs
+
+FAST_EVALUATION = "evaluate.embedding_points=50,evaluate.baselines=[]"
+
+
+def _two_class_folder(root, side: int = 20, per_class: int = 6):
+    """train/ and test/ of two classes of coloured squares, as PNG files."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", per_class // 2)):
+        for label, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(rng.normal(colour, 30, (side, side, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project copy that pretrained on the digits (`--env test`), its metrics.json kept."""
+    project = copy_project(tmp_path_factory.mktemp("provenance"))
+    kedro(project, "--pipeline", "pretrain", "--env", "test")
+    kedro(project, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION)
+    return project
+
+
+def _training_run(project):
+    return next(run for run in project_runs(project) if run.info.run_name == "pretrain")
+
+
+def _said(result) -> str:
+    return " ".join((result.stdout + result.stderr).split())  # the log wraps long lines
+
+
+def test_evaluate_refuses_a_model_trained_on_other_images_and_writes_nothing(trained, tmp_path):
+    folder = _two_class_folder(tmp_path / "other")
+    metrics_before = (trained / "data/08_reporting/metrics.json").read_text()
+    copied_before = _training_run(trained).data.metrics.get("eval_linear_top1")
+    kedro(trained, "--pipeline", "ingest", "--env", "imagefolder", "--params",
+          f"dataset.path={folder},dataset.image_size=16")
+
+    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION,
+                   check=False)
+
+    said = _said(result)
+    assert result.returncode != 0
+    assert "aavae_model.pt was trained on digits" in said and "the images ingested now are imagefolder" in said
+    assert "evaluate.checkpoint=data/06_models/aavae_model.pt" in said, "the way to ask for a transfer"
+    assert (trained / "data/08_reporting/metrics.json").read_text() == metrics_before
+    assert _training_run(trained).data.metrics.get("eval_linear_top1") == copied_before
+
+    # asked for explicitly, the same model is a transfer evaluation: said, recorded, not copied
+    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params",
+                   f"evaluate.checkpoint=data/06_models/aavae_model.pt,{FAST_EVALUATION}")
+    assert "Transfer evaluation: data/06_models/aavae_model.pt was trained on digits" in _said(result)
+    metrics = json.loads((trained / "data/08_reporting/metrics.json").read_text())
+    assert (metrics["dataset"], metrics["evaluation"], metrics["model_dataset"]) == ("imagefolder", "transfer", "digits")
+    assert set(metrics["per_class"]) == {"class0", "class1"}
+    assert _training_run(trained).data.metrics.get("eval_linear_top1") == copied_before, "not its data"
+    evaluate_run = project_runs(trained)[-1]
+    assert evaluate_run.data.tags["evaluation.kind"] == "transfer"
+    assert evaluate_run.data.tags["data.name"] == "imagefolder"
+    kedro(trained, "--pipeline", "ingest", "--env", "test")  # back to the digits for the next test
+
+
+def test_the_same_images_at_another_size_are_other_data_and_a_transfer_brings_them_to_the_model(trained):
+    kedro(trained, "--pipeline", "ingest", "--env", "test", "--params", "dataset.image_size=24")
+
+    refused = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION, check=False)
+    assert refused.returncode != 0 and "24 x 24 px" in _said(refused) and "16 x 16 px" in _said(refused)
+
+    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params",
+                   f"evaluate.checkpoint=data/06_models/aavae_model.pt,{FAST_EVALUATION}")
+    assert "images brought from 24 to 16 px" in _said(result)
+    features = ArraysDataset(str(trained / "data/04_feature/features_test.npz")).load()
+    assert provenance.stamp_of(features)["data_sha256"] == json.loads(
+        (trained / "data/03_primary/dataset_card.json").read_text())["sha256"]
+    kedro(trained, "--pipeline", "ingest", "--env", "test")
+
+
+def test_training_refuses_views_made_from_another_ingest(trained):
+    kedro(trained, "--pipeline", "ingest", "--env", "test", "--params", "dataset.seed=1")  # other split
+    result = kedro(trained, "--pipeline", "train", "--env", "test", check=False)
+    said = _said(result)
+    assert result.returncode != 0 and "view_policy.json was made from other images" in said
+    assert "--pipeline prepare" in said
+    kedro(trained, "--pipeline", "ingest", "--env", "test")
+
+
+def test_features_of_another_model_are_not_scored(trained):
+    """Stale features (say, `--nodes evaluate` after another model's features) are refused."""
+    features = ArraysDataset(str(trained / "data/04_feature/features_train.npz"))
+    arrays = features.load()
+    features.save({**provenance.unstamped(arrays), **provenance.stamp(
+        {}, **{**provenance.stamp_of(arrays), "model_sha256": "0" * 64})})
+    result = kedro(trained, "--pipeline", "__default__", "--env", "test", "--nodes", "resolve_model,evaluate",
+                   "--params", FAST_EVALUATION, check=False)
+    assert result.returncode != 0 and "features_train.npz holds features of another model" in _said(result)
+
+
+def test_image_sets_remember_their_ingest_and_older_ones_load_without(tmp_path):
+    imageset = ImageSet(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), ("a", "b"), "train", "ab" * 32)
+    save_imageset(imageset, tmp_path / "images_train")
+    assert load_imageset(tmp_path / "images_train").fingerprint == "ab" * 32
+    meta = tmp_path / "images_train" / "meta.json"
+    meta.write_text(json.dumps({"split": "train", "class_names": ["a", "b"]}))  # as written before
+    assert load_imageset(tmp_path / "images_train").fingerprint is None
+
+
+def test_the_checks_name_both_sides_and_the_fix(caplog):
+    with pytest.raises(provenance.ProvenanceError, match=r"view_policy.json was made from other images "
+                                                         r"\(data sha256 aaaaaaaaaaaa\) than the ones ingested now "
+                                                         r"\(sha256 bbbbbbbbbbbb\).*Run this"):
+        provenance.check_data("view_policy.json", "a" * 64, "b" * 64, "Run this.")
+    provenance.check_data("view_policy.json", "a" * 64, "a" * 64, "Run this.")  # the same: silent
+    with caplog.at_level("WARNING", logger="aavae.provenance"):
+        provenance.check_data("an_old_artifact.npz", None, "a" * 64, "Run this.")
+    assert "an_old_artifact.npz was written before this project recorded provenance" in caplog.text
+    train = ImageSet(np.zeros((1, 8, 8, 3), np.uint8), np.array([0]), ("a",), "train", "a" * 64)
+    test = ImageSet(np.zeros((1, 8, 8, 3), np.uint8), np.array([0]), ("a",), "test", "c" * 64)
+    with pytest.raises(provenance.ProvenanceError, match="come from different ingests"):
+        provenance.same_images(train, test)
+
+
+def test_a_training_run_of_other_data_never_gets_the_metrics(trained, monkeypatch):
+    """tracking refuses to copy onto a run whose data.sha256 tag differs, whoever asks."""
+    from aavae import tracking
+
+    uri = f"sqlite:///{trained / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run, client = _training_run(trained), MlflowClient(uri)
+    tracking.log_metrics_to_run(run.info.run_id, {"eval_probe": 0.5}, data_sha256="0" * 64)
+    assert "eval_probe" not in client.get_run(run.info.run_id).data.metrics
+    tracking.log_metrics_to_run(run.info.run_id, {"eval_probe": 0.5}, data_sha256=run.data.tags["data.sha256"])
+    assert client.get_run(run.info.run_id).data.metrics["eval_probe"] == 0.5
