@@ -1,0 +1,1 @@
+"""Builders and workers shared by several test files (not tests themselves)."""
