@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from aavae.data.imagefolder import read_imagefolder
 from aavae.evaluation import extract_features, model_from_bundle
-from aavae.inference import MU, REPRESENTATION, ImageEncoder, Preprocessing
+from aavae.inference import (
+    CONTRACT,
+    MU,
+    REPRESENTATION,
+    ImageBatchError,
+    ImageEncoder,
+    InputLimits,
+    Preprocessing,
+    check_image_batch,
+)
 from aavae.models import ModelSpec, build_model
 
 SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
@@ -116,3 +129,148 @@ def test_bad_images_are_named(image, message):
 def test_preprocessing_refuses_an_unknown_resize_policy():
     with pytest.raises(ValueError, match="resize must be one of resize_crop, resize"):
         Preprocessing(16, "stretch", (0.5,) * 3, (0.5,) * 3)
+
+
+# -- what a served encoder takes: check_image_batch ---------------------------------------------
+
+LIMITS = InputLimits(max_image_side=64, max_batch_size=8)
+UINT8 = np.zeros((2, 16, 16, 3), np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("images", "sent", "problem"),
+    [
+        (np.random.default_rng(0).random((2, 16, 16, 3)), "an array of float64 with shape (2, 16, 16, 3)",
+         "floats, which the model does not round or scale"),
+        (np.ones((2, 16, 16, 3)), "float64", "floats"),  # whole numbers, still floats
+        (np.full((1, 4, 4, 3), 256), "int64 with shape (1, 4, 4, 3) with values from 256 to 256",
+         "pixels are 0-255"),
+        (np.full((1, 4, 4, 3), -1, np.int16), "int16", "values from -1 to -1"),
+        (np.zeros((2, 16, 16, 5), np.uint8), "(2, 16, 16, 5)", "5 channels, where C must be 1 (grey), 3 (RGB) or 4"),
+        (np.zeros((2, 3, 16, 16), np.uint8), "(2, 3, 16, 16)", "channels first? send images.transpose(0, 2, 3, 1)"),
+        (np.zeros((2, 16, 16), np.uint8), "(2, 16, 16)", "images[..., None]"),
+        (np.zeros((16, 16), np.uint8), "(16, 16)", "image[None, :, :, None]"),
+        (np.zeros((0, 16, 16, 3), np.uint8), "(0, 16, 16, 3)", "an empty batch"),
+        ([], "a list with shape (0,)", "an empty batch"),
+        (np.zeros((9, 4, 4, 3), np.uint8), "(9, 4, 4, 3)", "9 images, over this model's max_batch_size of 8"),
+        (np.zeros((1, 65, 10, 3), np.uint8), "(1, 65, 10, 3)", "65 x 10 pixels: a side over this model's max_image_side of 64"),
+        (np.zeros((1, 0, 10, 3), np.uint8), "(1, 0, 10, 3)", "images without pixels"),
+        (np.zeros((1, 4, 4, 3), bool), "bool", "booleans"),
+        ([[[["1", "2", "3"]]]], "<U1", "text"),
+        ([[[[None, 1, 2]]]], "object", "not all integers"),
+        ([[[[2**70, 1, 2]]]], "object", "not all integers"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)], "a list that is not one N x H x W x C block",
+         "The detected shape was (2,) + inhomogeneous part.); send images of one size per request"),
+    ],
+)
+def test_a_batch_outside_the_contract_is_refused_naming_what_was_sent_and_what_is_expected(images, sent, problem):
+    with pytest.raises(ImageBatchError) as refused:
+        check_image_batch(images, LIMITS)
+
+    message = str(refused.value)
+    assert message.startswith(f"The encoder takes {CONTRACT}, at most 8 images of at most 64 pixels a side; got ")
+    assert sent in message and problem in message
+    assert len(message) < 600, "the message describes the input, it does not print it"
+
+
+def test_a_long_list_or_a_huge_first_image_is_refused_before_numpy_copies_it():
+    huge = np.broadcast_to(np.zeros(3, np.uint8), (50_000, 50_000, 3))  # a view: 7.5 GB if copied
+    with pytest.raises(ImageBatchError, match="a list whose first image has 50000 x 50000 pixels"):
+        check_image_batch([huge, huge], LIMITS)
+    with pytest.raises(ImageBatchError, match="a list of 9 items: 9 images, over this model's max_batch_size"):
+        check_image_batch([huge] * 9, LIMITS)
+
+
+def test_uint8_batches_pass_as_they_are_and_integer_lists_in_range_become_uint8():
+    assert check_image_batch(UINT8, LIMITS) is UINT8  # no copy of what already fits
+    from_json = np.arange(2 * 3 * 3 * 4).reshape(2, 3, 3, 4).tolist()  # integers, as JSON brings them
+    checked = check_image_batch(from_json, LIMITS)
+    assert checked.dtype == np.uint8 and checked.shape == (2, 3, 3, 4)
+    np.testing.assert_array_equal(checked, np.asarray(from_json))
+
+
+def test_input_limits_must_be_positive_integers():
+    for bad in (0, -1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match="max_image_side must be a positive integer"):
+            InputLimits(max_image_side=bad, max_batch_size=8)  # type: ignore[arg-type]
+
+
+@functools.cache
+def small_encoder() -> ImageEncoder:
+    return ImageEncoder.from_bundle(trained_looking_bundle())
+
+
+DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16", "float32",
+          "float64", "bool", "complex64", "object", "<U1")
+SMALL = InputLimits(max_image_side=4, max_batch_size=3)
+
+
+@st.composite
+def arrays_of_any_kind(draw: st.DrawFn) -> np.ndarray:
+    """Arrays of every dtype kind and 0 to 5 axes; sides of 0 to 6 around SMALL's limits,
+    channel counts 0 to 5, values inside and just outside 0-255."""
+    near_the_contract = draw(st.booleans())  # half the draws: integer batches, mostly valid
+    dtype = np.dtype(draw(st.sampled_from(DTYPES[:8] if near_the_contract else DTYPES)))
+    ndim = 4 if near_the_contract else draw(st.integers(0, 5))
+    shape = [draw(st.integers(0, 6)) for _ in range(ndim)]
+    if ndim == 4:
+        shape[0] = draw(st.integers(0, 4))
+        shape[1:3] = [draw(st.integers(1 if near_the_contract else 0, 5)) for _ in range(2)]
+        shape[3] = draw(st.sampled_from([1, 3, 4, 0, 2, 5]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    values = rng.integers(0, draw(st.sampled_from([2, 256])), shape)
+    outlier = draw(st.sampled_from([None, None, -1, 256, 300, 2**40]))  # one value off 0-255
+    if outlier is not None and values.size:
+        values.flat[draw(st.integers(0, values.size - 1))] = outlier
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(values, info.min, info.max).astype(dtype)
+    if dtype.kind == "O":
+        return values.astype(object)  # Python ints in an object array: not a numeric dtype
+    if dtype.kind == "U":
+        return values.astype(str).astype(dtype)
+    if dtype.kind == "b":
+        return values.astype(bool)
+    return (values / draw(st.sampled_from([1, 255]))).astype(dtype)
+
+
+def accepted_by_contract(images: np.ndarray, limits: InputLimits) -> bool:
+    """The contract written out independently: integers 0-255, N x H x W x C, within limits."""
+    return (
+        images.dtype.kind in "iu" and images.ndim == 4
+        and 1 <= images.shape[0] <= limits.max_batch_size
+        and all(1 <= side <= limits.max_image_side for side in images.shape[1:3])
+        and images.shape[3] in (1, 3, 4)
+        and int(images.min()) >= 0 and int(images.max()) <= 255
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(images=arrays_of_any_kind(), as_list=st.booleans())
+@example(images=np.full((3, 4, 4, 1), 255, np.int64), as_list=True)  # JSON's integers, grey
+@example(images=np.zeros((1, 1, 4, 4), np.uint16), as_list=False)  # RGBA, one pixel high
+@example(images=np.ones((1, 2, 2, 3), np.float16), as_list=True)  # whole-number floats
+@example(images=np.full((1, 2, 2, 3), 256, np.int16), as_list=False)  # one past 255
+@example(images=np.full((1, 2, 2, 3), -1, np.int64), as_list=True)  # below 0, from JSON
+def test_every_input_is_encoded_or_refused_with_the_named_error(images, as_list):
+    """Any dtype, shape and channel count, as an array or as the nested list JSON brings:
+    accepted exactly when the contract says so, and then encoded; else an ImageBatchError
+    naming the dtype and shape. Nothing else escapes (no numpy or Pillow error, no crash)."""
+    sent = images.tolist() if as_list and images.dtype.kind != "O" else images
+    expected = accepted_by_contract(np.asarray(sent), SMALL)
+    event("accepted" if expected else "refused")
+    try:
+        checked = check_image_batch(sent, SMALL)
+    except ImageBatchError as error:
+        assert not expected, f"refused an input the contract accepts: {error}"
+        if isinstance(sent, list) and len(sent) > SMALL.max_batch_size:  # refused before numpy
+            assert f"got a list of {len(sent)} items" in str(error)
+        elif not isinstance(sent, list) or "whose first image has" not in str(error):
+            assert str(np.asarray(sent).shape) in str(error)
+            assert np.asarray(sent).size == 0 or str(np.asarray(sent).dtype) in str(error)
+        return
+    assert expected, f"accepted {np.asarray(sent).dtype} {np.asarray(sent).shape}"
+    assert checked.dtype == np.uint8
+    np.testing.assert_array_equal(checked, np.asarray(sent))
+    features = small_encoder().encode(checked)
+    assert features.shape == (len(checked), small_encoder().feature_dim) and np.isfinite(features).all()

@@ -265,6 +265,14 @@ class RegistryConfig(_Schema):
         description="registered model name: letters, digits, '_', '.', '-'; {dataset} and "
         "{objective} are filled in from the trained model, so recipes do not share a name",
     )
+    max_image_side: int = Field(
+        1024, ge=1, description="the registered model refuses images with a longer side, before "
+        "decoding any (it brings every image to the training size; send smaller images)",
+    )
+    max_batch_size: int = Field(
+        512, ge=1, description="the registered model refuses more images a call (512: the "
+        "features and embed batch); with max_image_side it bounds one call's pixels",
+    )
 
 
 class EmbedConfig(_Schema):

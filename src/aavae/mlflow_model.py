@@ -9,6 +9,16 @@ A user who finds the best run in ``mlflow ui`` can load, register and serve its 
 and ``mlflow models serve -m models:/digits-aavae-encoder/1 --env-manager local`` answers
 ``POST /invocations`` with ``{"inputs": <nested list of uint8 images>}``.
 
+Every input, on both paths, passes :func:`aavae.inference.check_image_batch` before any work:
+uint8 ``N x H x W x C`` (C = 1, 3 or 4; over JSON, integers 0-255), at most
+``max_batch_size`` images of at most ``max_image_side`` pixels a side (the model config,
+set from ``registry.*`` at logging; a model logged without them gets the schema's defaults).
+Anything else is MLflow's ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the input's dtype and
+shape and what is expected. The signature therefore declares no input schema: with one,
+MLflow would cast a request to uint8 before the model sees it (floats truncated to a black
+image) and refuse other inputs in its own words, printing the whole input. MLflow parses a
+request's JSON before the model runs, so the limits bound the model's work, not that parse.
+
 The model's artifact is the model bundle itself (``aavae_model.pt``, loaded with
 ``weights_only=True``), and all the work is :class:`aavae.inference.ImageEncoder`'s: the
 same resizing as ingest, the same normalisation and feature extraction as the features
@@ -27,6 +37,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,12 +46,24 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 import aavae
-from aavae.inference import MU, REPRESENTATION, ImageEncoder, Preprocessing
+from aavae.config import RegistryConfig
+from aavae.inference import (
+    CONTRACT,
+    MU,
+    REPRESENTATION,
+    ImageBatchError,
+    ImageEncoder,
+    InputLimits,
+    Preprocessing,
+    check_image_batch,
+)
 from aavae.quiet import filter_unactionable_warnings
 
 filter_unactionable_warnings()  # before PythonModel subclasses are defined (here, kedro-mlflow)
@@ -53,15 +76,59 @@ RETURN_MU = "return_mu"
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pydantic")
 
 
+class RefusedImages(MlflowException, ValueError):
+    """Images outside the model's contract: MLflow's INVALID_PARAMETER_VALUE, HTTP 400.
+
+    MLflow's scoring server rewrites the message of an MlflowException raised by ``predict``
+    to ``Failed to predict data '<the whole input>'. Error: <message>`` (``invocations`` in
+    ``mlflow.pyfunc.scoring_server``): megabytes of pixels in an error message. This one keeps
+    its own message, which names the input's dtype and shape, never its values. A ValueError
+    too, so in-process callers can catch it as the bad argument it is.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._own_message = message  # before MlflowException.__init__ assigns self.message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._own_message
+
+    @message.setter
+    def message(self, rewritten: str) -> None:
+        """The scoring server's rewrite, which would quote the request, is dropped."""
+
+
+def input_limits(model_config: Mapping[str, Any]) -> InputLimits:
+    """The limits in a model config; a model logged before they existed gets the defaults."""
+    defaults = RegistryConfig()
+    values = {name: model_config.get(name, getattr(defaults, name))
+              for name in ("max_image_side", "max_batch_size")}
+    try:
+        return InputLimits(**values)
+    except ValueError as error:
+        raise ValueError(
+            f"The encoder model's config is invalid: {error}. It is set when the model is "
+            "logged (registry.max_image_side, registry.max_batch_size) and may be overridden "
+            "at loading: mlflow.pyfunc.load_model(uri, model_config={...}), or the "
+            "MLFLOW_PYFUNC_INFERENCE_CONFIG environment variable of `mlflow models serve`."
+        ) from None
+
+
 class EncoderModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of :class:`aavae.inference.ImageEncoder` (see the module docstring)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         bundle = torch.load(context.artifacts[BUNDLE_ARTIFACT], map_location="cpu", weights_only=True)
         self.encoder = ImageEncoder.from_bundle(bundle, resize=context.model_config["resize"])
+        self.limits = input_limits(context.model_config)
+        # The scoring server runs each request in its own thread: one request's images are
+        # encoded at a time, so memory holds one admitted batch's work and the CPU's threads
+        # are not shared among several convolutions.
+        self._encoding = threading.Lock()
 
-    # np.ndarray is a type hint MLflow accepts without inferring a schema: the signature says
-    # what the input is, and MLflow does not warn about a missing hint.
+    # np.ndarray is a type hint MLflow accepts without inferring a schema or checking the
+    # input against it (check_image_batch does), and MLflow does not warn about a missing hint.
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext,
@@ -69,20 +136,23 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """uint8 ``N x H x W x C`` images -> float32 ``(N, feature_dim)`` representations, or
-        with ``params={"return_mu": True}`` a dict of them and the latent means ``mu``."""
-        images = np.asarray(model_input)
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"The encoder takes a batch of uint8 images, N x H x W x C with C = 1, 3 or 4 "
-                f"(any H and W), got {images.dtype} with shape {images.shape}."
-            )
-        return self.encoder.encode(images, return_mu=bool((params or {}).get(RETURN_MU, False)))
+        with ``params={"return_mu": True}`` a dict of them and the latent means ``mu``.
+
+        Raises :class:`RefusedImages` for anything else, before any image is resized.
+        """
+        try:
+            images = check_image_batch(model_input, self.limits)
+        except ImageBatchError as error:
+            raise RefusedImages(str(error)) from None
+        with self._encoding:
+            return self.encoder.encode(images, return_mu=bool((params or {}).get(RETURN_MU, False)))
 
 
 def signature(feature_dim: int) -> ModelSignature:
-    """uint8 images of any size in; float32 representations out; the ``return_mu`` switch."""
+    """float32 representations out and the ``return_mu`` switch; no input schema, so that
+    every input reaches :func:`check_image_batch` as sent (see the module docstring)."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1))]),
+        inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, feature_dim))]),
         params=ParamSchema([ParamSpec(RETURN_MU, "boolean", False)]),
     )
@@ -93,10 +163,12 @@ def log_encoder_model(
     resize: str,
     registered_name: str,
     input_example: np.ndarray,
+    limits: InputLimits,
     tags: Mapping[str, str] | None = None,
 ) -> ModelInfo:
     """Log the bundle's encoder as a pyfunc model into the active run and register it.
 
+    ``limits`` go into the model config (which loading can override) and its metadata.
     Returns MLflow's ``ModelInfo``; ``registered_model_version`` is the new version.
     """
     encoder = ImageEncoder.from_bundle(bundle, resize=resize)  # fails here, not at serving
@@ -104,7 +176,10 @@ def log_encoder_model(
         **encoder.preprocessing.to_dict(),
         "feature_dim": encoder.feature_dim,
         "latent_dim": encoder.latent_dim,
-        "input": "uint8 N x H x W x C images of any size (C = 1, 3 or 4)",
+        "input": f"{CONTRACT}, at most max_batch_size images of at most max_image_side "
+                 "pixels a side, any one size per request",
+        "max_image_side": limits.max_image_side,
+        "max_batch_size": limits.max_batch_size,
         "output": "float32 N x feature_dim representations; params return_mu=true adds mu",
         **{key: str(bundle.get(key)) for key in ("dataset", "objective", "mlflow_run_id")},
     }
@@ -119,7 +194,8 @@ def log_encoder_model(
                 name="encoder",
                 python_model=str(Path(__file__).with_name("mlflow_model_code.py")),
                 artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
-                model_config={"resize": resize},
+                model_config={"resize": resize, "max_image_side": limits.max_image_side,
+                              "max_batch_size": limits.max_batch_size},
                 code_paths=[str(code)],
                 signature=signature(encoder.feature_dim),
                 input_example=np.ascontiguousarray(input_example),
@@ -183,9 +259,16 @@ class RegisteredEncoder:
             original_resize=metadata.get("original_resize"),
         )
         self.identity = model_uri
+        self.limits: InputLimits = self.model.unwrap_python_model().limits
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(np.ascontiguousarray(images)), np.float32)
+        """Representations of ``images``, sent in batches the model's max_batch_size allows
+        (an empty batch is sent as it is, for the model to refuse)."""
+        step = self.limits.max_batch_size
+        return np.concatenate([
+            np.asarray(self.model.predict(np.ascontiguousarray(images[start:start + step])), np.float32)
+            for start in range(0, max(len(images), 1), step)
+        ])
 
 
 def _pinned(package: str) -> str:
@@ -196,5 +279,6 @@ def _pinned(package: str) -> str:
 
 
 __all__ = [
-    "MU", "REPRESENTATION", "EncoderModel", "RegisteredEncoder", "log_encoder_model", "signature",
+    "MU", "REPRESENTATION", "EncoderModel", "RefusedImages", "RegisteredEncoder", "input_limits",
+    "log_encoder_model", "signature",
 ]

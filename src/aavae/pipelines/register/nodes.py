@@ -11,6 +11,7 @@ import numpy as np
 from aavae import tracking
 from aavae.config import DatasetConfig, RegistryConfig, parse
 from aavae.data.imageset import ImageSet
+from aavae.inference import InputLimits
 from aavae.mlflow_model import TRAINING_RUN_TAG, log_encoder_model, version_of_training_run
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,16 @@ def register_encoder(
 ) -> dict[str, Any]:
     """Log the encoder with its preprocessing into the pretrain run and register it.
 
-    The model resizes images as ingest did (``dataset.resize``), so it takes images of any
-    size. A training run already registered under the name (the pipeline ran again without
-    training) gets no second version. Returns what ``registered_model.json`` records.
+    The model resizes images as ingest did (the ``dataset.resize`` its bundle records), so it
+    takes images of any size up to ``registry.max_image_side``, at most ``registry.max_batch_size`` a call (its
+    limits, fixed at logging; loading may override them). A training run already registered
+    under the name (the pipeline ran again without training) gets no second version.
+    Returns what ``registered_model.json`` records.
     """
     config = parse("registry", registry, RegistryConfig)
-    resize = parse("dataset", dataset, DatasetConfig).resize
+    # as its training images were brought to size: the bundle records it (older bundles: the
+    # environment's dataset.resize)
+    resize = (aavae_model.get("data") or {}).get("resize") or parse("dataset", dataset, DatasetConfig).resize
     training_run = aavae_model.get("mlflow_run_id")
     if not config.enabled:
         log.info("registry.enabled is false: the encoder is not logged as an MLflow model.")
@@ -43,7 +48,8 @@ def register_encoder(
     version = version_of_training_run(name, training_run)
     if version is None:
         example = np.ascontiguousarray(images_test.images[:EXAMPLE_IMAGES])
-        info = log_encoder_model(aavae_model, resize, name, example,
+        limits = InputLimits(config.max_image_side, config.max_batch_size)
+        info = log_encoder_model(aavae_model, resize, name, example, limits,
                                  tags={TRAINING_RUN_TAG: str(training_run)})
         version = int(info.registered_model_version)
         mlflow.MlflowClient().set_model_version_tag(name, str(version), TRAINING_RUN_TAG, str(training_run))
