@@ -30,10 +30,20 @@ OpenMP thread (``--threads``; on a shared machine two contending threads are far
     PYTHONPATH=src python benchmarks/faults.py                # 20 trials, 2 to 3 minutes each here
     PYTHONPATH=src python benchmarks/faults.py --trials 2     # a quick check
 
+Then three trials of inputs nobody here made, each of which must end in the right answer or a
+refusal that names the problem, never in a wrong number or a native crash:
+
+* ``mismatched artifacts``: the reference's digits re-ingested at another size, then
+  ``evaluate``: refused (exit status not 0, naming the model's data and the images'), and
+  ``metrics.json`` left as it was;
+* ``odd batch``: ``pretrain`` with ``pretrain.batch_size=63`` in a fresh copy: completes;
+* ``bad served input``: the registered model loaded with ``mlflow.pyfunc``: float images and
+  five channels are refused by name, uint8 images give finite features.
+
 Output: one line for the reference, one per trial (where each kill landed, reruns, largest
-weight difference, verdict), and as its last line
-``trials: N survived: S lost: L left_running: R``. Lost trials keep their folder (with every
-command's log under ``logs/``) and the script exits with status 1.
+weight difference, verdict), one per input trial, and as its last line
+``trials: N survived: S lost: L left_running: R``, counting both kinds. Lost trials keep
+their folder (with every command's log under ``logs/``) and the script exits with status 1.
 """
 
 from __future__ import annotations
@@ -84,8 +94,8 @@ class Trial:
         return not self.problems
 
 
-def kedro_command(pipeline: str, env: str, epochs: int) -> list[str]:
-    params = f"pretrain.max_epochs={epochs},pretrain.compile=false"
+def kedro_command(pipeline: str, env: str, epochs: int, extra: str = "") -> list[str]:
+    params = f"pretrain.max_epochs={epochs},pretrain.compile=false" + (f",{extra}" if extra else "")
     return [sys.executable, "-m", "kedro", "run", "--pipeline", pipeline, "--env", env, "--params", params]
 
 
@@ -213,6 +223,79 @@ def describe(trial: Trial) -> str:
     return f"trial {trial.index}: " + "; ".join(parts) + f"{difference} -> {verdict}"
 
 
+def _input_trial(index: int, name: str, check) -> Trial:
+    """One trial of a bad input: ``check`` returns what went wrong (nothing: it survived)."""
+    trial = Trial(index)
+    trial.phases.append(Phase(name, completed=True))
+    try:
+        trial.problems.extend(check())
+    except Exception as exc:  # noqa: BLE001 - any unexpected failure is a lost trial, said
+        trial.problems.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    return trial
+
+
+def mismatched_artifacts(reference: Path, env: str, epochs: int, threads: int) -> list[str]:
+    """The reference model evaluated after a re-ingest at another size: a named refusal."""
+    metrics = reference / "data/08_reporting/metrics.json"
+    before = metrics.read_text()
+    logs = reference / "logs"
+    try:
+        run_to_end(reference, kedro_command("ingest", env, epochs, "dataset.image_size=24"),
+                   logs / "mismatch-ingest.log", threads)
+        process = start(reference, kedro_command("evaluate", env, epochs), logs / "mismatch-evaluate.log", threads)
+        status = process.wait(timeout=1800)
+        said = " ".join((logs / "mismatch-evaluate.log").read_text().split())
+    finally:
+        run_to_end(reference, kedro_command("ingest", env, epochs), logs / "mismatch-restore.log", threads)
+    problems = []
+    if status == 0:
+        problems.append("evaluate of a 16 px model on 24 px images exited 0")
+    elif "was trained on" not in said or "24 x 24 px" not in said:
+        problems.append(f"evaluate failed without naming the mismatch (exit {status}; see {logs})")
+    if metrics.read_text() != before:
+        problems.append("metrics.json was rewritten")
+    return problems
+
+
+def odd_batch(project: Path, env: str, threads: int) -> list[str]:
+    """Pretraining on batches of 63 (it aborted natively in channels_last on AVX-512 CPUs)."""
+    process = start(project, kedro_command("pretrain", env, 2, "pretrain.batch_size=63"),
+                    project / "logs" / "odd-batch.log", threads)
+    status = process.wait(timeout=1800)
+    if status != 0:
+        how = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        return [f"pretrain with batch 63 ended with {how} (see {project / 'logs'})"]
+    return [] if (project / "data/06_models/aavae_model.pt").is_file() else ["no aavae_model.pt"]
+
+
+def bad_served_input(reference: Path) -> list[str]:
+    """The registered model refuses floats and five channels by name, and encodes uint8."""
+    import mlflow
+    import numpy as np
+
+    record = json.loads((reference / "data/06_models/registered_model.json").read_text())
+    if not record.get("registered"):
+        return [f"the reference registered no model ({record.get('reason')})"]
+    mlflow.set_tracking_uri(f"sqlite:///{reference / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(record["model_uri"])
+    side = int(model.metadata.metadata["image_size"])
+    problems = []
+    for name, images, expected in (
+        ("floats", np.random.default_rng(0).random((2, side, side, 3)), "float64"),
+        ("five channels", np.zeros((2, side, side, 5), np.uint8), "5 channels"),
+    ):
+        try:
+            model.predict(images)
+            problems.append(f"{name} were encoded instead of refused")
+        except ValueError as refusal:
+            if expected not in str(refusal):
+                problems.append(f"{name}: refused without naming them ({str(refusal)[:120]})")
+    features = np.asarray(model.predict(np.zeros((2, side, side, 3), np.uint8)))
+    if features.shape[0] != 2 or not np.isfinite(features).all():
+        problems.append(f"uint8 images gave {features.shape} features, or non-finite ones")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -264,6 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         trials.append(trial)
         if trial.survived:
             shutil.rmtree(project, ignore_errors=True)
+
+    inputs = [
+        ("mismatched artifacts", lambda: mismatched_artifacts(reference, args.env, args.epochs, args.threads)),
+        ("odd batch", lambda: odd_batch(copy_project(_fresh(workdir / "odd-batch")), args.env, args.threads)),
+        ("bad served input", lambda: bad_served_input(reference)),
+    ] if not args.no_evaluate else []
+    for offset, (name, check) in enumerate(inputs, start=len(trials) + 1):
+        trial = _input_trial(offset, name, check)
+        print(f"trial {trial.index}: {name} -> " + ("survived" if trial.survived else "LOST: " + "; ".join(trial.problems)),
+              flush=True)
+        trials.append(trial)
 
     survived = sum(trial.survived for trial in trials)
     print(f"trials: {len(trials)} survived: {survived} lost: {len(trials) - survived} left_running: {left_running}")
