@@ -1,10 +1,11 @@
-"""Tests of aavae.models: shapes, the paper's parameter count and names, checkpoints, errors."""
+"""Tests of aavae.models: shapes, the paper's parameter count and names, errors.
+
+Reading checkpoint files is tested in test_checkpoint_reading.py.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
 
 import pytest
 import torch
@@ -13,14 +14,12 @@ import torchvision
 from aavae.models import (
     ENCODERS,
     STEMS,
-    AAVAENet,
     ModelSpec,
     ProjectionHead,
     build_decoder,
     build_encoder,
     build_model,
     count_parameters,
-    load_paper_checkpoint,
 )
 
 SMALL_WIDTH = 8  # enough channels to exercise every layer, small enough to run in milliseconds
@@ -32,19 +31,6 @@ def small_spec(**overrides) -> ModelSpec:
     settings = {"encoder": "resnet18", "width": SMALL_WIDTH, "latent_dim": 16}
     settings.update(overrides)
     return ModelSpec(**settings)
-
-
-def trained_looking(net: AAVAENet) -> AAVAENet:
-    """Move BatchNorm running statistics off their initial values, as training would."""
-    net.train()
-    with torch.no_grad():
-        net.posterior(torch.randn(4, 3, net.spec.input_size, net.spec.input_size))
-    return net.eval()
-
-
-def outputs(net: AAVAENet, images: torch.Tensor, z: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [net.encode(images), *net.posterior(images), net.decode(z)]
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -144,27 +130,6 @@ def test_channels_last_bf16_autocast_training_step_reaches_every_weight() -> Non
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("layout", ["lightning", "bare"])
-def test_paper_layout_checkpoint_loads_and_reproduces_outputs(tmp_path, layout: str) -> None:
-    spec = small_spec(log_scale=-0.25)
-    original = trained_looking(build_model(spec))
-    state = dict(original.state_dict())
-    state["online_finetuner.block_forward.2.weight"] = torch.randn(10, 64)  # not part of the model
-    content = (
-        {"epoch": 3, "global_step": 120, "state_dict": state} if layout == "lightning" else state
-    )
-    path = tmp_path / "last.ckpt"
-    torch.save(content, path)
-
-    loaded = load_paper_checkpoint(path, spec).eval()
-
-    images, z = torch.randn(3, 3, 32, 32), torch.randn(3, 16)
-    for expected, got in zip(outputs(original, images, z), outputs(loaded, images, z), strict=True):
-        assert torch.equal(expected, got)
-    assert loaded.log_scale.item() == -0.25
-    assert loaded.log_scale.requires_grad is False
-
-
 def test_the_ae_head_is_the_papers_projection_head_ae() -> None:
     # ProjectionHeadAE: Linear(bias) -> BatchNorm1d -> ReLU -> Linear(no bias) to the latent
     net = build_model(small_spec(head="ae"))
@@ -181,130 +146,6 @@ def test_the_ae_head_is_the_papers_projection_head_ae() -> None:
         net.posterior(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="head must be one of"):
         small_spec(head="gan")
-
-
-def test_checkpoint_of_another_architecture_is_refused_with_the_keys(tmp_path) -> None:
-    path = tmp_path / "resnet50.ckpt"
-    torch.save({"state_dict": build_model(small_spec(encoder="resnet50")).state_dict()}, path)
-
-    with pytest.raises(ValueError) as caught:
-        load_paper_checkpoint(path, small_spec(encoder="resnet18"))
-
-    message = str(caught.value)
-    assert str(path) in message
-    assert "unexpected keys" in message and "encoder.layer1.0.conv3.weight" in message
-    assert (
-        "wrong shapes" in message
-        and "encoder.layer1.0.conv1.weight (8, 8, 1, 1) vs (8, 8, 3, 3)" in message
-    )
-    assert re.search(r"\(\d+ more\)", message)  # long lists are cut, with the count
-    assert "encoder, stem, width, h_dim and latent_dim" in message
-
-
-def test_checkpoint_with_another_latent_size_names_the_head_keys(tmp_path) -> None:
-    path = tmp_path / "latent32.ckpt"
-    torch.save(build_model(small_spec(latent_dim=32)).state_dict(), path)
-
-    with pytest.raises(ValueError, match=r"projection\.mu\.weight \(32, 64\) vs \(16, 64\)"):
-        load_paper_checkpoint(path, small_spec(latent_dim=16))
-
-
-def test_checkpoint_missing_model_keys_is_refused(tmp_path) -> None:
-    state = build_model(small_spec()).state_dict()
-    path = tmp_path / "encoder_only.ckpt"
-    torch.save({"state_dict": {k: v for k, v in state.items() if k.startswith("encoder.")}}, path)
-
-    with pytest.raises(
-        ValueError, match=r"missing keys \d+: log_scale, decoder\.linear_projection1"
-    ):
-        load_paper_checkpoint(path, small_spec())
-
-
-def test_checkpoint_with_pickled_objects_is_not_unpickled(tmp_path) -> None:
-    path = tmp_path / "with_namespace.ckpt"
-    state = build_model(small_spec()).state_dict()
-    torch.save({"state_dict": state, "hparams": argparse.Namespace(encoder="resnet18")}, path)
-
-    with pytest.raises(ValueError, match="argparse.Namespace.*weights_only=False"):
-        load_paper_checkpoint(path, small_spec())
-
-
-def test_unreadable_or_absent_checkpoint_is_named(tmp_path) -> None:
-    garbage = tmp_path / "garbage.ckpt"
-    garbage.write_bytes(b"not a checkpoint")
-
-    with pytest.raises(ValueError, match="garbage.ckpt"):
-        load_paper_checkpoint(garbage, small_spec())
-    with pytest.raises(FileNotFoundError, match="absent.ckpt"):
-        load_paper_checkpoint(tmp_path / "absent.ckpt", small_spec())
-
-
-def test_a_checkpoint_of_this_projects_training_module_loads_from_under_its_net_prefix(tmp_path) -> None:
-    # PretrainModule holds the model as ``net`` beside an online probe: keys net.encoder..., online_probe...
-    spec = small_spec(head="ae")
-    original = build_model(spec).train()
-    with torch.no_grad():  # batch-norm statistics off their initial values
-        original.latent_mean(original.encode(torch.randn(4, 3, 32, 32)))
-    original.eval()
-    state = {f"net.{key}": value for key, value in original.state_dict().items()}
-    state |= {"online_probe.weight": torch.randn(10, 64), "online_probe.bias": torch.zeros(10)}
-    path = tmp_path / "epoch0003.ckpt"
-    torch.save({"epoch": 2, "global_step": 30, "state_dict": state, "loops": {}}, path)
-
-    loaded = load_paper_checkpoint(path, small_spec()).eval()  # model.* has no head: the file's is used
-
-    assert loaded.spec.head == "ae"
-    images, z = torch.randn(3, 3, 32, 32), torch.randn(3, 16)
-    with torch.no_grad():
-        for net_output in (lambda net: net.encode(images), lambda net: net.latent_mean(net.encode(images)),
-                           lambda net: net.decode(z)):
-            assert torch.equal(net_output(original), net_output(loaded))
-
-
-def test_a_prefixed_checkpoint_of_another_size_names_the_prefix_and_the_keys(tmp_path) -> None:
-    state = {f"net.{k}": v for k, v in build_model(small_spec(latent_dim=32)).state_dict().items()}
-    path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": state}, path)
-
-    with pytest.raises(ValueError, match=r"under the prefix 'net\.'.*projection\.mu\.weight \(32, 64\) vs \(16, 64\)"):
-        load_paper_checkpoint(path, small_spec(latent_dim=16))
-
-
-def test_a_checkpoint_of_another_model_is_refused_as_such_not_as_a_wrong_architecture(tmp_path) -> None:
-    path = tmp_path / "classifier.ckpt"
-    torch.save({"state_dict": torchvision.models.resnet18(num_classes=10).state_dict()}, path)
-
-    with pytest.raises(ValueError) as caught:
-        load_paper_checkpoint(path, small_spec())
-
-    message = str(caught.value)
-    assert f"checkpoint {path} holds no weights of an AAVAE model" in message
-    assert "conv1." in message and "fc." in message, "it says what the file holds"
-    assert "encoder, stem, width" not in message, "the architecture is not the problem"
-
-
-@pytest.mark.parametrize("start", [b"", b"\x13\x37", b"\x80\x02"])
-def test_random_bytes_are_reported_as_not_a_checkpoint(tmp_path, start: bytes) -> None:
-    path = tmp_path / "random.ckpt"
-    body = bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8))
-    path.write_bytes(start + body if start else b"")
-
-    with pytest.raises(ValueError) as caught:
-        load_paper_checkpoint(path, small_spec())
-
-    message = str(caught.value)
-    assert str(path) in message
-    assert "not a checkpoint" in message
-    assert "Python objects" not in message and "weights_only" not in message, "not an unpickling-policy issue"
-
-
-def test_a_truncated_checkpoint_is_reported_as_damaged(tmp_path) -> None:
-    path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": build_model(small_spec()).state_dict()}, path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-    with pytest.raises(ValueError, match=f"checkpoint {path} is damaged \\(truncated\\?\\)"):
-        load_paper_checkpoint(path, small_spec())
 
 
 @pytest.mark.parametrize(

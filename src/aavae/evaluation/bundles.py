@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from aavae.models import AAVAENet, ModelSpec, build_model, count_parameters, load_paper_checkpoint
+from aavae.models import (
+    AAVAENet,
+    ModelSpec,
+    build_model,
+    count_parameters,
+    load_paper_checkpoint,
+    read_checkpoint,
+)
 from aavae.provenance import weights_sha256
 
 log = logging.getLogger(__name__)
@@ -73,19 +80,18 @@ def bundle_from_checkpoint(
     images were normalised, so it gets ``preprocessing`` (``mean``, ``std``,
     ``original_resize``: the recipe's, :func:`aavae.views.resolve_preprocessing`), as the
     paper's linear evaluation applies its recipe's constants. ``class_names`` are the classes it
-    is evaluated on. Files load with ``weights_only=True``: never runs their code.
+    is evaluated on. The file is read once, by :func:`aavae.models.read_checkpoint`, which never
+    runs code from it (a Lightning 1.x file's class references become inert stand-ins).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    content = _load_tensors_only(path)
+    content = read_checkpoint(path)
     if isinstance(content, Mapping) and all(key in content for key in BUNDLE_KEYS):
         net = model_from_bundle(content, source=f"model bundle {path}")
         bundle = dict(content)
         bundle["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _say_if_architecture_differs(path, net.spec, spec)
     else:
-        net = load_paper_checkpoint(path, spec)  # model.*, with the head the file holds
+        net = load_paper_checkpoint(path, spec, content=content)  # model.*, with the head the file holds
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
         bundle = make_bundle(
             net, {key: preprocessing.get(key) for key in ("mean", "std", "original_resize")}, dataset=None,
@@ -113,15 +119,6 @@ def _is_project_checkpoint(content: object) -> bool:
     """A Lightning checkpoint of this project's training module (its model under ``net.``)."""
     state = content.get("state_dict") if isinstance(content, Mapping) else None
     return isinstance(state, Mapping) and any(str(key).startswith("net.") for key in state)
-
-
-def _load_tensors_only(path: Path) -> object:
-    """The file's content, or None when ``weights_only`` loading refuses it (the paper loader
-    then explains why)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - load_paper_checkpoint reports the precise reason
-        return None
 
 
 def baseline_encoder(name: str, spec: ModelSpec, seed: int) -> nn.Module:
