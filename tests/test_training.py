@@ -36,8 +36,9 @@ from aavae.views import ViewPolicy, channel_tensors
 
 def test_warmup_then_cosine():
     factor = warmup_then_decay(warmup_steps=10, total_steps=110, schedule="cosine")
-    assert factor(0) == pytest.approx(0.1)
-    assert factor(9) == pytest.approx(1.0)
+    assert factor(0) == 0.0  # the paper's step / W: the first step trains at rate 0
+    assert factor(9) == pytest.approx(0.9)
+    assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.5)
     assert factor(110) == pytest.approx(0.0)
     linear = warmup_then_decay(0, 100, "linear")

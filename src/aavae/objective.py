@@ -6,8 +6,11 @@ with x_in the augmented image and x_target the original for AAVAE, and both the 
 for the VAE. p(x | z) is a Gaussian with mean the decoder output and a (fixed or learned)
 ``log_scale``, which is a log-*variance* as in the paper's code (scale = exp(log_scale / 2)
 + 1e-6); the KL is analytic. The AE baseline is the paper's ``ae.py``: a deterministic latent
-and the mean squared error against its (un-augmented) input. Everything here is per batch and
-plain PyTorch: the training engine decides when to compute which metric.
+and the mean squared error against its own input: the original, or with ``denoising`` (its
+``--denoising``) an augmented view, reconstructed as that same view (``ae.py`` computes
+``F.mse_loss(x_hat, x)`` with ``x`` the view; the original only feeds its cos_sim).
+Everything here is per batch and plain PyTorch: the training engine decides when to compute
+which metric.
 """
 
 from __future__ import annotations
@@ -24,18 +27,39 @@ STD_EPS = 1e-6  # keeps the posterior and likelihood scales away from zero, as t
 
 @dataclass(frozen=True)
 class Objective:
-    """Which input the encoder sees and how much the KL term weighs."""
+    """Which input the encoder sees, what is reconstructed and how much the KL term weighs.
+
+    ``denoising`` is the paper's ``ae.py --denoising`` (``ae`` only: for ``vae.py
+    --denoising``, the variational model on views, use ``aavae``, with ``kl_coeff`` for a KL).
+    """
 
     kind: str = "aavae"
     kl_coeff: float = 0.0
+    denoising: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
             raise ValueError(f"objective '{self.kind}' is unknown; choose one of {OBJECTIVES}")
+        if self.denoising and self.kind != "ae":
+            raise ValueError(
+                f"denoising is the paper's ae.py --denoising and applies to the ae objective, not "
+                f"{self.kind!r}: its vae.py --denoising (views in, the original out) is aavae, "
+                f"with kl_coeff for a KL term"
+            )
 
     @property
     def uses_augmented_input(self) -> bool:
-        return self.kind == "aavae"
+        return self.kind == "aavae" or self.denoising
+
+    @property
+    def reconstructs_its_input(self) -> bool:
+        """The AE's target is what it was given (a view, with denoising); the VAE family's the original."""
+        return self.kind == "ae"
+
+    @property
+    def name(self) -> str:
+        """How runs, bundles and registered models name it: ``ae-denoising`` apart from ``ae``."""
+        return f"{self.kind}-denoising" if self.denoising else self.kind
 
     @property
     def is_variational(self) -> bool:

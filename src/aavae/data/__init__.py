@@ -1,7 +1,8 @@
 """Dataset readers. Each returns its splits as image sets of one form (see imageset.py).
 
-``read_dataset`` dispatches on a validated ``DatasetConfig``; the readers themselves take
-plain arguments so they can be used from a notebook or another project.
+``read_dataset`` dispatches on a validated ``DatasetConfig`` and holds out the paper's
+validation images (``dataset.val_holdout``, splits.py); the readers themselves take plain
+arguments so they can be used from a notebook or another project.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import UNLABELED, ImageSet, load_imageset, save_imageset
+from aavae.data.splits import hold_out_validation
 
 __all__ = [
     "UNLABELED",
@@ -41,12 +43,13 @@ def read_dataset(config: Any) -> ReadResult:
     if config.name == "cifar10":
         from aavae.data.cifar10 import read_cifar10
 
-        return read_cifar10(path, download=config.download)
+        return hold_out_validation(read_cifar10(path, download=config.download), config.val_holdout)
     if config.name == "stl10":
         from aavae.data.stl10 import read_stl10
 
         splits = ("train", "test", "unlabeled") if config.unlabeled else ("train", "test")
-        return read_stl10(path, splits=splits, download=config.download)
+        result = read_stl10(path, splits=splits, download=config.download)
+        return hold_out_validation(result, config.val_holdout)
     from aavae.data.imagefolder import read_imagefolder
 
     return read_imagefolder(

@@ -36,6 +36,7 @@ from aavae.evaluation.features import (
 )
 from aavae.evaluation.inputs import _check_classes, _class_name_list, _default_device, _labels
 from aavae.evaluation.scoring import ClassifierResult, _result
+from aavae.progress import Progress
 from aavae.views import ViewPolicy, apply_view_params, sample_view_params
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def paper_linear_eval(
     device: str | torch.device | None = None,
     autocast_bf16: bool | None = None,
     original_resize: int | None = None,
+    drop_last_test: bool = True,
 ) -> ClassifierResult:
     """The paper's linear evaluation (its ``src/linear_eval.py``) on uint8 ``N x H x W x C`` images.
 
@@ -142,9 +144,14 @@ def paper_linear_eval(
     ``CenterCrop(96)`` of every test image; as released, its probe also trained on such
     unshuffled zooms, which is left out: see the module docstring).
 
+    The score is the paper's: its test loader (``drop_last=True``, unshuffled) scores full
+    batches only, the first ``n - n % batch_size`` test images (CIFAR-10: 9,984 of 10,000;
+    STL-10: 7,936 of 8,000), which ``drop_last_test`` (default) keeps; ``False`` scores all.
+
     One fix to the paper's script: its learning rate ``0.1 * int(batch_size / 256)`` is zero
     for batches under 256; here the ratio is not truncated. ``learning_rate`` overrides it.
-    ``chosen`` records the settings and the mean training loss of every epoch.
+    ``chosen`` records the settings, how many test images were scored and the mean training
+    loss of every epoch.
     """
     _check_classes(num_classes, class_names)
     for name, images in (("train_images", train_images), ("test_images", test_images)):
@@ -174,25 +181,34 @@ def paper_linear_eval(
 
             probe_input = images[:2].permute(0, 3, 1, 2).float().div(255.0)
             layer = _seeded_linear(features(probe_input).shape[1], num_classes, seed).to(dev)
-            losses = _train_linear_layer(
-                layer, features, images, ytr, epochs, batch_size, lr, momentum, weight_decay,
-                augmentation, seed,
-            )
+            steps = epochs * max(1, len(images) // batch_size)
+            with Progress("paper linear eval", steps, "steps") as shown:
+                losses = _train_linear_layer(
+                    layer, features, images, ytr, epochs, batch_size, lr, momentum, weight_decay,
+                    augmentation, seed, shown,
+                )
         test_features = extract_features(
             encoder, test_images, mean, std, batch_size=max(batch_size, 256), device=dev,
             autocast_bf16=autocast_bf16, original_resize=original_resize,
         )
     finally:
         encoder.to(home).train(was_training)
+    scored = paper_test_count(len(test_features), batch_size) if drop_last_test else len(test_features)
     with torch.inference_mode():
-        logits = layer(torch.from_numpy(test_features).to(dev))
+        logits = layer(torch.from_numpy(test_features[:scored]).to(dev))
         probabilities = torch.softmax(logits, dim=1)
     chosen = {
         "protocol": "paper", "epochs": epochs, "batch_size": batch_size, "learning_rate": lr,
         "momentum": momentum, "nesterov": momentum > 0, "weight_decay": weight_decay,
-        "augmentation": augmentation, "train_loss": losses,
+        "augmentation": augmentation, "test_images": scored, "train_loss": losses,
     }
-    return _result(probabilities, yte, _class_name_list(num_classes, class_names), chosen)
+    return _result(probabilities, yte[:scored], _class_name_list(num_classes, class_names), chosen)
+
+
+def paper_test_count(count: int, batch_size: int) -> int:
+    """How many of ``count`` test images the paper's loader scores: its full batches (all of
+    them when there are fewer than one batch, where the paper's would score none)."""
+    return count - count % batch_size if count >= batch_size else count
 
 
 def _check_image_argument(images: ArrayLike, name: str) -> None:
@@ -245,6 +261,7 @@ def _seeded_linear(in_features: int, num_classes: int, seed: int) -> nn.Linear:
 def _train_linear_layer(
     layer: nn.Linear, features, images: Tensor, labels: Tensor, epochs: int, batch_size: int,
     lr: float, momentum: float, weight_decay: float, augmentation: str, seed: int,
+    shown: Progress | None = None,
 ) -> list[float]:
     """SGD on ``layer`` over augmented batches; returns the mean loss of every epoch."""
     n = len(images)
@@ -272,7 +289,11 @@ def _train_linear_layer(
             optimizer.step()
             schedule.step()
             epoch_loss += loss.detach()
+            if shown is not None:
+                shown.advance()
         losses.append(float(epoch_loss) / steps_per_epoch)  # one device sync per epoch
+        if shown is not None:
+            shown.note(f"epoch {epoch + 1}/{epochs} done, train loss {losses[-1]:.4f}")
         if (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
             logger.info("paper linear eval: epoch %d/%d, train loss %.4f", epoch + 1, epochs, losses[-1])
     layer.eval()

@@ -45,6 +45,11 @@ NOT_IN_CHECKPOINT_KEY = frozenset({
 })
 
 
+# Parameters added after checkpoint folders were first keyed, at the value that reproduces the
+# behaviour before them: left out of the key at that value, so existing checkpoints still resume.
+ADDED_LATER = {"denoising": False}
+
+
 def checkpoint_dir_for(root: Path, dataset_card: dict[str, Any], spec: dict[str, Any],
                        pretrain: dict[str, Any], view_policy: dict[str, Any]) -> Path:
     """The folder under ``root`` of one configuration's checkpoints: a hash of what decides what
@@ -52,7 +57,8 @@ def checkpoint_dir_for(root: Path, dataset_card: dict[str, Any], spec: dict[str,
     :data:`NOT_IN_CHECKPOINT_KEY`, the view policy), so resume never crosses configurations."""
     dataset = {key: dataset_card.get(key) for key in ("name", "sha256", "splits")}
     dataset["dataset"] = dataset.pop("name")  # the key's historical spelling: old folders still match
-    learned = {key: value for key, value in pretrain.items() if key not in NOT_IN_CHECKPOINT_KEY}
+    learned = {key: value for key, value in pretrain.items() if key not in NOT_IN_CHECKPOINT_KEY
+               and not (key in ADDED_LATER and value == ADDED_LATER[key])}
     blob = json.dumps((dataset, spec, learned, view_policy), sort_keys=True, default=str)
     return root / hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from aavae.data.imageset import ImageSet
+from aavae.data.splits import paper_random_split
 
 
 @dataclass(frozen=True)
@@ -170,11 +171,14 @@ def gather_host(images: np.ndarray | ImageArrays, rows: np.ndarray) -> np.ndarra
     return np.asarray(images[rows])
 
 
-HOLDOUT_SEED = 0  # the same unlabeled images are held out in every run and every seed
-
-
 def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
-    """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say."""
+    """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say.
+
+    The unlabeled images held out are the paper's (:func:`aavae.data.splits.paper_random_split`,
+    seed 42 whatever ``pretrain.seed``): the same in every run, and the ones its STL-10 runs
+    validated on. ``train`` arrives with the paper's validation images already held out
+    (``dataset.val_holdout``, at ingest).
+    """
     if split == "auto":
         split = "unlabeled+train" if len(unlabeled) else "train"
     if split == "train":
@@ -189,9 +193,10 @@ def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: i
             f"pretrain.unlabeled_holdout={holdout} leaves none of the {len(unlabeled)} unlabeled "
             "images to train on; hold out fewer"
         )
-    kept = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(len(unlabeled))[holdout:])
-    images = np.asarray(unlabeled.images)[kept] if holdout else np.asarray(unlabeled.images)
-    labels = np.asarray(unlabeled.labels)[kept] if holdout else np.asarray(unlabeled.labels)
+    images, labels = np.asarray(unlabeled.images), np.asarray(unlabeled.labels)
+    if holdout:
+        kept, _ = paper_random_split(len(unlabeled), holdout)
+        images, labels = images[kept], labels[kept]
     if split == "unlabeled":
         return TrainingImages(images, labels)
     return TrainingImages(np.concatenate([images, np.asarray(train.images)]),

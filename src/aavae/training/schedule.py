@@ -3,6 +3,11 @@
 Two forms of one formula: :func:`warmup_then_decay` on Python numbers (readable, used in
 tests and by anything that wants a curve) and :func:`schedule_factor` on a device tensor, so
 the step computes its own learning rate without a host round trip and a CUDA graph replays it.
+
+The warm-up is the paper's (its ``linear_warmup_decay`` behind a per-step ``LambdaLR``):
+step ``s`` (0-based: the optimisation steps done before it) trains at ``s / warmup`` of the
+learning rate, so the first step's rate is 0 (Adam's moments still take its gradient) and
+the full rate is reached at step ``warmup``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ def warmup_then_decay(warmup_steps: int, total_steps: int, schedule: str) -> Cal
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return step / warmup_steps
         if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -39,7 +44,7 @@ def schedule_factor(step: Tensor, warmup_steps: Tensor, total_steps: Tensor, sch
         raise ValueError(f"schedule '{schedule}' is unknown; choose one of {SCHEDULES}")
     step = step.to(torch.float32)
     warmup = warmup_steps.to(torch.float32)
-    warming = (step + 1) / warmup.clamp(min=1)
+    warming = step / warmup.clamp(min=1)
     if schedule == "constant":
         decayed = torch.ones_like(step)
     else:
