@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 if TYPE_CHECKING:
     from aavae.models import ModelSpec
+    from aavae.objective import Objective
 
 
 class ConfigError(ValueError):
@@ -34,8 +35,23 @@ class DatasetConfig(_Schema):
     resize: Literal["resize_crop", "resize"] = "resize_crop"
     on_bad_image: Literal["error", "skip"] = "error"
     unlabeled: bool = Field(False, description="STL-10: also ingest the 100,000 unlabeled images")
+    val_holdout: int = Field(
+        0, ge=0, description="cifar10, stl10: training images held out as the paper's data "
+        "modules hold them out (random_split, seed 42) into a 'val' split that neither "
+        "pretraining nor evaluation trains on; the paper's CIFAR-10: 5000, STL-10: 500",
+    )
     test_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _holdout_of_a_paper_dataset(self) -> DatasetConfig:
+        if self.val_holdout and self.name not in ("cifar10", "stl10"):
+            raise ValueError(
+                f"dataset.val_holdout holds out training images as the paper's CIFAR-10 and STL-10 "
+                f"data modules do; dataset.name={self.name} has its own held-out images (digits: "
+                f"dataset.test_fraction; imagefolder: a test/ or val/ folder). Set val_holdout to 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _path_given(self) -> DatasetConfig:
@@ -102,6 +118,10 @@ class ModelConfig(_Schema):
 
 class PretrainConfig(_Schema):
     objective: Literal["aavae", "vae", "ae"] = "aavae"
+    denoising: bool = Field(
+        False, description="ae only: the paper's ae.py --denoising, an augmented view in and "
+        "that same view reconstructed (aavae is its vae.py --denoising)",
+    )
     kl_coeff: float | None = Field(
         None, ge=0, description="None: 0 for aavae and ae, 0.1 (the paper's default) for vae"
     )
@@ -184,6 +204,22 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
+
+    def training_objective(self) -> Objective:
+        """The objective these parameters name (kind, KL weight, denoising): one place builds it."""
+        from aavae.objective import Objective  # torch is imported only when training
+
+        return Objective(self.objective, self.effective_kl_coeff, self.denoising)
+
+    @model_validator(mode="after")
+    def _denoising_is_the_aes(self) -> PretrainConfig:
+        if self.denoising and self.objective != "ae":
+            raise ValueError(
+                f"pretrain.denoising is the paper's ae.py --denoising and needs pretrain.objective=ae "
+                f"(got {self.objective}); its vae.py --denoising is objective=aavae (views in, the "
+                f"original out), with kl_coeff for a KL term"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_splits_over_devices(self) -> PretrainConfig:
@@ -338,15 +374,16 @@ def parse(group: str, values: dict[str, Any] | None, schema: type[S] | None = No
         ) from None
 
 
+def _unknown_group(group: str) -> str:
+    """A misspelt group (``pretrian.max_epochs=1``) gets the same hint a misspelt key gets."""
+    close = difflib.get_close_matches(group, list(SCHEMAS), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"'{group}': unknown parameter group{hint} (known groups: {', '.join(SCHEMAS)})"
+
+
 def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
     """Validate every group at once, so a run fails before any work is done."""
-    unknown = sorted(set(params) - set(SCHEMAS))
-    problems: list[str] = []
-    if unknown:
-        problems.append(
-            f"unknown parameter group(s) {', '.join(repr(u) for u in unknown)} "
-            f"(known: {', '.join(SCHEMAS)})"
-        )
+    problems = [_unknown_group(group) for group in sorted(set(params) - set(SCHEMAS))]
     parsed: dict[str, _Schema] = {}
     for group in SCHEMAS:
         try:

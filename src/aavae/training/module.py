@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet
-from aavae.objective import Objective
+from aavae.objective import Objective, posterior_std
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
     TrainingImages,
@@ -38,10 +38,11 @@ from aavae.training.data import (
     to_device,
 )
 from aavae.training.distributed import all_reduce_mean, die_with_parent, gradient_reducer
+from aavae.training.fallback import FallbackStep
+from aavae.training.layout import check_batch_norm_values
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
 from aavae.training.pacing import CompileDecision, Pacer, ScheduleFit
 from aavae.training.step import (
-    CudaGraphed,
     StepSettings,
     TrainStep,
     autoencoder_terms,
@@ -108,7 +109,7 @@ class PretrainModule(pl.LightningModule):
         self.batches = batch_shape(len(self._train_source), config.batch_size)
         self.rank, self.world = 0, 1
         self.step_fn: TrainStep | None = None
-        self._run_step: Any = None
+        self._run_step: FallbackStep | None = None
         self.generator: torch.Generator | None = None
         self._restored_generator: Tensor | None = None
         self._pacer: Pacer | None = None
@@ -124,6 +125,23 @@ class PretrainModule(pl.LightningModule):
     @property
     def steps_per_epoch(self) -> int:
         return self.batches[0]
+
+    @property
+    def engine(self) -> str:
+        """What trains the step: "cuda_graph", "compiled" or "eager" (after any fall back)."""
+        if self._run_step is not None:
+            return self._run_step.engine
+        return "cuda_graph" if self.graph_mode else "compiled" if self.compile_mode is True else "eager"
+
+    @property
+    def engine_failures(self) -> list[str]:
+        """What failed and made the step fall back, in order (empty: nothing did)."""
+        return list(self._run_step.failures) if self._run_step is not None else []
+
+    @property
+    def engine_setup_seconds(self) -> float:
+        """Seconds the step spent compiling and capturing, which are not its rate."""
+        return self._run_step.setup_seconds if self._run_step is not None else 0.0
 
     @property
     def settings(self) -> StepSettings:
@@ -143,6 +161,8 @@ class PretrainModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.rank, self.world = self.trainer.global_rank, self.trainer.world_size
+        device_batch = self.batches[1] // self.world
+        check_batch_norm_values(device_batch)
         if self.world > 1:
             log.info("Rank %d of %d trains on its %d images of every global batch of %d",
                      self.rank, self.world, self.batches[1] // self.world, self.batches[1])
@@ -224,11 +244,9 @@ class PretrainModule(pl.LightningModule):
             shard=(self.rank, self.world),
             staged=(self._host.images, self._host.labels) if self._host is not None else None,
         )
-        if self.compile_mode is True:
-            step.compile()
-        self._run_step = CudaGraphed(step, self.generator) if self.graph_mode else step
-        log.info("Training step: %s%s", "compiled" if self.compile_mode is True else "eager",
-                 ", replayed as a CUDA graph" if self.graph_mode else "")
+        # Graph, compiled or eager: the best that works (a failure falls back, and says so).
+        self._run_step = FallbackStep(step, compiled=self.compile_mode is True, graph=self.graph_mode)
+        log.info("Training step: %s", self._run_step.describe())
         return step
 
     def on_train_start(self) -> None:
@@ -278,12 +296,10 @@ class PretrainModule(pl.LightningModule):
         decision = self._pacer.before_step(step_number) if self._pacer is not None else None
         if isinstance(decision, CompileDecision):
             self.compile_mode = decision.compile
-            log.info("compile=auto: an eager step takes %.2f s, about %.0f min of training left: %s",
-                     decision.seconds_per_step, decision.minutes_left,
-                     "compiling the step" if decision.compile else "staying eager")
+            log.info(decision.describe())
             if decision.compile:
-                assert self.step_fn is not None
-                self.step_fn.compile()
+                assert self._run_step is not None
+                self._run_step.use_compiled()
         elif isinstance(decision, ScheduleFit):
             self._fit_schedule(decision)
 
@@ -397,7 +413,8 @@ class PretrainModule(pl.LightningModule):
     # -- validation ----------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         """The paper's validation: ``val_samples`` importance samples of log p(x), the
-        augmentation diagnostics and the probe, on the fixed views of held-out images."""
+        augmentation diagnostics (cos_sim over all samples, as its ``VAE.step``) and the probe,
+        on the fixed views of held-out images."""
         assert self._val_tensors is not None
         views, originals, labels = (t[batch] for t in self._val_tensors)
         mean, std = channel_tensors(self.mean, self.std, 3, self.device)
@@ -406,7 +423,8 @@ class PretrainModule(pl.LightningModule):
         x_in = augmented if self.objective.uses_augmented_input else original
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + batch_idx)
         samples = self.config.val_samples if self.objective.is_variational else 1
-        noise = torch.randn((samples + 1, len(batch), self.net.spec.latent_dim),
+        # a standard normal draw per importance sample for the view, and one for the original
+        noise = torch.randn((2 * samples, len(batch), self.net.spec.latent_dim),
                             generator=generator, device=self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
@@ -415,8 +433,11 @@ class PretrainModule(pl.LightningModule):
                 _, metrics, latent = reconstruction_terms(
                     self.net, features, original, noise[:samples], self.objective.kl_coeff)
             else:
-                _, metrics, latent = autoencoder_terms(self.net, features, original)
+                _, metrics, latent = autoencoder_terms(self.net, features, x_in)  # its input, as in ae.py
             metrics.update(original_terms(self.objective, self.net, original_features, latent, noise[samples]))
+            if self.objective.is_variational:
+                metrics["cos_sim"] = cos_sim_over_samples(
+                    self.net, original_features, latent, noise[:samples], noise[samples:])
             if self.online_probe is not None:
                 _, metrics["probe_acc"] = probe_terms(self.online_probe, original_features.float(), labels)
         self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch),
@@ -429,6 +450,20 @@ class PretrainModule(pl.LightningModule):
     def on_exception(self, exception: BaseException) -> None:
         if self._host is not None:
             self._host.stop()
+
+
+def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...],
+                         noise: Tensor, original_noise: Tensor) -> Tensor:
+    """The paper's validation cos_sim: its ``VAE.step`` draws, for each of the S importance
+    samples, z from q(z | view) and z' from q(z | original), and averages cos(z', z) over samples
+    and images. ``noise`` (S x N x latent) gives the samples of z (those of the log p(x)
+    estimate), ``original_noise`` (S x N x latent) those of z'; ``latent`` is (mu, logvar, ...)
+    of the view. With S = 1 it is the training diagnostic's cos_sim."""
+    mu, logvar = latent[0], latent[1]
+    mu_o, logvar_o = (t.float() for t in net.projection(original_features))
+    z = mu + posterior_std(logvar) * noise
+    z_original = mu_o + posterior_std(logvar_o) * original_noise
+    return torch.nn.functional.cosine_similarity(z_original, z, dim=-1, eps=1e-6).mean()
 
 
 def resolve_switch(value: bool | str, device_kind: str) -> bool | str:

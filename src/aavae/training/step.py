@@ -12,6 +12,9 @@ so the same body runs three ways, chosen once per run:
 * captured once as a CUDA graph and replayed (:class:`CudaGraphed`, CUDA only): one launch
   per step, the host free to run ahead.
 
+If compiling or capturing fails, the run goes on with the next way down the list
+(:mod:`aavae.training.fallback`, which verifies the first steps of each).
+
 Random numbers come from one generator per run, saved in checkpoints, so a resumed run
 draws what the uninterrupted one would (on CUDA the generator is registered with the graph,
 so each replay draws new numbers).
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ from aavae.objective import (
     posterior_std,
 )
 from aavae.training.batchnorm import frozen_batchnorm_statistics
+from aavae.training.layout import use_channels_last
 from aavae.training.schedule import schedule_factor
 from aavae.views import ViewPolicy, apply_view_params, normalize, original_view, sample_view_params
 
@@ -115,7 +118,8 @@ def reconstruction_terms(
 
 
 def autoencoder_terms(net: AAVAENet, features: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """The paper's AE.step: a deterministic latent, the mean squared error against the input."""
+    """The paper's AE.step: a deterministic latent, the mean squared error against ``target``,
+    which is the encoder's own input (the view, with ``denoising``: ``ae.py`` reconstructs x)."""
     z = net.projection(features).float()
     loss = mean_squared_error(net.decode(z).float(), target)
     return loss, {"loss": loss, "mse": loss}, z
@@ -194,6 +198,8 @@ class TrainStep:
             raise ValueError(f"a global batch of {batches[1]} images does not split over {world} processes")
         self.global_batch = batches[1]
         self.local = slice(rank * batches[1] // world, (rank + 1) * batches[1] // world)
+        # channels_last only where PyTorch's CPU kernels are safe in it (see training/layout.py)
+        self.channels_last = use_channels_last(settings.channels_last, device.type, batches[1] // world, net)
         self.keys = settings.metric_keys()
         long = {"dtype": torch.long, "device": device}
         self.order = torch.zeros(batches, **long)  # this epoch's batches of image indices
@@ -207,7 +213,6 @@ class TrainStep:
         self.last_target: Tensor | None = None  # the diagnostics that follow some steps
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.loss_fn: Callable[..., tuple[Tensor, Tensor]] = self.loss_and_metrics
-        self.compile_seconds: float | None = None
 
     # -- the hot path ------------------------------------------------------------------------
     def __call__(self) -> None:
@@ -253,7 +258,7 @@ class TrainStep:
             loss, metrics, latent = reconstruction_terms(
                 net, features, target, noise[:1], settings.objective.kl_coeff)
         else:
-            loss, metrics, latent = autoencoder_terms(net, features, target)
+            loss, metrics, latent = autoencoder_terms(net, features, x_in)  # the AE reconstructs its input
         if original_features is not None:
             with torch.no_grad():
                 metrics.update(original_terms(settings.objective, net, original_features, latent, noise[1]))
@@ -289,7 +294,7 @@ class TrainStep:
         return self._memory_format(normalize(views, self.mean, self.std))
 
     def _memory_format(self, x: Tensor) -> Tensor:
-        if self.settings.channels_last:
+        if self.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x.contiguous()
 
@@ -310,17 +315,11 @@ class TrainStep:
         time is compiled, so the cache is cleared first.
         """
         torch._dynamo.reset()
-        self.loss_fn = torch.compile(self.loss_and_metrics, dynamic=False)
-
-    def compile_and_time(self) -> None:
-        """Run this step once compiled and note how long compiling (and the step) took."""
-        self.compile()
-        started = time.perf_counter()
-        self()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # once, to time the compilation
-        self.compile_seconds = time.perf_counter() - started
-        log.info("Compiled the training step in %.1f s", self.compile_seconds)
+        # Inductor picks channels_last for convolutions by itself ("layout optimization"): where
+        # the guard chose the contiguous layout, it must not, or the compiled backward meets the
+        # same native fault (it hung on two threads: aavae.training.layout).
+        options = None if self.channels_last or self.device.type != "cpu" else {"layout_optimization": False}
+        self.loss_fn = torch.compile(self.loss_and_metrics, dynamic=False, options=options)
 
     @torch.no_grad()
     def diagnostics(self, seed: int) -> Tensor:
@@ -366,16 +365,29 @@ class CudaGraphed:
             self.graph.replay()
             return
         if self.calls < self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.step()
-            torch.cuda.current_stream().wait_stream(side)
+            self._warm_up()
             self.calls += 1
             return
+        self.graph = self._capture()
+        self.graph.replay()  # capturing records the step; replaying runs it
+
+    @property
+    def captured(self) -> bool:
+        """Whether calls replay the graph now (after the warm-up and the capture)."""
+        return self.graph is not None
+
+    def _warm_up(self) -> None:
+        """One eager call on a side stream, as capture wants everything it records run once."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.step()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Record one call of the step as a graph (recorded, not run)."""
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
         with torch.cuda.graph(graph):
             self.step()
-        self.graph = graph
-        graph.replay()  # capturing records the step; replaying runs it
+        return graph
