@@ -116,10 +116,16 @@ fi
       pretrain_256|pretrain_1024)
         figure="$(grep -E '^engine:' "$LOGS/$name.log" | sed -E 's/^engine: ([a-z-]+) images_per_s: ([0-9.]+).*step_ms: ([0-9.]+)( mfu: ([0-9.%]+))?.*/\1 \2 img\/s \5;/' | tr '\n' ' ')$(last $name '^ratio:')"
         compiled=$(grep -E '^compile_s' "$LOGS/$name.log" | sed -E 's/compile_s ([a-z-]+): first step ([0-9.]+) s.*/compile \2 s/' | head -1)
-        [ -n "$compiled" ] && figure="$figure; $compiled" ;;
+        [ -n "$compiled" ] && figure="$figure; $compiled"
+        # The model FLOP rate of the first aavae engine as a share of this run's dense matmul.
+        share=$(grep -E '^flop_share aavae' "$LOGS/$name.log" | head -1 | sed -E 's/^flop_share ([a-z-]+): ([0-9.]+) GFLOP\/s = ([0-9.]+)% of bf16 matmul, ([0-9.]+)% of fp32 matmul.*/\1 \2 GFLOP\/s = \3% of bf16, \4% of fp32 matmul/')
+        [ -n "$share" ] && figure="$figure; $share" ;;
       evaluate) figure="$(last evaluate '^features: [0-9]'); $(last evaluate '^features: relative' | cut -d' ' -f2-) $(last evaluate '^seconds:')" ;;
       lightning) figure="$(last lightning '^lightning_overhead_ms:')" ;;
-      kedro_pretrain) figure="$(last kedro_pretrain 'Schedule fitted|steps in all|Training step:' | sed -E 's/.*(Training step:|Schedule)/\1/')" ;;
+      kedro_pretrain) figure="$(last kedro_pretrain 'Schedule fitted|steps in all|Training step:' | sed -E 's/.*(Training step:|Schedule)/\1/')"
+        # A compile or capture that failed fell back to the next engine down: name it.
+        fell=$(grep -m1 -oE 'The (CUDA graph|compiled step \(torch.compile\)|torch.compile) (failed|gave a non-finite loss)' "$LOGS/kedro_pretrain.log")
+        [ -n "$fell" ] && figure="$figure; FELL BACK: $fell" ;;
       kedro_evaluate) figure="$(python3 -c "import json;m=json.load(open('$LOGS/metrics.json'));print(f\"linear {m['linear_top1']:.4f} knn {m['knn_top1']:.4f}\")" 2>/dev/null)" ;;
       budget) figure="see $LOGS/budget.log (table at its end)" ;;
       *) figure= ;;

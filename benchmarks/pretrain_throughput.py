@@ -27,6 +27,15 @@ alternate for ``--rounds`` rounds (so drifting machine load hits both) and the m
 of each is reported. On CUDA the rows add the model FLOP utilisation: FLOPs of one step's
 encode/decode forward and backward (FlopCounterMode) per second over the card's dense bf16 peak.
 
+On any device (CPU too) the same run also measures the machine's own dense matrix-multiply
+rate, in bf16 and fp32 (large ``torch.matmul``, timed after a warm-up in every round, beside
+the engines, median of the rounds: :func:`matmul_gflops`), and prints each engine's model
+FLOP rate (images/s x model FLOPs per image) as a share of both: a physical limit measured
+where and when the benchmark runs, not a table of peaks. A step that
+convolves small images, normalises, draws views and updates weights cannot reach a large
+matmul's rate; the share says how close it gets. (Where bf16 has no fast path, as on CPUs
+without AVX512-BF16 or AMX, its rate is far below fp32's and ``auto`` trains in fp32.)
+
     PYTHONPATH=src python benchmarks/pretrain_throughput.py [--device cpu|cuda] [--width 64]
 
 On a small machine whose cores other jobs keep busy, pass ``--threads 1``: two OpenMP threads
@@ -34,9 +43,11 @@ that keep losing their core to other processes wait on each other at every opera
 a shared two-core machine: the same step 100 times slower than with one thread).
 
 Output: a header, one ``engine: <name> images_per_s: <x> step_ms: <y>`` row per engine
-(with the model FLOP utilisation on CUDA), a ``compile_s`` line per compiled engine, and as
-the last line ``ratio: <fastest aavae engine / paper>`` (one ``ratio <engine>:`` line for
-each engine before it).
+(with the model FLOP utilisation on CUDA), a ``compile_s`` line per compiled engine, a
+``matmul:`` line (the dense rates) and one ``flop_share <engine>:`` line per engine (its model
+FLOP rate as a share of them), and as the last line ``ratio: <fastest aavae engine / paper>``
+(one ``ratio <engine>:`` line for each engine before it). ``--no-matmul`` skips the
+matrix-multiply timing.
 
 ``--engines`` picks them (default: ``aavae,aavae-compiled,paper`` on CPU;
 ``aavae,aavae-graphed,aavae-compiled-graphed,paper`` on CUDA).
@@ -439,6 +450,61 @@ def model_flops_per_step(width: int, batch_size: int, device: torch.device) -> f
     return float(counter.get_total_flops())
 
 
+def _square_operands(device: torch.device, dtype: torch.dtype, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    return a, b, torch.empty(size, size, device=device, dtype=dtype)
+
+
+def matmul_size(device: torch.device, dtype: torch.dtype, max_size: int, min_seconds: float) -> int:
+    """``max_size``, halved while one product would take longer than ``min_seconds`` (judged
+    from a 512-square one): bf16 without a fast path runs ~10-100x slower than fp32 on a CPU,
+    where a 2048-square product would take minutes."""
+    a, b, out = _square_operands(device, dtype, 512)
+    torch.matmul(a, b, out=out)
+    synchronize(device)
+    started = time.perf_counter()
+    torch.matmul(a, b, out=out)
+    synchronize(device)
+    rate = 2 * 512**3 / max(time.perf_counter() - started, 1e-9)  # FLOP/s
+    size = max_size
+    while size > 512 and 2 * size**3 / rate > min_seconds:
+        size //= 2
+    return size
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, min_seconds: float) -> float:
+    """The dense matrix-multiply rate of ``device`` in ``dtype``: GFLOP/s of ``size``-square
+    products (2 size^3 FLOPs each), repeated for at least ``min_seconds`` (and 3 products)
+    after a warm-up product that lets oneDNN/cuBLAS pick their kernels and the clocks rise."""
+    a, b, out = _square_operands(device, dtype, size)
+    torch.matmul(a, b, out=out)
+    synchronize(device)
+    products, started = 0, time.perf_counter()
+    while products < 3 or time.perf_counter() - started < min_seconds:
+        torch.matmul(a, b, out=out)
+        products += 1
+        if products % 8 == 0:
+            synchronize(device)  # on a GPU, wait now and then so the clock reads finished work
+    synchronize(device)
+    return 2 * size**3 * products / (time.perf_counter() - started) / 1e9
+
+
+MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def matmul_sizes(device: torch.device) -> dict[str, int]:
+    max_size, seconds = (8192, 0.5) if device.type == "cuda" else (2048, 2.0)
+    return {name: matmul_size(device, dtype, max_size, seconds) for name, dtype in MATMUL_DTYPES.items()}
+
+
+def matmul_rates(device: torch.device, sizes: dict[str, int]) -> dict[str, float]:
+    """GFLOP/s of dense bf16 and fp32 products on ``device`` (:func:`matmul_gflops`)."""
+    seconds = 1.0 if device.type == "cuda" else 2.0
+    return {name: matmul_gflops(device, dtype, sizes[name], seconds) for name, dtype in MATMUL_DTYPES.items()}
+
+
 def peak_bf16_tflops(card: str, override: float | None) -> float | None:
     if override is not None:
         return override
@@ -533,6 +599,11 @@ def parse_args() -> argparse.Namespace:
         help="auto: CIFAR-10 JPEGs from ../shared/datasets if present, else random",
     )
     parser.add_argument(
+        "--no-matmul",
+        action="store_true",
+        help="skip timing the device's dense bf16/fp32 matrix multiply (and the FLOP shares)",
+    )
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         default=None,
@@ -596,6 +667,9 @@ def main() -> None:
     )
     seconds: dict[str, list[float]] = {name: [] for name in args.engines}
     first_steps: dict[str, list[float]] = {name: [] for name in args.engines}
+    # The dense matmul rates are timed in every round too, so drifting load hits them as well.
+    sizes = {} if args.no_matmul else matmul_sizes(device)
+    matmul_samples: dict[str, list[float]] = {name: [] for name in sizes}
     for _ in range(args.rounds):
         for name in args.engines:
             step_s, first_s = run_engine(name, args, images, labels, accelerator, device)
@@ -606,6 +680,10 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        for name, rate in (matmul_rates(device, sizes) if sizes else {}).items():
+            matmul_samples[name].append(rate)
+            print(f"round {len(matmul_samples[name])} matmul {name}: {rate:.1f} GFLOP/s",
+                  file=sys.stderr, flush=True)
 
     flops = peak = None
     if device.type == "cuda":
@@ -615,6 +693,13 @@ def main() -> None:
             f"model FLOPs per step: {flops / 1e9:.1f} G | bf16 dense peak: "
             f"{f'{peak:.0f} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}"
         )
+    matmul = {name: statistics.median(values) for name, values in matmul_samples.items()}
+    per_image = None
+    if matmul:
+        # Counted on a few images (FLOPs grow with the batch, one image's are the same).
+        sample = min(args.batch_size, 16)
+        per_image = (flops / args.batch_size if flops
+                     else model_flops_per_step(args.width, sample, device) / sample)
     rates = {}
     for name, values in seconds.items():
         step = statistics.median(values)
@@ -625,6 +710,16 @@ def main() -> None:
         print(
             row + f" (rounds: {', '.join(f'{args.batch_size / s:.1f}' for s in values)} images/s)"
         )
+    if matmul and per_image:
+        bf16, fp32 = matmul["bf16"], matmul["fp32"]
+        print(f"matmul: bf16 {bf16:.1f} GFLOP/s ({sizes['bf16']}-square), fp32 {fp32:.1f} GFLOP/s "
+              f"({sizes['fp32']}-square): dense torch.matmul, median of this run's rounds | model "
+              f"FLOPs per image: {per_image / 1e9:.2f} G")
+        for name, rate in rates.items():
+            model_rate = rate * per_image / 1e9
+            precision = "32-true" if name == "paper" else choose_precision("auto", accelerator)
+            print(f"flop_share {name}: {model_rate:.1f} GFLOP/s = {100 * model_rate / bf16:.1f}% "
+                  f"of bf16 matmul, {100 * model_rate / fp32:.1f}% of fp32 matmul (trains in {precision})")
     for name in args.engines:
         if "compiled" in name:
             # The first step of a compiled engine compiles it; the first round's is a cold

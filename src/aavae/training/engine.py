@@ -1,8 +1,16 @@
-"""The Trainer around the module: device and precision choice, checkpoints, resume, signals."""
+"""The Trainer around the module: device and precision choice, checkpoints, resume, signals.
+
+Compiled code outlives the process: :func:`fit` can keep torch.compile's caches (Inductor's
+FX graphs and kernels, AOTAutograd's graphs) in a folder of the project
+(:data:`COMPILE_CACHE`), so a resumed or repeated run loads what an earlier one compiled
+(seconds) instead of compiling again (minutes on a CPU), whether or not /tmp, torch's default,
+survived in between.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import warnings
 from collections.abc import Sequence
@@ -27,6 +35,8 @@ from aavae.training.syncbn import PooledBatchNormSync
 
 log = logging.getLogger(__name__)
 
+COMPILE_CACHE = Path("data/02_intermediate/inductor_cache")  # relative to the project, as kedro runs
+COMPILE_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's: a folder set there is kept
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,20 @@ def choose_hardware(config: PretrainConfig) -> Hardware:
     return Hardware(accelerator, kind, choose_precision(config.precision, accelerator))
 
 
-# Harmless here: the checkpoint folder is ours and is meant to be reused for resuming.
-warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+def quiet_known_warnings() -> None:
+    """Silence Lightning's warnings that do not apply to this project's runs.
+
+    Installed on import and again by :func:`fit` (a test runner resets filters between tests).
+    """
+    # Harmless here: the checkpoint folder is ours and is meant to be reused for resuming.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Lightning cannot see that the batches follow from the epoch and the step count, and warns
+    # that a mid-epoch resume "can cause unreliable results"; fit() says what resume guarantees.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+
+
+quiet_known_warnings()
 
 
 def build_trainer(
@@ -146,24 +167,73 @@ def fit(
     trainer: pl.Trainer,
     checkpoint_dir: Path,
     resume: bool = True,
+    compile_cache: Path | None = None,
 ) -> tuple[int, int]:
     """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
 
-    Returns (epochs, optimisation steps) completed in total, as the last checkpoint records
-    them: with ranks spawned inside this process, the Trainer here never sees the loop.
+    ``compile_cache``: the folder for torch.compile's caches (:func:`use_compile_cache`);
+    None leaves torch's own choice. Returns (epochs, optimisation steps) completed in total,
+    as the last checkpoint records them: with ranks spawned inside this process, the Trainer
+    here never sees the loop.
     """
+    quiet_known_warnings()
+    if compile_cache is not None:
+        use_compile_cache(compile_cache)
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
     ckpt_path = str(found) if found else None
-    if ckpt_path:
+    if found is not None:
         log.info("Resuming pretraining from %s", ckpt_path)
+        resumed_at = torch.load(found, map_location="cpu", weights_only=True, mmap=True)
+        statement = mid_epoch_statement(int(resumed_at.get("global_step", 0)),
+                                        getattr(module, "steps_per_epoch", None))
+        if statement:
+            log.info(statement)
     try:
         trainer.fit(module, ckpt_path=ckpt_path)
     except SIGTERMException as exc:
         # Lightning's SIGTERM exit carries status 0; a terminated run must not look successful.
         raise SystemExit(128 + signal.SIGTERM) from exc
+    except SystemExit as exc:
+        # Lightning answers Ctrl+C with sys.exit(1), the status of a failure; the shell's is 130.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise SystemExit(128 + signal.SIGINT) from exc
+        raise
     last = newest_loadable_checkpoint(checkpoint_dir)
     if last is None:
         return trainer.current_epoch, trainer.global_step
     content = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     # Saved at the end of epoch e (0-based), or cut short in it: e + 1 epochs, as Lightning counts.
     return int(content["epoch"]) + 1, int(content["global_step"])
+
+
+def mid_epoch_statement(global_step: int, steps_per_epoch: int | None) -> str | None:
+    """What a resume from the middle of an epoch guarantees, in one line (None at an epoch's end).
+
+    In place of Lightning's warning: the epoch's batch order is a function of the seed and the
+    epoch, the position in it of the step count, and the checkpoint holds the random stream,
+    so the resumed run trains on what the uninterrupted one would have (tests/test_training.py
+    compares their weights).
+    """
+    if not steps_per_epoch or global_step % steps_per_epoch == 0:
+        return None
+    epoch, done = divmod(global_step, steps_per_epoch)
+    return (f"Resuming in the middle of epoch {epoch + 1}, after {done:,} of its {steps_per_epoch:,} "
+            "steps: the batches, views, noise and learning rate go on exactly as in the "
+            "uninterrupted run, and so do the weights (resume is exact; the test suite checks it).")
+
+
+def use_compile_cache(folder: Path) -> Path:
+    """Point torch.compile's caches at ``folder`` (made if missing) and return the folder used.
+
+    A folder already named in ``TORCHINDUCTOR_CACHE_DIR`` (by the user, or by an earlier
+    compile in this process) is kept. Set before anything compiles, so Inductor's compile
+    workers and spawned ranks inherit it. What is cached is keyed by the graph, the torch
+    version and the machine, so one folder serves every configuration.
+    """
+    chosen = os.environ.get(COMPILE_CACHE_VARIABLE)
+    if chosen:
+        return Path(chosen)
+    folder = Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[COMPILE_CACHE_VARIABLE] = str(folder)
+    return folder

@@ -15,7 +15,6 @@ from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
 from aavae.models import build_model, count_parameters
-from aavae.objective import Objective
 from aavae.training import (
     PretrainModule,
     ReconstructionSnapshots,
@@ -32,6 +31,7 @@ from aavae.training import (
     set_aside_checkpoints,
     training_images,
 )
+from aavae.training.engine import COMPILE_CACHE
 from aavae.views import PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def pretrain(
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(spec)
     num_parameters = count_parameters(net)
-    objective = Objective(cfg.objective, cfg.effective_kl_coeff)
+    objective = cfg.training_objective()  # kind, KL weight, denoising: one place builds it
     policy, preprocessing = split_view_policy(view_policy)
     mean, std = preprocessing["mean"], preprocessing["std"]
 
@@ -94,10 +94,10 @@ def pretrain(
         return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
                        epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
     remember_run(checkpoint_dir, tracking.active_run_id())
-    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": cfg.objective, "seed": cfg.seed,
+    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": objective.name, "seed": cfg.seed,
                        **_data_tags(dataset_card),
                        **({"resumed_from_run": resumed_from} if resumed_from else {})})
-    log.info("%s %s/%s: %s parameters; checkpoints in %s", cfg.objective, spec.encoder, spec.stem,
+    log.info("%s %s/%s: %s parameters; checkpoints in %s", objective.name, spec.encoder, spec.stem,
              f"{num_parameters:,}", checkpoint_dir)
     logger = tracking.live_logger()
     shown = slice(0, 8)
@@ -109,13 +109,18 @@ def pretrain(
         ))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
     try:
-        epochs, steps = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
+        epochs, steps = fit(module, trainer, checkpoint_dir, resume=cfg.resume,
+                            compile_cache=None if cfg.compile is False else COMPILE_CACHE)
     except Exception:
         raise  # kedro-mlflow marks the run FAILED
     except BaseException:
         tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
         raise
 
+    # which engine trained (after any fall back), so a run says what its speed came from
+    tracking.set_tags({"training.engine": module.engine,
+                       **({"training.engine_failures": " | ".join(module.engine_failures)}
+                          if module.engine_failures else {})})
     return _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs=epochs,
                    steps=steps, run_id=tracking.active_run_id())
 
@@ -134,8 +139,10 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs,
     bundle = make_bundle(
         net, normalization, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
         data=provenance.data_identity(dataset_card),
-        objective=cfg.objective, kl_coeff=module.objective.kl_coeff,
-        epochs=epochs,  # Lightning counts an epoch cut short by max_time as done
+        objective=module.objective.name, kl_coeff=module.objective.kl_coeff,
+        # the epochs actually trained, as a fraction (Lightning counts an epoch cut short by
+        # max_time_minutes as done: 0.44 of an epoch would read "1")
+        epochs=round(steps / module.steps_per_epoch, 3) if steps else epochs,
         steps=steps, mlflow_run_id=run_id,  # the run that trained these weights
     )
     return bundle, figure
