@@ -3,6 +3,10 @@ the usual mistakes, a readable MLflow `runner` tag. Real `kedro run`s in copies 
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -65,3 +69,89 @@ def test_the_mlflow_runner_tag_names_the_runner(digits_project):
     experiment = client.get_experiment_by_name("aavae")
     tags = {run.info.run_name: run.data.tags.get("runner") for run in client.search_runs([experiment.experiment_id])}
     assert tags == {"pretrain": "SequentialRunner", "evaluate": "SequentialRunner"}
+
+
+def test_a_misspelt_parameter_group_gets_a_suggestion(project):
+    result = kedro(project, "--pipeline", "ingest", "--env", "test", "--params", "pretrian.max_epochs=1",
+                   check=False, timeout=300)
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text
+    assert "'pretrian': unknown parameter group; did you mean 'pretrain'?" in text
+
+
+def test_an_error_a_node_explains_is_one_message_with_the_traceback_in_the_log_file(project, tmp_path):
+    missing = tmp_path / "no_such_folder"
+    result = kedro(project, "--pipeline", "ingest", "--env", "imagefolder", "--params",
+                   f"dataset.path={missing}", check=False, timeout=300)
+    text = output(result)
+    assert result.returncode != 0
+    assert "Traceback" not in text, text[-3000:]
+    error = text[text.index("Error: "):].strip().splitlines()
+    assert error[0] == f"Error: Image folder path '{missing}' does not exist. Expected <split>/<class>/<image> " \
+        "with a 'train' split and a 'test' (or 'val') split of held-out images for evaluation, e.g. " \
+        "train/cat/0001.jpg and test/cat/0002.png, as a folder, .tar, .tar.gz/.tgz or .zip file, optionally " \
+        "inside one top-level folder."
+    assert error[1] == f"(The traceback is in {project / 'logs' / 'last_error.log'}; run with --verbose to print it.)"
+    assert len(error) == 2
+    logged = (project / "logs" / "last_error.log").read_text()
+    assert f"dataset.path={missing}" in logged.splitlines()[0]
+    assert "Traceback (most recent call last)" in logged and "DatasetError: Image folder path" in logged
+
+
+def test_verbose_prints_the_traceback_of_an_explained_error(project, tmp_path):
+    result = kedro(project, "--pipeline", "ingest", "--env", "imagefolder", "--params",
+                   f"dataset.path={tmp_path / 'missing'}", "--verbose", check=False, timeout=300)
+    text = output(result)
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in text and "does not exist" in text
+
+
+def test_evaluating_without_a_model_says_what_to_run(project):
+    result = kedro(project, "--pipelines", "ingest,evaluate", "--env", "test", check=False, timeout=600)
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text, text[-3000:]
+    assert "Error: No model to evaluate: data/06_models/aavae_model.pt does not exist. Run `kedro run " \
+        "--pipeline pretrain` first, or set --params evaluate.checkpoint=<path>." in text
+
+
+def raised(function, *args):
+    try:
+        function(*args)
+    except Exception as error:  # noqa: BLE001 - the error itself is under test
+        return error
+    raise AssertionError("nothing was raised")
+
+
+def test_only_errors_with_the_projects_own_message_lose_their_traceback():
+    import numpy as np
+    from kedro.io import DatasetError as KedroDatasetError
+
+    from aavae.cli import project_error
+    from aavae.evaluation import linear_probe
+    from aavae.provenance import ProvenanceError
+
+    ours = raised(linear_probe, np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 3)), np.zeros(4, int), 2)
+    assert "feature columns" in str(ours) and project_error(ours), "a ValueError our code raised"
+    assert project_error(ProvenanceError("made from other images")), "one of the project's error types"
+    wrapped = KedroDatasetError("images_train: damaged")
+    wrapped.__cause__ = ours
+    assert project_error(wrapped), "Kedro's catalog wrapping ours"
+    assert not project_error(raised(np.zeros, -1)), "numpy's own ValueError"
+    assert not project_error(raised(abs, "a bug")), "a TypeError: a bug, whoever raised it"
+    assert not project_error(KedroDatasetError("Kedro's own failure")), "no message of ours inside"
+
+
+def test_mlflow_ui_gets_an_address_that_opens_the_training_runs_with_the_loss_charts_first(digits_project):
+    client = MlflowClient(f"sqlite:///{digits_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aavae")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert {"loss/train", "loss/val", "train_loss", "val_loss"} <= set(runs["pretrain"].data.metrics)
+
+    address = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+               "?workflowType=machine_learning")
+    assert address in re.sub(r"\s+", "", (digits_project / "evaluate.log").read_text())  # however Rich wrapped it
+    printed = subprocess.run([sys.executable, "-m", "aavae.report", "data/08_reporting/metrics.json"],
+                             cwd=digits_project, capture_output=True, text=True, timeout=120)
+    assert f"then open {address}" in printed.stdout, printed.stdout + printed.stderr
+    assert "report.html" in printed.stdout and "kedro viz run --no-browser" in printed.stdout

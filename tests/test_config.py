@@ -27,7 +27,7 @@ def test_unknown_group_and_several_problems_reported_together():
     with pytest.raises(ConfigError) as info:
         validate_all({"pretrian": {}, "model": {"encoder": "vgg"}, "views": {"flip_p": 2}})
     message = str(info.value)
-    assert "'pretrian'" in message
+    assert "'pretrian': unknown parameter group; did you mean 'pretrain'?" in message
     assert "'model.encoder'" in message and "resnet18" in message
     assert "'views.flip_p'" in message
 
@@ -49,6 +49,14 @@ def test_a_near_miss_suggests_the_key_that_exists():
     with pytest.raises(ConfigError) as info:
         parse("pretrain", {"zzz": 3})
     assert "did you mean" not in str(info.value)
+
+
+def test_a_misspelt_group_suggests_the_group_that_exists_and_a_foreign_one_lists_them():
+    with pytest.raises(ConfigError) as info:
+        validate_all({"pretrian": {"max_epochs": 1}, "zzz": {}})
+    message = str(info.value)
+    assert "'pretrian': unknown parameter group; did you mean 'pretrain'?" in message
+    assert "'zzz': unknown parameter group (known groups: dataset, " in message
 
 
 def test_the_registry_name_takes_only_known_placeholders_and_embed_defaults_need_no_path():

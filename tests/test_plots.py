@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aavae.plots import curves_figure, figure_png, neighbour_grid_figure
+from aavae.plots import curves_figure, figure_png, neighbour_grid_figure, off_scale_points
 from aavae.report_html import PNG_SIGNATURE
 
 # A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
@@ -22,19 +22,48 @@ def vertical_share(figure, values) -> float:
     return max(ys) - min(ys)
 
 
-def test_an_early_spike_does_not_flatten_the_other_loss_values():
+def off_axis_texts(figure) -> list[str]:
+    return [text.get_text() for text in figure.axes[0].texts]
+
+
+def test_an_early_spike_is_left_above_the_axis_and_the_other_values_fill_it():
     late = [y for _, y in SPIKED["train_loss"] + SPIKED["val_loss"][1:]]  # 95 ... 490
     auto = curves_figure(SPIKED, "loss")
     linear = curves_figure(SPIKED, "loss", yscale="linear")
 
-    assert auto.axes[0].get_yscale() == "log"
     assert vertical_share(linear, late) < 0.02, "the reference: on a linear axis they are a line"
-    assert vertical_share(auto, late) > 0.2
-    assert "log scale" in auto.axes[0].get_ylabel()
+    assert vertical_share(auto, late) > 0.8
+    assert auto.axes[0].get_ylim()[1] < 1000, "the spike is above the axis"
+    assert off_axis_texts(auto) == ["val_loss 37,000"]
+    assert off_scale_points(SPIKED) == {"val_loss": [(1, 37_000.0)]}
+
+
+def test_a_spike_in_the_middle_of_training_is_marked_and_the_curves_stay_readable():
+    # A CIFAR-10 run: one validation epoch at 15,515 among values of 900 to 1,000.
+    val = [(epoch, 1000.0 - 2 * epoch) for epoch in range(1, 61)]
+    val[29] = (30, 15_515.0)
+    curves = {"train_loss": [(epoch, 1010.0 - 2 * epoch) for epoch in range(1, 61)], "val_loss": val}
+    figure = curves_figure(curves, "loss")
+
+    assert figure.axes[0].get_yscale() == "linear"
+    ordinary = [y for _, y in curves["train_loss"] + val[:29] + val[30:]]
+    assert vertical_share(figure, ordinary) > 0.8
+    assert off_axis_texts(figure) == ["val_loss 15,515"]
+    assert off_scale_points(curves) == {"val_loss": [(30, 15_515.0)]}
+
+
+def test_a_steep_genuine_descent_keeps_every_point_and_gets_a_log_axis():
+    descent = {"train_loss": [(step, 20_000.0 / step) for step in range(1, 31)]}
+    figure = curves_figure(descent, "loss")
+
+    assert off_scale_points(descent) == {}
+    assert figure.axes[0].get_yscale() == "log"
+    assert "log scale" in figure.axes[0].get_ylabel()
+    assert off_axis_texts(figure) == []
 
 
 def test_curves_that_cross_zero_get_a_symlog_axis_and_narrow_ones_stay_linear():
-    crossing = {"train_loss": [(1, 5000.0), (2, 12.0), (3, -3.0), (4, -8.0)]}
+    crossing = {"train_loss": [(1, 300.0), (2, 100.0), (3, 40.0), (4, 10.0), (5, 2.0), (6, -3.0), (7, -8.0)]}
     figure = curves_figure(crossing, "loss")
     assert figure.axes[0].get_yscale() == "symlog"
     assert figure_png(figure, dpi=40).startswith(PNG_SIGNATURE)
@@ -42,6 +71,14 @@ def test_curves_that_cross_zero_get_a_symlog_axis_and_narrow_ones_stay_linear():
     narrow = {"train_loss": [(1, 2.0), (2, 1.5)], "val_loss": [(1, 2.2), (2, 1.9)]}
     assert curves_figure(narrow, "loss").axes[0].get_yscale() == "linear"
     assert curves_figure({}, "loss").axes[0].get_yscale() == "linear"
+
+
+def test_an_infinite_value_is_marked_not_drawn_to_infinity():
+    curves = {"val_loss": [(1, 900.0), (2, 880.0), (3, float("inf")), (4, 860.0), (5, 850.0)]}
+    figure = curves_figure(curves, "loss")
+    assert off_scale_points(curves) == {"val_loss": [(3, float("inf"))]}
+    assert figure.axes[0].get_ylim()[1] < 1000
+    assert figure_png(figure, dpi=40).startswith(PNG_SIGNATURE)
 
 
 def test_neighbour_grid_has_one_row_per_query_and_a_column_per_neighbour():
@@ -59,5 +96,7 @@ def test_neighbour_grid_has_one_row_per_query_and_a_column_per_neighbour():
 
 
 @pytest.mark.parametrize("scale", ["linear", "log"])
-def test_a_forced_scale_is_kept(scale):
-    assert curves_figure(SPIKED, "loss", yscale=scale).axes[0].get_yscale() == scale
+def test_a_forced_scale_is_kept_with_every_point_on_the_axis(scale):
+    figure = curves_figure(SPIKED, "loss", yscale=scale)
+    assert figure.axes[0].get_yscale() == scale
+    assert figure.axes[0].get_ylim()[1] > 37_000 and off_axis_texts(figure) == []

@@ -13,14 +13,22 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
 * A parameter error (:class:`aavae.config.ConfigError`) or a pretraining refused because
   another one holds the project (:class:`aavae.pretrain_lock.PretrainLocked`) prints its
   message, not the 60-line traceback around it.
+* So does an error a node raises with this project's own message (a bad ``dataset.path``,
+  no model to evaluate, a wrong archive, artifacts of different inputs): one of the
+  project's error types, or a ``ValueError``/``OSError`` raised by the project's code, also
+  when Kedro's catalog wraps it. Its traceback goes to ``logs/last_error.log``, and
+  ``--verbose`` prints it instead. Any other exception is a bug, and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from kedro.framework.cli.project import _resolve_runner_kwargs
@@ -34,6 +42,9 @@ from aavae.config import ConfigError
 from aavae.pretrain_lock import PretrainLocked
 
 DEFAULT_ENV = "local"  # settings.CONFIG_LOADER_ARGS["default_run_env"]
+#: Where the traceback of an error reported in one line goes, under the project folder.
+ERROR_LOG = Path("logs") / "last_error.log"
+_PACKAGE = Path(__file__).resolve().parent
 
 
 @click.group(name="aavae")
@@ -44,7 +55,7 @@ def cli() -> None:
 def run(
     pipeline: str | None, pipelines: list[str], runner: str | None, is_async: bool,
     runner_params: dict[str, Any], env: str | None, conf_source: str | None,
-    params: dict[str, Any], **filters: Any,
+    params: dict[str, Any], verbose: bool = False, **filters: Any,
 ) -> dict[str, Any]:
     """Run the pipeline (``--pipeline NAME`` or ``--pipelines A,B``; default: __default__)."""
     if pipeline and pipelines:
@@ -73,6 +84,45 @@ def run(
             return session.run(**run_kwargs)
     except (ConfigError, PretrainLocked) as error:
         raise click.ClickException(str(error)) from None
+    except Exception as error:
+        if verbose or not project_error(error):
+            raise
+        _one_line_error(error, project_path)
+
+
+def project_error(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) carries this project's own message for the user:
+    an error type of the project, or a ``ValueError``/``OSError`` its code raised."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if type(seen).__module__.split(".")[0] == _PACKAGE.name:
+            return True
+        if isinstance(seen, (ValueError, OSError)) and _raised_in_project(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _raised_in_project(error: BaseException) -> bool:
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _one_line_error(error: BaseException, project_path: Path) -> NoReturn:
+    """Print the message only; keep the traceback in ``logs/last_error.log``."""
+    log_file = project_path / ERROR_LOG
+    try:
+        log_file.parent.mkdir(exist_ok=True)
+        log_file.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {' '.join(sys.argv)}\n\n"
+                            + "".join(traceback.format_exception(error)))
+        where = f"(The traceback is in {log_file}; run with --verbose to print it.)"
+    except OSError:
+        where = "(Run with --verbose to print the traceback.)"
+    raise click.ClickException(f"{error}\n{where}") from None
 
 
 def _project_path() -> Path:
@@ -107,8 +157,10 @@ def _check_pipelines(names: list[str]) -> None:
             )
 
 
-# Kedro's own options, so `kedro run --help` and every flag stay exactly Kedro's.
+# Kedro's own options, so `kedro run --help` and every flag stay Kedro's, and --verbose.
+VERBOSE = click.Option(["--verbose", "-v"], is_flag=True,
+                       help="Print the traceback of an error the project explains in one line.")
 cli.add_command(click.Command(
-    "run", params=list(kedro_run.params), callback=run, help=run.__doc__,
+    "run", params=[*kedro_run.params, VERBOSE], callback=run, help=run.__doc__,
     short_help="Run the pipeline.",
 ))

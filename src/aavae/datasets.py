@@ -1,7 +1,8 @@
 """Kedro datasets for this project's artifacts, each written atomically.
 
 Every save goes to a temporary name in the same folder and is renamed into place, so an
-interrupted run never leaves half a file and never destroys the previous artifact.
+interrupted run never leaves half a file and never destroys the previous artifact. The
+artifact gets the permissions the umask gives any new file (:mod:`aavae.file_modes`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from kedro.io import AbstractDataset, DatasetError
 
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
+from aavae.file_modes import follow_umask
 from aavae.liveness import temporary_prefix
 
 
@@ -26,6 +28,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        follow_umask(tmp)  # mkstemp made it 0600: the artifact gets the mode open() would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -98,19 +98,29 @@ def curves_figure(
 ) -> Figure:
     """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss).
 
-    ``yscale="auto"`` picks a log axis when the values span more than :data:`LOG_SPAN`
-    (symlog when some are zero or negative), so one early spike (a validation loss of 37,000
-    in the first epoch, then 100) does not flatten every other point into a line at the
-    bottom; otherwise the axis stays linear. ``"linear"``, ``"log"`` and ``"symlog"`` force one.
+    One bad point must not flatten the others: a point more than :data:`SPIKE_FACTOR` times
+    the median of its neighbours (:func:`off_scale_points`; a CIFAR-10 run's one validation
+    loss of 15,515 among values of 900 to 1,000) is left above the axis, drawn as a triangle at
+    its top edge with its value written beside it. Then ``yscale="auto"`` picks a log axis
+    when the remaining values span more than :data:`LOG_SPAN` (symlog when some are zero or
+    negative), so a steep but genuine descent keeps its start in view; otherwise the axis
+    stays linear. ``"linear"``, ``"log"`` and ``"symlog"`` force one (and keep every point
+    on the axis).
     """
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    off_scale = off_scale_points(series) if yscale == "auto" else {}
+    kept: list[float] = []
     for name, points in series.items():
         if len(points):
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=name)
-    values = np.array([y for points in series.values() for _, y in points], dtype=float)
-    scale, options = _y_scale(values[np.isfinite(values)]) if yscale == "auto" else (yscale, {})
+            kept += [y for point in points if point not in off_scale.get(name, ()) for y in point[1:]]
+    values = np.array(kept, dtype=float)
+    values = values[np.isfinite(values)]
+    scale, options = _y_scale(values) if yscale == "auto" else (yscale, {})
     ax.set_yscale(scale, **options)
+    if any(off_scale.values()) and len(values):
+        _mark_off_scale(ax, off_scale, values, scale)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel if scale == "linear" else f"{ylabel} ({scale} scale)")
     ax.set_title(title, fontsize=10)
@@ -123,6 +133,62 @@ def curves_figure(
 
 #: The ratio of largest to smallest magnitude beyond which curves get a log axis.
 LOG_SPAN = 20.0
+#: A point this many times the median of its neighbours is a spike, drawn above the axis.
+SPIKE_FACTOR = 5.0
+
+
+def off_scale_points(
+    series: dict[str, Sequence[tuple[float, float]]],
+) -> dict[str, list[tuple[float, float]]]:
+    """The points of each series that :func:`curves_figure` leaves above its axis.
+
+    A point is a spike when it is more than :data:`SPIKE_FACTOR` times the median of its
+    neighbours in its own series (up to two on each side; positive values), or infinite.
+    Judged against neighbours, not the whole curve: a loss that starts at 3,000 and settles
+    at 900 descends a few-fold per epoch and keeps every point; one epoch 16 times its
+    neighbours (or a first validation 200 times the next ones) is a spike. A series of fewer
+    than three points has no neighbours to judge by.
+    """
+    found: dict[str, list[tuple[float, float]]] = {}
+    for name, points in series.items():
+        ys = np.array([y for _, y in points], dtype=float)
+        spikes = []
+        for index, point in enumerate(points):
+            around = np.concatenate([ys[max(0, index - 2):index], ys[index + 1:index + 3]])
+            around = around[np.isfinite(around)]
+            if len(ys) < 3 or not len(around):
+                continue
+            middle = float(np.median(around))
+            if np.isposinf(ys[index]) or (middle > 0 and ys[index] > SPIKE_FACTOR * middle):
+                spikes.append(tuple(point))
+        if spikes:
+            found[name] = spikes
+    return found
+
+
+def _mark_off_scale(ax, off_scale: dict[str, list[tuple[float, float]]], kept: np.ndarray, scale: str) -> None:
+    """Limit the axis to the kept values and mark each spike at its top edge, with its value."""
+    low, high = float(kept.min()), float(kept.max())
+    if scale == "linear":
+        pad = 0.08 * (high - low) or 0.08 * abs(high) or 1.0
+        ax.set_ylim(low - pad, high + pad)
+    elif scale == "log":
+        ax.set_ylim(low / 1.15, high * 1.15)
+    else:
+        ax.set_ylim(min(low, 0.0) - 0.08 * abs(low), high * 1.15)
+    top = ax.get_ylim()[1]
+    colours = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    for position, (name, points) in enumerate(off_scale.items()):
+        for x, y in points:
+            ax.plot([x], [top], marker="^", markersize=7, color=colours.get(name, "black"),
+                    clip_on=False, zorder=5, label="_off_scale")
+            ax.annotate(f"{name} {value_text(y)}", (x, top), xytext=(5, -11 - 9 * position),
+                        textcoords="offset points", fontsize=7, color=colours.get(name, "black"))
+
+
+def value_text(value: float) -> str:
+    """A metric value as a person writes it: ``37,428``, ``139.9``, ``0.0123``."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _y_scale(values: np.ndarray) -> tuple[str, dict]:

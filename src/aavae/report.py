@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,27 @@ def main(argv: list[str]) -> int:
     print(results_table(metrics))
     print(
         f"\nLinear-eval accuracy: {100 * metrics['linear_top1']:.2f}%\n"
-        "Explore the runs:      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
-        "   (then open http://127.0.0.1:5000)\n"
-        "See the pipelines:     .venv/bin/kedro viz run"
+        f"The report:            {path.parent / 'report.html'}\n"
+        "Explore the runs:      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db\n"
+        f"                       then open {runs_address(metrics.get('training_run_id'))}\n"
+        "See the pipelines:     .venv/bin/kedro viz run --no-browser   (then open http://127.0.0.1:4141)"
     )
     return 0
+
+
+def runs_address(run_id: str | None, store: Path = Path("mlflow.db")) -> str:
+    """The training runs' page of ``mlflow ui``. MLflow 3 opens an experiment on its GenAI
+    overview (Traces 0) unless the address asks for the "Model training" view."""
+    experiment = None
+    if run_id and store.is_file():
+        try:
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as connection:
+                row = connection.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            experiment = row[0] if row else None
+        except sqlite3.Error:  # not an MLflow store, or one being migrated: the generic address
+            experiment = None
+    page = f"experiments/{experiment}/runs" if experiment is not None else "experiments"
+    return f"http://127.0.0.1:5000/#/{page}?workflowType=machine_learning"
 
 
 if __name__ == "__main__":

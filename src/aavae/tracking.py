@@ -2,6 +2,19 @@
 
 This sits beside the Kedro glue (it knows MLflow); the plain-PyTorch layers below never
 import it.
+
+What ``mlflow ui`` shows first (checked in MLflow 3.17.2, in headless Chromium):
+
+* An experiment page opens on the GenAI "Overview" (Traces 0) unless the browser has chosen
+  "Model training" in the sidebar or the address says ``?workflowType=machine_learning``
+  (:func:`runs_page_address`). 3.17's experiment page takes the kind from that switch; the
+  experiment tag ``mlflow.experimentKind`` (which MLflow's own kind selector writes, and UIs
+  without the switch read) is set anyway (:func:`mark_experiment_as_model_training`).
+* Charts are grouped by the part of a metric's name before a ``/``, and such sections come
+  above "Model metrics", whose charts are alphabetical (``epoch``, the evaluation's
+  ``eval_*`` bars, ...). So the loss curves are also logged as ``loss/train`` and ``loss/val``
+  (:data:`CHART_FIRST`): the first charts a user sees. ``train_loss``/``val_loss`` stay, for
+  the report and anything reading them.
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ import atexit
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -23,6 +37,10 @@ from aavae.liveness import Liveness, ProcessRecord
 log = logging.getLogger(__name__)
 
 MLFLOW_RUN_CONTEXT_VARIABLE = MLFLOW_RUN_CONTEXT.name  # JSON tags MLflow adds to every new run
+#: The experiment tag MLflow 3 reads for what an experiment holds, and the value for training runs.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: Metrics logged a second time under a sectioned name, so MLflow's UI charts them first.
+CHART_FIRST = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 
 class RunBoundMLFlowLogger(MLFlowLogger):
@@ -36,6 +54,11 @@ class RunBoundMLFlowLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         return None
 
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        first = {CHART_FIRST[key]: value for key, value in metrics.items() if key in CHART_FIRST}
+        super().log_metrics({**metrics, **first}, step)
+
 
 def active_run_id() -> str | None:
     run = mlflow.active_run()
@@ -43,14 +66,41 @@ def active_run_id() -> str | None:
 
 
 def live_logger() -> RunBoundMLFlowLogger | None:
-    """A logger for the active run, or None when no run is open (e.g. in a notebook)."""
+    """A logger for the active run, or None when no run is open (e.g. in a notebook).
+
+    Its experiment is marked as holding model training: it is about to receive curves.
+    """
     run_id = active_run_id()
     if run_id is None:
         return None
+    mark_experiment_as_model_training()
     # Strings only: the logger must survive pickling into spawned ranks.
     return RunBoundMLFlowLogger(
         tracking_uri=mlflow.get_tracking_uri(), run_id=run_id, synchronous=False
     )
+
+
+def mark_experiment_as_model_training(experiment_id: str | None = None) -> None:
+    """Tag the experiment (default: the active run's) ``mlflow.experimentKind =
+    custom_model_development``, what MLflow's own "Machine learning" choice writes, unless a
+    user chose another kind for it."""
+    if experiment_id is None:
+        run = mlflow.active_run()
+        if run is None:
+            return
+        experiment_id = run.info.experiment_id
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
+def runs_page_address(host: str = "127.0.0.1", port: int | str = 5000) -> str | None:
+    """Where ``mlflow ui`` shows the active run's experiment as training runs (its Runs page in
+    "Model training" mode, not MLflow 3's GenAI overview), or None without a run."""
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    return f"http://{host}:{port}/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
 
 
 def log_params_once(params: dict[str, Any]) -> None:

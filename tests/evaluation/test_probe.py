@@ -130,3 +130,76 @@ def test_stratified_split_keeps_a_singleton_class_in_the_fit_part():
 def test_linear_probe_rejects_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         linear_probe(*GOOD, GOOD[0], GOOD[1], 3, **options)
+
+
+def correlated_clusters(n: int, dim: int, num_classes: int, seed: int):
+    """Features like raw pixels: each column is its neighbour plus a small step (a random walk
+    with a class-dependent drift), so neighbouring columns move together and the plain fit is
+    ill-conditioned, as it is on images."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    drift = 0.3 * rng.normal(size=(num_classes, dim))
+    steps = rng.normal(size=(n, dim)) + drift[labels]
+    return np.cumsum(steps, axis=1).astype(np.float32), labels
+
+
+def fit_counting(xs, y, weight_decay, precondition):
+    counts = []
+
+    class Count(probe_module._FitProgress):
+        def evaluation(self, weight_decay, count):
+            counts.append(count)
+
+    preconditioner = probe_module._Preconditioner.of(xs) if precondition else None
+    weight, bias = probe_module._fit_softmax_regression(
+        xs, torch.from_numpy(y), 3, weight_decay, preconditioner=preconditioner,
+        progress=Count(None, 1, 1))
+    return weight, bias, max(counts)
+
+
+def objective(xs, y, weight, bias, weight_decay):
+    w, b = torch.as_tensor(weight, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)
+    ce = nn.functional.cross_entropy(xs.double() @ w.T + b, torch.from_numpy(y))
+    return float(ce + 0.5 * weight_decay * w.pow(2).sum())
+
+
+@pytest.mark.parametrize("weight_decay", [1e-1, 1e-3, 1e-5])
+def test_the_preconditioned_fit_reaches_the_scikit_learn_optimum(weight_decay):
+    x, y = gaussian_clusters(300, 10, 3, spread=4.0, seed=1)
+    xs = probe_module._Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    weight, bias, _ = fit_counting(xs, y, weight_decay, precondition=True)
+
+    reference = LogisticRegression(C=1 / (weight_decay * len(x)), tol=1e-10, max_iter=10_000)
+    reference.fit(xs.double().numpy(), y)
+
+    assert objective(xs, y, weight, bias, weight_decay) == pytest.approx(
+        objective(xs, y, reference.coef_, reference.intercept_, weight_decay), rel=1e-5)
+
+
+def test_preconditioning_reaches_the_same_optimum_in_a_fraction_of_the_evaluations():
+    x, y = correlated_clusters(1500, 128, 3, seed=4)
+    xs = probe_module._Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    plain = fit_counting(xs, y, 1e-4, precondition=False)
+    preconditioned = fit_counting(xs, y, 1e-4, precondition=True)
+
+    assert preconditioned[2] * 3 <= plain[2], (preconditioned[2], plain[2])
+    # The plain fit is the one that may stop short: the preconditioned optimum is no worse.
+    assert objective(xs, y, *preconditioned[:2], 1e-4) <= objective(xs, y, *plain[:2], 1e-4) + 1e-6
+
+
+def test_the_probe_scores_the_same_with_and_without_preconditioning():
+    x, y = correlated_clusters(900, 48, 3, seed=5)
+    grid = {"weight_decays": (1e-1, 1e-2, 1e-3)}
+    plain = linear_probe(x[:600], y[:600], x[600:], y[600:], 3, precondition=False, **grid)
+    fast = linear_probe(x[:600], y[:600], x[600:], y[600:], 3, **grid)
+
+    assert fast.chosen == plain.chosen
+    assert abs(fast.top1 - plain.top1) <= 2 / 300  # at most two test rows change their vote
+
+
+def test_a_probe_too_wide_to_precondition_is_fitted_plainly(monkeypatch):
+    monkeypatch.setattr(probe_module, "MAX_PRECONDITIONED_FEATURES", 3)
+    built = []
+    monkeypatch.setattr(probe_module._Preconditioner, "of", classmethod(lambda cls, x: built.append(x)))
+    result = linear_probe(*GOOD, GOOD[0], GOOD[1], 3, weight_decays=(1e-2, 1e-4))
+    assert built == [] and result.top1 > 0.5

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aavae.data.staging import map_npy, place_npy, relocated
+from aavae.file_modes import follow_umask
 from aavae.liveness import temporary_prefix
 
 UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
@@ -88,6 +89,7 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
         meta = {"split": imageset.split, "class_names": list(imageset.class_names),
                 "data_sha256": imageset.fingerprint}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        follow_umask(staging)  # mkdtemp made it 0700: the folder gets the mode mkdir() would give
         if folder.exists():
             retired = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(retired, ignore_errors=True)

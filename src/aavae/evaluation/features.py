@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aavae.progress import Progress
 from aavae.views import original_view
 
 ArrayLike = np.ndarray | Tensor
@@ -27,7 +28,7 @@ def extract_features(
     device: str | torch.device | None = None,
     channels_last: bool = True,
     autocast_bf16: bool | None = None,
-    progress: bool = False,
+    progress: bool = True,
     original_resize: int | None = None,
 ) -> np.ndarray:
     """Run a frozen ``encoder`` over uint8 ``N x H x W x C`` images; return float32 ``(N, D)``.
@@ -39,6 +40,8 @@ def extract_features(
     ``autocast_bf16=None`` uses bf16 autocast on a CUDA device that supports it, never on CPU.
     ``original_resize`` zooms each image first as the recipe's originals were (the paper's
     STL-10: Resize(105) + CenterCrop(96); a bundle's ``normalization.original_resize``).
+    ``progress`` shows how many images are done (:class:`aavae.progress.Progress`: nothing
+    for a call that ends within seconds).
     """
     _check_images(images)
     mean_t, std_t = _channel_stats(mean, std, channels=images.shape[3])
@@ -56,7 +59,7 @@ def extract_features(
     encoder.to(target).eval()
     chunks: list[np.ndarray] = []
     try:
-        with torch.inference_mode(), _progress_bar(len(images), progress) as bar:
+        with torch.inference_mode(), Progress("features", len(images), "images", enabled=progress) as bar:
             for start in range(0, len(images), batch_size):
                 batch = _as_uint8_batch(images, start, start + batch_size).to(target)
                 # NHWC -> NCHW as a view is exactly the channels_last layout; no copy needed.
@@ -67,7 +70,7 @@ def extract_features(
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                     out = encoder(x)
                 chunks.append(_flat_features(out, len(batch)))
-                bar.update(len(batch))
+                bar.advance(len(batch))
     finally:
         encoder.to(home).train(was_training)
     return np.concatenate(chunks, axis=0)
@@ -132,23 +135,3 @@ def _flat_features(out: object, batch_len: int) -> np.ndarray:
         )
     return out.reshape(batch_len, -1).float().cpu().numpy()
 
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a convenience, never a requirement
-        return _NoBar()
-    return tqdm(total=total, desc="features", unit="img")

@@ -3,31 +3,24 @@
 Lightning's progress bar redraws one terminal line; written to a pipe, a CI log or nohup it
 shows nothing until the end. When stdout is not a terminal, :class:`PlainProgress` logs
 lines such as ``epoch 3/30, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``.
+
+The rate leaves out the seconds the step spent compiling or being captured (the module's
+``engine_setup_seconds``): counted in, a 90-second compile over a few steps made the first
+estimate hours where the run took minutes.
+
+The terminal check, the rate of lines and the durations are the project's one progress
+helper's (:mod:`aavae.progress`), which evaluation and the embed pipeline use too.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 
 import lightning.pytorch as pl
 
-log = logging.getLogger("aavae.progress")
+from aavae.progress import EVERY_SECONDS, duration, log, output_is_terminal
 
-EVERY_SECONDS = 30.0
-
-
-def output_is_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+__all__ = ["EVERY_SECONDS", "PlainProgress", "output_is_terminal"]
 
 
 class PlainProgress(pl.Callback):
@@ -55,7 +48,8 @@ class PlainProgress(pl.Callback):
                   trainer.max_steps if trainer.max_steps > 0 else None)
         total = min((t for t in limits if t), default=0)
         batch = getattr(module, "batches", (0, 0))[1]
-        rate = (step - self._first_step) / max(now - self._started, 1e-9)
+        setup = getattr(module, "engine_setup_seconds", 0.0)  # one-off: compiling, capturing
+        rate = (step - self._first_step) / max(now - self._started - setup, 1e-9)
         epoch = trainer.current_epoch + 1
         parts = [f"epoch {epoch} done" if epoch_done else f"epoch {epoch}/{trainer.max_epochs}",
                  f"step {step:,}" + (f"/{total:,} ({100 * step / total:.1f}%)" if total else "")]
@@ -67,7 +61,7 @@ class PlainProgress(pl.Callback):
                 by_clock = limit * 60 - (now - self._started)
                 left = by_clock if left is None else min(left, by_clock)
             if left is not None and left > 0:
-                parts.append(f"{_duration(left)} left")
+                parts.append(f"{duration(left)} left")
         loss = getattr(module, "epoch_metrics", {}).get("loss")
         if loss is not None:
             parts.append(f"loss {loss:,.4g}")

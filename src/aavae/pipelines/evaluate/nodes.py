@@ -32,7 +32,15 @@ from aavae.pipelines.features.nodes import (
     evaluation_device,
     evaluation_images,
 )
-from aavae.plots import confusion_matrix_figure, curves_figure, embedding_figure, figure_png
+from aavae.plots import (
+    confusion_matrix_figure,
+    curves_figure,
+    embedding_figure,
+    figure_png,
+    off_scale_points,
+    value_text,
+)
+from aavae.progress import progress_scope
 from aavae.report_html import ReportImage, render_report
 
 log = logging.getLogger(__name__)
@@ -65,10 +73,15 @@ def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], cla
     )
 
 
-def _score(train_x, test_x, split: _Split, encoder, class_names, config) -> tuple[dict[str, Any], ClassifierResult]:
-    probe = _linear_eval(train_x, test_x, split, encoder, class_names, config)
-    knn = knn_classify(train_x, split.images_train.labels, test_x, split.images_test.labels, len(class_names),
-                       class_names, k=config.knn_k, temperature=config.knn_temperature)
+def _score(train_x, test_x, split: _Split, encoder, class_names, config,
+           label: str) -> tuple[dict[str, Any], ClassifierResult]:
+    """Linear eval and kNN of one set of features; their progress lines start with ``label``."""
+    log.info("Scoring %s: linear eval (%s) and kNN on %s training features of %s dimensions",
+             label, config.protocol, f"{len(train_x):,}", f"{train_x.shape[1]:,}")
+    with progress_scope(label):
+        probe = _linear_eval(train_x, test_x, split, encoder, class_names, config)
+        knn = knn_classify(train_x, split.images_train.labels, test_x, split.images_test.labels,
+                           len(class_names), class_names, k=config.knn_k, temperature=config.knn_temperature)
     linear, neighbours = accuracy_report(probe), accuracy_report(knn)
     scores = {
         "linear_top1": linear["top1"], "linear_top5": linear["top5"],
@@ -96,7 +109,8 @@ def evaluate(
     split = _Split(images_train, images_test, evaluation_model["normalization"])
     spec = ModelSpec.from_dict(evaluation_model["spec"])
     scores, probe = _score(features_train["features"], features_test["features"], split,
-                           lambda: model_from_bundle(evaluation_model).encoder, class_names, config)
+                           lambda: model_from_bundle(evaluation_model).encoder, class_names, config,
+                           f"{evaluation_model.get('objective') or 'the model'} features")
     evaluated_on = evaluation_model.get("evaluated_on") or {}
     metrics: dict[str, Any] = {
         "dataset": evaluated_on.get("name", evaluation_model.get("dataset")),
@@ -113,7 +127,8 @@ def evaluate(
     }
     for name in config.baselines:
         baseline, _ = _score(baseline_features[f"{name}_train"], baseline_features[f"{name}_test"], split,
-                             lambda name=name: baseline_encoder(name, spec, config.seed), class_names, config)
+                             lambda name=name: baseline_encoder(name, spec, config.seed), class_names, config,
+                             f"baseline {name}")
         metrics["baselines"][name] = baseline
 
     log.info("linear top-1 %.4f (random init %s), kNN top-1 %.4f", metrics["linear_top1"],
@@ -193,10 +208,9 @@ def write_report(
     images = []
     if any(curves.values()):
         figure = curves_figure(curves, "Pretraining loss (per epoch)", xlabel="step", ylabel="loss")
-        scale = figure.axes[0].get_yscale()
-        note = "" if scale == "linear" else f" On a {scale} axis, so an early spike does not flatten the rest."
         images.append(ReportImage("Loss curves", figure_png(figure), "The pretraining loss per epoch, on "
-                                  "training batches and on the fixed validation views." + note))
+                                  "training batches and on the fixed validation views."
+                                  + _curves_note(curves, figure.axes[0].get_yscale())))
     shown = [("view_preview", "Training views", "Each training image beside views drawn by the policy.")]
     if not evaluation_model.get("checkpoint"):  # another model's reconstructions would mislead
         shown.append(("reconstructions", "Reconstructions", "Held-out images and their reconstructions "
@@ -207,7 +221,24 @@ def write_report(
     images.append(ReportImage("Confusion matrix", confusion_matrix_png, "Linear eval on the test split."))
     images.append(ReportImage("Embedding", embedding_png, "Test features in 2-D, coloured by true class."))
     title = f"AAVAE report: {metrics.get('objective')} on {metrics.get('dataset') or 'this dataset'}"
+    address = tracking.runs_page_address()
+    log.info("The report goes to data/08_reporting/report.html.%s", "" if address is None else
+             f" The runs and their curves: `mlflow ui` in the project folder, then open {address}")
     return render_report(metrics, params, images, title=title, notes=notes)
+
+
+def _curves_note(curves: dict[str, list[tuple[int, float]]], scale: str) -> str:
+    """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
+    spikes = [f"{name} {value_text(value)} at step {step:,}"
+              for name, points in off_scale_points(curves).items() for step, value in points]
+    note = ""
+    if spikes:
+        note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
+                 f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
+                 f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
+    if scale != "linear":
+        note += f" On a {scale} axis: the values span more than a factor of 20."
+    return note
 
 
 def _png(image: Any) -> bytes:
