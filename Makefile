@@ -29,9 +29,11 @@ run: install
 	$(KEDRO) run --pipeline evaluate --env $(ENV)
 	@$(BIN)/python -m aavae.report data/08_reporting/metrics.json
 
-## test: install with test extras, run the suite (an empty selection fails loudly)
+## test: install with test extras, run the suite in two workers (test files spread over them;
+## TEST_WORKERS=0 runs it in one process), an empty selection fails loudly
+TEST_WORKERS ?= 2
 test: install-test
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
 	exit $$rc
 

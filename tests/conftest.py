@@ -6,9 +6,11 @@ benchmarks); they are re-exported here, where the test files import them from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.project import (  # noqa: F401 - re-exported for the test files
     DATA_LAYERS,
@@ -18,6 +20,13 @@ from tests.helpers.project import (  # noqa: F401 - re-exported for the test fil
     kedro,
     project_runs,
 )
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers: each gets its share of the cores for torch, and so do the
+    # processes it starts (torch's threads spin for a core, and slow tenfold beside a busy one).
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    torch.set_num_threads(_share)
 
 
 @pytest.fixture(scope="session")

@@ -145,10 +145,14 @@ def test_the_checks_name_both_sides_and_the_fix(caplog):
 
 def test_a_training_run_of_other_data_never_gets_the_metrics(trained, monkeypatch):
     """tracking refuses to copy onto a run whose data.sha256 tag differs, whoever asks."""
+    from mlflow.tracking._tracking_service import utils as tracking_uri
+
     from aavae import tracking
 
     uri = f"sqlite:///{trained / 'mlflow.db'}"
+    # the environment variable and any URI an earlier test set in this process: both point here
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking_uri, "_tracking_uri", uri)
     run, client = _training_run(trained), MlflowClient(uri)
     tracking.log_metrics_to_run(run.info.run_id, {"eval_probe": 0.5}, data_sha256="0" * 64)
     assert "eval_probe" not in client.get_run(run.info.run_id).data.metrics

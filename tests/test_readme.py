@@ -14,8 +14,9 @@ def readme_metric_names() -> set[str]:
     readme = (PROJECT_ROOT / "README.md").read_text()
     paragraph = readme[readme.index("`train_<name>`"):]
     paragraph = paragraph[: paragraph.index("\n\n")]
-    listed = set(re.findall(r"`([a-z_]+)`", paragraph.split("for these names:")[1]))
-    return {f"{split}_{name}" for split in ("train", "val") for name in listed - {"epoch"}} | {"epoch"}
+    listed = set(re.findall(r"`([a-z_]+)`", paragraph.split("for these names:")[1].split("plus `epoch`")[0]))
+    sectioned = set(re.findall(r"`(loss/[a-z]+)`", paragraph))
+    return {f"{split}_{name}" for split in ("train", "val") for name in listed - {"epoch"}} | {"epoch"} | sectioned
 
 
 def test_readme_lists_exactly_the_metrics_pretraining_logs(digits_project):

@@ -74,8 +74,10 @@ def test_running_runs_of_gone_processes_are_killed_and_the_others_left_alone(sto
 
 def test_every_run_records_its_process_from_its_creation(store):
     previous = tracking.tag_runs_opened_from_here()
+    # an experiment of this store: an earlier test in the process may have made another active
+    experiment = MlflowClient(store).create_experiment("records")
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             tags = MlflowClient(store).get_run(run.info.run_id).data.tags
     finally:
         tracking.stop_tagging_runs(previous)
