@@ -270,6 +270,23 @@ def test_cifar10_missing_or_unknown_path_lists_accepted_layouts(tmp_path):
         read_cifar10(tmp_path)
 
 
+def test_a_jpeg_copy_given_to_the_cifar10_reader_is_pointed_to_the_imagefolder_env(tmp_path):
+    """The issue's case: `--env cifar10` on a JPEG tree, as a folder and as an archive."""
+    tree = tmp_path / "cifar10_jpeg"
+    (tree / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tree / "train" / "cat" / "0.jpg")
+    hint = "--env imagefolder --params dataset.path=<it>"
+    with pytest.raises(DatasetError, match="does not hold CIFAR-10") as in_folder:
+        read_cifar10(tree)
+    assert hint in str(in_folder.value)
+    archive = tmp_path / "cifar10_jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10_jpeg")
+    with pytest.raises(DatasetError, match="lacks batches.meta") as in_archive:
+        read_cifar10(archive)
+    assert hint in str(in_archive.value)
+
+
 # -- STL-10 ------------------------------------------------------------------------------------
 
 STL_COUNTS = {"train": 3, "test": 2, "unlabeled": 4}

@@ -545,6 +545,12 @@ class OfficialArchive:
     url: str
     md5: str
 
+    def image_folder_hint(self) -> str:
+        """What to do when the path holds image files instead (a JPEG copy of the dataset)."""
+        return (f"If it holds image files (<split>/<class>/<image>, e.g. a JPEG copy of "
+                f"{self.dataset.split(' (')[0]}), read it with --env imagefolder --params "
+                f"dataset.path=<it> instead.")
+
     def accepted_layouts(self) -> str:
         return (
             f"the archive '{self.archive_name}', its extracted folder '{self.folder_name}/' "
@@ -577,7 +583,8 @@ def locate_official(path: str | os.PathLike, archive: OfficialArchive, download:
         raise DatasetError(
             f"Folder '{path}' does not hold {archive.dataset} in a known layout. Accepted: "
             f"{archive.accepted_layouts()}. Point dataset.path to one of these, or add "
-            f"--params dataset.download=true to fetch {archive.url} into it."
+            f"--params dataset.download=true to fetch {archive.url} into it. "
+            f"{archive.image_folder_hint()}"
         )
     raise DatasetError(
         f"{archive.dataset} path '{path}' does not exist. Accepted: "

@@ -231,7 +231,7 @@ def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
         raise DatasetError(
             f"{source.describe()} lacks {', '.join(missing)}. Expected the CIFAR-10 python "
             f"batches {', '.join(sorted(needed))}: use the official {CIFAR10.archive_name} "
-            "(--params dataset.download=true fetches it)."
+            f"(--params dataset.download=true fetches it). {CIFAR10.image_folder_hint()}"
         )
     return contents
 

@@ -139,7 +139,7 @@ def _read_files(
         raise DatasetError(
             f"{source.describe()} lacks {', '.join(missing)} (needed for splits {', '.join(splits)}). "
             f"Expected the official STL-10 binary files: use {STL10.archive_name} "
-            f"(--params dataset.download=true fetches it){without}."
+            f"(--params dataset.download=true fetches it){without}. {STL10.image_folder_hint()}"
         )
     for split in labels:
         if len(labels[split]) != len(images[split]):
