@@ -114,6 +114,15 @@ def test_evaluating_without_a_model_says_what_to_run(project):
         "--pipeline pretrain` first, or set --params evaluate.checkpoint=<path>." in text
 
 
+def test_evaluate_in_the_imagefolder_env_needs_no_dataset_path(project):
+    """Evaluate reads what ingest stored: the folder's path is asked for by ingest alone."""
+    result = kedro(project, "--pipeline", "evaluate", "--env", "imagefolder", check=False, timeout=600)
+    text = output(result)
+    assert "dataset.path is required" not in text and "No model to evaluate" in text, text[-3000:]
+    result = kedro(project, "--pipeline", "ingest", "--env", "imagefolder", check=False, timeout=600)
+    assert "dataset.path is required to ingest dataset.name=imagefolder" in output(result)
+
+
 def raised(function, *args):
     try:
         function(*args)

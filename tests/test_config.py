@@ -32,9 +32,10 @@ def test_unknown_group_and_several_problems_reported_together():
     assert "'views.flip_p'" in message
 
 
-def test_imagefolder_needs_a_path():
-    with pytest.raises(ConfigError, match="dataset.path is required"):
-        parse("dataset", {"name": "imagefolder"})
+def test_imagefolder_needs_a_path_to_ingest_and_none_after():
+    config = parse("dataset", {"name": "imagefolder"})  # evaluate and embed need no path
+    with pytest.raises(ConfigError, match="dataset.path is required to ingest"):
+        config.require_path()
 
 
 def test_kl_coeff_follows_the_objective():

@@ -53,14 +53,15 @@ class DatasetConfig(_Schema):
             )
         return self
 
-    @model_validator(mode="after")
-    def _path_given(self) -> DatasetConfig:
+    def require_path(self) -> None:
+        """Ingesting an image folder needs its path; nothing after ingest does (evaluate and
+        embed read the ingested images), so this is checked where the folder is read."""
         if self.name == "imagefolder" and not self.path:
-            raise ValueError(
-                "dataset.path is required for dataset.name=imagefolder: give a folder or "
-                ".tar/.tar.gz/.zip holding <split>/<class>/<image> files"
+            raise ConfigError(
+                "dataset.path is required to ingest dataset.name=imagefolder: give a folder or "
+                ".tar/.tar.gz/.zip holding <split>/<class>/<image> files (--params "
+                "dataset.path=<it>). Evaluate reads the images ingest stored and needs none."
             )
-        return self
 
 
 class ViewsConfig(_Schema):

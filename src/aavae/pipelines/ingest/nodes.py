@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[str, Any]]:
     """Read the dataset named by ``params:dataset``; return train, test, unlabeled, card."""
     config = parse("dataset", dataset, DatasetConfig)
+    config.require_path()
     result = read_dataset(config)
     # every split carries the ingest's data fingerprint, so what is made from it can say so
     train, test, unlabeled = (replace(split, fingerprint=result.sha256) for split in pipeline_splits(result))
