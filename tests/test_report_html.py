@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from aavae.plots import curves_figure, embedding_figure, figure_png, image_grid, retrieval_figure
+from aavae.report import main as report_main
 from aavae.report_html import PNG_SIGNATURE, ReportImage, flatten_params, render_report
 
 METRICS = {
@@ -126,6 +127,20 @@ def test_report_escapes_text_and_lists_flattened_parameters():
 def test_report_summary_names_the_checkpoint_and_protocol():
     document = render_report({**METRICS, "checkpoint": "/ckpt/last.ckpt", "protocol": "paper"}, {})
     assert "/ckpt/last.ckpt" in document and "paper" in document
+
+
+@pytest.mark.parametrize("epochs, said", [(0.44, True), (1, False), (30, False), (None, False)])
+def test_a_run_shorter_than_an_epoch_is_explained_in_both_reports(epochs, said, tmp_path, capsys):
+    metrics = {**METRICS, "epochs": epochs}
+    document = render_report(metrics, {})
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    assert report_main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    for text in (document, printed):
+        assert ("0.44 of an epoch" in text and "not that the method failed" in text) is said
+    if said:
+        assert "pretraining epochs</dt><dd>0.44" in document
 
 
 def test_report_refuses_what_is_not_png():

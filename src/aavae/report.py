@@ -11,6 +11,20 @@ from typing import Any
 KEYS = ("linear_top1", "linear_top5", "knn_top1")
 
 
+def short_training_note(epochs: Any) -> str | None:
+    """What a reader should know about a model trained for under one epoch (None otherwise).
+
+    ``epochs`` is the fraction actually trained (``pretrain.max_time_minutes`` can stop a run
+    mid-epoch); so little training can leave the features below a random network's."""
+    if not isinstance(epochs, (int, float)) or epochs >= 1:
+        return None
+    return (f"The model trained for {epochs:.2f} of an epoch (pretrain.max_time_minutes stopped it, "
+            "or pretrain.max_epochs is under 1): too little for its features to beat a random "
+            "network's, so a pretrained row below random_init says the run was short, not that "
+            "the method failed. Train longer (pretrain.max_time_minutes, or resume: the same "
+            "command continues from the checkpoint).")
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: the learned features beside each baseline."""
     rows = [(f"{metrics.get('objective', 'model')} (pretrained)", metrics)]
@@ -30,6 +44,9 @@ def main(argv: list[str]) -> int:
     metrics = json.loads(path.read_text())
     print(f"\nDataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')})\n")
     print(results_table(metrics))
+    note = short_training_note(metrics.get("epochs"))
+    if note:
+        print(f"\nNote: {note}")
     print(
         f"\nLinear-eval accuracy: {100 * metrics['linear_top1']:.2f}%\n"
         f"The report:            {path.parent / 'report.html'}\n"

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aavae.report import short_training_note  # the printed report says the same
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ACCURACY_COLUMNS = (
     ("linear_top1", "linear top-1"),
@@ -146,7 +148,9 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         for key, label in SUMMARY_KEYS
         if metrics.get(key) is not None
     ]
-    return f'<dl class="summary">{"".join(items)}</dl>' if items else ""
+    note = short_training_note(metrics.get("epochs"))
+    summary = f'<dl class="summary">{"".join(items)}</dl>' if items else ""
+    return summary + (f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' if note else "")
 
 
 def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
