@@ -89,7 +89,7 @@ step lightning 240 $PY benchmarks/lightning_overhead.py --device "$DEVICE" $LO
 step evaluate 180 $PY benchmarks/evaluate.py --device "$DEVICE" $EVAL_ARGS
 # 6. A short real pipeline run on the CIFAR-10 JPEG copy: pretrain, then evaluate.
 PROJECT=$(mktemp -d)
-cp -r conf pyproject.toml .telemetry "$PROJECT"/ 2>/dev/null; rm -rf "$PROJECT/conf/local"; mkdir -p "$PROJECT/conf/local"
+cp -r conf src pyproject.toml .telemetry "$PROJECT"/ 2>/dev/null; rm -rf "$PROJECT/conf/local"; mkdir -p "$PROJECT/conf/local"
 for layer in 01_raw 02_intermediate 03_primary 04_feature 05_model_input 06_models 07_model_output 08_reporting; do mkdir -p "$PROJECT/data/$layer"; done
 ACCEL=cpu; [ "$DEVICE" = cuda ] && ACCEL=gpu
 PARAMS="dataset.path=$PWD/$ARCHIVE,$KEDRO_PARAMS,pretrain.accelerator=$ACCEL,evaluate.baselines=[random_init]"
