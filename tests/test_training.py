@@ -32,6 +32,7 @@ from aavae.training import (
 )
 from aavae.training.module import resolve_switch
 from aavae.views import ViewPolicy, channel_tensors
+from tests.helpers.interrupts import InterruptAt
 
 
 def test_warmup_then_cosine():
@@ -166,17 +167,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     fresh = _weights(_module(max_epochs=2))
     assert any(not torch.allclose(fresh[k].float(), v.float()) for k, v in _weights(resumed).items()
                if v.is_floating_point())
-
-
-class InterruptAt(pl.Callback):
-    """Ctrl+C after ``step`` optimisation steps, as a user would press it."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_mid_epoch_interruption_resumes_to_the_uninterrupted_weights(tmp_path):

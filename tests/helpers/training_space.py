@@ -22,7 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -33,19 +32,9 @@ from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import PretrainModule, TrainingImages, ValidationViews, build_trainer, fit
 from aavae.views import ViewPolicy
+from tests.helpers.interrupts import InterruptAt
 
 STEPS = 3
-
-
-class InterruptAt(pl.Callback):
-    """Ctrl+C after ``step`` optimisation steps."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def _module(case: dict) -> PretrainModule:
