@@ -285,6 +285,7 @@ def test_a_jpeg_copy_given_to_the_cifar10_reader_is_pointed_to_the_imagefolder_e
     with pytest.raises(DatasetError, match="lacks batches.meta") as in_archive:
         read_cifar10(archive)
     assert hint in str(in_archive.value)
+    assert "--env cifar10_short" in str(in_archive.value), "the short recipe is named too"
 
 
 # -- STL-10 ------------------------------------------------------------------------------------

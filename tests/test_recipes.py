@@ -349,3 +349,15 @@ def trained_looking_vae() -> AAVAENet:
     with torch.no_grad():
         net.posterior(torch.randn(8, 3, 16, 16))
     return net.eval()
+
+
+def test_the_short_cifar10_env_is_the_budget_benchmarks_recipe_on_an_image_tree():
+    """conf/cifar10_short: what README's short CIFAR-10 run trains (and budget_cifar10.py measured)."""
+    params = recipe("cifar10_short")
+    dataset, model, pretrain = params["dataset"], params["model"], params["pretrain"]
+    assert (dataset.name, dataset.image_size, dataset.path) == ("imagefolder", 32, None)
+    assert (model.encoder, model.stem, model.width, model.latent_dim) == ("resnet18", "cifar", 32, 128)
+    assert (pretrain.max_time_minutes, pretrain.schedule_to_time_limit) == (8, True)
+    assert (pretrain.batch_size, pretrain.learning_rate, pretrain.warmup_epochs,
+            pretrain.warmup_fraction, pretrain.schedule) == (256, 1e-3, 0, 0.05, "cosine")
+    assert pretrain.max_epochs > 1000, "the time limit, not the epochs, ends the run"

@@ -178,7 +178,9 @@ def test_evaluate_pipeline_writes_the_report_and_embedding(digits_project):
     metrics = json.loads((reporting / "metrics.json").read_text())
     assert metrics["protocol"] == "frozen_features"
     for scores in (metrics, *metrics["baselines"].values()):
-        assert {"linear_top1", "linear_top5", "knn_top1", "per_class"} <= set(scores)
+        assert {"linear_top1", "linear_top5", "knn_top1", "per_class", "few_label_1_top1",
+                "few_label_1_top1_sd"} <= set(scores)
+    assert metrics["few_label_draws"] == 3  # conf/test
 
     document = (reporting / "report.html").read_text()
     parsed = parse(document)

@@ -8,7 +8,7 @@ naming the dotted key (``pretrain.learning_rate``) and what was expected.
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -261,6 +261,11 @@ class EvaluateConfig(_Schema):
     batch_size: int = Field(512, ge=1)
     probe_val_fraction: float = Field(0.1, gt=0, lt=1)
     probe_weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    few_labels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (1, 5, 10), description="labels per class of the few-label linear probe (every count is "
+        "drawn few_label_draws times, the table leads with the smallest); [] turns it off",
+    )
+    few_label_draws: int = Field(20, ge=1, description="draws of the labelled images per count")
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.1, gt=0)
     baselines: tuple[Literal["random_init", "raw_pixels"], ...] = ("random_init", "raw_pixels")

@@ -13,15 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aavae.report import short_training_note  # the printed report says the same
+from aavae.report import (  # the printed report says the same
+    accuracy_columns,
+    conclusion,
+    short_training_note,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ACCURACY_COLUMNS = (
-    ("linear_top1", "linear top-1"),
-    ("linear_top5", "linear top-5"),
-    ("knn_top1", "kNN top-1"),
-    ("knn_top5", "kNN top-5"),
-)
 SUMMARY_KEYS = (
     ("dataset", "dataset"),
     ("objective", "objective"),
@@ -107,9 +105,11 @@ def render_report(
         *(f'<p class="muted">{_e(note)}</p>' for note in notes),
         _summary(metrics),
         "<h2>Accuracy on the test split</h2>",
-        _accuracy_table(rows),
-        '<p class="muted">Linear: a linear classifier on the frozen representation; kNN: '
-        "weighted cosine k-nearest neighbours. Baselines use the same protocol. "
+        _accuracy_table(rows, [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]),
+        *(f"<p>{_e(text)}</p>" for text in [conclusion(dict(metrics))] if text),
+        '<p class="muted">k labels/class: a linear classifier fitted on k labelled training images '
+        "per class, mean &plusmn; sd over draws of them; all labels: on the whole training split; "
+        "kNN: weighted cosine k-nearest neighbours. Baselines use the same protocol and draws. "
         "Best value per column in bold.</p>",
         "<h2>Per-class linear top-1 (recall)</h2>",
         _per_class_table(rows),
@@ -153,22 +153,24 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return summary + (f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' if note else "")
 
 
-def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
+def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]]) -> str:
     best = {}
-    for key, _ in ACCURACY_COLUMNS:
+    for key, _ in columns:
         values = [s.get(key) for _, s in rows if isinstance(s.get(key), (int, float))]
         best[key] = max(values) if values else None
     head = "<tr><th>features</th>" + "".join(
-        f'<th class="num">{_e(label)}</th>' for _, label in ACCURACY_COLUMNS
+        f'<th class="num">{_e(label)}</th>' for _, label in columns
     ) + "</tr>"
     lines = [head]
     for name, scores in rows:
         cells = []
-        for key, _ in ACCURACY_COLUMNS:
+        for key, _ in columns:
             value = scores.get(key)
             is_best = value is not None and value == best[key] and len(rows) > 1
             cls = "num best" if is_best else "num"
-            cells.append(f'<td class="{cls}">{_percent(value)}</td>')
+            sd = scores.get(f"{key}_sd")
+            spread = f" &plusmn; {100 * sd:.1f}" if isinstance(sd, (int, float)) and value is not None else ""
+            cells.append(f'<td class="{cls}">{_percent(value)}{spread}</td>')
         lines.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
     return "<table>" + "".join(lines) + "</table>"
 

@@ -549,7 +549,9 @@ class OfficialArchive:
         """What to do when the path holds image files instead (a JPEG copy of the dataset)."""
         return (f"If it holds image files (<split>/<class>/<image>, e.g. a JPEG copy of "
                 f"{self.dataset.split(' (')[0]}), read it with --env imagefolder --params "
-                f"dataset.path=<it> instead.")
+                f"dataset.path=<it> instead"
+                + (" (or --env cifar10_short: 8 minutes of pretraining)." if self.dataset.startswith("CIFAR-10")
+                   else "."))
 
     def accepted_layouts(self) -> str:
         return (

@@ -9,6 +9,8 @@ module per concern, all re-exported here so ``from aavae.evaluation import X`` k
   standardised features with full-batch L-BFGS. The L2 strength is chosen on a stratified
   validation part of the *training* split (:func:`stratified_split`), the model is refit on
   the whole training split, and the test split is touched exactly once.
+* :mod:`.few_labels` -- :func:`few_label_probe` fits the probe on 1, 5, 10 labels per class,
+  many draws each, and reports mean and sd: where a representation earns its keep.
 * :mod:`.knn` -- :func:`knn_classify` is the weighted cosine kNN of InstDisc/DINO/solo-learn;
   :func:`nearest_neighbours` finds the most cosine-similar rows.
 * :mod:`.paper_protocol` -- :func:`paper_linear_eval` is the paper's protocol instead: a
@@ -36,6 +38,7 @@ from aavae.evaluation.bundles import (
 )
 from aavae.evaluation.embedding import EMBEDDING_METHODS, embed_2d
 from aavae.evaluation.features import ArrayLike, extract_features
+from aavae.evaluation.few_labels import DEFAULT_LABELS_PER_CLASS, FewLabelScore, few_label_probe
 from aavae.evaluation.knn import knn_classify, nearest_neighbours
 from aavae.evaluation.paper_protocol import (
     PAPER_AUGMENTATIONS,
@@ -52,6 +55,7 @@ from aavae.evaluation.scoring import TOP_K, ClassifierResult, accuracy_report
 
 __all__ = [
     "BUNDLE_KEYS",
+    "DEFAULT_LABELS_PER_CLASS",
     "DEFAULT_WEIGHT_DECAYS",
     "EMBEDDING_METHODS",
     "PAPER_AUGMENTATIONS",
@@ -60,11 +64,13 @@ __all__ = [
     "TOP_K",
     "ArrayLike",
     "ClassifierResult",
+    "FewLabelScore",
     "accuracy_report",
     "baseline_encoder",
     "bundle_from_checkpoint",
     "embed_2d",
     "extract_features",
+    "few_label_probe",
     "knn_classify",
     "linear_probe",
     "make_bundle",

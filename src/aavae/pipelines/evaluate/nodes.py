@@ -20,6 +20,7 @@ from aavae.evaluation import (
     accuracy_report,
     baseline_encoder,
     embed_2d,
+    few_label_probe,
     knn_classify,
     linear_probe,
     model_from_bundle,
@@ -82,8 +83,13 @@ def _score(train_x, test_x, split: _Split, encoder, class_names, config,
         probe = _linear_eval(train_x, test_x, split, encoder, class_names, config)
         knn = knn_classify(train_x, split.images_train.labels, test_x, split.images_test.labels,
                            len(class_names), class_names, k=config.knn_k, temperature=config.knn_temperature)
+        few = few_label_probe(train_x, split.images_train.labels, test_x, split.images_test.labels,
+                              len(class_names), labels_per_class=config.few_labels,
+                              draws=config.few_label_draws, seed=config.seed)
     linear, neighbours = accuracy_report(probe), accuracy_report(knn)
     scores = {
+        **{f"few_label_{s.labels_per_class}_top1": s.mean for s in few},
+        **{f"few_label_{s.labels_per_class}_top1_sd": s.sd for s in few},
         "linear_top1": linear["top1"], "linear_top5": linear["top5"],
         "knn_top1": neighbours["top1"], "knn_top5": neighbours["top5"],
         "per_class": linear["per_class"], "probe_weight_decay": probe.chosen.get("weight_decay"),
@@ -122,6 +128,7 @@ def evaluate(
         "training_run_id": evaluation_model.get("mlflow_run_id"),
         "checkpoint": evaluation_model.get("checkpoint"),
         "protocol": config.protocol,
+        "few_label_draws": config.few_label_draws if config.few_labels else None,
         **scores,
         "baselines": {},
     }
@@ -163,7 +170,8 @@ def _check_features(features_train, features_test, baseline_features, evaluation
 
 
 def _flat_scores(metrics: dict[str, Any]) -> dict[str, float]:
-    keys = ("linear_top1", "linear_top5", "knn_top1", "knn_top5")
+    few = tuple(k for k in metrics if k.startswith("few_label_") and k != "few_label_draws")
+    keys = (*few, "linear_top1", "linear_top5", "knn_top1", "knn_top5")
     flat = {k: metrics[k] for k in keys}
     for name, baseline in metrics["baselines"].items():
         flat.update({f"{name}_{k}": baseline[k] for k in keys})
