@@ -6,7 +6,7 @@ KEDRO  := $(BIN)/kedro
 ENV    ?= base
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: run test install install-test pretrain evaluate viz mlflow lint clean
+.PHONY: run test test-fast install install-test pretrain evaluate viz mlflow lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(KEDRO) run --pipeline pretrain --env $(ENV)
 	$(KEDRO) run --pipeline evaluate --env $(ENV)
-	@$(BIN)/python -m aavae.report data/08_reporting/metrics.json
+	@$(BIN)/python -m aavae.reporting.report data/08_reporting/metrics.json
 
 ## test: install with test extras, run the suite in two workers (test files spread over them;
 ## TEST_WORKERS=0 runs it in one process), an empty selection fails loudly
@@ -36,6 +36,11 @@ test: install-test
 	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; \
 	exit $$rc
+
+## test-fast: the same without the tests that start processes or real kedro runs (marker `slow`):
+## the inner loop, a few minutes; CI and `make test` run everything
+test-fast: install-test
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 pretrain: install
 	$(KEDRO) run --pipeline pretrain --env $(ENV)

@@ -363,14 +363,6 @@ def run_pipeline(
     return time.perf_counter() - started
 
 
-def epoch_shape(train_size: int, batch_size: int) -> tuple[int, int]:
-    """Steps per epoch and images per step of the pretraining loader: full batches only, or
-    the whole set in one step when it is smaller than a batch."""
-    if train_size >= batch_size:
-        return train_size // batch_size, batch_size
-    return 1, train_size
-
-
 def train_size(card: dict[str, Any]) -> int:
     splits = card["splits"]
     return sum(splits[name]["count"] for name in ("train", "unlabeled") if name in splits)
@@ -405,7 +397,9 @@ def measure(
     metrics = json.loads((project / METRICS).read_text())
     card = json.loads((project / DATASET_CARD).read_text())
     bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
-    steps_per_epoch, per_step = epoch_shape(train_size(card), batch_size)
+    from aavae.training.data import batch_shape
+
+    steps_per_epoch, per_step = batch_shape(train_size(card), batch_size)  # the training loader's
     # The optimisation steps the run made (a budget usually ends mid-epoch); whole epochs
     # for a bundle from before the engine recorded them.
     steps = int(bundle.get("steps", int(bundle["epochs"]) * steps_per_epoch))

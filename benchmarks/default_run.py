@@ -42,8 +42,8 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "src"))
 
-from aavae.report import accuracy_columns  # noqa: E402 - after the path is set
-from aavae.training.engine import cpu_has_fast_bf16  # noqa: E402
+from aavae.common.hardware import cpu_has_fast_bf16  # noqa: E402
+from aavae.reporting.report import accuracy_columns  # noqa: E402 - after the path is set
 
 METRICS = Path("data/08_reporting/metrics.json")
 KEPT = Path("data/08_reporting/default_run")

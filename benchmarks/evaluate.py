@@ -34,8 +34,8 @@ import torch
 
 from aavae.data.imagefolder import read_imagefolder
 from aavae.evaluation import baseline_encoder, extract_features, knn_classify, linear_probe
-from aavae.inference import resolve_precision
 from aavae.models import ModelSpec, build_model
+from aavae.serving.inference import resolve_precision
 from aavae.views import channel_stats
 
 

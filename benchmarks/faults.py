@@ -1,6 +1,6 @@
 """Kill -9 pretraining and evaluation at seeded random moments; rerun; compare with a clean run.
 
-What it checks (README, "Reliability"): a process killed with SIGKILL at *any* moment (kedro
+What it checks (docs/reliability.md): a process killed with SIGKILL at *any* moment (kedro
 starting, ingest writing, training between or during checkpoint writes, the model being
 registered, evaluation writing its reports) loses nothing but time: rerunning the same
 command completes, the final weights equal those of an uninterrupted run, the evaluation's

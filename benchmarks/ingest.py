@@ -54,7 +54,7 @@ from PIL import Image  # noqa: E402
 
 from aavae.data import imagefolder  # noqa: E402
 from aavae.data.imageset import load_imageset  # noqa: E402
-from aavae.datasets import ImageSetDataset  # noqa: E402
+from aavae.kedro_ext.datasets import ImageSetDataset  # noqa: E402
 from aavae.pipelines.ingest.nodes import ingest  # noqa: E402
 
 MB = 1024**2

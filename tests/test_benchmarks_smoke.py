@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = PROJECT_ROOT / "benchmarks" / "pretrain_throughput.py"
+from tests.helpers.benchmarks import run_benchmark
+from tests.helpers.project import PROJECT_ROOT
+
 ENGINE_ROW = re.compile(r"^engine: (aavae|aavae-compiled|paper) images_per_s: \d+\.\d step_ms: \d+\.\d\b")
 
 
-def run_benchmark(*flags: str, script: Path = SCRIPT) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    return subprocess.run(
-        [sys.executable, str(script), *flags],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_pretrain_throughput_reports_both_engines_and_ends_with_the_ratio():

@@ -23,7 +23,7 @@ from aavae.training import (
     fit,
 )
 from aavae.views import ViewPolicy
-from tests.test_training import _assert_same_weights, _weights  # noqa: I001
+from tests.helpers.training import assert_same_weights, weights_of
 
 
 def _module(max_epochs: int) -> PretrainModule:
@@ -106,7 +106,7 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint_and_fails_clearly(tm
     # Space freed, the same command resumes from it to the uninterrupted weights.
     resumed = _module(max_epochs=2)
     assert fit(resumed, build_trainer(resumed.config, folder), folder) == (2, 4)
-    _assert_same_weights(_weights(straight), _weights(resumed))
+    assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
 class StopAt(pl.Callback):
@@ -134,7 +134,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_intact_periodic_one(tmp_pa
         assert fit(resumed, build_trainer(resumed.config, folder), folder) == (4, 8)
 
     assert "Using checkpoint epoch0002.ckpt (step 4) instead of the unreadable last.ckpt" in caplog.text
-    _assert_same_weights(_weights(straight), _weights(resumed))
+    assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
 def _dead_pid() -> int:
@@ -150,7 +150,7 @@ def test_the_next_run_removes_temporaries_of_a_killed_writer_and_names_them(tmp_
     it (a live writer's stays), and says so."""
     import os
 
-    from aavae.liveness import temporary_prefix
+    from aavae.common.liveness import temporary_prefix
     from tests.conftest import copy_project, kedro
 
     project = copy_project(tmp_path)

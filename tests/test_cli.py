@@ -43,7 +43,7 @@ def test_an_unknown_environment_is_named_with_the_ones_that_exist(project):
     text = output(result)
     assert result.returncode != 0
     assert "Environment 'cifar100' does not exist" in text and "Did you mean 'cifar10'?" in text
-    assert "base, cifar10, imagefolder, local, stl10, test" in text
+    assert "base, cifar10, cifar10_short, imagefolder, local, stl10, test" in text
     assert "Traceback" not in text and "tracking backend" not in text
 
 
@@ -136,8 +136,8 @@ def test_only_errors_with_the_projects_own_message_lose_their_traceback():
     from kedro.io import DatasetError as KedroDatasetError
 
     from aavae.cli import project_error
+    from aavae.common.provenance import ProvenanceError
     from aavae.evaluation import linear_probe
-    from aavae.provenance import ProvenanceError
 
     ours = raised(linear_probe, np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 3)), np.zeros(4, int), 2)
     assert "feature columns" in str(ours) and project_error(ours), "a ValueError our code raised"
@@ -160,7 +160,7 @@ def test_mlflow_ui_gets_an_address_that_opens_the_training_runs_with_the_loss_ch
     address = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
                "?workflowType=machine_learning")
     assert address in re.sub(r"\s+", "", (digits_project / "evaluate.log").read_text())  # however Rich wrapped it
-    printed = subprocess.run([sys.executable, "-m", "aavae.report", "data/08_reporting/metrics.json"],
+    printed = subprocess.run([sys.executable, "-m", "aavae.reporting.report", "data/08_reporting/metrics.json"],
                              cwd=digits_project, capture_output=True, text=True, timeout=120)
     assert f"then open {address}" in printed.stdout, printed.stdout + printed.stderr
     assert "report.html" in printed.stdout and "kedro viz run --no-browser" in printed.stdout

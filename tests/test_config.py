@@ -1,5 +1,7 @@
 """Parameter validation names the bad key and what was expected."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -65,3 +67,34 @@ def test_the_registry_name_takes_only_known_placeholders_and_embed_defaults_need
     with pytest.raises(ConfigError, match="'registry.model_name'"):
         parse("registry", {"model_name": "{user}-encoder"})
     assert parse("embed", {}).path is None
+
+
+def test_the_committed_parameter_reference_is_what_the_schemas_generate():
+    from aavae.config import REFERENCE_COMMAND, parameter_reference
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "parameters.md").read_text()
+    assert committed == parameter_reference(), f"docs/parameters.md is out of date: run `{REFERENCE_COMMAND}`"
+
+
+def test_every_parameter_has_a_meaning_in_the_reference():
+    from aavae.config import SCHEMAS
+
+    missing = [f"{group}.{name}" for group, schema in SCHEMAS.items()
+               for name, info in schema.model_fields.items() if not info.description]
+    assert missing == []
+
+
+def test_conf_base_states_the_schemas_defaults_so_there_is_one_source_of_defaults():
+    from aavae.config import SCHEMAS
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/base/parameters.yml").read_text())
+    differ = []
+    for group, values in base.items():
+        defaults = {name: info.default for name, info in SCHEMAS[group].model_fields.items()}
+        for key, value in values.items():
+            default = defaults[key]
+            if isinstance(default, tuple):
+                default = list(default)
+            if value != default:
+                differ.append(f"{group}.{key}: conf/base {value!r}, schema {default!r}")
+    assert differ == []

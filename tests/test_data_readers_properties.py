@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from aavae.data.errors import DatasetError
-from aavae.data.imagefolder import PIL_FORMATS, RESIZE_POLICIES, fit_image, read_imagefolder
+from aavae.data.fit import RESIZE_POLICIES, fit_image
+from aavae.data.imagefolder import PIL_FORMATS, read_imagefolder
 
 PIXEL_BUDGET = 120_000  # pixels of one drawn image: a 4,000 x 30 strip, or 346 x 346
 MAX_SIDE = 4_000
@@ -189,8 +190,8 @@ def archive_bytes(form: str) -> bytes:
     return buffer.getvalue()
 
 
-def read_or_named_error(data: bytes, form: str) -> None:
-    """Read ``data`` as an image-folder archive: success, or a DatasetError naming it."""
+def read_or_named_error(data: bytes, form: str):
+    """Read ``data`` as an image-folder archive: the result, or None after a DatasetError naming it."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"damaged.{form}"
         path.write_bytes(data)
@@ -198,9 +199,19 @@ def read_or_named_error(data: bytes, form: str) -> None:
             result = read_imagefolder(path, image_size=4, workers=1)
         except DatasetError as error:
             assert str(path) in str(error), str(error)
-            return
+            return None
     for imageset in result.splits.values():
         assert imageset.images.dtype == np.uint8 and imageset.images.shape[1:] == (4, 4, 3)
+    return result
+
+
+def assert_every_member_read(result, form: str) -> None:
+    """A read that succeeds holds what the undamaged archive holds: never a silent part of it."""
+    whole = read_or_named_error(archive_bytes(form), form)
+    assert result.splits.keys() == whole.splits.keys()
+    for split, imageset in whole.splits.items():
+        np.testing.assert_array_equal(result.splits[split].images, imageset.images)
+        np.testing.assert_array_equal(result.splits[split].labels, imageset.labels)
 
 
 FORMS = st.sampled_from(["tar", "tar.gz", "zip"])
@@ -210,7 +221,9 @@ FORMS = st.sampled_from(["tar", "tar.gz", "zip"])
 @given(form=FORMS, fraction=st.floats(0, 1, exclude_max=True))
 def test_a_truncated_archive_is_a_dataset_error_naming_it(form, fraction):
     data = archive_bytes(form)
-    read_or_named_error(data[: int(len(data) * fraction)], form)
+    result = read_or_named_error(data[: int(len(data) * fraction)], form)
+    if result is not None:  # only a cut in tar's trailing zero padding leaves every member whole
+        assert_every_member_read(result, form)
 
 
 @SETTINGS
@@ -220,7 +233,7 @@ def test_an_archive_with_flipped_bits_reads_or_is_a_dataset_error_naming_it(form
     data = bytearray(archive_bytes(form))
     for where, bit in flips:
         data[int(len(data) * where)] ^= 1 << bit
-    read_or_named_error(bytes(data), form)
+    read_or_named_error(bytes(data), form)  # flipped pixels may decode: any uint8 image is valid
 
 
 def tar_size_field(declared: int) -> bytes:
@@ -236,15 +249,16 @@ def tar_size_field(declared: int) -> bytes:
     member=st.integers(0, len(MEMBERS) - 1),
     declared=st.one_of(st.integers(0, 2**33), st.integers(2**33, 2**80)),
 )
-def test_a_member_declaring_any_size_is_a_dataset_error_naming_the_archive(form, member, declared):
-    """Sizes up to 2**80 bytes are written into a member's header and refused before reading."""
+def test_a_member_declaring_any_size_reads_whole_or_is_a_dataset_error_naming_the_archive(form, member, declared):
+    """Sizes up to 2**80 bytes are written into a member's header: refused, or read as the whole archive."""
     data = archive_bytes(form if form != "tar.gz" else "tar")
+    true_size = len(MEMBERS[list(MEMBERS)[member]])
     if form == "zip":
         data = bytearray(data)
         entries = [i for i in range(len(data)) if data[i : i + 4] == b"PK\x01\x02"]
         at = entries[member] + 24  # the central directory's uncompressed size field
         data[at : at + 4] = min(declared, 2**32 - 1).to_bytes(4, "little")
-        read_or_named_error(bytes(data), form)
+        check_declared(read_or_named_error(bytes(data), form), form, min(declared, 2**32 - 1) == true_size)
         return
     blocks = bytearray(data)
     headers, offset = [], 0
@@ -259,9 +273,27 @@ def test_a_member_declaring_any_size_is_a_dataset_error_naming_the_archive(form,
     if form == "tar.gz":
         import gzip
 
-        read_or_named_error(gzip.compress(bytes(blocks)), form)
+        result = read_or_named_error(gzip.compress(bytes(blocks)), form)
     else:
-        read_or_named_error(bytes(blocks), form)
+        result = read_or_named_error(bytes(blocks), form)
+    blocks_of = lambda size: (size + 511) // 512  # noqa: E731
+    if declared > len(blocks) - (at + 512):
+        assert result is None, "a member claiming more bytes than the archive holds must be refused"
+    elif blocks_of(declared) == blocks_of(true_size):  # the same blocks: the same archive
+        check_declared(result, form, declared == true_size)
+    # else the header moves every later member: by tar's own rules another, valid archive, which
+    # read_or_named_error has checked reads as uint8 images or fails naming the file.
+
+
+def check_declared(result, form: str, truthful: bool) -> None:
+    """A member's true size reads whole. Another size is an error naming the archive, or, where
+    the lie cannot move another member (a zip's central directory; a tar member's own padding)
+    and the image decodes regardless (bytes after a PNG's end are ignored), the very images of
+    the undamaged archive: never other content."""
+    if truthful:
+        assert result is not None, "the archive is undamaged"
+    if result is not None:
+        assert_every_member_read(result, form)
 
 
 @SETTINGS

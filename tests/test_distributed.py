@@ -16,7 +16,7 @@ import torch
 
 from aavae.training import build_trainer, fit
 from aavae.training.data import ImageArrays
-from tests.test_training import _assert_same_weights, _module, _weights
+from tests.helpers.training import assert_same_weights, small_module, weights_of
 
 
 def test_image_arrays_address_several_arrays_and_row_selections_as_one():
@@ -35,12 +35,12 @@ def test_image_arrays_address_several_arrays_and_row_selections_as_one():
 def test_host_streamed_batches_train_exactly_as_device_resident_ones(tmp_path):
     runs = {}
     for on_device in (True, False):
-        module = _module(max_epochs=2, data_on_device=on_device)
+        module = small_module(max_epochs=2, data_on_device=on_device)
         fit(module, build_trainer(module.config, tmp_path / str(on_device)), tmp_path / str(on_device),
             resume=False)
         assert (module._host is None) is on_device
-        runs[on_device] = (_weights(module), module.epoch_metrics)
-    _assert_same_weights(runs[True][0], runs[False][0])
+        runs[on_device] = (weights_of(module), module.epoch_metrics)
+    assert_same_weights(runs[True][0], runs[False][0])
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
 
 
@@ -49,15 +49,15 @@ def _flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def test_two_processes_give_one_process_weights_on_the_same_global_batch(tmp_path):
-    initial = _flat(_weights(_module(max_epochs=2)))
-    single = _module(max_epochs=2, sync_batchnorm=True)
+    initial = _flat(weights_of(small_module(max_epochs=2)))
+    single = small_module(max_epochs=2, sync_batchnorm=True)
     fit(single, build_trainer(single.config, tmp_path / "one"), tmp_path / "one", resume=False)
-    double = _module(max_epochs=2, sync_batchnorm=True, devices=2)
+    double = small_module(max_epochs=2, sync_batchnorm=True, devices=2)
     trainer = build_trainer(double.config, tmp_path / "two")
     fit(double, trainer, tmp_path / "two", resume=False)
     assert trainer.world_size == 2
     # ddp_spawn hands rank 0's weights back; batch-norm statistics are pooled over the ranks.
-    one, two = _flat(_weights(single)), _flat(_weights(double))
+    one, two = _flat(weights_of(single)), _flat(weights_of(double))
     update_one, update_two = one - initial, two - initial
     assert torch.nn.functional.cosine_similarity(update_one, update_two, dim=0) > 0.9999
     assert (one - two).norm() < 0.01 * update_one.norm()

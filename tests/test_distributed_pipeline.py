@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tests.conftest import copy_project, kedro, project_runs
-from tests.test_interruption import _wait_for_new_checkpoint
+from tests.helpers.interrupts import wait_for_new_checkpoint
 
 # Few, large steps in fp32. Adam amplifies rounding: after two epochs of 21 steps at batch 64,
 # two one-process runs that differ only in their thread count already differ by 19% (cosine
@@ -44,7 +44,7 @@ def test_two_spawned_ranks_train_like_one_process_and_resume_after_a_kill(tmp_pa
     first = subprocess.Popen([sys.executable, "-m", "kedro", "run", "--pipeline", "pretrain", "--env", "test",
                               "--params", TWO], cwd=two, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_new_checkpoint(two, first, after=0)
+    wait_for_new_checkpoint(two, first, after=0)
     first.kill()  # SIGKILL the node's process: its spawned ranks must not train on
     first.wait(timeout=60)
     time.sleep(2)

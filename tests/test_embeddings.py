@@ -1,4 +1,4 @@
-"""Tests of aavae.folder_images and aavae.embeddings: any folder or archive, embedded and indexed."""
+"""Tests of aavae.data.folder_images and aavae.serving.embeddings: any folder or archive, embedded and indexed."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from aavae.data.errors import DatasetError
+from aavae.data.folder_images import iter_image_batches, list_images, read_image
 from aavae.data.imagefolder import read_imagefolder
-from aavae.datasets import ArraysDataset
-from aavae.embeddings import NeighbourIndex, answer_query, embed_folder, read_indexed_images
-from aavae.folder_images import iter_image_batches, list_images, read_image
-from aavae.inference import ImageEncoder
+from aavae.kedro_ext.datasets import ArraysDataset
+from aavae.serving.embeddings import NeighbourIndex, answer_query, embed_folder, read_indexed_images
+from aavae.serving.inference import ImageEncoder
 from tests.conftest import SHARED_DATASETS
-from tests.test_inference import trained_looking_bundle
+from tests.helpers.bundles import trained_looking_bundle
 
 CIFAR_JPEG = SHARED_DATASETS / "cifar10_jpeg.tar.gz"
 

@@ -8,7 +8,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from tests.test_benchmarks_smoke import PROJECT_ROOT, run_benchmark
+from tests.helpers.benchmarks import run_benchmark
+from tests.helpers.project import PROJECT_ROOT
 
 
 def test_the_raw_pixel_baseline_is_timed_with_both_probes_on_an_image_folder(tmp_path):

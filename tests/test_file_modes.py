@@ -9,9 +9,9 @@ import stat
 import numpy as np
 import pytest
 
+from aavae.common.file_modes import current_umask, follow_umask
 from aavae.data.imageset import ImageSet
-from aavae.datasets import ArraysDataset, ImageSetDataset, TorchBundleDataset
-from aavae.file_modes import current_umask, follow_umask
+from aavae.kedro_ext.datasets import ArraysDataset, ImageSetDataset, TorchBundleDataset
 
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask 0022", "umask 0077"])

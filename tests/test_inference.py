@@ -1,4 +1,4 @@
-"""Tests of aavae.inference: a trained bundle's encoder on images of any size, as ingest sees them."""
+"""Tests of aavae.serving.inference: a trained bundle's encoder on images of any size, as ingest sees them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from aavae.data.imagefolder import read_imagefolder
 from aavae.evaluation import extract_features, model_from_bundle
-from aavae.inference import (
+from aavae.serving.inference import (
     CONTRACT,
     MU,
     REPRESENTATION,
@@ -23,19 +23,7 @@ from aavae.inference import (
     Preprocessing,
     check_image_batch,
 )
-from aavae.models import ModelSpec, build_model
-
-SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
-NORM = {"mean": [0.4, 0.5, 0.45], "std": [0.25, 0.2, 0.3]}
-
-
-def trained_looking_bundle() -> dict:
-    torch.manual_seed(3)
-    net = build_model(SPEC).train()
-    with torch.no_grad():  # batch-norm statistics away from their initial values
-        net.posterior(torch.randn(8, 3, 16, 16))
-    return {"state_dict": net.state_dict(), "spec": SPEC.to_dict(), "normalization": NORM,
-            "mlflow_run_id": "run-7", "dataset": "imagefolder", "objective": "aavae"}
+from tests.helpers.bundles import NORM, trained_looking_bundle
 
 
 def photos(n: int, seed: int = 0) -> list[np.ndarray]:

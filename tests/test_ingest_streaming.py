@@ -21,9 +21,9 @@ from aavae.data.errors import DatasetError
 from aavae.data.imagefolder import read_imagefolder
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
 from aavae.data.staging import NpyRows, npy_header
-from aavae.datasets import ImageSetDataset
+from aavae.kedro_ext.datasets import ImageSetDataset
 from tests.conftest import PROJECT_ROOT
-from tests.test_data_readers import build_tree, save, tar_folder
+from tests.helpers.datasets import build_tree, save, tar_folder
 
 CLASSES = ("cat", "dog")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import copy_project, kedro, project_runs
+from tests.helpers.interrupts import wait_for_new_checkpoint
 
 ARGS = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=6"]
 
@@ -22,17 +23,6 @@ def _start(project: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: float, timeout: float = 300) -> Path:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for last in (project / "data/06_models/checkpoints").glob("*/last.ckpt"):
-            if last.stat().st_mtime > after:
-                time.sleep(0.5)  # let the write finish
-                return last
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended ({process.returncode}) before writing a checkpoint")
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared in time")
 
 
 
@@ -40,7 +30,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     project = copy_project(tmp_path)
 
     first = _start(project)
-    last = _wait_for_new_checkpoint(project, first, after=0)
+    last = wait_for_new_checkpoint(project, first, after=0)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) != 0
     preview = project / "data/08_reporting/view_preview.png"
@@ -48,7 +38,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     assert not (project / "data/06_models/.pretrain.lock").exists(), "SIGTERM releases the pretraining lock"
 
     second = _start(project)
-    _wait_for_new_checkpoint(project, second, after=last.stat().st_mtime)
+    wait_for_new_checkpoint(project, second, after=last.stat().st_mtime)
     second.kill()  # SIGKILL: nothing in the process can react
     second.wait(timeout=60)
 

@@ -31,10 +31,15 @@ from mlflow.tracking import MlflowClient
 
 from aavae.config import RegistryConfig
 from aavae.data.imageset import load_imageset
-from aavae.datasets import TorchBundleDataset
-from aavae.inference import InputLimits
-from aavae.mlflow_model import TRAINING_RUN_TAG, RefusedImages, RegisteredEncoder, log_encoder_model
+from aavae.kedro_ext.datasets import TorchBundleDataset
 from aavae.pipelines.register.nodes import register_encoder
+from aavae.serving.inference import InputLimits
+from aavae.serving.mlflow_model import (
+    TRAINING_RUN_TAG,
+    RefusedImages,
+    RegisteredEncoder,
+    log_encoder_model,
+)
 from tests.helpers.serving import Server, free_port, tree_rss, wait_until_serving
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}

@@ -1,12 +1,12 @@
-"""Tests of aavae.plots: loss curves stay readable after a spike; the neighbour grid."""
+"""Tests of aavae.reporting.plots: loss curves stay readable after a spike; the neighbour grid."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aavae.plots import curves_figure, figure_png, neighbour_grid_figure, off_scale_points
-from aavae.report_html import PNG_SIGNATURE
+from aavae.reporting.plots import curves_figure, figure_png, neighbour_grid_figure, off_scale_points
+from aavae.reporting.report_html import PNG_SIGNATURE
 
 # A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
 SPIKED = {

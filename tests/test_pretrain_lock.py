@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from aavae.hooks import PretrainLockHooks
+from aavae.kedro_ext.hooks import PretrainLockHooks
+from aavae.kedro_ext.pretrain_lock import LOCK_NAME, PretrainLock, PretrainLocked
 from aavae.pipeline_registry import register_pipelines
-from aavae.pretrain_lock import LOCK_NAME, PretrainLock, PretrainLocked
 from tests.conftest import copy_project, kedro, project_runs
-from tests.test_interruption import _wait_for_new_checkpoint
+from tests.helpers.interrupts import wait_for_new_checkpoint
 
 LONG = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=60,pretrain.compile=false"]
 # ingest and views ran in the first run: the second trains a shorter configuration only
@@ -66,7 +66,7 @@ def test_the_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(tm
     gone = dead_pid()
     write_lock(path, pid=gone)
 
-    with caplog.at_level(logging.WARNING, logger="aavae.pretrain_lock"):
+    with caplog.at_level(logging.WARNING, logger="aavae.kedro_ext.pretrain_lock"):
         PretrainLock(path).acquire()
 
     assert json.loads(path.read_text())["pid"] == os.getpid()
@@ -137,7 +137,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
     lock = project / "data" / "06_models" / LOCK_NAME
 
     first = _start(project, LONG)
-    _wait_for_new_checkpoint(project, first, after=0)
+    wait_for_new_checkpoint(project, first, after=0)
     (first_run,) = project_runs(project)
     record = json.loads(lock.read_text())
     assert (record["pid"], record["mlflow_run_id"]) == (first.pid, first_run.info.run_id)
@@ -166,7 +166,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
 def test_an_interrupted_process_releases_its_lock_on_the_way_out(tmp_path, ending):
     # SIGTERM during training becomes SystemExit (training/engine.py fit); Ctrl+C a KeyboardInterrupt.
     path = tmp_path / LOCK_NAME
-    code = f"from aavae.pretrain_lock import PretrainLock; PretrainLock({str(path)!r}).acquire(); {ending}"
+    code = f"from aavae.kedro_ext.pretrain_lock import PretrainLock; PretrainLock({str(path)!r}).acquire(); {ending}"
     ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert ended.returncode != 0
     assert not path.exists(), ended.stderr

@@ -34,7 +34,7 @@ def test_the_rate_after_a_compile_is_the_steps_rate_not_the_compiles(monkeypatch
     callback.on_train_start(_trainer(0), _module(0.0))
     # A first step that compiled for 90 s, then 30 steps of 1 s each.
     clock.now += 90 + 31
-    with caplog.at_level(logging.INFO, logger="aavae.progress"):
+    with caplog.at_level(logging.INFO, logger="aavae.common.progress"):
         callback.on_train_batch_end(_trainer(31), _module(setup_seconds=90.0))
     (line,) = caplog.messages
     assert "step 31/1,000 (3.1%), 128 images/s, 16 min left" in line, line
@@ -44,6 +44,6 @@ def test_the_rate_after_a_compile_is_the_steps_rate_not_the_compiles(monkeypatch
     clock.now = 1000.0
     callback.on_train_start(_trainer(0), _module(0.0))
     clock.now += 90 + 31
-    with caplog.at_level(logging.INFO, logger="aavae.progress"):
+    with caplog.at_level(logging.INFO, logger="aavae.common.progress"):
         callback.on_train_batch_end(_trainer(31), _module(setup_seconds=0.0))
     assert "33 images/s, 63 min left" in caplog.messages[0], caplog.messages[0]

@@ -1,4 +1,4 @@
-"""The one progress helper (aavae.progress): plain lines at a modest rate in a pipe or log, a bar
+"""The one progress helper (aavae.common.progress): plain lines at a modest rate in a pipe or log, a bar
 in a terminal, a heartbeat for opaque phases; and every long evaluation phase reports through it."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from aavae import progress as progress_module
+from aavae.common import progress as progress_module
+from aavae.common.progress import Progress, duration, progress_scope
 from aavae.evaluation import embed_2d, extract_features, knn_classify, linear_probe
-from aavae.progress import Progress, duration, progress_scope
 from tests.evaluation.helpers import MEAN, STD, gaussian_clusters, random_images, small_encoder
 
 
 @pytest.fixture
 def lines(caplog):
-    caplog.set_level(logging.INFO, logger="aavae.progress")
-    return lambda: [r.getMessage() for r in caplog.records if r.name == "aavae.progress"]
+    caplog.set_level(logging.INFO, logger="aavae.common.progress")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "aavae.common.progress"]
 
 
 @pytest.fixture

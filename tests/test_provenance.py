@@ -15,9 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from aavae import provenance
+from aavae.common import provenance
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
-from aavae.datasets import ArraysDataset
+from aavae.kedro_ext.datasets import ArraysDataset
 from tests.conftest import copy_project, kedro, project_runs
 
 FAST_EVALUATION = "evaluate.embedding_points=50,evaluate.baselines=[]"
@@ -134,7 +134,7 @@ def test_the_checks_name_both_sides_and_the_fix(caplog):
                                                          r"\(sha256 bbbbbbbbbbbb\).*Run this"):
         provenance.check_data("view_policy.json", "a" * 64, "b" * 64, "Run this.")
     provenance.check_data("view_policy.json", "a" * 64, "a" * 64, "Run this.")  # the same: silent
-    with caplog.at_level("WARNING", logger="aavae.provenance"):
+    with caplog.at_level("WARNING", logger="aavae.common.provenance"):
         provenance.check_data("an_old_artifact.npz", None, "a" * 64, "Run this.")
     assert "an_old_artifact.npz was written before this project recorded provenance" in caplog.text
     train = ImageSet(np.zeros((1, 8, 8, 3), np.uint8), np.array([0]), ("a",), "train", "a" * 64)

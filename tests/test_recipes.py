@@ -22,6 +22,7 @@ from aavae.data.splits import hold_out_validation
 from aavae.evaluation import paper_linear_eval
 from aavae.evaluation.paper_protocol import paper_test_count
 from aavae.models import AAVAENet, ModelSpec, build_model
+from aavae.objective import reconstruction_terms
 from aavae.training import (
     PretrainModule,
     StepSettings,
@@ -36,10 +37,9 @@ from aavae.training import (
     warmup_then_decay,
 )
 from aavae.training.module import cos_sim_over_samples
-from aavae.training.step import reconstruction_terms
 from aavae.views import ViewPolicy, channel_tensors
 from tests.conftest import copy_project, kedro
-from tests.test_data_readers import cifar_expected, write_cifar_folder
+from tests.helpers.datasets import cifar_expected, write_cifar_folder
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -356,7 +356,7 @@ def test_the_short_cifar10_env_is_the_budget_benchmarks_recipe_on_an_image_tree(
     params = recipe("cifar10_short")
     dataset, model, pretrain = params["dataset"], params["model"], params["pretrain"]
     assert (dataset.name, dataset.image_size, dataset.path) == ("imagefolder", 32, None)
-    assert (model.encoder, model.stem, model.width, model.latent_dim) == ("resnet18", "cifar", 32, 128)
+    assert (model.encoder, model.stem, model.width, model.latent_dim) == ("resnet18", "cifar", 16, 128)
     assert (pretrain.max_time_minutes, pretrain.schedule_to_time_limit) == (8, True)
     assert (pretrain.batch_size, pretrain.learning_rate, pretrain.warmup_epochs,
             pretrain.warmup_fraction, pretrain.schedule) == (256, 1e-3, 0, 0.05, "cosine")

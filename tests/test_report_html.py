@@ -1,4 +1,4 @@
-"""Tests of the HTML report (aavae.report_html), its figures, and the report the pipeline writes."""
+"""Tests of the HTML report (aavae.reporting.report_html), its figures, and the report the pipeline writes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from aavae.plots import curves_figure, embedding_figure, figure_png, image_grid, retrieval_figure
-from aavae.report import main as report_main
-from aavae.report_html import PNG_SIGNATURE, ReportImage, flatten_params, render_report
+from aavae.reporting.plots import (
+    curves_figure,
+    embedding_figure,
+    figure_png,
+    image_grid,
+    retrieval_figure,
+)
+from aavae.reporting.report import main as report_main
+from aavae.reporting.report_html import PNG_SIGNATURE, ReportImage, flatten_params, render_report
 
 METRICS = {
     "dataset": "digits",

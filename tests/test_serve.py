@@ -1,4 +1,4 @@
-"""`python -m aavae.serve`: MLflow's scoring app for the encoder, with a bound on a request's size.
+"""`python -m aavae.serving.serve`: MLflow's scoring app for the encoder, with a bound on a request's size.
 
 A real server process of the registered model (the digits project of conftest) answers what
 `mlflow models serve` answers, and refuses a body over `--max-request-mb` with 413 before
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from aavae.serve import RequestSizeLimit
+from aavae.serving.serve import RequestSizeLimit
 from tests.helpers.serving import Server, free_port, tree_rss, wait_until_serving
 
 MODEL_URI = "models:/digits-aavae-encoder/1"
@@ -38,7 +38,7 @@ def bounded_server(digits_project, tmp_path_factory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("bounded") / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "aavae.serve", "-m", MODEL_URI, "-p", str(port), "--max-request-mb", "1"],
+            [sys.executable, "-m", "aavae.serving.serve", "-m", MODEL_URI, "-p", str(port), "--max-request-mb", "1"],
             cwd=digits_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     served = Server(f"http://127.0.0.1:{port}", process.pid, log_path)
     try:

@@ -105,7 +105,7 @@ def test_any_kedro_run_closes_a_killed_run_of_another_pipeline(tmp_path):
 INTERRUPTED_RUN = """
 import sys
 import mlflow
-from aavae.hooks import RunLivenessHooks
+from aavae.kedro_ext.hooks import RunLivenessHooks
 mlflow.set_tracking_uri(sys.argv[1])
 mlflow.set_experiment("aavae")
 hooks = RunLivenessHooks()

@@ -19,7 +19,7 @@ from mlflow.store.db.utils import _get_alembic_config
 from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 from mlflow.tracking import MlflowClient
 
-from aavae.tracking_store import prepare_sqlite_store, sqlite_path
+from aavae.tracking.store import prepare_sqlite_store, sqlite_path
 from tests.conftest import copy_project, kedro
 
 DATASETS_MIGRATION, BEFORE_IT = "7f2a7d5fae7d", "3500859a5d39"  # mlflow's "add datasets" step
@@ -169,7 +169,7 @@ def test_a_half_made_store_that_a_live_process_finishes_is_left_to_it(tmp_path, 
 
 def test_a_store_held_open_unfinished_is_refused_naming_the_process(tmp_path, held_open_half_made_store,
                                                                     monkeypatch):
-    from aavae import tracking_store
+    from aavae.tracking import store as tracking_store
 
     store, holder = held_open_half_made_store
     monkeypatch.setattr(tracking_store, "CREATOR_WAIT_SECONDS", 1.0)

@@ -8,18 +8,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from aavae.config import PretrainConfig
 from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import (
     Lamb,
     NonFiniteLoss,
-    PretrainModule,
     StepSettings,
-    TrainingImages,
     TrainStep,
-    ValidationViews,
     batch_shape,
     build_optimizer,
     build_trainer,
@@ -33,6 +29,7 @@ from aavae.training import (
 from aavae.training.module import resolve_switch
 from aavae.views import ViewPolicy, channel_tensors
 from tests.helpers.interrupts import InterruptAt
+from tests.helpers.training import assert_same_weights, small_module, weights_of
 
 
 def test_warmup_then_cosine():
@@ -122,74 +119,56 @@ class CountSteps(pl.Callback):
         self.steps += 1
 
 
-def _module(max_epochs: int, objective: str = "aavae", **settings) -> PretrainModule:
-    digits = read_digits(image_size=16)
-    train, test = digits["train"], digits["test"]
-    torch.manual_seed(0)
-    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae" if objective == "ae" else "vae"))
-    options = dict(max_epochs=max_epochs, batch_size=128, precision="32-true", accelerator="cpu",
-                   warmup_epochs=1, diagnostics_every_n_steps=3, compile=False)
-    config = PretrainConfig(objective=objective, **(options | settings))
-    val = ValidationViews(test.images[:64], test.images[:64], test.labels[:64])
-    return PretrainModule(net, Objective(objective, config.effective_kl_coeff), ViewPolicy(), config,
-                          TrainingImages(train.images[:256], train.labels[:256]), val,
-                          mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
 
 
-def _weights(module: PretrainModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _assert_same_weights(expected: dict, got: dict) -> None:
-    assert expected.keys() == got.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = _module(max_epochs=2)
+    straight = small_module(max_epochs=2)
     fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
 
-    first = _module(max_epochs=2)
+    first = small_module(max_epochs=2)
     trainer = build_trainer(first.config, tmp_path / "split")
     trainer.fit_loop.max_epochs = 1  # the "interruption": stop after one of two epochs
     fit(first, trainer, tmp_path / "split", resume=False)
     assert (tmp_path / "split" / "last.ckpt").is_file()
 
-    resumed = _module(max_epochs=2)
+    resumed = small_module(max_epochs=2)
     counter = CountSteps()
     trainer = build_trainer(resumed.config, tmp_path / "split", callbacks=[counter])
     epochs, steps = fit(resumed, trainer, tmp_path / "split", resume=True)
     assert (epochs, steps) == (2, 2 * len(resumed.train_dataloader()))
     assert counter.steps == len(resumed.train_dataloader()), "only the second epoch ran again"
-    _assert_same_weights(_weights(straight), _weights(resumed))
+    assert_same_weights(weights_of(straight), weights_of(resumed))
     # and training did change the weights
-    fresh = _weights(_module(max_epochs=2))
-    assert any(not torch.allclose(fresh[k].float(), v.float()) for k, v in _weights(resumed).items()
+    fresh = weights_of(small_module(max_epochs=2))
+    assert any(not torch.allclose(fresh[k].float(), v.float()) for k, v in weights_of(resumed).items()
                if v.is_floating_point())
 
 
 def test_a_mid_epoch_interruption_resumes_to_the_uninterrupted_weights(tmp_path):
     # 4 epochs of 2 steps: interrupted after step 5, in the middle of the third epoch.
-    straight = _module(max_epochs=4)
+    straight = small_module(max_epochs=4)
     fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
 
-    first = _module(max_epochs=4)
+    first = small_module(max_epochs=4)
     trainer = build_trainer(first.config, tmp_path / "split", callbacks=[InterruptAt(5)])
     with pytest.raises(SystemExit):  # Lightning exits on Ctrl+C, after last.ckpt is written
         trainer.fit(first)
     assert torch.load(tmp_path / "split" / "last.ckpt", weights_only=True)["global_step"] == 5
 
-    resumed = _module(max_epochs=4)
+    resumed = small_module(max_epochs=4)
     counter = CountSteps()
     fit(resumed, build_trainer(resumed.config, tmp_path / "split", callbacks=[counter]), tmp_path / "split")
     assert counter.steps == 3, "the rest of the third epoch and the fourth"
-    _assert_same_weights(_weights(straight), _weights(resumed))
+    assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
 @pytest.mark.parametrize("objective", ["aavae", "vae", "ae"])
 def test_every_objective_trains_and_reports_its_metrics(tmp_path, objective: str):
-    module = _module(max_epochs=1, objective=objective, encode_original="every_step")
+    module = small_module(max_epochs=1, objective=objective, encode_original="every_step")
     fit(module, build_trainer(module.config, tmp_path), tmp_path, resume=False)
     metrics = module.epoch_metrics
     expected = {"loss", "probe_acc", "cos_sim"} | ({"mse"} if objective == "ae" else {"kl", "log_px", "bpd"})
@@ -202,7 +181,7 @@ def test_every_objective_trains_and_reports_its_metrics(tmp_path, objective: str
 def test_the_paper_original_pass_moves_batchnorm_statistics_and_the_diagnostic_one_does_not(tmp_path):
     runs = {}
     for mode in ("every_step", "diagnostic_steps"):
-        module = _module(max_epochs=1, encode_original=mode, diagnostics_every_n_steps=1, online_probe=False)
+        module = small_module(max_epochs=1, encode_original=mode, diagnostics_every_n_steps=1, online_probe=False)
         fit(module, build_trainer(module.config, tmp_path / mode, has_validation=False), tmp_path / mode,
             resume=False)
         runs[mode] = module.net.encoder.bn1.num_batches_tracked.item()
@@ -210,10 +189,10 @@ def test_the_paper_original_pass_moves_batchnorm_statistics_and_the_diagnostic_o
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    module = _module(max_epochs=3)
+    module = small_module(max_epochs=3)
     poisoned = {"on": False}
 
-    def poison(_module, _inputs, output):
+    def poison(small_module, _inputs, output):
         return output * float("nan") if poisoned["on"] else output
 
     module.net.decoder.register_forward_hook(poison)
@@ -289,20 +268,27 @@ def test_a_run_with_the_compiled_step_resumes_exactly_and_never_recompiles(tmp_p
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    straight = _module(max_epochs=2, compile=True)
+    straight = small_module(max_epochs=2, compile=True)
     fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
-    first = _module(max_epochs=2, compile=True)
+    first = small_module(max_epochs=2, compile=True)
     trainer = build_trainer(first.config, tmp_path / "split")
     trainer.fit_loop.max_epochs = 1
     fit(first, trainer, tmp_path / "split", resume=False)
-    resumed = _module(max_epochs=2, compile=True)
+    resumed = small_module(max_epochs=2, compile=True)
     fit(resumed, build_trainer(resumed.config, tmp_path / "split"), tmp_path / "split", resume=True)
-    _assert_same_weights(_weights(straight), _weights(resumed))
+    assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
-def test_the_cuda_graph_switch_is_off_on_the_cpu():
-    module = _module(max_epochs=1, cuda_graph=True)
-    assert module.graph_mode is False, "graphs are CUDA only; the CPU runs the same step eagerly"
+def test_the_cuda_graph_switch_is_off_on_the_cpu(tmp_path):
+    """Asking for CUDA graphs on the CPU trains exactly what the eager step trains."""
+    trained = {}
+    for switch in (True, False):
+        module = small_module(max_epochs=1, cuda_graph=switch)
+        fit(module, build_trainer(module.config, tmp_path / str(switch)), tmp_path / str(switch), resume=False)
+        assert module.engine == "eager", "graphs are CUDA only; the CPU runs the same step eagerly"
+        trained[switch] = weights_of(module)
+    for key, value in trained[False].items():
+        assert torch.equal(trained[True][key], value), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -335,7 +321,7 @@ def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
 
 
 def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
-    module = _module(max_epochs=1, batch_size=256)
+    module = small_module(max_epochs=1, batch_size=256)
     used = module.recompute_encoder_statistics(max_images=256)
     assert used == 256
     encoder = module.net.encoder.eval()
@@ -357,7 +343,7 @@ def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tm
     real = StepClock.seconds_per_step
     monkeypatch.setattr(StepClock, "seconds_per_step",
                         lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
-    module = _module(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
+    module = small_module(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
                      schedule_to_time_limit=True, warmup_fraction=0.1)
     trainer = build_trainer(module.config, tmp_path, has_validation=False)
     fit(module, trainer, tmp_path, resume=False)
@@ -381,7 +367,7 @@ def test_a_resumed_run_keeps_the_warm_up_of_its_first_fit_after_a_refit(tmp_path
                         lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
     settings = dict(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
                     schedule_to_time_limit=True, warmup_fraction=0.1)
-    module = _module(**settings)
+    module = small_module(**settings)
     fit(module, build_trainer(module.config, tmp_path, has_validation=False), tmp_path, resume=False)
     first_warmup = int(module.step_fn.warmup_steps)
     module._fit_schedule(ScheduleFit(160, 36.0, refined=True))  # a refit ten times longer
@@ -389,14 +375,14 @@ def test_a_resumed_run_keeps_the_warm_up_of_its_first_fit_after_a_refit(tmp_path
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
 
-    resumed = _module(**settings)
+    resumed = small_module(**settings)
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.schedule_lengths() == (160, first_warmup)
     assert resumed.warmup_for(160) != first_warmup, "the test would not tell the two apart"
 
 
 def test_max_steps_ends_training_and_the_schedule_together(tmp_path):
-    module = _module(max_epochs=100, max_steps=5, schedule="linear")
+    module = small_module(max_epochs=100, max_steps=5, schedule="linear")
     trainer = build_trainer(module.config, tmp_path, has_validation=False)
     fit(module, trainer, tmp_path, resume=False)
     assert trainer.global_step == 5 and int(module.step_fn.total_steps) == 5

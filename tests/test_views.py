@@ -11,7 +11,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-import aavae.views as views_module
+import aavae.views.augment as views_module
 from aavae.views import (
     BRIGHTNESS,
     CONTRAST,

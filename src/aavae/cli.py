@@ -11,7 +11,7 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
   otherwise fall back to MLflow's defaults and fail with a "filesystem tracking backend"
   traceback, or list a traceback around its own message.)
 * A parameter error (:class:`aavae.config.ConfigError`) or a pretraining refused because
-  another one holds the project (:class:`aavae.pretrain_lock.PretrainLocked`) prints its
+  another one holds the project (:class:`aavae.kedro_ext.pretrain_lock.PretrainLocked`) prints its
   message, not the 60-line traceback around it.
 * So does an error a node raises with this project's own message (a bad ``dataset.path``,
   no model to evaluate, a wrong archive, artifacts of different inputs): one of the
@@ -39,7 +39,7 @@ from kedro.framework.session import KedroSession
 from kedro.utils import load_obj
 
 from aavae.config import ConfigError
-from aavae.pretrain_lock import PretrainLocked
+from aavae.kedro_ext.pretrain_lock import PretrainLocked
 
 DEFAULT_ENV = "local"  # settings.CONFIG_LOADER_ARGS["default_run_env"]
 #: Where the traceback of an error reported in one line goes, under the project folder.

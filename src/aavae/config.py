@@ -8,6 +8,7 @@ naming the dotted key (``pretrain.learning_rate``) and what was expected.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,14 +27,23 @@ class _Schema(BaseModel):
 
 
 class DatasetConfig(_Schema):
-    name: Literal["digits", "cifar10", "stl10", "imagefolder"] = "digits"
+    name: Literal["digits", "cifar10", "stl10", "imagefolder"] = Field(
+        "digits", description="digits (scikit-learn's, bundled), cifar10, stl10, imagefolder (your images)"
+    )
     path: str | None = Field(None, description="file or folder holding the dataset")
     download: bool = Field(False, description="fetch the official archive when path holds none")
     image_size: int | None = Field(
-        None, gt=0, description="side length images are brought to (digits, imagefolder)"
+        16, gt=0, description="side length images are brought to (digits, imagefolder); null: "
+        "the dataset's own (CIFAR-10 32, STL-10 96)",
     )
-    resize: Literal["resize_crop", "resize"] = "resize_crop"
-    on_bad_image: Literal["error", "skip"] = "error"
+    resize: Literal["resize_crop", "resize"] = Field(
+        "resize_crop", description="resize_crop: shorter side resized, then centre-cropped; resize: "
+        "stretched to a square"
+    )
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="an undecodable image file: stop naming it, or skip it (listed in the "
+        "dataset card)"
+    )
     unlabeled: bool = Field(False, description="STL-10: also ingest the 100,000 unlabeled images")
     val_holdout: int = Field(
         0, ge=0, description="cifar10, stl10: training images held out as the paper's data "
@@ -41,7 +51,7 @@ class DatasetConfig(_Schema):
         "pretraining nor evaluation trains on; the paper's CIFAR-10: 5000, STL-10: 500",
     )
     test_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
-    seed: int = 0
+    seed: int = Field(0, description="digits: the seed of the train/test split")
 
     @model_validator(mode="after")
     def _holdout_of_a_paper_dataset(self) -> DatasetConfig:
@@ -65,19 +75,26 @@ class DatasetConfig(_Schema):
 
 
 class ViewsConfig(_Schema):
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = Field(0.5, ge=0, le=1)
-    jitter_strength: float = Field(0.5, ge=0)
-    jitter_p: float = Field(0.8, ge=0, le=1)
-    grayscale_p: float = Field(0.2, ge=0, le=1)
-    blur_p: float = Field(0.0, ge=0, le=1)
-    blur_kernel_fraction: float = Field(0.1, gt=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    crop_scale: tuple[float, float] = Field(
+        (0.2, 1.0), description="random resized crop: the range of its area as a share of the image"
+    )
+    crop_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="random resized crop: the range of its aspect ratio"
+    )
+    flip_p: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (digits are "
+                          "not mirror-symmetric: 0; photos: 0.5)")
+    jitter_strength: float = Field(0.5, ge=0, description="colour jitter s: brightness, contrast, "
+                                   "saturation 0.8 s, hue 0.2 s")
+    jitter_p: float = Field(0.8, ge=0, le=1, description="probability of the colour jitter")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of turning a view grey")
+    blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
+    blur_kernel_fraction: float = Field(0.1, gt=0, le=1, description="blur kernel size as a share "
+                                        "of the image side")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="range of the blur's sigma")
     preview_count: int = Field(8, ge=1, description="images in view_preview.png")
     preview_views: int = Field(4, ge=1, description="views shown per image in the preview")
     val_count: int = Field(256, ge=1, description="held-out images in the fixed validation views")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the validation views and the preview")
     mean: tuple[float, float, float] | None = Field(
         None, description="per-channel normalisation mean in [0, 1]; null: computed from the "
         "training images (the paper's recipes fix their datasets' constants)",
@@ -102,11 +119,17 @@ class ViewsConfig(_Schema):
 
 
 class ModelConfig(_Schema):
-    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4"] = "resnet18"
-    stem: Literal["cifar", "stl10", "imagenet"] = "cifar"
-    width: int = Field(64, ge=1, description="base channel count; the paper's is 64")
-    h_dim: int | None = Field(None, ge=1, description="None: the encoder's output size")
-    latent_dim: int = Field(128, ge=1)
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4"] = Field(
+        "resnet18", description="the encoder; the decoder mirrors it"
+    )
+    stem: Literal["cifar", "stl10", "imagenet"] = Field(
+        "cifar", description="cifar: 3x3 conv, no max-pool; stl10: 7x7, no max-pool; imagenet: 7x7 "
+        "and max-pool"
+    )
+    width: int = Field(32, ge=1, description="base channel count; the paper's is 64")
+    h_dim: int | None = Field(None, ge=1, description="projection hidden size; null: the encoder's "
+                              "output size")
+    latent_dim: int = Field(64, ge=1, description="size of the latent z")
 
     def spec(self, input_size: int, **pretraining: Any) -> ModelSpec:
         """The network these parameters name, for images ``input_size`` pixels on a side;
@@ -118,7 +141,10 @@ class ModelConfig(_Schema):
 
 
 class PretrainConfig(_Schema):
-    objective: Literal["aavae", "vae", "ae"] = "aavae"
+    objective: Literal["aavae", "vae", "ae"] = Field(
+        "aavae", description="aavae: an augmented view in, the original out; vae and ae: the "
+        "paper's baselines"
+    )
     denoising: bool = Field(
         False, description="ae only: the paper's ae.py --denoising, an augmented view in and "
         "that same view reconstructed (aavae is its vae.py --denoising)",
@@ -126,33 +152,38 @@ class PretrainConfig(_Schema):
     kl_coeff: float | None = Field(
         None, ge=0, description="None: 0 for aavae and ae, 0.1 (the paper's default) for vae"
     )
-    log_scale: float = 0.0
-    learn_scale: bool = False
+    log_scale: float = Field(0.0, description="log-variance of the Gaussian likelihood (scale = "
+                             "exp(log_scale / 2), the paper's convention)")
+    learn_scale: bool = Field(False, description="learn log_scale instead of keeping it fixed")
     val_samples: int = Field(1, ge=1, description="importance samples for val log p(x)")
-    max_epochs: int = Field(100, ge=1)
+    max_epochs: int = Field(30, ge=1, description="length of pretraining in epochs")
     max_steps: int | None = Field(
         None, ge=1, description="stop after this many optimisation steps (the schedule spans "
         "them); null: max_epochs decides",
     )
-    batch_size: int = Field(256, ge=1)
-    optimizer: Literal["adam", "lamb"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, description="the global batch (over all devices)")
+    optimizer: Literal["adam", "lamb"] = Field("adam", description="adam (fused) or lamb")
+    learning_rate: float = Field(0.002, gt=0, description="peak learning rate (after warm-up)")
     weight_decay: float | None = Field(
         None, ge=0, description="None: 1e-6 for ae (the paper's ae.py default), 0 otherwise"
     )
-    exclude_bn_bias: bool = False
-    warmup_epochs: int = Field(0, ge=0)
+    exclude_bn_bias: bool = Field(False, description="no weight decay on norm layers and biases")
+    warmup_epochs: int = Field(2, ge=0, description="per-step linear warm-up, in epochs")
     warmup_fraction: float | None = Field(
         None, ge=0, lt=1, description="warm-up as a share of all steps (replaces warmup_epochs); "
         "what a run fitted to a time limit needs",
     )
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="the learning rate after warm-up, down to zero at the end (or constant)"
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="where training runs; auto: the GPU when there is one"
+    )
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed where the hardware has fast bf16, else 32-true"
     )
     devices: int = Field(1, ge=1, description="devices on this machine; pretrain.batch_size is the global batch over all of them")
-    gradient_clip_val: float | None = Field(None, gt=0)
+    gradient_clip_val: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
         "training would last more than 10 minutes (decided after timing a few steps)",
@@ -160,7 +191,8 @@ class PretrainConfig(_Schema):
     cuda_graph: bool | Literal["auto"] = Field(
         "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
     )
-    channels_last: bool = True
+    channels_last: bool = Field(True, description="train in channels-last memory layout (a CPU "
+                                "step falls back to contiguous where that layout faults natively)")
     data_on_device: bool | Literal["auto"] = Field(
         "auto", description="keep the training images on the device (gathered there each step) "
         "or stream batches from host memory; auto: on the device when they take under half of "
@@ -180,12 +212,16 @@ class PretrainConfig(_Schema):
         "(its batch-norm statistics then mix originals and views); diagnostic_steps: only "
         "every diagnostics_every_n_steps, with running statistics untouched",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of initialisation, batches, views and noise")
     resume: bool = Field(True, description="continue from the last checkpoint of this config")
-    checkpoint_every_n_epochs: int = Field(10, ge=1)
-    reconstruction_every_n_epochs: int = Field(0, ge=0, description="0: only at the end")
-    diagnostics_every_n_steps: int = Field(20, ge=1)
-    online_probe: bool = True
+    checkpoint_every_n_epochs: int = Field(10, ge=1, description="keep an epoch checkpoint this often "
+                                           "(last.ckpt is written on top of it)")
+    reconstruction_every_n_epochs: int = Field(10, ge=0, description="log a reconstruction grid this "
+                                               "often; 0: only at the end")
+    diagnostics_every_n_steps: int = Field(10, ge=1, description="how often cos_sim and "
+                                           "kl_augmentation are computed and logged")
+    online_probe: bool = Field(True, description="train a linear probe on detached features during "
+                               "pretraining (probe_acc)")
     training_split: Literal["auto", "train", "unlabeled", "unlabeled+train"] = Field(
         "auto", description="the images pretraining sees; auto: unlabeled + train when the "
         "unlabeled split was ingested (STL-10), else train. The paper's STL-10: unlabeled",
@@ -258,18 +294,23 @@ class PretrainConfig(_Schema):
 
 
 class EvaluateConfig(_Schema):
-    batch_size: int = Field(512, ge=1)
-    probe_val_fraction: float = Field(0.1, gt=0, lt=1)
-    probe_weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    batch_size: int = Field(512, ge=1, description="images a batch when extracting features")
+    probe_val_fraction: float = Field(0.1, gt=0, lt=1, description="the linear probe picks its "
+                                      "weight decay on this share of the training split, never on test")
+    probe_weight_decays: tuple[float, ...] = Field((1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+                                                   description="the L2 grid the probe chooses from")
     few_labels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (1, 5, 10), description="labels per class of the few-label linear probe (every count is "
         "drawn few_label_draws times, the table leads with the smallest); [] turns it off",
     )
     few_label_draws: int = Field(20, ge=1, description="draws of the labelled images per count")
-    knn_k: int = Field(200, ge=1)
-    knn_temperature: float = Field(0.1, gt=0)
-    baselines: tuple[Literal["random_init", "raw_pixels"], ...] = ("random_init", "raw_pixels")
-    seed: int = 0
+    knn_k: int = Field(200, ge=1, description="kNN: neighbours by cosine similarity")
+    knn_temperature: float = Field(0.1, gt=0, description="kNN: votes weighted exp(similarity / t)")
+    baselines: tuple[Literal["random_init", "raw_pixels"], ...] = Field(
+        ("random_init", "raw_pixels"), description="scored beside the model: the same network "
+        "untrained, and the pixels; [] for none"
+    )
+    seed: int = Field(0, description="seed of the probe's split, the few-label draws and random init")
     protocol: Literal["frozen_features", "paper"] = Field(
         "frozen_features",
         description="frozen_features: L-BFGS probe on fixed features; paper: SGD linear layer "
@@ -281,7 +322,9 @@ class EvaluateConfig(_Schema):
         None, description="evaluate this file (a model bundle or a paper checkpoint) instead "
         "of the trained aavae_model",
     )
-    embedding_method: Literal["tsne", "pca"] = "tsne"
+    embedding_method: Literal["tsne", "pca"] = Field(
+        "tsne", description="embedding.png: tsne (PCA to 50, then t-SNE) or pca"
+    )
     embedding_points: int = Field(2000, ge=2, description="test points in embedding.png")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
         "auto", description="where networks run during evaluation; auto: the GPU when there is one"
@@ -333,7 +376,9 @@ class EmbedConfig(_Schema):
     )
     neighbours: int = Field(8, ge=1, le=100, description="neighbours listed per query")
     batch_size: int = Field(512, ge=1, description="images decoded and encoded at a time")
-    on_bad_image: Literal["error", "skip"] = "error"
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="an undecodable image: stop naming it, or skip it"
+    )
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on a CPU with fast bf16 (AMX, AVX512-BF16), about "
         "2.5x faster and within ~1% of 32-true; the same rule as evaluate.precision",
@@ -402,3 +447,61 @@ def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
             + "\nFix them in conf/<env>/parameters*.yml or in --params."
         )
     return parsed
+
+
+# -- the parameter reference ------------------------------------------------------------------
+REFERENCE_COMMAND = "python -m aavae.config > docs/parameters.md"
+
+
+def _allowed(info: Any) -> str:
+    """The values a field accepts, read from its annotation and bounds."""
+    annotation = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?metadata=\[Ge\(ge=(\d+)\)\]\)\]", r"\1 >= \2",
+                        str(info.annotation).replace("typing.", ""))
+    choices = re.findall(r"Literal\[([^\]]*)\]", annotation)
+    text = " or ".join(c.replace("'", "") for c in choices)
+    if "bool" in annotation.split("|")[0] or annotation.startswith("bool"):
+        text = f"true/false{' or ' + text if text else ''}"
+    elif not text:
+        text = re.sub(r"<class '(\w+)'>", r"\1", annotation).replace(" | None", "").replace(" | ", " or ")
+    bounds = [f"{symbol} {getattr(rule, name)}" for rule in info.metadata
+              for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(rule, name, None) is not None]
+    if "None" in annotation:
+        text += " or null"
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parameter_reference() -> str:
+    """docs/parameters.md: every parameter of every group, its default, values and meaning,
+    generated from the schemas (which ``conf/base/parameters.yml`` agrees with, tested)."""
+    lines = ["# Parameters", "",
+             f"Generated from the schemas in `src/aavae/config.py` by `{REFERENCE_COMMAND}`; "
+             "`tests/test_config.py` fails when this file is out of date.", "",
+             "Every group is validated before any node runs: an unknown key or a wrong type stops "
+             "the run within seconds with a message naming the key (and a \"did you mean\"). The "
+             "defaults below are `conf/base`'s (the digits run); a dataset environment "
+             "(`conf/cifar10`, `conf/stl10`, `conf/imagefolder`, `conf/cifar10_short`) states "
+             "only what it changes. Override any on the command line: `kedro run --params "
+             "pretrain.max_epochs=50,model.width=64`."]
+    for group, schema in SCHEMAS.items():
+        summary = (schema.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += ["", f"## {group}", ""] + ([summary, ""] if summary else [])
+        lines += ["| key | default | values | meaning |", "|---|---|---|---|"]
+        for name, info in schema.model_fields.items():
+            meaning = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{group}.{name}` | `{_default(info.default)}` | {_allowed(info)} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(parameter_reference(), end="")

@@ -10,16 +10,23 @@ and the mean squared error against its own input: the original, or with ``denois
 ``--denoising``) an augmented view, reconstructed as that same view (``ae.py`` computes
 ``F.mse_loss(x_hat, x)`` with ``x`` the view; the original only feeds its cos_sim).
 Everything here is per batch and plain PyTorch: the training engine decides when to compute
-which metric.
+which metric. The terms of one step (:func:`reconstruction_terms`, :func:`autoencoder_terms`,
+:func:`original_terms`) live here too, so the compiled step and the validation pass compute
+the same loss from one definition.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:  # the terms take the network; the network does not need the objective
+    from aavae.models import AAVAENet
 
 OBJECTIVES = ("aavae", "vae", "ae")
 STD_EPS = 1e-6  # keeps the posterior and likelihood scales away from zero, as the paper does
@@ -121,3 +128,65 @@ def log_normal(z: Tensor, mu: Tensor, std: Tensor) -> Tensor:
 
 def bits_per_dim(log_px: Tensor, dims: int) -> Tensor:
     return -log_px / (dims * math.log(2))
+
+
+# -- the loss terms of one step (the paper's VAE.step and AE.step) -----------------------------
+def reconstruction_terms(
+    net: AAVAENet, features: Tensor, target: Tensor, noise: Tensor, kl_coeff: float
+) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The paper's VAE.step for the samples in ``noise`` (S x N x latent standard normals).
+
+    Returns the loss, its metrics and (mu, logvar, the first sample of z).
+    """
+    mu, logvar = (t.float() for t in net.projection(features))
+    std = posterior_std(logvar)
+    kl = kl_standard_normal(mu, logvar)
+    log_pxz_all, log_w = [], []
+    first_z = mu
+    for sample in range(noise.shape[0]):
+        z = sample_posterior(mu, logvar, noise[sample])
+        first_z = z if sample == 0 else first_z
+        log_pxz = gaussian_log_likelihood(net.decode(z).float(), net.log_scale, target)
+        log_pz = log_normal(z, torch.zeros_like(z), torch.ones_like(z))
+        log_qz = log_normal(z, mu, std)
+        log_pxz_all.append(log_pxz)
+        log_w.append(log_pxz + log_pz - log_qz)
+    log_pxz = torch.stack(log_pxz_all, dim=1)
+    log_px = torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(noise.shape[0])
+    loss = (kl_coeff * kl - log_pxz.mean(dim=1)).mean()
+    metrics = {
+        "loss": loss,
+        "elbo": (kl - log_pxz.mean(dim=1)).mean(),  # the negative ELBO, as the paper logs it
+        "kl": kl.mean(),
+        "log_pxz": log_pxz.mean(),
+        "log_px": log_px.mean(),
+        "bpd": bits_per_dim(log_px.mean(), target[0].numel()),
+        "log_scale": net.log_scale.float().reshape(()),
+    }
+    return loss, metrics, (mu, logvar, first_z)
+
+
+def autoencoder_terms(net: AAVAENet, features: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """The paper's AE.step: a deterministic latent, the mean squared error against ``target``,
+    which is the encoder's own input (the view, with ``denoising``: ``ae.py`` reconstructs x)."""
+    z = net.projection(features).float()
+    loss = mean_squared_error(net.decode(z).float(), target)
+    return loss, {"loss": loss, "mse": loss}, z
+
+
+def original_terms(
+    objective: Objective, net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...] | Tensor,
+    original_noise: Tensor,
+) -> dict[str, Tensor]:
+    """cos_sim between the latents of the encoder's input and of the original (the paper's
+    diagnostics), and for a VAE the KL between their posteriors (kl_augmentation)."""
+    if not objective.is_variational:
+        z_original = net.projection(original_features).float()
+        return {"cos_sim": F.cosine_similarity(z_original, latent, dim=1, eps=1e-6).mean()}
+    mu, logvar, z = latent
+    mu_o, logvar_o = (t.float() for t in net.projection(original_features))
+    z_original = sample_posterior(mu_o, logvar_o, original_noise)
+    return {
+        "cos_sim": F.cosine_similarity(z_original, z, dim=1, eps=1e-6).mean(),
+        "kl_augmentation": kl_gaussians(mu, logvar, mu_o, logvar_o).mean(),
+    }

@@ -2,8 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from aavae.distributed_catalog import RankZeroCatalog
-from aavae.hooks import (
+from aavae.common.quiet import filter_unactionable_warnings
+from aavae.kedro_ext.distributed_catalog import RankZeroCatalog
+from aavae.kedro_ext.hooks import (
     DeadWritersTemporariesHooks,
     LoggingLevelHooks,
     ParameterValidationHooks,
@@ -12,7 +13,6 @@ from aavae.hooks import (
     RunnerTagHooks,
     TrackingStoreHooks,
 )
-from aavae.quiet import filter_unactionable_warnings
 from aavae.training.distributed import launched_rank
 
 # Kedro imports this module before its plugins and config loaders: the earliest project code

@@ -102,11 +102,11 @@ def test_extract_features_zooms_as_the_recipes_originals_when_asked():
     ("auto", True, True), ("auto", False, False), ("32-true", True, False), ("bf16-mixed", False, True),
 ])
 def test_evaluate_precision_decides_the_features_autocast(monkeypatch, precision, fast_bf16, autocast):
+    from aavae.common import hardware
     from aavae.config import EvaluateConfig
     from aavae.pipelines.features import nodes
-    from aavae.training import engine
 
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: fast_bf16)
     config = EvaluateConfig(precision=precision, accelerator="cpu")
     assert nodes.evaluation_autocast(config) is autocast
 

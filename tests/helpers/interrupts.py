@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import lightning.pytorch as pl
 
 
@@ -14,3 +18,16 @@ class InterruptAt(pl.Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             raise KeyboardInterrupt
+
+
+def wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: float, timeout: float = 300) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for last in (project / "data/06_models/checkpoints").glob("*/last.ckpt"):
+            if last.stat().st_mtime > after:
+                time.sleep(0.5)  # let the write finish
+                return last
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended ({process.returncode}) before writing a checkpoint")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared in time")

@@ -43,7 +43,7 @@ def tree_rss(pid: int) -> int:
 
 @dataclass
 class Server:
-    """A running model server (`mlflow models serve`, `python -m aavae.serve`)."""
+    """A running model server (`mlflow models serve`, `python -m aavae.serving.serve`)."""
 
     url: str
     pid: int

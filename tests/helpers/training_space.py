@@ -56,7 +56,7 @@ def _module(case: dict) -> PretrainModule:
 
 
 def _fast_bf16() -> bool:
-    from aavae.training.engine import cpu_has_fast_bf16
+    from aavae.common.hardware import cpu_has_fast_bf16
 
     return cpu_has_fast_bf16()
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from aavae.data.archive import OfficialArchive, Source, archive_sha256, locate_official, open_source
+from aavae.data.archive import Source, open_source
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import ImageSet
+from aavae.data.official import OfficialArchive, archive_sha256, locate_official
 
 try:  # numpy >= 2 moved the module numpy.core to numpy._core
     from numpy._core.multiarray import _reconstruct

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from collections import deque
 from collections.abc import Iterable
@@ -44,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from aavae.data.archive import Entry, Source, file_digests, open_source
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
+from aavae.data.fit import RESIZE_POLICIES, ResizePolicy, fit_image, to_rgb
 from aavae.data.imageset import ImageSet
 from aavae.data.staging import NpyRows, map_npy, new_staging_folder, remove_folder, staging_root
 
@@ -53,9 +53,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Pillow may only identify these formats: other plugins (EPS, for one) run external programs.
 # (Multi-picture JPEGs, MPO, open through the JPEG plugin.)
 PIL_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
-ResizePolicy = Literal["resize_crop", "resize"]
 BadImagePolicy = Literal["error", "skip"]
-RESIZE_POLICIES = ("resize_crop", "resize")
 BAD_IMAGE_POLICIES = ("error", "skip")
 BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
 BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
@@ -370,7 +368,7 @@ class _Decoder:
         assert self.size is not None, "batches are decoded only once the size is known"
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
             if image.size == self.size:
-                return np.asarray(_to_rgb(image))
+                return np.asarray(to_rgb(image))
             if self.exact:
                 raise _SizeMismatch(
                     f"Image {self.source.describe(name)} is {image.size[0]}x{image.size[1]}, but the "
@@ -484,59 +482,3 @@ def _stream_and_decode(source: Source, decoder: _Decoder, workers: int) -> None:
             for future, _ in pending:
                 future.cancel()
             raise
-
-
-def fit_image(image: Image.Image, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8.
-
-    Raises :class:`DatasetError` for an image mode that has no conversion to RGB.
-    """
-    width, height = size
-    crop = policy == "resize_crop"
-    scale = max(width / image.width, height / image.height)
-    needed = (math.ceil(image.width * scale), math.ceil(image.height * scale)) if crop else size
-    # A JPEG then decodes at 1/2, 1/4 or 1/8 scale if that still covers `needed`: far faster.
-    image.draft("RGB", needed)
-    box = centre_box(image.size, size) if crop else None
-    return np.asarray(_to_rgb(image).resize(size, Image.Resampling.BILINEAR, box=box))
-
-
-def fit_images(images: np.ndarray, side: int, policy: ResizePolicy) -> np.ndarray:
-    """uint8 ``N x H x W x C`` images -> uint8 ``N x side x side x 3``, each brought there as
-    :func:`fit_image` brings a file (what a model trained at ``side`` expects of other images)."""
-    fitted = np.empty((len(images), side, side, 3), np.uint8)
-    for index in range(len(images)):
-        fitted[index] = fit_image(Image.fromarray(np.asarray(images[index])), (side, side), policy)
-    return fitted
-
-
-def centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[float, ...]:
-    """The centred region of ``image_size`` with the aspect of ``size`` (both width, height).
-
-    Which side is kept whole is decided in integers, and that side is exactly the image's:
-    computed as ``width / (width / image_width)`` in floats it can come out a hair larger
-    (49 / (16 / 49) > 49), and Pillow refuses a box that starts at -1e-15. The other side
-    is at most the image's (rounding is monotonic), and the box is clamped to the image.
-    """
-    (image_width, image_height), (width, height) = image_size, size
-    if width * image_height >= height * image_width:  # relatively wider output: full width
-        crop_height = image_width * height / width
-        top = max(0.0, (image_height - crop_height) / 2)
-        return (0.0, top, float(image_width), min(float(image_height), top + crop_height))
-    crop_width = image_height * width / height
-    left = max(0.0, (image_width - crop_width) / 2)
-    return (left, 0.0, min(float(image_width), left + crop_width), float(image_height))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16"):  # 16-bit grey: keep the high byte (convert would clip)
-        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
-    try:
-        return image.convert("RGB")  # grey is replicated, alpha dropped, palettes expanded
-    except ValueError as exc:  # e.g. "conversion from La to RGB not supported"
-        raise DatasetError(
-            f"image mode {image.mode!r} has no conversion to RGB ({exc}): save the image as "
-            "RGB, RGBA, grey or palette"
-        ) from exc

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aavae.common.file_modes import follow_umask
+from aavae.common.liveness import temporary_prefix
 from aavae.data.staging import map_npy, place_npy, relocated
-from aavae.file_modes import follow_umask
-from aavae.liveness import temporary_prefix
 
 UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
 
@@ -25,7 +25,7 @@ class ImageSet:
     ``fingerprint`` is the data fingerprint of the ingest that made it (the dataset card's
     ``sha256``, shared by all its splits; None before ingest stamps it, or in sets saved by an
     older version): how later artifacts prove which images they were made from
-    (:mod:`aavae.provenance`).
+    (:mod:`aavae.common.provenance`).
     """
 
     images: np.ndarray

@@ -17,18 +17,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from aavae.data.archive import (
-    Entry,
-    OfficialArchive,
-    Source,
-    archive_sha256,
-    locate_official,
-    open_source,
-    read_exactly,
-)
+from aavae.data.archive import Entry, Source, open_source, read_exactly
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import UNLABELED, ImageSet
+from aavae.data.official import OfficialArchive, archive_sha256, locate_official
 
 STL10 = OfficialArchive(
     dataset="STL-10 (binary version)",

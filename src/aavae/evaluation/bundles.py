@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aavae.common.provenance import weights_sha256
 from aavae.models import (
     AAVAENet,
     ModelSpec,
@@ -25,7 +26,6 @@ from aavae.models import (
     load_paper_checkpoint,
     read_checkpoint,
 )
-from aavae.provenance import weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def make_bundle(net: AAVAENet, normalization: Mapping[str, Any], **facts: Any) -
     """A model bundle of ``net``: its weights on the CPU and their fingerprint, its spec, how an
     image becomes its input (``mean``, ``std``, optionally ``original_resize``), its parameter
     count, and ``facts`` about where it came from (dataset, the ``data`` it was trained on,
-    objective, epochs, the MLflow run, ...; see :mod:`aavae.provenance`)."""
+    objective, epochs, the MLflow run, ...; see :mod:`aavae.common.provenance`)."""
     state_dict = {key: value.detach().cpu() for key, value in net.state_dict().items()}
     return {
         "state_dict": state_dict,

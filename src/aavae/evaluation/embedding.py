@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
 from aavae.evaluation.inputs import _features
-from aavae.progress import Progress
 
 EMBEDDING_METHODS = ("tsne", "pca")
 

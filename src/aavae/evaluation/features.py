@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aavae.progress import Progress
+from aavae.common.progress import Progress
 from aavae.views import original_view
 
 ArrayLike = np.ndarray | Tensor
@@ -40,7 +40,7 @@ def extract_features(
     ``autocast_bf16=None`` uses bf16 autocast on a CUDA device that supports it, never on CPU.
     ``original_resize`` zooms each image first as the recipe's originals were (the paper's
     STL-10: Resize(105) + CenterCrop(96); a bundle's ``normalization.original_resize``).
-    ``progress`` shows how many images are done (:class:`aavae.progress.Progress`: nothing
+    ``progress`` shows how many images are done (:class:`aavae.common.progress.Progress`: nothing
     for a call that ends within seconds).
     """
     _check_images(images)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
 from aavae.evaluation.inputs import _checked_inputs
 from aavae.evaluation.probe import _fit_softmax_regression, _Standardizer
-from aavae.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
 from aavae.evaluation.inputs import _checked_inputs, _default_device, _features
 from aavae.evaluation.scoring import ClassifierResult, _result
-from aavae.progress import Progress
 
 
 def knn_classify(

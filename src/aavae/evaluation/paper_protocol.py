@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aavae.common.progress import Progress
 from aavae.evaluation.features import (
     ArrayLike,
     _as_uint8_batch,
@@ -36,7 +37,6 @@ from aavae.evaluation.features import (
 )
 from aavae.evaluation.inputs import _check_classes, _class_name_list, _default_device, _labels
 from aavae.evaluation.scoring import ClassifierResult, _result
-from aavae.progress import Progress
 from aavae.views import ViewPolicy, apply_view_params, sample_view_params
 
 logger = logging.getLogger(__name__)

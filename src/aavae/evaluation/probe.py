@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
 from aavae.evaluation.inputs import _checked_inputs, _default_device
 from aavae.evaluation.scoring import ClassifierResult, _result
-from aavae.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def linear_probe(
     more than :data:`MAX_PRECONDITIONED_FEATURES` columns it is skipped (its ``d x d``
     factor would cost more than it saves). ``False`` is the plain L-BFGS of earlier
     versions, kept for comparison (``benchmarks/evaluate.py --raw-pixels``). ``progress``
-    shows the fits (:class:`aavae.progress.Progress`).
+    shows the fits (:class:`aavae.common.progress.Progress`).
     """
     dev = _default_device(device)
     xtr, ytr, xte, yte, names = _checked_inputs(

@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from aavae.common.weights import load_weights
+
 from .net import LOG_SCALE_KEY, MODEL_PREFIXES, AAVAENet, ModelSpec, build_model
 
 MAX_KEYS_LISTED = 10
@@ -141,7 +143,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         )
     try:
         with torch.serialization.safe_globals(_ALLOWED):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return load_weights(path)
     except pickle.UnpicklingError as error:
         refused = _refused_global(error)
         if refused is None:  # garbage after a pickle-like first byte

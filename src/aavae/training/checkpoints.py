@@ -31,7 +31,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aavae.liveness import temporary_path
+from aavae.common.liveness import temporary_path
+from aavae.common.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
     passed_over = []
     for path in checkpoint_candidates(checkpoint_dir):
         try:
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            content = load_weights(path, mmap=True)
             if not isinstance(content, dict) or "state_dict" not in content or "loops" not in content:
                 raise ValueError("not a Lightning training checkpoint (no state_dict or loop state)")
         except Exception as error:  # noqa: BLE001 - any unreadable file is passed over, with the reason
@@ -206,7 +207,7 @@ def finished_training(
     The end is the planned step count (max_epochs or max_steps, or the step count a
     time-limited schedule was fitted to), or the time limit as Lightning's timer recorded it.
     """
-    content = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    content = load_weights(checkpoint)
     steps = int(content.get("global_step", 0))
     fitted = content.get("aavae_fitted_steps")
     if steps >= planned_steps or (fitted is not None and steps >= fitted):

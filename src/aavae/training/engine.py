@@ -14,14 +14,20 @@ import os
 import signal
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from aavae.common.hardware import (  # noqa: F401 - re-exported: training's names for them
+    Hardware,
+    choose_accelerator,
+    choose_precision,
+    cpu_has_fast_bf16,
+)
+from aavae.common.hardware import choose_hardware as hardware_for
+from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
 from aavae.training.checkpoints import (
     AtomicCheckpointIO,
@@ -39,47 +45,9 @@ COMPILE_CACHE = Path("data/02_intermediate/inductor_cache")  # relative to the p
 COMPILE_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's: a folder set there is kept
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """Where and how a run trains: Lightning's accelerator name, the device kind, precision."""
-
-    accelerator: str  # "cpu", "gpu", "mps"
-    device_kind: str  # "cpu", "cuda", "mps"
-    precision: str  # "bf16-mixed" or "32-true"
-
-
-def choose_accelerator(requested: str) -> str:
-    if requested != "auto":
-        return "gpu" if requested == "cuda" else requested
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX or AVX512-BF16), where oneDNN runs
-    bf16 convolutions faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def choose_precision(requested: str, accelerator: str) -> str:
-    """bf16 mixed where the hardware has fast bf16, fp32 otherwise."""
-    if requested != "auto":
-        return requested
-    if accelerator == "gpu":
-        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        fast = accelerator == "cpu" and cpu_has_fast_bf16()
-    return "bf16-mixed" if fast else "32-true"
-
-
 def choose_hardware(config: PretrainConfig) -> Hardware:
-    accelerator = choose_accelerator(config.accelerator)
-    kind = {"gpu": "cuda"}.get(accelerator, accelerator)
-    return Hardware(accelerator, kind, choose_precision(config.precision, accelerator))
+    """What ``pretrain.accelerator`` and ``pretrain.precision`` choose (:mod:`aavae.common.hardware`)."""
+    return hardware_for(config.accelerator, config.precision)
 
 
 def quiet_known_warnings() -> None:
@@ -183,7 +151,7 @@ def fit(
     ckpt_path = str(found) if found else None
     if found is not None:
         log.info("Resuming pretraining from %s", ckpt_path)
-        resumed_at = torch.load(found, map_location="cpu", weights_only=True, mmap=True)
+        resumed_at = load_weights(found, mmap=True)
         statement = mid_epoch_statement(int(resumed_at.get("global_step", 0)),
                                         getattr(module, "steps_per_epoch", None))
         if statement:
@@ -201,7 +169,7 @@ def fit(
     last = newest_loadable_checkpoint(checkpoint_dir)
     if last is None:
         return trainer.current_epoch, trainer.global_step
-    content = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    content = load_weights(last, mmap=True)
     # Saved at the end of epoch e (0-based), or cut short in it: e + 1 epochs, as Lightning counts.
     return int(content["epoch"]) + 1, int(content["global_step"])
 

@@ -1,6 +1,6 @@
 """The batch rules of the training step, and the memory layout it runs a batch in.
 
-The rules, in the order they apply (README's "Batch sizes" says the same):
+The rules, in the order they apply (docs/performance.md's "Batch sizes" says the same):
 
 * every step trains on a full batch of ``pretrain.batch_size`` images, and an epoch is the
   full batches that fit in the training set; the images past the last full batch are seen in

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet
-from aavae.objective import Objective, posterior_std
+from aavae.objective import (
+    Objective,
+    autoencoder_terms,
+    original_terms,
+    reconstruction_terms,
+    sample_posterior,
+)
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
     TrainingImages,
@@ -45,10 +51,7 @@ from aavae.training.pacing import CompileDecision, Pacer, ScheduleFit
 from aavae.training.step import (
     StepSettings,
     TrainStep,
-    autoencoder_terms,
-    original_terms,
     probe_terms,
-    reconstruction_terms,
 )
 from aavae.training.streaming import HostBatches
 from aavae.views import ViewPolicy, channel_tensors, normalize, original_view, to_float
@@ -461,8 +464,8 @@ def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple
     of the view. With S = 1 it is the training diagnostic's cos_sim."""
     mu, logvar = latent[0], latent[1]
     mu_o, logvar_o = (t.float() for t in net.projection(original_features))
-    z = mu + posterior_std(logvar) * noise
-    z_original = mu_o + posterior_std(logvar_o) * original_noise
+    z = sample_posterior(mu, logvar, noise)
+    z_original = sample_posterior(mu_o, logvar_o, original_noise)
     return torch.nn.functional.cosine_similarity(z_original, z, dim=-1, eps=1e-6).mean()
 
 

@@ -9,7 +9,7 @@ The rate leaves out the seconds the step spent compiling or being captured (the 
 estimate hours where the run took minutes.
 
 The terminal check, the rate of lines and the durations are the project's one progress
-helper's (:mod:`aavae.progress`), which evaluation and the embed pipeline use too.
+helper's (:mod:`aavae.common.progress`), which evaluation and the embed pipeline use too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import lightning.pytorch as pl
 
-from aavae.progress import EVERY_SECONDS, duration, log, output_is_terminal
+from aavae.common.progress import EVERY_SECONDS, duration, log, output_is_terminal
 
 __all__ = ["EVERY_SECONDS", "PlainProgress", "output_is_terminal"]
 

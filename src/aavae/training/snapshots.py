@@ -40,7 +40,7 @@ def reconstruct(
 
 def reconstruction_grid(module, originals: np.ndarray, views: np.ndarray) -> Figure:
     """original | input view | reconstruction (AAVAE), or original | reconstruction."""
-    from aavae.plots import image_grid
+    from aavae.reporting.plots import image_grid
 
     if module.objective.uses_augmented_input:
         recon = reconstruct(module.net, views, module.mean, module.std)

@@ -23,7 +23,6 @@ so each replay draws new numbers).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,13 +34,10 @@ from torch import Tensor, nn
 from aavae.models import AAVAENet
 from aavae.objective import (
     Objective,
-    bits_per_dim,
-    gaussian_log_likelihood,
-    kl_gaussians,
-    kl_standard_normal,
-    log_normal,
-    mean_squared_error,
-    posterior_std,
+    autoencoder_terms,
+    original_terms,
+    reconstruction_terms,
+    sample_posterior,
 )
 from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.layout import use_channels_last
@@ -80,67 +76,6 @@ class StepSettings:
     def original_keys(self) -> list[str]:
         """Metrics of the un-augmented pass: cos_sim of the latents (and kl_augmentation)."""
         return ["cos_sim", "kl_augmentation"] if self.objective.is_variational else ["cos_sim"]
-
-
-def reconstruction_terms(
-    net: AAVAENet, features: Tensor, target: Tensor, noise: Tensor, kl_coeff: float
-) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """The paper's VAE.step for the samples in ``noise`` (S x N x latent standard normals).
-
-    Returns the loss, its metrics and (mu, logvar, the first sample of z).
-    """
-    mu, logvar = (t.float() for t in net.projection(features))
-    std = posterior_std(logvar)
-    kl = kl_standard_normal(mu, logvar)
-    log_pxz_all, log_w = [], []
-    first_z = mu
-    for sample in range(noise.shape[0]):
-        z = mu + std * noise[sample]
-        first_z = z if sample == 0 else first_z
-        log_pxz = gaussian_log_likelihood(net.decode(z).float(), net.log_scale, target)
-        log_pz = log_normal(z, torch.zeros_like(z), torch.ones_like(z))
-        log_qz = log_normal(z, mu, std)
-        log_pxz_all.append(log_pxz)
-        log_w.append(log_pxz + log_pz - log_qz)
-    log_pxz = torch.stack(log_pxz_all, dim=1)
-    log_px = torch.logsumexp(torch.stack(log_w, dim=1), dim=1) - math.log(noise.shape[0])
-    loss = (kl_coeff * kl - log_pxz.mean(dim=1)).mean()
-    metrics = {
-        "loss": loss,
-        "elbo": (kl - log_pxz.mean(dim=1)).mean(),  # the negative ELBO, as the paper logs it
-        "kl": kl.mean(),
-        "log_pxz": log_pxz.mean(),
-        "log_px": log_px.mean(),
-        "bpd": bits_per_dim(log_px.mean(), target[0].numel()),
-        "log_scale": net.log_scale.float().reshape(()),
-    }
-    return loss, metrics, (mu, logvar, first_z)
-
-
-def autoencoder_terms(net: AAVAENet, features: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """The paper's AE.step: a deterministic latent, the mean squared error against ``target``,
-    which is the encoder's own input (the view, with ``denoising``: ``ae.py`` reconstructs x)."""
-    z = net.projection(features).float()
-    loss = mean_squared_error(net.decode(z).float(), target)
-    return loss, {"loss": loss, "mse": loss}, z
-
-
-def original_terms(
-    objective: Objective, net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...] | Tensor,
-    original_noise: Tensor,
-) -> dict[str, Tensor]:
-    """cos_sim between the latents of the encoder's input and of the original (the paper's
-    diagnostics), and for a VAE the KL between their posteriors (kl_augmentation)."""
-    if not objective.is_variational:
-        z_original = net.projection(original_features).float()
-        return {"cos_sim": F.cosine_similarity(z_original, latent, dim=1, eps=1e-6).mean()}
-    mu, logvar, z = latent
-    mu_o, logvar_o = (t.float() for t in net.projection(original_features))
-    z_original = mu_o + posterior_std(logvar_o) * original_noise
-    return {
-        "cos_sim": F.cosine_similarity(z_original, z, dim=1, eps=1e-6).mean(),
-        "kl_augmentation": kl_gaussians(mu, logvar, mu_o, logvar_o).mean(),
-    }
 
 
 def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -340,7 +275,7 @@ class TrainStep:
             original_features = net.encode(self.last_target)
             if settings.objective.is_variational:
                 mu, logvar = (t.float() for t in net.projection(features))
-                latent: tuple[Tensor, ...] | Tensor = (mu, logvar, mu + posterior_std(logvar) * noise[0])
+                latent: tuple[Tensor, ...] | Tensor = (mu, logvar, sample_posterior(mu, logvar, noise[0]))
             else:
                 latent = net.projection(features).float()
             terms = original_terms(settings.objective, net, original_features, latent, noise[1])

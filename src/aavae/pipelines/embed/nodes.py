@@ -19,7 +19,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from aavae.config import DatasetConfig, EmbedConfig, parse
-from aavae.embeddings import (
+from aavae.reporting.plots import neighbour_grid_figure
+from aavae.serving.embeddings import (
     Encoder,
     NeighbourIndex,
     answer_query,
@@ -27,8 +28,7 @@ from aavae.embeddings import (
     embed_folder,
     read_indexed_images,
 )
-from aavae.inference import ImageEncoder, resolve_precision
-from aavae.plots import neighbour_grid_figure
+from aavae.serving.inference import ImageEncoder, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def load_encoder(
     served), else the trained ``aavae_model`` at ``embed.precision``."""
     config = parse("embed", embed, EmbedConfig)
     if config.model_uri:
-        from aavae.mlflow_model import RegisteredEncoder  # MLflow glue, only when asked for
+        from aavae.serving.mlflow_model import RegisteredEncoder  # MLflow glue, only when asked for
 
         return RegisteredEncoder(config.model_uri)
     if aavae_model is None:

@@ -12,7 +12,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from aavae import provenance, tracking
+from aavae import tracking
+from aavae.common import provenance
+from aavae.common.hardware import choose_device, runs_in_bf16
+from aavae.common.progress import progress_scope
 from aavae.config import EvaluateConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
@@ -29,11 +32,9 @@ from aavae.evaluation import (
 from aavae.models import ModelSpec
 from aavae.pipelines.features.nodes import (
     TRANSFER,
-    evaluation_autocast,
-    evaluation_device,
     evaluation_images,
 )
-from aavae.plots import (
+from aavae.reporting.plots import (
     confusion_matrix_figure,
     curves_figure,
     embedding_figure,
@@ -41,8 +42,7 @@ from aavae.plots import (
     off_scale_points,
     value_text,
 )
-from aavae.progress import progress_scope
-from aavae.report_html import ReportImage, render_report
+from aavae.reporting.report_html import ReportImage, render_report
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], cla
             encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
             split.normalization["mean"], split.normalization["std"], len(class_names), class_names,
             epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
-            device=evaluation_device(config.accelerator), autocast_bf16=evaluation_autocast(config),
+            device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
             original_resize=split.normalization.get("original_resize"),
         )
     return linear_probe(

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from aavae import provenance, tracking
+from aavae import tracking
+from aavae.common import provenance
+from aavae.common.hardware import choose_device, choose_precision, runs_in_bf16
 from aavae.config import EvaluateConfig, ModelConfig, ViewsConfig, parse
-from aavae.data.imagefolder import fit_images
+from aavae.data.fit import fit_images
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
     baseline_encoder,
@@ -19,7 +21,6 @@ from aavae.evaluation import (
     extract_features,
     model_from_bundle,
 )
-from aavae.inference import resolve_precision
 from aavae.models import ModelSpec
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.views import channel_tensors, normalize, original_view, resolve_preprocessing
@@ -138,14 +139,12 @@ def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, imag
 
 def evaluation_device(accelerator: str) -> torch.device:
     """``evaluate.accelerator``: ``auto`` is the GPU when torch sees one."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
+    return choose_device(accelerator)
 
 
 def evaluation_autocast(config: EvaluateConfig) -> bool:
     """``evaluate.precision``: whether networks run under bf16 autocast during evaluation."""
-    return resolve_precision(config.precision, evaluation_device(config.accelerator)) == "bf16-mixed"
+    return runs_in_bf16(config.precision, config.accelerator)
 
 
 def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
@@ -186,7 +185,7 @@ def extract_model_features(
         log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
     made_from = {"model_sha256": provenance.model_fingerprint(evaluation_model),
                  provenance.DATA_SHA256: images_train.fingerprint,
-                 "precision": resolve_precision(config.precision, evaluation_device(config.accelerator)),
+                 "precision": choose_precision(config.precision, evaluation_device(config.accelerator)),
                  "recompute_bn_stats": config.recompute_bn_stats}
     return tuple(  # type: ignore[return-value]
         provenance.stamp({"features": _features(encoder, split, evaluation_model, config),

@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 import numpy as np
 from matplotlib.figure import Figure
 
-from aavae import provenance, tracking
+from aavae import tracking
+from aavae.common import provenance
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle

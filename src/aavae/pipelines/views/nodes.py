@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from aavae import provenance
+from aavae.common import provenance
 from aavae.config import ViewsConfig, parse
 from aavae.data.imageset import ImageSet
-from aavae.plots import image_grid
+from aavae.reporting.plots import image_grid
 from aavae.views import ViewPolicy, make_views, resolve_preprocessing, split_view_policy
 
 POLICY_FILE = "data/05_model_input/view_policy.json"

@@ -1,8 +1,8 @@
 """Embeddings of a whole folder and an exact cosine nearest-neighbour index over them.
 
-:func:`embed_folder` reads a folder or archive batch by batch (:mod:`aavae.folder_images`)
+:func:`embed_folder` reads a folder or archive batch by batch (:mod:`aavae.data.folder_images`)
 and encodes each batch with any :class:`Encoder` (the trained bundle's
-:class:`aavae.inference.ImageEncoder`, or a registered MLflow model), so memory stays at one
+:class:`aavae.serving.inference.ImageEncoder`, or a registered MLflow model), so memory stays at one
 batch of images however large the folder is.
 
 :class:`NeighbourIndex` holds the L2-normalised embeddings: a query is one matrix product
@@ -26,9 +26,9 @@ from typing import Protocol
 
 import numpy as np
 
+from aavae.data.folder_images import is_image_path, iter_image_batches, list_images, read_image
 from aavae.evaluation import nearest_neighbours
-from aavae.folder_images import is_image_path, iter_image_batches, list_images, read_image
-from aavae.inference import Preprocessing
+from aavae.serving.inference import Preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from PIL import Image
 
 from aavae.data.archive import Entry, open_source
 from aavae.data.errors import DatasetError
-from aavae.data.imagefolder import IMAGE_EXTENSIONS, PIL_FORMATS, ResizePolicy, fit_image
+from aavae.data.fit import ResizePolicy, fit_image
+from aavae.data.imagefolder import IMAGE_EXTENSIONS, PIL_FORMATS
 
 logger = logging.getLogger(__name__)
 

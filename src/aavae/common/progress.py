@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 
-log = logging.getLogger("aavae.progress")
+log = logging.getLogger("aavae.common.progress")
 
 #: Seconds between two plain progress lines (and before the first).
 EVERY_SECONDS = 30.0

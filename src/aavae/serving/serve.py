@@ -1,10 +1,10 @@
-"""``python -m aavae.serve -m models:/<name>/<version>``: the encoder over HTTP, with a bound on a request.
+"""``python -m aavae.serving.serve -m models:/<name>/<version>``: the encoder over HTTP, with a bound on a request.
 
 ``mlflow models serve`` reads and parses a request's whole JSON before the model sees it, and
 MLflow 3.17 has no limit on its size: one 4000 x 4000 image (251 MB of JSON) ran past the
 server's 60 s timeout, answered 504, and grew the worker from 0.67 to 6.9 GB while the parse went
 on (the parse holds about 25 times the JSON's size). The model's own limits
-(``max_image_side``, ``max_batch_size``: :mod:`aavae.mlflow_model`) refuse such a request only
+(``max_image_side``, ``max_batch_size``: :mod:`aavae.serving.mlflow_model`) refuse such a request only
 after that parse.
 
 This serves MLflow's very scoring app (the same routes, answers and refusals; the model loaded
@@ -104,7 +104,7 @@ def build_app(model_uri: str, max_request_mb: float = DEFAULT_MAX_REQUEST_MB) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aavae.serve", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m aavae.serving.serve", description=__doc__.splitlines()[0],
                                      add_help=False)
     parser.add_argument("-m", "--model-uri", required=True, help="e.g. models:/digits-aavae-encoder/1")
     parser.add_argument("-p", "--port", type=int, default=5001)

@@ -2,11 +2,11 @@
 
 MLflow runs this file when the model is loaded, instead of unpickling a Python object: a
 registered model then executes only this project's code (carried with it), and its weights
-load with ``torch.load(weights_only=True)``. See :mod:`aavae.mlflow_model`.
+load with ``torch.load(weights_only=True)``. See :mod:`aavae.serving.mlflow_model`.
 """
 
 import mlflow
 
-from aavae.mlflow_model import EncoderModel
+from aavae.serving.mlflow_model import EncoderModel
 
 mlflow.models.set_model(EncoderModel())

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 
-from aavae.liveness import Liveness, ProcessRecord
+from aavae.common.liveness import Liveness, ProcessRecord
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def close_runs_of_gone_processes(keep: str | None = None) -> list[str]:
 
     Any pipeline's run: a SIGKILL, an out-of-memory kill or a power cut leaves its run
     RUNNING forever otherwise. Gone means on this host and no such PID, or the PID now
-    belongs to a process started later (:mod:`aavae.liveness`). Runs without process tags
+    belongs to a process started later (:mod:`aavae.common.liveness`). Runs without process tags
     (older runs, other tools) and runs of other hosts are left alone: they cannot be judged.
     ``keep`` is the caller's own run.
     """

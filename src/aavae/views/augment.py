@@ -24,14 +24,15 @@ matmuls enabled on CUDA the resize carries TF32 rounding (seen: at most 0.0026).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from aavae.views.policy import ViewPolicy
+from aavae.views.preprocessing import _check_images, _resize_weights
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -40,99 +41,6 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 # Tries of RandomResizedCrop.get_params before it falls back to a central crop.
 _CROP_TRIES = 10
 
-
-@dataclass(frozen=True)
-class ViewPolicy:
-    """The augmentation recipe. Defaults are the paper's CIFAR-10 one (STL-10: jitter 1, blur 0.5).
-
-    Colour-jitter strength ``s`` gives brightness/contrast/saturation ``0.8 s`` and hue
-    ``0.2 s``, as in SimCLR. ``blur_p = 0`` turns the Gaussian blur off.
-    """
-
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_strength: float = 0.5
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_kernel_fraction: float = 0.1
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-
-    def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            value = getattr(self, name)
-            if not (isinstance(value, Sequence) and len(value) == 2):
-                raise ValueError(f"ViewPolicy.{name} must be a pair (low, high), got {value!r}")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        _check_range("crop_scale", self.crop_scale, upper=1.0)
-        _check_range("crop_ratio", self.crop_ratio)
-        _check_range("blur_sigma", self.blur_sigma)
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"ViewPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}"
-                )
-        if not 0.0 <= self.jitter_strength <= 2.5:
-            # hue = 0.2 s must stay within torchvision's [-0.5, 0.5]
-            raise ValueError(
-                f"ViewPolicy.jitter_strength must be in [0, 2.5], got {self.jitter_strength}"
-            )
-        if not 0.0 < self.blur_kernel_fraction <= 1.0:
-            raise ValueError(
-                f"ViewPolicy.blur_kernel_fraction must be in (0, 1], got {self.blur_kernel_fraction}"
-            )
-
-    def jitter_ranges(self) -> tuple[tuple[float, float], ...]:
-        """(low, high) of the brightness, contrast, saturation and hue factors (ColorJitter's)."""
-        strength = 0.8 * self.jitter_strength
-        hue = 0.2 * self.jitter_strength
-        multiplicative = (max(0.0, 1.0 - strength), 1.0 + strength)
-        return multiplicative, multiplicative, multiplicative, (-hue, hue)
-
-    def blur_kernel_size(self, size: int) -> int:
-        """Odd kernel width, ``blur_kernel_fraction`` of the image size (SimCLR: 10 %)."""
-        kernel = int(self.blur_kernel_fraction * size)
-        return kernel if kernel % 2 == 1 else kernel + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ViewPolicy:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown view policy key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(
-            **{key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in values.items()}
-        )
-
-
-PREPROCESSING_KEYS = ("mean", "std", "original_resize")
-#: What a resolved view policy records of the images it was resolved from (aavae.provenance).
-PROVENANCE_KEYS = ("data_sha256",)
-
-
-def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, dict[str, Any]]:
-    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing of
-    originals: ``mean``, ``std`` and ``original_resize``, None when absent)."""
-    policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items()
-                                   if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
-    preprocessing = {key: view_policy.get(key) for key in PREPROCESSING_KEYS}
-    return policy, preprocessing
-
-
-def _check_range(name: str, value: tuple[float, float], upper: float = math.inf) -> None:
-    low, high = value
-    if not 0.0 < low <= high <= upper:
-        bound = "" if upper == math.inf else f" <= {upper}"
-        raise ValueError(f"ViewPolicy.{name} must satisfy 0 < low <= high{bound}, got {value}")
 
 
 @dataclass
@@ -298,140 +206,6 @@ def make_views(images: Tensor, policy: ViewPolicy, generator: torch.Generator) -
     return apply_view_params(images, params, policy)
 
 
-def to_float(images: Tensor) -> Tensor:
-    """The un-augmented image: uint8 ``N x 3 x H x W`` -> float32 in [0, 1], channels_last."""
-    images = _check_images(images, "to_float")
-    return images.contiguous(memory_format=torch.channels_last).to(torch.float32).div_(255.0)
-
-
-def original_view(images: Tensor, original_resize: int | None = None) -> Tensor:
-    """The original as the network sees it: :func:`to_float`, or with ``original_resize``
-    torchvision's ``Resize(original_resize)`` then ``CenterCrop`` back to the image size.
-
-    The paper's STL-10 recipe reconstructs (and evaluates on) such a zoomed original:
-    Resize(105) + CenterCrop(96), a 1.09x centre zoom. Here it is the same bilinear resize
-    as the views' (two matrix products), restricted to the centre rows and columns.
-    """
-    if original_resize is None:
-        return to_float(images)
-    images = _check_images(images, "original_view")
-    n, channels, height, width = images.shape
-    if original_resize < max(height, width):
-        raise ValueError(
-            f"original_view: original_resize {original_resize} must be at least the image size "
-            f"{height}x{width} (it zooms in, then crops the centre back to the image size)"
-        )
-    rows = _zoom_weights(height, original_resize, images.device) / 255.0
-    cols = _zoom_weights(width, original_resize, images.device)
-    x = images.to(torch.float32, memory_format=torch.contiguous_format)
-    x = torch.matmul(x, cols.t())  # (N, C, H, W)
-    x = torch.matmul(rows, x)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def _zoom_weights(size: int, resized: int, device: torch.device) -> Tensor:
-    """(size, size): resize ``size`` -> ``resized`` pixels, keep the centre ``size`` of them.
-
-    torchvision's Resize scales the shorter side, so a square image scales by the same
-    factor both ways; CenterCrop's offset is ``int(round((resized - size) / 2))``.
-    """
-    zero = torch.zeros(1, device=device)
-    full = _resize_weights(zero, zero + size, size, resized)[0]  # (resized, size)
-    offset = int(round((resized - size) / 2.0))
-    return full[offset : offset + size]
-
-
-def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch.
-
-    Pass ``mean`` and ``std`` as tensors on ``x``'s device (see :func:`channel_tensors`) in a
-    hot loop: numbers would be copied to the device, and checked on the host, at every call.
-    """
-    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
-        mean, std = channel_tensors(mean, std, x.shape[-3], x.device)
-    mean_t = mean.to(dtype=x.dtype).view(-1, 1, 1)
-    std_t = std.to(dtype=x.dtype).view(-1, 1, 1)
-    return (x - mean_t) / std_t
-
-
-def channel_tensors(
-    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device | str
-) -> tuple[Tensor, Tensor]:
-    """Checked per-channel mean and std as float32 tensors on ``device``."""
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"normalize: need one mean and std per channel ({channels}), got {mean}, {std}"
-        )
-    if min(std) <= 0:
-        raise ValueError(f"normalize: std must be positive, got {std}")
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
-
-
-def resolve_preprocessing(
-    mean: Sequence[float] | None, std: Sequence[float] | None, original_resize: int | None,
-    images: np.ndarray,
-) -> dict[str, Any]:
-    """How an original becomes the network's input (``mean``, ``std``, ``original_resize``):
-    the recipe's fixed constants when given (the paper's CIFAR-10 and STL-10), else the
-    per-channel statistics of ``images`` (uint8 ``N x H x W x C``, the training split).
-
-    The one rule behind both a trained model's view policy and a checkpoint of the paper read
-    for evaluation, so both are scored with the preprocessing the recipe prescribes.
-    """
-    if mean is None or std is None:
-        mean, std = channel_stats(np.asarray(images))
-    side = min(images.shape[1:3])
-    if original_resize is not None and original_resize < side:
-        raise ValueError(
-            f"views.original_resize={original_resize} is smaller than the images "
-            f"({side} px): it must be at least the image size (it zooms in, e.g. 105 for 96)"
-        )
-    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
-            "original_resize": original_resize}
-
-
-def channel_stats(
-    images: np.ndarray | Tensor, chunk: int = 4096
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units.
-
-    Accumulated in float64 over chunks, so a whole dataset never needs a float copy.
-    """
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise ValueError(
-            f"channel_stats expects a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}"
-        )
-    total = np.zeros(images.shape[-1])
-    total_sq = np.zeros(images.shape[-1])
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].astype(np.float64) / 255.0
-        total += block.sum(axis=(0, 1, 2))
-        total_sq += np.square(block).sum(axis=(0, 1, 2))
-    count = images.shape[0] * images.shape[1] * images.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return tuple(mean.tolist()), tuple(std.tolist())
-
-
-def _check_images(images: Tensor, caller: str) -> Tensor:
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        got = (
-            f"{images.dtype} {tuple(images.shape)}"
-            if isinstance(images, Tensor)
-            else type(images).__name__
-        )
-        raise ValueError(f"{caller} expects a uint8 tensor N x C x H x W, got {got}")
-    if images.shape[1] != 3:
-        raise ValueError(
-            f"{caller} expects RGB images (C = 3) in N x C x H x W order, got shape {tuple(images.shape)}; "
-            "convert grayscale datasets to RGB, and permute N x H x W x C arrays with .permute(0, 3, 1, 2)"
-        )
-    return images
-
 
 # --- crop, resize and flip -------------------------------------------------------------------
 
@@ -454,28 +228,6 @@ def _crop_resize_flip(
     return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, out_w))
 
 
-def _resize_weights(
-    start: Tensor, length: Tensor, in_size: int, out_size: int, mirror: Tensor | None = None
-) -> Tensor:
-    """(N, out_size, in_size) weights of torchvision's antialiased bilinear resize of a window.
-
-    Output pixel ``o`` is centred at ``start + (o + 0.5) * scale`` on the input; the triangle
-    filter is widened by the scale when shrinking (antialias) and normalised over the pixels
-    inside the window, which equals edge clamping when enlarging. Where ``mirror``, output
-    pixel ``o`` takes the place of ``out_size - 1 - o`` (a horizontal flip after the resize).
-    """
-    device = start.device
-    start, length = start.view(-1, 1, 1), length.view(-1, 1, 1)
-    scale = length / out_size
-    out_pixel = torch.arange(out_size, device=device, dtype=torch.float32).view(1, -1, 1)
-    if mirror is not None:
-        out_pixel = out_pixel + mirror.view(-1, 1, 1) * (out_size - 1 - 2 * out_pixel)
-    centre = start + (out_pixel + 0.5) * scale  # (N, out, 1)
-    pixel = torch.arange(in_size, device=device, dtype=torch.float32).view(1, 1, -1)
-    inside = ((pixel >= start) & (pixel < start + length)).to(torch.float32)  # (N, 1, in)
-    weights = (pixel + 0.5 - centre).abs_().mul_(1.0 / scale.clamp(min=1.0)).neg_().add_(1.0)
-    weights = weights.clamp_(min=0.0).mul_(inside)
-    return weights.div_(weights.sum(dim=2, keepdim=True))
 
 
 # --- colour ops (float images in [0, 1], math of torchvision.transforms.v2.functional) --------
@@ -614,3 +366,4 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     for t in range(1, kernel_size):
         down.addcmul_(across[..., t : t + height, :], taps[t])
     return down
+

@@ -9,7 +9,7 @@ resuming from and overwriting the other's ``last.ckpt``. The lock is a small JSO
   and a reader never sees a half-written record (``O_CREAT | O_EXCL`` is the fallback where
   links are refused);
 * held: a second run is refused at once, with the holder's PID and host;
-* stale: the holder was on this host and is gone (see :mod:`aavae.liveness`), so the lock is
+* stale: the holder was on this host and is gone (see :mod:`aavae.common.liveness`), so the lock is
   taken over, with a warning. A holder on another host cannot be checked and is never
   taken over: the message says which file to delete once that process is known to be gone;
 * released when the run ends, fails, is interrupted (Ctrl+C; SIGTERM during training, which
@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aavae.liveness import Liveness, ProcessRecord
+from aavae.common.liveness import Liveness, ProcessRecord
 
 log = logging.getLogger(__name__)
 

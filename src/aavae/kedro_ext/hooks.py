@@ -15,11 +15,11 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from aavae import tracking
+from aavae.common.liveness import remove_dead_temporaries
+from aavae.common.quiet import reapply_logger_levels
 from aavae.config import validate_all
-from aavae.liveness import remove_dead_temporaries
-from aavae.pretrain_lock import PretrainLock
-from aavae.quiet import reapply_logger_levels
-from aavae.tracking_store import prepare_sqlite_store
+from aavae.kedro_ext.pretrain_lock import PretrainLock
+from aavae.tracking.store import prepare_sqlite_store
 from aavae.training.distributed import launched_rank
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class TrackingStoreHooks:
 
     ``tryfirst``: kedro-mlflow opens the store in its own ``after_context_created``, and MLflow
     would start migrating a missing or half-made one there, not atomically
-    (:mod:`aavae.tracking_store`).
+    (:mod:`aavae.tracking.store`).
     """
 
     @hook_impl(tryfirst=True)

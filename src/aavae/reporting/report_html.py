@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aavae.report import (  # the printed report says the same
+from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
     short_training_note,
@@ -64,7 +64,7 @@ class ReportImage:
         if not isinstance(self.png, (bytes, bytearray)) or not self.png.startswith(PNG_SIGNATURE):
             raise ValueError(
                 f"report image {self.title!r} must be PNG bytes (starting with the PNG "
-                "signature); render figures with aavae.plots.figure_png"
+                "signature); render figures with aavae.reporting.plots.figure_png"
             )
 
 

@@ -1,4 +1,4 @@
-"""``python -m aavae.report [metrics.json]``: the results table and where to look next."""
+"""``python -m aavae.reporting.report [metrics.json]``: the results table and where to look next."""
 
 from __future__ import annotations
 
@@ -57,12 +57,17 @@ def conclusion(metrics: dict[str, Any]) -> str | None:
         draws = metrics.get("few_label_draws")
         spread = (f" (sd over {draws} draws of the labelled images: {100 * metrics[f'{key}_sd']:.1f}; "
                   "every row sees the same draws)" if draws else "")
-    verdict = "ahead of" if lead > 0 else "not ahead of"
+    verdict = f"ahead of the best baseline ({best}) by {lead:.1f}" if lead > 0 else (
+        f"behind the best baseline ({best}) by {-lead:.1f}" if lead < 0 else f"level with the best baseline ({best})")
     others = ", ".join(f"{h}: {value:+.1f}" for h, value, _ in found[1:])
-    return (f"With {heading.replace('/class', ' per class')}, the {model} features are {verdict} the best "
-            f"baseline ({best}) by {lead:+.1f} points{spread}. Lead over the best baseline elsewhere, in "
-            f"points: {others}. Learned features earn their keep where labels are scarce; with many "
-            "labels a linear classifier on raw pixels is strong on easy images such as digits.")
+    text = f"With {heading.replace('/class', ' per class')}, the {model} features are {verdict} points{spread}."
+    if others:
+        text += f" Lead over the best baseline elsewhere, in points: {others}."
+    full = next((value for h, value, _ in found[1:] if h.startswith("linear top-1")), None)
+    if lead > 0 and full is not None and full <= 0:  # ahead with few labels, not with all of them
+        text += (" Learned features earn their keep where labels are scarce; with every label a linear "
+                 "classifier on raw pixels catches up on easy images.")
+    return text
 
 
 def short_training_note(epochs: Any) -> str | None:

@@ -1,7 +1,7 @@
 """A trained encoder ready for new images: bring them to the training size, normalise, encode.
 
 :class:`ImageEncoder` is the one owner of "what the trained model does to an image of any
-size", shared by the embed pipeline and the MLflow model (:mod:`aavae.mlflow_model`), so a
+size", shared by the embed pipeline and the MLflow model (:mod:`aavae.serving.mlflow_model`), so a
 served model, an embedded folder and the features pipeline give the same numbers:
 
 * images are brought to the training size exactly as ingest brings an image folder's files
@@ -38,7 +38,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from aavae.data.imagefolder import RESIZE_POLICIES, fit_image
+from aavae.common.hardware import choose_precision
+from aavae.data.fit import RESIZE_POLICIES, fit_image
 from aavae.evaluation import extract_features, model_from_bundle
 from aavae.models import AAVAENet
 
@@ -344,15 +345,8 @@ class ImageEncoder:
 
 
 def resolve_precision(requested: str, device: torch.device | None = None) -> str:
-    """``auto``: bf16-mixed on a CUDA ``device`` with bf16, or, on the CPU, where it has bf16
-    matrix units (as pretraining decides); else 32-true. Other values are returned as they are."""
-    if requested != "auto":
-        return requested
-    if device is not None and device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    from aavae.training.engine import cpu_has_fast_bf16  # the one owner of that check
-
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    """``auto`` for a network on ``device`` (None: the CPU), as :mod:`aavae.common.hardware` decides."""
+    return choose_precision(requested, device if device is not None else "cpu")
 
 
 class _RepresentationAndMu(nn.Module):

@@ -1,0 +1,10 @@
+"""What every layer uses and that knows nothing of the rest of the project.
+
+* :mod:`.progress` -- progress of long work: a bar on a terminal, plain lines in a log.
+* :mod:`.hardware` -- every ``auto`` choice of device and precision.
+* :mod:`.weights` -- the one weights-only reader of torch files.
+* :mod:`.file_modes` -- artifacts written with the modes the umask gives.
+* :mod:`.liveness` -- temporary names of writers, and whether their process still lives.
+* :mod:`.provenance` -- fingerprints of what an artifact was made from, and the checks on them.
+* :mod:`.quiet` -- library warnings a user cannot act on, filtered by their exact text.
+"""

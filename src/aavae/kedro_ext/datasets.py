@@ -1,0 +1,146 @@
+"""Kedro datasets for this project's artifacts, each written atomically.
+
+Every save goes to a temporary name in the same folder and is renamed into place, so an
+interrupted run never leaves half a file and never destroys the previous artifact. The
+artifact gets the permissions the umask gives any new file (:mod:`aavae.common.file_modes`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from kedro.io import AbstractDataset, DatasetError
+
+from aavae.common.file_modes import follow_umask
+from aavae.common.liveness import temporary_prefix
+from aavae.common.weights import load_weights
+from aavae.data.imageset import ImageSet, load_imageset, save_imageset
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        follow_umask(tmp)  # mkstemp made it 0600: the artifact gets the mode open() would give
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+#: Which pipeline writes the artifacts of each data layer, for messages about a missing or
+#: damaged one.
+WRITERS = {
+    "03_primary": "kedro run --pipeline ingest",
+    "04_feature": "kedro run --pipeline evaluate",
+    "05_model_input": "kedro run --pipeline prepare",
+    "06_models": "kedro run --pipeline pretrain",
+    "07_model_output": "kedro run --pipeline embed",
+}
+
+
+class _FileDataset(AbstractDataset):
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(PurePosixPath(filepath))
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _missing(self) -> DatasetError:
+        return DatasetError(
+            f"'{self._filepath}' does not exist: run the pipeline that writes it first "
+            f"({self._writer()})."
+        )
+
+    def _damaged(self, error: Exception) -> DatasetError:
+        return DatasetError(
+            f"Could not read '{self._filepath}': it is damaged or truncated ({error}). Run the "
+            f"pipeline that writes it again ({self._writer()}); the file is replaced whole."
+        )
+
+    def _writer(self) -> str:
+        """The command that writes this artifact, from its data layer."""
+        layer = next((part for part in self._filepath.parts if part in WRITERS), None)
+        return WRITERS.get(layer, "kedro run --pipeline pretrain")
+
+
+class ImageSetDataset(_FileDataset):
+    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped.
+
+    Saving goes through :func:`save_imageset`, which renames (or links) images that are a
+    memory map of a whole .npy file into place instead of copying them: the image-folder
+    reader stages its decoded images on disk, so a set larger than RAM reaches the catalog
+    without passing through memory or being copied.
+    """
+
+    def load(self) -> ImageSet:
+        if not self._filepath.exists():
+            raise self._missing()
+        try:
+            return load_imageset(self._filepath)
+        except (ValueError, FileNotFoundError) as error:
+            raise DatasetError(str(error)) from error
+
+    def save(self, data: ImageSet) -> None:
+        save_imageset(data, self._filepath)
+
+
+class ArraysDataset(_FileDataset):
+    """A dict of NumPy arrays as one uncompressed .npz file (no pickled objects)."""
+
+    def load(self) -> dict[str, np.ndarray]:
+        if not self._filepath.exists():
+            raise self._missing()
+        try:
+            with np.load(self._filepath, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise self._damaged(error) from error
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **{k: np.asarray(v) for k, v in data.items()})
+
+        _atomic_write(self._filepath, write)
+
+
+class TorchBundleDataset(_FileDataset):
+    """Model weights plus the plain config needed to rebuild the model, via torch.save.
+
+    Loading uses ``weights_only=True``: a file from outside cannot run code. With
+    ``optional=True`` a missing file loads as ``None`` (evaluating a checkpoint given by path
+    needs no trained bundle).
+    """
+
+    def __init__(self, filepath: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(filepath, metadata)
+        self._optional = optional
+
+    def load(self) -> dict[str, Any] | None:
+        if not self._filepath.exists():
+            if self._optional:
+                return None
+            raise self._missing()
+        try:
+            return load_weights(self._filepath)
+        except Exception as exc:  # corrupt or foreign file
+            raise DatasetError(
+                f"Could not read model bundle '{self._filepath}': {exc}. Re-run "
+                "`kedro run --pipeline pretrain` to write it again."
+            ) from exc
+
+    def save(self, data: dict[str, Any]) -> None:
+        _atomic_write(self._filepath, lambda tmp: torch.save(data, tmp))
