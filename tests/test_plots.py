@@ -100,3 +100,13 @@ def test_a_forced_scale_is_kept_with_every_point_on_the_axis(scale):
     figure = curves_figure(SPIKED, "loss", yscale=scale)
     assert figure.axes[0].get_yscale() == scale
     assert figure.axes[0].get_ylim()[1] > 37_000 and off_axis_texts(figure) == []
+
+
+def test_the_report_explains_a_validation_spike_that_training_does_not_share():
+    from aavae.pipelines.evaluate.nodes import VALIDATION_SPIKE_NOTE, _curves_note
+
+    assert VALIDATION_SPIKE_NOTE in _curves_note(SPIKED, "linear")
+    both = {"train_loss": [(step, 40_000.0 if step == 3 else 900.0) for step in range(8)],
+            "val_loss": [(step, 37_000.0 if step == 3 else 900.0) for step in range(8)]}
+    assert set(off_scale_points(both)) == {"train_loss", "val_loss"}
+    assert VALIDATION_SPIKE_NOTE not in _curves_note(both, "linear"), "training spiked too: not the statistics"

@@ -47,6 +47,15 @@ from aavae.reporting.report_html import ReportImage, render_report
 log = logging.getLogger(__name__)
 
 LOSS_CURVES = ("train_loss", "val_loss")
+#: Measured by benchmarks/validation_spike.py (docs/results.md): the weights of a spiking epoch
+#: score normally with their batch's statistics; only the running averages lag.
+VALIDATION_SPIKE_NOTE = (
+    " A validation spike with no training spike is batch norm's running statistics lagging weights"
+    " that move fast (the peak learning rate after warm-up, with few steps an epoch): validation"
+    " normalises with those averages, training with each batch's own, and the same weights score"
+    " normally with re-estimated statistics. The model did not diverge; the averages catch up as"
+    " the learning rate decays (benchmarks/validation_spike.py shows it epoch by epoch)."
+)
 
 
 @dataclass(frozen=True)
@@ -237,13 +246,15 @@ def write_report(
 
 def _curves_note(curves: dict[str, list[tuple[int, float]]], scale: str) -> str:
     """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
-    spikes = [f"{name} {value_text(value)} at step {step:,}"
-              for name, points in off_scale_points(curves).items() for step, value in points]
+    off_scale = off_scale_points(curves)
+    spikes = [f"{name} {value_text(value)} at step {step:,}" for name, points in off_scale.items() for step, value in points]
     note = ""
     if spikes:
         note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
                  f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
                  f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
+    if off_scale and set(off_scale) <= {"val_loss"}:
+        note += VALIDATION_SPIKE_NOTE
     if scale != "linear":
         note += f" On a {scale} axis: the values span more than a factor of 20."
     return note
