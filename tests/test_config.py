@@ -98,3 +98,21 @@ def test_conf_base_states_the_schemas_defaults_so_there_is_one_source_of_default
             if value != default:
                 differ.append(f"{group}.{key}: conf/base {value!r}, schema {default!r}")
     assert differ == []
+
+
+def test_the_views_parameters_are_the_view_policys_fields_with_its_bounds():
+    """ViewsConfig validates the parameters that become a ViewPolicy: the same nine fields, and a
+    value one accepts the other accepts (the policy's defaults are the paper's CIFAR-10 recipe,
+    the parameters' the digits run's)."""
+    from dataclasses import fields
+
+    from aavae.config import ViewsConfig
+    from aavae.views import ViewPolicy
+
+    assert set(ViewsConfig().policy_fields()) == {f.name for f in fields(ViewPolicy)}
+    for name, bad in [("jitter_strength", 2.6), ("flip_p", 1.5), ("blur_kernel_fraction", 0.0)]:
+        with pytest.raises(ConfigError, match=f"views.{name}"):
+            parse("views", {name: bad})
+        with pytest.raises(ValueError, match=name):
+            ViewPolicy(**{name: bad})
+    ViewPolicy(**ViewsConfig(jitter_strength=2.5).policy_fields())

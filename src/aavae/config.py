@@ -83,8 +83,8 @@ class ViewsConfig(_Schema):
     )
     flip_p: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (digits are "
                           "not mirror-symmetric: 0; photos: 0.5)")
-    jitter_strength: float = Field(0.5, ge=0, description="colour jitter s: brightness, contrast, "
-                                   "saturation 0.8 s, hue 0.2 s")
+    jitter_strength: float = Field(0.5, ge=0, le=2.5, description="colour jitter s: brightness, "
+                                   "contrast, saturation 0.8 s, hue 0.2 s (hue stays within +-0.5)")
     jitter_p: float = Field(0.8, ge=0, le=1, description="probability of the colour jitter")
     grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of turning a view grey")
     blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
