@@ -166,3 +166,10 @@ def test_test_files_share_builders_through_tests_helpers_not_through_each_other(
     borrowed = [f"{path.relative_to(tests)} imports {name}" for path in sorted(tests.rglob("test_*.py"))
                 for name in imports_of(path) if name.startswith("tests.test_")]
     assert borrowed == []
+
+
+def test_no_pipeline_imports_another_pipelines_nodes():
+    crossing = [f"{importer} imports {imported}" for importer, imported in project_edges()
+                if importer.startswith("pipelines.") and imported.startswith("pipelines.")
+                and importer.split(".")[1] != imported.split(".")[1] and imported.endswith(".nodes")]
+    assert crossing == []

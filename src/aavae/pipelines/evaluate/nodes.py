@@ -29,11 +29,8 @@ from aavae.evaluation import (
     model_from_bundle,
     paper_linear_eval,
 )
+from aavae.evaluation.transfer import TRANSFER, evaluation_images
 from aavae.models import ModelSpec
-from aavae.pipelines.features.nodes import (
-    TRANSFER,
-    evaluation_images,
-)
 from aavae.reporting.plots import (
     confusion_matrix_figure,
     curves_figure,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,6 @@ from aavae import tracking
 from aavae.common import provenance
 from aavae.common.hardware import choose_device, choose_precision, runs_in_bf16
 from aavae.config import EvaluateConfig, ModelConfig, ViewsConfig, parse
-from aavae.data.fit import fit_images
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
     baseline_encoder,
@@ -21,6 +19,7 @@ from aavae.evaluation import (
     extract_features,
     model_from_bundle,
 )
+from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
 from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.views import channel_tensors, normalize, original_view, resolve_preprocessing
@@ -80,7 +79,6 @@ def resolve_model(
 TRAINED_MODEL = "data/06_models/aavae_model.pt"
 #: ``evaluated_on.kind``: the model's own data; other data (transfer); a file that does not
 #: record its data (the paper's checkpoints, training checkpoints, older bundles).
-SAME_DATA, TRANSFER, DATA_UNRECORDED = "same_data", "transfer", "data_unrecorded"
 
 
 def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any]) -> None:
@@ -153,23 +151,6 @@ def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: Evalu
                             device=evaluation_device(config.accelerator), autocast_bf16=evaluation_autocast(config),
                             original_resize=norm.get("original_resize"))
 
-
-def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet) -> list[ImageSet]:
-    """The image sets as the evaluated model takes them: checked to be the images it is
-    evaluated on, and brought to its input size when a transfer evaluation gives it others
-    (as its MLflow model brings any image: :func:`aavae.data.imagefolder.fit_image`)."""
-    evaluated_on = evaluation_model.get("evaluated_on") or {}
-    fix = "Run `kedro run --pipeline evaluate` (features + evaluate together) after the ingest."
-    for imageset in imagesets:
-        provenance.check_data("the evaluated model's data (evaluation_model)", evaluated_on.get("sha256"),
-                              imageset.fingerprint, fix)
-    side = ModelSpec.from_dict(evaluation_model["spec"]).input_size
-    if all(imageset.image_shape[0] == side for imageset in imagesets):
-        return list(imagesets)
-    resize = (evaluation_model.get("data") or {}).get("resize") or evaluated_on.get("resize") or "resize_crop"
-    log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
-             " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], side, resize)
-    return [replace(imageset, images=fit_images(imageset.images, side, resize)) for imageset in imagesets]
 
 
 def extract_model_features(
