@@ -30,7 +30,8 @@ from PIL import Image
 from aavae.data.archive import Entry, open_source
 from aavae.data.errors import DatasetError
 from aavae.data.fit import ResizePolicy, fit_image
-from aavae.data.imagefolder import IMAGE_EXTENSIONS, PIL_FORMATS
+from aavae.data.imagefolder import PIL_FORMATS
+from aavae.data.layout import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
