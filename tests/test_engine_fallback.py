@@ -26,6 +26,7 @@ from aavae.training import NonFiniteLoss, PretrainModule, TrainingImages, build_
 from aavae.training.fallback import FallbackStep
 from aavae.training.step import CudaGraphed
 from aavae.views import ViewPolicy
+from tests.helpers.training import assert_same_weights, weights_of
 
 FALLBACK_LOG = "aavae.training.fallback"
 STEPS = 4  # 2 epochs of 2 steps
@@ -51,16 +52,6 @@ def _train(module: PretrainModule, folder, resume: bool = False, callbacks=()) -
     return module
 
 
-def _weights(module: PretrainModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _assert_same_weights(expected: dict, got: dict) -> None:
-    assert expected.keys() == got.keys()
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-
-
 def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == FALLBACK_LOG and r.levelno >= logging.WARNING]
 
@@ -70,7 +61,7 @@ def eager_weights(tmp_path_factory) -> dict[str, torch.Tensor]:
     """The weights after the run on the eager step: what every fallen-back run must reach."""
     module = _train(_module(), tmp_path_factory.mktemp("eager"))
     assert module.engine == "eager" and module.global_step == STEPS
-    return _weights(module)
+    return weights_of(module)
 
 
 # -- ways to break the fast engines on a CPU ---------------------------------------------------
@@ -146,7 +137,7 @@ def test_a_compiler_that_refuses_at_once_falls_back_to_eager_saying_so_once(tmp_
     (warning,) = _warnings(caplog)
     assert "torch.compile failed (RuntimeError: Dynamo is not supported" in warning
     assert "engine=eager" in warning
-    _assert_same_weights(eager_weights, _weights(module))
+    assert_same_weights(eager_weights, weights_of(module), rtol=1e-5, atol=1e-6)
 
 
 def test_a_compile_failing_in_its_first_step_leaves_no_trace_and_the_run_resumes_exactly(tmp_path, monkeypatch,
@@ -158,7 +149,7 @@ def test_a_compile_failing_in_its_first_step_leaves_no_trace_and_the_run_resumes
         "The compiled step (torch.compile) failed (RuntimeError: InductorError: C++ compile error (forced by "
         "the test)); training goes on with the eager step, slower but the same computation (the run records "
         "engine=eager)."]
-    _assert_same_weights(eager_weights, _weights(straight))
+    assert_same_weights(eager_weights, weights_of(straight), rtol=1e-5, atol=1e-6)
 
     # Stopped after the first epoch, then resumed: it falls back again and ends where the others did.
     first = _module(compile=True)
@@ -167,7 +158,7 @@ def test_a_compile_failing_in_its_first_step_leaves_no_trace_and_the_run_resumes
     fit(first, trainer, tmp_path / "split", resume=False)
     resumed = _train(_module(compile=True), tmp_path / "split", resume=True)
     assert resumed.engine == "eager" and resumed.global_step == STEPS
-    _assert_same_weights(eager_weights, _weights(resumed))
+    assert_same_weights(eager_weights, weights_of(resumed), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("compiled", "engine_left"), [(False, "eager"), (True, "compiled")])
@@ -182,7 +173,7 @@ def test_a_capture_that_raises_falls_back_to_the_next_engine_down(tmp_path, monk
     (warning,) = _warnings(caplog)
     assert warning.startswith("The CUDA graph failed (RuntimeError: CUDA error: operation not permitted")
     assert f"engine={engine_left}" in warning
-    _assert_same_weights(eager_weights, _weights(module))
+    assert_same_weights(eager_weights, weights_of(module), rtol=1e-5, atol=1e-6)
 
 
 def test_a_replay_with_a_non_finite_loss_falls_back_where_the_eager_step_is_finite(tmp_path, monkeypatch, caplog,
@@ -194,7 +185,7 @@ def test_a_replay_with_a_non_finite_loss_falls_back_where_the_eager_step_is_fini
     # Three eager warm-up steps (0-2), then the capture, replayed at step 3.
     assert warning.startswith("The CUDA graph gave a non-finite loss at step 3 where the eager step gives a "
                               "finite one")
-    _assert_same_weights(eager_weights, _weights(module))
+    assert_same_weights(eager_weights, weights_of(module), rtol=1e-5, atol=1e-6)
 
 
 def test_a_compiled_step_with_a_non_finite_loss_falls_back_to_eager(tmp_path, monkeypatch, caplog, eager_weights):
@@ -203,7 +194,7 @@ def test_a_compiled_step_with_a_non_finite_loss_falls_back_to_eager(tmp_path, mo
     assert module.engine == "eager"
     (warning,) = _warnings(caplog)
     assert warning.startswith("The compiled step (torch.compile) gave a non-finite loss at step 0")
-    _assert_same_weights(eager_weights, _weights(module))
+    assert_same_weights(eager_weights, weights_of(module), rtol=1e-5, atol=1e-6)
 
 
 def test_a_loss_that_is_not_finite_on_every_engine_is_reported_as_divergence_not_blamed_on_the_engine(
@@ -301,7 +292,7 @@ def test_an_interruption_while_compiling_stops_at_once_and_the_resume_equals_the
             warnings.catch_warnings(record=True) as shown:
         resumed = _train(_module(), tmp_path, resume=True)
     assert resumed.global_step == STEPS
-    _assert_same_weights(eager_weights, _weights(resumed))
+    assert_same_weights(eager_weights, weights_of(resumed), rtol=1e-5, atol=1e-6)
     assert ("Resuming in the middle of epoch 2, after 1 of its 2 steps: the batches, views, noise and learning "
             "rate go on exactly as in the uninterrupted run") in caplog.text
     assert not [w for w in shown if "unreliable results" in str(w.message)], "Lightning's warning is replaced"

@@ -104,11 +104,10 @@ def test_extract_features_zooms_as_the_recipes_originals_when_asked():
 def test_evaluate_precision_decides_the_features_autocast(monkeypatch, precision, fast_bf16, autocast):
     from aavae.common import hardware
     from aavae.config import EvaluateConfig
-    from aavae.pipelines.features import nodes
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: fast_bf16)
     config = EvaluateConfig(precision=precision, accelerator="cpu")
-    assert nodes.evaluation_autocast(config) is autocast
+    assert hardware.runs_in_bf16(config.precision, config.accelerator) is autocast
 
 
 def test_bf16_features_are_those_of_float32_within_bf16_rounding():

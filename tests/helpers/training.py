@@ -34,7 +34,7 @@ def weights_of(module: PretrainModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def assert_same_weights(expected: dict, got: dict) -> None:
+def assert_same_weights(expected: dict, got: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     assert expected.keys() == got.keys()
     for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=atol, msg=key)

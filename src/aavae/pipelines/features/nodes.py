@@ -135,20 +135,11 @@ def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, imag
                        "data.source": images.get("source"), "evaluation.kind": kind})
 
 
-def evaluation_device(accelerator: str) -> torch.device:
-    """``evaluate.accelerator``: ``auto`` is the GPU when torch sees one."""
-    return choose_device(accelerator)
-
-
-def evaluation_autocast(config: EvaluateConfig) -> bool:
-    """``evaluate.precision``: whether networks run under bf16 autocast during evaluation."""
-    return runs_in_bf16(config.precision, config.accelerator)
-
 
 def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
     norm = bundle["normalization"]
     return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=config.batch_size,
-                            device=evaluation_device(config.accelerator), autocast_bf16=evaluation_autocast(config),
+                            device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
                             original_resize=norm.get("original_resize"))
 
 
@@ -166,7 +157,7 @@ def extract_model_features(
         log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
     made_from = {"model_sha256": provenance.model_fingerprint(evaluation_model),
                  provenance.DATA_SHA256: images_train.fingerprint,
-                 "precision": choose_precision(config.precision, evaluation_device(config.accelerator)),
+                 "precision": choose_precision(config.precision, choose_device(config.accelerator)),
                  "recompute_bn_stats": config.recompute_bn_stats}
     return tuple(  # type: ignore[return-value]
         provenance.stamp({"features": _features(encoder, split, evaluation_model, config),
@@ -178,7 +169,7 @@ def extract_model_features(
 def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, Any], config: EvaluateConfig,
                             max_images: int = 10_000) -> int:
     """Batch-norm statistics of ``encoder`` re-estimated on a seeded subset of clean training images."""
-    device = evaluation_device(config.accelerator)
+    device = choose_device(config.accelerator)
     norm = bundle["normalization"]
     mean, std = channel_tensors(norm["mean"], norm["std"], 3, device)
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(images_train))[:max_images])
