@@ -96,6 +96,8 @@ from aavae.training import (
 )
 from aavae.views import ViewPolicy
 
+PAPER_CIFAR10_VIEWS = ViewPolicy(crop_scale=(0.08, 1.0), flip_p=0.5)  # conf/cifar10
+
 AAVAE_ENGINES = {  # name: (compile, cuda_graph)
     "aavae": (False, False),
     "aavae-compiled": (True, False),
@@ -393,7 +395,7 @@ def run_aavae(
     module = PretrainModule(
         build_model(model_spec(args.width)),
         Objective("aavae", 0.0),
-        ViewPolicy(),
+        PAPER_CIFAR10_VIEWS,
         config,
         TrainingImages(images, labels),
         None,
@@ -413,7 +415,7 @@ def run_paper(
 ) -> float:
     """Seconds per step of the paper's recipe."""
     torch.manual_seed(0)
-    dataset = PilImages(images, labels, PaperTransform(ViewPolicy()))
+    dataset = PilImages(images, labels, PaperTransform(PAPER_CIFAR10_VIEWS))
     module = PaperRecipe(
         build_model(model_spec(args.width)),
         Objective("aavae", 0.0),

@@ -101,18 +101,22 @@ def test_conf_base_states_the_schemas_defaults_so_there_is_one_source_of_default
 
 
 def test_the_views_parameters_are_the_view_policys_fields_with_its_bounds():
-    """ViewsConfig validates the parameters that become a ViewPolicy: the same nine fields, and a
-    value one accepts the other accepts (the policy's defaults are the paper's CIFAR-10 recipe,
-    the parameters' the digits run's)."""
+    """ViewsConfig's augmentation fields are generated from ViewPolicy: the same nine fields and
+    defaults, and a value one refuses the other refuses, naming the field."""
     from dataclasses import fields
 
     from aavae.config import ViewsConfig
     from aavae.views import ViewPolicy
 
     assert set(ViewsConfig().policy_fields()) == {f.name for f in fields(ViewPolicy)}
-    for name, bad in [("jitter_strength", 2.6), ("flip_p", 1.5), ("blur_kernel_fraction", 0.0)]:
+    assert ViewPolicy(**ViewsConfig().policy_fields()) == ViewPolicy()
+    bad_values = [("jitter_strength", 2.6), ("flip_p", 1.5), ("flip_p", float("nan")),
+                  ("blur_kernel_fraction", 0.0), ("crop_scale", (0.5, 0.1)), ("crop_scale", (0.5, 1.5)),
+                  ("crop_ratio", (0.0, 1.0)), ("blur_sigma", (2.0, 1.0))]
+    for name, bad in bad_values:
         with pytest.raises(ConfigError, match=f"views.{name}"):
             parse("views", {name: bad})
         with pytest.raises(ValueError, match=name):
             ViewPolicy(**{name: bad})
-    ViewPolicy(**ViewsConfig(jitter_strength=2.5).policy_fields())
+    edge = ViewsConfig(jitter_strength=2.5, crop_scale=(1.0, 1.0), flip_p=1.0)
+    assert ViewPolicy(**edge.policy_fields()) == ViewPolicy(jitter_strength=2.5, crop_scale=(1.0, 1.0), flip_p=1.0)

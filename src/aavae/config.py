@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from dataclasses import fields
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from aavae.views.policy import (
+    ViewPolicy,
+    bounds_text,
+    check_view_field,
+    view_field_description,
+    view_field_names,
+)
 
 if TYPE_CHECKING:
     from aavae.models import ModelSpec
@@ -74,23 +92,33 @@ class DatasetConfig(_Schema):
             )
 
 
-class ViewsConfig(_Schema):
-    crop_scale: tuple[float, float] = Field(
-        (0.2, 1.0), description="random resized crop: the range of its area as a share of the image"
-    )
-    crop_ratio: tuple[float, float] = Field(
-        (3 / 4, 4 / 3), description="random resized crop: the range of its aspect ratio"
-    )
-    flip_p: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (digits are "
-                          "not mirror-symmetric: 0; photos: 0.5)")
-    jitter_strength: float = Field(0.5, ge=0, le=2.5, description="colour jitter s: brightness, "
-                                   "contrast, saturation 0.8 s, hue 0.2 s (hue stays within +-0.5)")
-    jitter_p: float = Field(0.8, ge=0, le=1, description="probability of the colour jitter")
-    grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of turning a view grey")
-    blur_p: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
-    blur_kernel_fraction: float = Field(0.1, gt=0, le=1, description="blur kernel size as a share "
-                                        "of the image side")
-    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="range of the blur's sigma")
+def _view_policy_fields() -> dict[str, Any]:
+    """ViewPolicy's fields as pydantic fields: the same types, defaults, meanings and bounds
+    (checked by the policy's own rule, so a value one accepts the other accepts)."""
+    hints = get_type_hints(ViewPolicy)
+    return {
+        f.name: (hints[f.name], Field(f.default, description=view_field_description(f.name),
+                                      json_schema_extra={"bounds": bounds_text(f.name)}))
+        for f in fields(ViewPolicy)
+    }
+
+
+def _check_view_field(cls: type, value: Any, info: ValidationInfo) -> Any:
+    return check_view_field(info.field_name, value)
+
+
+#: The views group's augmentation fields, generated from :class:`aavae.views.ViewPolicy`.
+_ViewPolicyFields = create_model(
+    "_ViewPolicyFields", __base__=_Schema,
+    __validators__={"_policy_bounds": field_validator(*view_field_names())(_check_view_field)},
+    **_view_policy_fields(),
+)
+
+
+class ViewsConfig(_ViewPolicyFields):  # type: ignore[misc, valid-type]
+    """The augmentation policy (the fields of `aavae.views.ViewPolicy`, generated from it), the
+    preview and validation views, and the preprocessing of originals."""
+
     preview_count: int = Field(8, ge=1, description="images in view_preview.png")
     preview_views: int = Field(4, ge=1, description="views shown per image in the preview")
     val_count: int = Field(256, ge=1, description="held-out images in the fixed validation views")
@@ -114,8 +142,8 @@ class ViewsConfig(_Schema):
         return self
 
     def policy_fields(self) -> dict[str, Any]:
-        skip = {"preview_count", "preview_views", "val_count", "seed", "mean", "std", "original_resize"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip}
+        """The augmentation policy's fields, for :class:`aavae.views.ViewPolicy`."""
+        return {name: getattr(self, name) for name in view_field_names()}
 
 
 class ModelConfig(_Schema):
@@ -406,8 +434,10 @@ def _describe(error: dict[str, Any], group: str) -> str:
         close = difflib.get_close_matches(str(error["loc"][-1]), schema.model_fields, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"'{key}': unknown parameter{hint} (known keys of '{group}': {allowed})"
-    given = error.get("input")
-    return f"'{key}': {error['msg']} (got {given!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and ", got " in message:  # it names the value already
+        return f"'{key}': {message}"
+    return f"'{key}': {message} (got {error.get('input')!r})"
 
 
 def parse(group: str, values: dict[str, Any] | None, schema: type[S] | None = None) -> S:
@@ -466,6 +496,9 @@ def _allowed(info: Any) -> str:
     bounds = [f"{symbol} {getattr(rule, name)}" for rule in info.metadata
               for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
               if getattr(rule, name, None) is not None]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if extra.get("bounds"):  # a view field's bounds, stated by ViewPolicy
+        bounds.append(str(extra["bounds"]))
     if "None" in annotation:
         text += " or null"
     return text + (f" ({', '.join(bounds)})" if bounds else "")
@@ -494,7 +527,7 @@ def parameter_reference() -> str:
              "only what it changes. Override any on the command line: `kedro run --params "
              "pretrain.max_epochs=50,model.width=64`."]
     for group, schema in SCHEMAS.items():
-        summary = (schema.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        summary = " ".join((schema.__doc__ or "").strip().split("\n\n")[0].split())
         lines += ["", f"## {group}", ""] + ([summary, ""] if summary else [])
         lines += ["| key | default | values | meaning |", "|---|---|---|---|"]
         for name, info in schema.model_fields.items():

@@ -1,60 +1,63 @@
 """The augmentation policy: what views are drawn from, as a frozen, JSON-able value.
 
-:class:`ViewPolicy` is the one definition of the view fields (``conf``'s ``views`` group is
-validated into it); a resolved policy, as ``view_policy.json`` stores it, carries the
-preprocessing of originals (:data:`PREPROCESSING_KEYS`) and the images it was resolved from
-(:data:`PROVENANCE_KEYS`) beside it: :func:`split_view_policy` separates them.
+:class:`ViewPolicy` is the one definition of the view fields: their names, types, defaults
+(``conf/base``'s, the digits run), meanings and bounds. ``conf``'s ``views`` group is validated
+by a schema generated from it (:class:`aavae.config.ViewsConfig`), so the two cannot drift. A
+resolved policy, as ``view_policy.json`` stores it, carries the preprocessing of originals
+(:data:`PREPROCESSING_KEYS`) and the images it was resolved from (:data:`PROVENANCE_KEYS`)
+beside it: :func:`split_view_policy` separates them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+_PROBABILITY = {"ge": 0.0, "le": 1.0}
+
+
+def _view_field(default: Any, description: str, **bounds: float) -> Any:
+    """A view field: its default, what it means and its bounds (``ge``, ``gt``, ``le``); a
+    pair ``(low, high)`` keeps the bounds at both ends, with ``low <= high``."""
+    return field(default=default, metadata={"description": description, "bounds": bounds})
 
 
 @dataclass(frozen=True)
 class ViewPolicy:
-    """The augmentation recipe. Defaults are the paper's CIFAR-10 one (STL-10: jitter 1, blur 0.5).
+    """The augmentation recipe. Defaults are the project's default run's (digits: no flip,
+    crops of at least 20 % of the image); the paper's CIFAR-10 recipe (``conf/cifar10``) crops
+    from 8 % and flips half the views, its STL-10 one (``conf/stl10``) also has jitter 1 and
+    blur 0.5.
 
     Colour-jitter strength ``s`` gives brightness/contrast/saturation ``0.8 s`` and hue
     ``0.2 s``, as in SimCLR. ``blur_p = 0`` turns the Gaussian blur off.
     """
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_strength: float = 0.5
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_kernel_fraction: float = 0.1
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    crop_scale: tuple[float, float] = _view_field(
+        (0.2, 1.0), "random resized crop: the range of its area as a share of the image", gt=0.0, le=1.0)
+    crop_ratio: tuple[float, float] = _view_field(
+        (3 / 4, 4 / 3), "random resized crop: the range of its aspect ratio", gt=0.0)
+    flip_p: float = _view_field(
+        0.0, "horizontal flip probability (digits are not mirror-symmetric: 0; photos: 0.5)", **_PROBABILITY)
+    jitter_strength: float = _view_field(
+        0.5, "colour jitter s: brightness, contrast, saturation 0.8 s, hue 0.2 s (hue stays "
+        "within +-0.5)", ge=0.0, le=2.5)
+    jitter_p: float = _view_field(0.8, "probability of the colour jitter", **_PROBABILITY)
+    grayscale_p: float = _view_field(0.2, "probability of turning a view grey", **_PROBABILITY)
+    blur_p: float = _view_field(0.0, "probability of a Gaussian blur", **_PROBABILITY)
+    blur_kernel_fraction: float = _view_field(
+        0.1, "blur kernel size as a share of the image side", gt=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = _view_field((0.1, 2.0), "range of the blur's sigma", gt=0.0)
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            value = getattr(self, name)
-            if not (isinstance(value, Sequence) and len(value) == 2):
-                raise ValueError(f"ViewPolicy.{name} must be a pair (low, high), got {value!r}")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        _check_range("crop_scale", self.crop_scale, upper=1.0)
-        _check_range("crop_ratio", self.crop_ratio)
-        _check_range("blur_sigma", self.blur_sigma)
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"ViewPolicy.{name} must be a probability in [0, 1], got {getattr(self, name)}"
-                )
-        if not 0.0 <= self.jitter_strength <= 2.5:
-            # hue = 0.2 s must stay within torchvision's [-0.5, 0.5]
-            raise ValueError(
-                f"ViewPolicy.jitter_strength must be in [0, 2.5], got {self.jitter_strength}"
-            )
-        if not 0.0 < self.blur_kernel_fraction <= 1.0:
-            raise ValueError(
-                f"ViewPolicy.blur_kernel_fraction must be in (0, 1], got {self.blur_kernel_fraction}"
-            )
+        for name in view_field_names():
+            try:
+                value = check_view_field(name, getattr(self, name))
+            except ValueError as error:
+                raise ValueError(f"ViewPolicy.{error}") from None
+            object.__setattr__(self, name, value)
 
     def jitter_ranges(self) -> tuple[tuple[float, float], ...]:
         """(low, high) of the brightness, contrast, saturation and hue factors (ColorJitter's)."""
@@ -76,7 +79,7 @@ class ViewPolicy:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ViewPolicy:
-        known = {f.name for f in fields(cls)}
+        known = set(view_field_names())
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
@@ -85,6 +88,69 @@ class ViewPolicy:
         return cls(
             **{key: tuple(v) if isinstance(v, (list, tuple)) else v for key, v in values.items()}
         )
+
+
+_SYMBOLS = {"ge": ">=", "gt": ">", "le": "<="}
+
+
+def view_field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ViewPolicy))
+
+
+def view_field_description(name: str) -> str:
+    return _field(name).metadata["description"]
+
+
+def is_pair(name: str) -> bool:
+    """Whether field ``name`` is a ``(low, high)`` range."""
+    return isinstance(_field(name).default, tuple)
+
+
+def bounds_text(name: str) -> str:
+    """Field ``name``'s bounds as people write them: ``>= 0, <= 1``; a pair's ``0 < low <= high <= 1``."""
+    bounds = _field(name).metadata["bounds"]
+    if is_pair(name):
+        lower = "".join(f"{limit:g} {_SYMBOLS[rule].replace('>', '<')} " for rule, limit in bounds.items()
+                        if rule in ("ge", "gt"))
+        upper = "".join(f" <= {limit:g}" for rule, limit in bounds.items() if rule == "le")
+        return f"{lower}low <= high{upper}"
+    return ", ".join(f"{_SYMBOLS[rule]} {limit:g}" for rule, limit in bounds.items())
+
+
+def check_view_field(name: str, value: Any) -> Any:
+    """``value`` checked against field ``name``'s bounds, a pair as a tuple of floats; the
+    ValueError of a bad one starts with the field's name and says what it must be."""
+    bounds = _field(name).metadata["bounds"]
+    if is_pair(name):
+        if isinstance(value, (str, bytes)) or not (isinstance(value, Sequence) and len(value) == 2):
+            raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
+        low, high = (_number(name, v) for v in value)
+        if not (low <= high and _within(low, bounds) and _within(high, bounds)):
+            raise ValueError(f"{name} must satisfy {bounds_text(name)}, got {value}")
+        return (low, high)
+    number = _number(name, value)
+    if not _within(number, bounds):
+        raise ValueError(f"{name} must be {bounds_text(name)}, got {value}")
+    return value
+
+
+def _field(name: str) -> Any:
+    try:
+        return next(f for f in fields(ViewPolicy) if f.name == name)
+    except StopIteration:
+        raise ValueError(f"{name!r} is not a view field; the fields: {', '.join(view_field_names())}") from None
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _within(value: float, bounds: Mapping[str, float]) -> bool:
+    checks = {"ge": lambda limit: value >= limit, "gt": lambda limit: value > limit,
+              "le": lambda limit: value <= limit}
+    return not math.isnan(value) and all(checks[rule](limit) for rule, limit in bounds.items())
 
 
 PREPROCESSING_KEYS = ("mean", "std", "original_resize")
@@ -99,10 +165,3 @@ def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, dict[
                                    if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
     preprocessing = {key: view_policy.get(key) for key in PREPROCESSING_KEYS}
     return policy, preprocessing
-
-
-def _check_range(name: str, value: tuple[float, float], upper: float = math.inf) -> None:
-    low, high = value
-    if not 0.0 < low <= high <= upper:
-        bound = "" if upper == math.inf else f" <= {upper}"
-        raise ValueError(f"ViewPolicy.{name} must satisfy 0 < low <= high{bound}, got {value}")
