@@ -397,7 +397,7 @@ def measure(
     metrics = json.loads((project / METRICS).read_text())
     card = json.loads((project / DATASET_CARD).read_text())
     bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
-    from aavae.training.data import batch_shape
+    from aavae.common.batches import batch_shape
 
     steps_per_epoch, per_step = batch_shape(train_size(card), batch_size)  # the training loader's
     # The optimisation steps the run made (a budget usually ends mid-epoch); whole epochs

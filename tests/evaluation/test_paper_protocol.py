@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from aavae import evaluation as ev
+from aavae.evaluation.paper_protocol import paper_test_count
 from tests.evaluation.helpers import MEAN, STD, random_images
 
 
@@ -156,3 +159,17 @@ def test_paper_linear_eval_names_the_bad_image_argument():
                              MEAN, STD, 3)
     with pytest.raises(ValueError, match="train_labels must be 1-D"):
         ev.paper_linear_eval(mean_colour_encoder(), train[0], train[1][:3], *test, MEAN, STD, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 20_000), batch_size=st.integers(1, 1024))
+def test_the_scored_test_images_are_the_full_batches_of_the_one_batching_rule(count, batch_size):
+    """The paper's test loader (drop_last=True) scores n - n % batch images; fewer than a batch:
+    all of them (the paper's would score none). That is pretraining's batch_shape rule."""
+    from aavae.common.batches import batch_shape
+
+    papers = count - count % batch_size if count >= batch_size else count
+    assert paper_test_count(count, batch_size) == papers
+    if count:
+        batches, per_batch = batch_shape(count, batch_size)
+        assert batches * per_batch == papers and per_batch <= batch_size

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aavae.common.batches import batch_shape
 from aavae.common.progress import Progress
 from aavae.evaluation.features import (
     ArrayLike,
@@ -181,7 +182,7 @@ def paper_linear_eval(
 
             probe_input = images[:2].permute(0, 3, 1, 2).float().div(255.0)
             layer = _seeded_linear(features(probe_input).shape[1], num_classes, seed).to(dev)
-            steps = epochs * max(1, len(images) // batch_size)
+            steps = epochs * batch_shape(len(images), batch_size)[0]
             with Progress("paper linear eval", steps, "steps") as shown:
                 losses = _train_linear_layer(
                     layer, features, images, ytr, epochs, batch_size, lr, momentum, weight_decay,
@@ -208,7 +209,10 @@ def paper_linear_eval(
 def paper_test_count(count: int, batch_size: int) -> int:
     """How many of ``count`` test images the paper's loader scores: its full batches (all of
     them when there are fewer than one batch, where the paper's would score none)."""
-    return count - count % batch_size if count >= batch_size else count
+    if count < 1:
+        return 0
+    batches, per_batch = batch_shape(count, batch_size)
+    return batches * per_batch
 
 
 def _check_image_argument(images: ArrayLike, name: str) -> None:
@@ -265,7 +269,7 @@ def _train_linear_layer(
 ) -> list[float]:
     """SGD on ``layer`` over augmented batches; returns the mean loss of every epoch."""
     n = len(images)
-    steps_per_epoch = max(1, n // batch_size)
+    steps_per_epoch, batch_size = batch_shape(n, batch_size)
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.SGD(
         layer.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,

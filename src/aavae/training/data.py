@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aavae.common.batches import batch_shape
 from aavae.data.imageset import ImageSet
 from aavae.data.splits import paper_random_split
 
@@ -40,20 +41,6 @@ def as_tensor(array: np.ndarray | Tensor) -> Tensor:
         # reads, and warns otherwise. One copy, made where the data leaves the catalog.
         array = np.array(array)
     return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def batch_shape(size: int, batch_size: int) -> tuple[int, int]:
-    """(batches per epoch, images per batch): full batches only, every batch the same size.
-
-    A constant shape is what lets a compiled step stay compiled and a CUDA graph replay; the
-    few images past the last full batch are seen in other epochs, in other orders. A dataset
-    smaller than one batch trains on all of it as one batch.
-    """
-    if size < 1:
-        raise ValueError("there are no training images")
-    if size < batch_size:
-        return 1, size
-    return size // batch_size, batch_size
 
 
 def epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
