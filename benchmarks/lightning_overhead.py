@@ -41,7 +41,7 @@ from aavae.config import PretrainConfig  # noqa: E402
 from aavae.models import build_model  # noqa: E402
 from aavae.objective import Objective  # noqa: E402
 from aavae.training import PretrainModule, TrainingImages, choose_accelerator, choose_precision  # noqa: E402
-from aavae.views import ViewPolicy  # noqa: E402
+from aavae.views import Preprocessing, ViewPolicy  # noqa: E402
 
 
 def module(args, device: torch.device) -> PretrainModule:
@@ -53,7 +53,7 @@ def module(args, device: torch.device) -> PretrainModule:
     precision = choose_precision("auto", choose_accelerator(device.type))
     torch.manual_seed(0)
     return PretrainModule(build_model(model_spec(args.width)), Objective("aavae", 0.0), ViewPolicy(), config,
-                          TrainingImages(images, labels), None, CIFAR_MEAN, CIFAR_STD, NUM_CLASSES,
+                          TrainingImages(images, labels), None, Preprocessing(CIFAR_MEAN, CIFAR_STD), NUM_CLASSES,
                           precision=precision, device_kind=device.type)
 
 

@@ -94,7 +94,7 @@ from aavae.training import (
     choose_precision,
     warmup_then_decay,
 )
-from aavae.views import ViewPolicy
+from aavae.views import Preprocessing, ViewPolicy
 
 PAPER_CIFAR10_VIEWS = ViewPolicy(crop_scale=(0.08, 1.0), flip_p=0.5)  # conf/cifar10
 
@@ -399,8 +399,7 @@ def run_aavae(
         config,
         TrainingImages(images, labels),
         None,
-        CIFAR_MEAN,
-        CIFAR_STD,
+        Preprocessing(CIFAR_MEAN, CIFAR_STD),
         NUM_CLASSES,
         precision=precision,
         device_kind=device.type,

@@ -22,7 +22,7 @@ from aavae.training import (
     checkpoints,
     fit,
 )
-from aavae.views import ViewPolicy
+from aavae.views import Preprocessing, ViewPolicy
 from tests.helpers.training import assert_same_weights, weights_of
 
 
@@ -38,7 +38,7 @@ def _module(max_epochs: int) -> PretrainModule:
     val = ValidationViews(test.images[:64], test.images[:64], test.labels[:64])
     return PretrainModule(net, Objective("aavae", config.effective_kl_coeff), ViewPolicy(), config,
                           TrainingImages(train.images[:256], train.labels[:256]), val,
-                          mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
+                          preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10)
 
 
 

@@ -25,7 +25,7 @@ from aavae.objective import Objective
 from aavae.training import NonFiniteLoss, PretrainModule, TrainingImages, build_trainer, fit, pacing
 from aavae.training.fallback import FallbackStep
 from aavae.training.step import CudaGraphed
-from aavae.views import ViewPolicy
+from aavae.views import Preprocessing, ViewPolicy
 from tests.helpers.training import assert_same_weights, weights_of
 
 FALLBACK_LOG = "aavae.training.fallback"
@@ -43,7 +43,7 @@ def _module(device_kind: str = "cpu", **settings) -> PretrainModule:
     config = PretrainConfig(objective="aavae", **(options | settings))
     return PretrainModule(net, Objective("aavae", 0.0), ViewPolicy(), config,
                           TrainingImages(digits.images[:256], digits.labels[:256]), None,
-                          mean=[0.3] * 3, std=[0.4] * 3, num_classes=10, device_kind=device_kind)
+                          preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10, device_kind=device_kind)
 
 
 def _train(module: PretrainModule, folder, resume: bool = False, callbacks=()) -> PretrainModule:
@@ -242,7 +242,7 @@ def _fresh_step(module: PretrainModule):
     lr = torch.zeros(())
     modules = torch.nn.ModuleList([module.net, module.online_probe])
     optimizer = build_optimizer(modules, "adam", lr, 0.0, False, capturable=False)
-    mean, std = channel_tensors(module.mean, module.std, 3, "cpu")
+    mean, std = channel_tensors(module.preprocessing.mean, module.preprocessing.std, 3, "cpu")
     images = torch.from_numpy(module._train_source)
     labels = torch.from_numpy(module._train_labels_host)
     step = TrainStep(module.net, module.online_probe, optimizer, lr, module.settings, images, labels, mean, std,

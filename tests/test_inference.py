@@ -20,7 +20,7 @@ from aavae.serving.inference import (
     ImageBatchError,
     ImageEncoder,
     InputLimits,
-    Preprocessing,
+    ServingPreprocessing,
     check_image_batch,
 )
 from tests.helpers.bundles import NORM, trained_looking_bundle
@@ -116,7 +116,7 @@ def test_bad_images_are_named(image, message):
 
 def test_preprocessing_refuses_an_unknown_resize_policy():
     with pytest.raises(ValueError, match="resize must be one of resize_crop, resize"):
-        Preprocessing(16, "stretch", (0.5,) * 3, (0.5,) * 3)
+        ServingPreprocessing(image_size=16, resize="stretch", mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 # -- what a served encoder takes: check_image_batch ---------------------------------------------
@@ -262,3 +262,28 @@ def test_every_input_is_encoded_or_refused_with_the_named_error(images, as_list)
     np.testing.assert_array_equal(checked, np.asarray(sent))
     features = small_encoder().encode(checked)
     assert features.shape == (len(checked), small_encoder().feature_dim) and np.isfinite(features).all()
+
+
+@pytest.mark.parametrize(("mean", "original_resize"), [(None, None), ((0.4, 0.5, 0.45), 18)])
+def test_one_preprocessing_travels_from_the_view_policy_through_the_bundle_to_the_served_model(
+        mean, original_resize):
+    """The value the views node resolves is the one the bundle stores, the encoder serves and
+    the MLflow model's metadata gives back: nothing is renamed or recomputed on the way."""
+    import json
+
+    from aavae.evaluation import bundle_preprocessing, make_bundle
+    from aavae.views import Preprocessing, ViewPolicy, resolve_preprocessing, split_view_policy
+
+    images = np.random.default_rng(2).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    std = (0.25, 0.2, 0.3) if mean else None
+    resolved = resolve_preprocessing(mean, std, original_resize, images)
+    view_policy = json.loads(json.dumps({**ViewPolicy().to_dict(), **resolved.to_dict()}))
+    _, from_policy = split_view_policy(view_policy)
+    bundle = make_bundle(model_from_bundle(trained_looking_bundle()), from_policy)
+    served = ImageEncoder.from_bundle(bundle, resize="resize").preprocessing
+    metadata = json.loads(json.dumps(served.to_dict()))
+
+    assert from_policy == resolved == bundle_preprocessing(bundle)
+    assert Preprocessing.from_dict(served.to_dict()) == resolved
+    assert ServingPreprocessing.from_dict(metadata) == served
+    assert (served.image_size, served.resize, served.original_resize) == (16, "resize", original_resize)

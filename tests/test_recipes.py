@@ -25,21 +25,19 @@ from aavae.models import AAVAENet, ModelSpec, build_model
 from aavae.objective import reconstruction_terms
 from aavae.training import (
     PretrainModule,
-    StepSettings,
     TrainingImages,
     TrainStep,
     ValidationViews,
     batch_shape,
-    build_optimizer,
-    epoch_order,
     schedule_factor,
     training_images,
     warmup_then_decay,
 )
 from aavae.training.module import cos_sim_over_samples
-from aavae.views import ViewPolicy, channel_tensors
+from aavae.views import Preprocessing, ViewPolicy
 from tests.conftest import copy_project, kedro
 from tests.helpers.datasets import cifar_expected, write_cifar_folder
+from tests.helpers.training import small_step
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -237,19 +235,9 @@ def test_the_warm_up_is_the_papers_step_over_warmup(schedule):
 
 
 def _ae_step(denoising: bool) -> TrainStep:
-    digits = read_digits(image_size=16)["train"]
-    torch.manual_seed(0)
-    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae"))
-    lr = torch.zeros(())
-    optimizer = build_optimizer(net, "adam", lr, 0.0, False, capturable=False)
-    settings = StepSettings(PretrainConfig(objective="ae", denoising=denoising).training_objective(),
-                            ViewPolicy(), encode_original="every_step", online_probe=False)
-    mean, std = channel_tensors([0.3] * 3, [0.4] * 3, 3, "cpu")
-    step = TrainStep(net, None, optimizer, lr, settings, torch.from_numpy(digits.images[:64]),
-                     torch.from_numpy(digits.labels[:64]).long(), mean, std, (1, 64),
-                     torch.Generator().manual_seed(0), warmup_steps=0, total_steps=10)
-    step.start_epoch(epoch_order(64, 64, seed=0, epoch=0), 0, 0)
-    return step
+    """A TrainStep of the AE baseline over 64 digits in one batch, no probe, no warm-up."""
+    objective = PretrainConfig(objective="ae", denoising=denoising).training_objective()
+    return small_step(objective, images=64, batch=64, probe=False, warmup_steps=0)
 
 
 @pytest.mark.parametrize("denoising", [False, True])
@@ -324,7 +312,7 @@ def test_the_validation_step_logs_the_cos_sim_over_all_samples(monkeypatch):
     module = PretrainModule(net, config.training_objective(), ViewPolicy(), config,
                             TrainingImages(train.images[:64], train.labels[:64]),
                             ValidationViews(test.images[:8], test.images[8:16], test.labels[:8]),
-                            mean=[0.3] * 3, std=[0.4] * 3, num_classes=10).eval()
+                            preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10).eval()
     module._val_tensors = tuple(torch.as_tensor(np.asarray(a)) for a in
                                 (test.images[:8], test.images[8:16], test.labels[:8]))
     logged = {}

@@ -8,13 +8,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import (
     Lamb,
     NonFiniteLoss,
-    StepSettings,
     TrainStep,
     batch_shape,
     build_optimizer,
@@ -27,9 +25,8 @@ from aavae.training import (
     warmup_then_decay,
 )
 from aavae.training.module import resolve_switch
-from aavae.views import ViewPolicy, channel_tensors
 from tests.helpers.interrupts import InterruptAt
-from tests.helpers.training import assert_same_weights, small_module, weights_of
+from tests.helpers.training import assert_same_weights, small_module, small_step, weights_of
 
 
 def test_warmup_then_cosine():
@@ -210,21 +207,8 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 def _step(objective: str, autocast_dtype=None) -> TrainStep:
-    """A TrainStep over 256 digits, as the module builds it, without a Trainer."""
-    digits = read_digits(image_size=16)["train"]
-    torch.manual_seed(0)
-    net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae" if objective == "ae" else "vae"))
-    probe = torch.nn.Linear(net.encoder.out_dim, 10)
-    lr = torch.zeros(())
-    optimizer = build_optimizer(torch.nn.ModuleList([net, probe]), "adam", lr, 0.0, False, capturable=False)
-    settings = StepSettings(Objective(objective, 0.1 if objective == "vae" else 0.0), ViewPolicy(),
-                            encode_original="every_step", autocast_dtype=autocast_dtype)
-    mean, std = channel_tensors([0.3] * 3, [0.4] * 3, 3, "cpu")
-    step = TrainStep(net, probe, optimizer, lr, settings, torch.from_numpy(digits.images[:256]),
-                     torch.from_numpy(digits.labels[:256]).long(), mean, std, (2, 128),
-                     torch.Generator().manual_seed(0), warmup_steps=2, total_steps=10)
-    step.start_epoch(epoch_order(256, 128, seed=0, epoch=0), 0, 0)
-    return step
+    """A TrainStep over 256 digits in two batches, with the online probe."""
+    return small_step(Objective(objective, 0.1 if objective == "vae" else 0.0), autocast_dtype=autocast_dtype)
 
 
 @pytest.mark.parametrize(
@@ -325,10 +309,9 @@ def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
     used = module.recompute_encoder_statistics(max_images=256)
     assert used == 256
     encoder = module.net.encoder.eval()
-    from aavae.views import normalize, original_view
 
     images = torch.from_numpy(module._train_source)  # not fitted: the images are still on the host
-    x = normalize(original_view(images.permute(0, 3, 1, 2)), module.mean, module.std)
+    x = module.preprocessing.apply(images.permute(0, 3, 1, 2))
     with torch.no_grad():
         first_conv = encoder.conv1(x)
     torch.testing.assert_close(encoder.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)

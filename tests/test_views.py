@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -17,6 +19,7 @@ from aavae.views import (
     CONTRAST,
     HUE,
     SATURATION,
+    Preprocessing,
     ViewParams,
     ViewPolicy,
     adjust_brightness,
@@ -29,6 +32,7 @@ from aavae.views import (
     normalize,
     original_view,
     sample_view_params,
+    split_view_policy,
     to_float,
 )
 
@@ -405,3 +409,59 @@ def test_original_view_is_torchvisions_resize_then_centre_crop(side: int, resize
     assert torch.equal(original_view(images, None), to_float(images))
     with pytest.raises(ValueError, match="must be at least the image size"):
         original_view(images, side - 1)
+
+
+# -- the preprocessing of originals as one value ------------------------------------------------
+finite = st.floats(-10, 10, allow_nan=False)
+positive = st.floats(1e-3, 10, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mean=st.tuples(finite, finite, finite), std=st.tuples(positive, positive, positive),
+       original_resize=st.none() | st.integers(1, 512))
+def test_preprocessing_round_trips_through_json(mean, std, original_resize) -> None:
+    preprocessing = Preprocessing(mean, std, original_resize)
+    stored = json.loads(json.dumps(preprocessing.to_dict()))
+    assert Preprocessing.from_dict(stored) == preprocessing
+    assert Preprocessing(list(mean), list(std), np.int64(original_resize) if original_resize else None) == preprocessing
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"mean": [0.5, 0.5], "std": [0.2] * 3}, "mean must be three numbers"),
+    ({"mean": "rgb", "std": [0.2] * 3}, "mean must be three numbers"),
+    ({"mean": [0.5, None, 0.5], "std": [0.2] * 3}, "mean must be three numbers"),
+    ({"mean": [0.5, math.nan, 0.5], "std": [0.2] * 3}, "mean must be finite"),
+    ({"mean": [0.5] * 3, "std": [0.2, 0.0, 0.2]}, "std must be positive"),
+    ({"mean": [0.5] * 3, "std": [0.2, -1, 0.2]}, "std must be positive"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "original_resize": 0}, "original_resize must be a positive integer"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "original_resize": 10.5}, "original_resize must be a positive integer"),
+    ({"mean": [0.5] * 3, "std": [0.2] * 3, "original_resize": True}, "original_resize must be a positive integer"),
+    ({"std": [0.2] * 3}, "has no mean"),
+    ({"mean": [0.5] * 3, "std": None}, "has no std"),
+])
+def test_preprocessing_refuses_what_cannot_normalise_naming_where_it_was_read(values, named) -> None:
+    with pytest.raises(ValueError, match=named) as refused:
+        Preprocessing.from_dict(values, source="model bundle X")
+    assert str(refused.value).startswith("model bundle X")
+
+
+def test_a_preprocessing_stored_before_the_zoom_existed_reads_without_one() -> None:
+    assert Preprocessing.from_dict({"mean": [0.5] * 3, "std": [0.2] * 3}) == Preprocessing([0.5] * 3, [0.2] * 3)
+
+
+@pytest.mark.parametrize("original_resize", [None, 35])
+def test_preprocessing_applies_the_zoom_to_originals_and_only_normalises_views(original_resize) -> None:
+    images = random_images(4)
+    preprocessing = Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.5), original_resize)
+    expected = normalize(original_view(images, original_resize), preprocessing.mean, preprocessing.std)
+    torch.testing.assert_close(preprocessing.apply(images), expected)
+    torch.testing.assert_close(preprocessing.apply_to_views(images),
+                               normalize(to_float(images), preprocessing.mean, preprocessing.std))
+
+
+def test_a_resolved_view_policy_splits_into_the_policy_and_its_preprocessing() -> None:
+    policy, preprocessing = ViewPolicy(flip_p=0.5), Preprocessing((0.1, 0.2, 0.3), (0.3, 0.2, 0.1), 40)
+    stored = json.loads(json.dumps({**policy.to_dict(), **preprocessing.to_dict(), "data_sha256": "ab"}))
+    assert split_view_policy(stored) == (policy, preprocessing)
+    with pytest.raises(ValueError, match=r"view_policy.json.*has no mean or std"):
+        split_view_policy(policy.to_dict())

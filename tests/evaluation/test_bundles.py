@@ -10,11 +10,11 @@ from torch import nn
 from aavae import evaluation as ev
 from aavae.evaluation import extract_features
 from aavae.models import AAVAENet, ModelSpec, build_model
-from aavae.views import channel_stats
+from aavae.views import Preprocessing, channel_stats
 from tests.evaluation.helpers import MEAN, STD, random_images
 
 SPEC = ModelSpec(encoder="resnet18", width=8, latent_dim=16, input_size=16)
-PREPROCESSING = {"mean": list(MEAN), "std": list(STD), "original_resize": None}
+PREPROCESSING = Preprocessing(MEAN, STD)
 
 
 def trained_looking_model(spec: ModelSpec = SPEC) -> AAVAENet:
@@ -31,7 +31,7 @@ def encoder_output(net: AAVAENet, images: np.ndarray, mean, std) -> np.ndarray:
 
 def test_make_bundle_holds_what_rebuilds_the_network_and_the_facts_given():
     net = trained_looking_model()
-    bundle = ev.make_bundle(net, {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]}, objective="aavae", epochs=3)
+    bundle = ev.make_bundle(net, Preprocessing([0.2, 0.3, 0.4], [0.3, 0.3, 0.3]), objective="aavae", epochs=3)
     assert set(ev.BUNDLE_KEYS) <= set(bundle) and bundle["spec"] == SPEC.to_dict()
     assert bundle["objective"] == "aavae" and bundle["epochs"] == 3
     assert bundle["num_parameters"] == sum(p.numel() for p in net.parameters())
@@ -43,7 +43,7 @@ def test_make_bundle_holds_what_rebuilds_the_network_and_the_facts_given():
 
 def test_a_project_bundle_given_by_path_keeps_its_own_spec_and_normalisation(tmp_path):
     net = trained_looking_model()
-    bundle = ev.make_bundle(net, {"mean": [0.2, 0.3, 0.4], "std": [0.3, 0.3, 0.3]}, objective="aavae",
+    bundle = ev.make_bundle(net, Preprocessing([0.2, 0.3, 0.4], [0.3, 0.3, 0.3]), objective="aavae",
                             class_names=["old"], mlflow_run_id="abc", epochs=7)
     path = tmp_path / "aavae_model.pt"
     torch.save(bundle, path)
@@ -165,7 +165,7 @@ def _trained_checkpoints(folder, objective: str = "aavae"):
     val = ValidationViews(test.images[:64], test.images[:64], test.labels[:64])
     module = PretrainModule(net, Objective(objective, config.effective_kl_coeff), ViewPolicy(), config,
                             TrainingImages(train.images[:256], train.labels[:256]), val,
-                            mean=[0.3] * 3, std=[0.4] * 3, num_classes=10)
+                            preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10)
     fit(module, build_trainer(config, folder), folder, resume=False)
     return module.net.eval(), train.images[:64]
 

@@ -31,7 +31,7 @@ from aavae.config import PretrainConfig
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import PretrainModule, TrainingImages, ValidationViews, build_trainer, fit
-from aavae.views import ViewPolicy
+from aavae.views import Preprocessing, ViewPolicy
 from tests.helpers.interrupts import InterruptAt
 
 STEPS = 3
@@ -51,7 +51,7 @@ def _module(case: dict) -> PretrainModule:
     val = ValidationViews(images[:5], images[:5], labels[:5])
     precision = "bf16-mixed" if case["precision"] == "auto" and _fast_bf16() else "32-true"
     return PretrainModule(net, Objective("aavae", 0.0), ViewPolicy(), config,
-                          TrainingImages(images, labels), val, mean=[0.5] * 3, std=[0.25] * 3,
+                          TrainingImages(images, labels), val, preprocessing=Preprocessing([0.5] * 3, [0.25] * 3),
                           num_classes=3, precision=precision)
 
 

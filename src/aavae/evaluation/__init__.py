@@ -33,6 +33,7 @@ from aavae.evaluation.bundles import (
     BUNDLE_KEYS,
     baseline_encoder,
     bundle_from_checkpoint,
+    bundle_preprocessing,
     make_bundle,
     model_from_bundle,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "accuracy_report",
     "baseline_encoder",
     "bundle_from_checkpoint",
+    "bundle_preprocessing",
     "embed_2d",
     "extract_features",
     "few_label_probe",

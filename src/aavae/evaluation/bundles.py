@@ -26,23 +26,26 @@ from aavae.models import (
     load_paper_checkpoint,
     read_checkpoint,
 )
+from aavae.views import Preprocessing
 
 log = logging.getLogger(__name__)
 
-BUNDLE_KEYS = ("state_dict", "spec", "normalization")
+#: Where a bundle keeps its :class:`aavae.views.Preprocessing` (the name predates the zoom).
+PREPROCESSING_KEY = "normalization"
+BUNDLE_KEYS = ("state_dict", "spec", PREPROCESSING_KEY)
 
 
-def make_bundle(net: AAVAENet, normalization: Mapping[str, Any], **facts: Any) -> dict[str, Any]:
+def make_bundle(net: AAVAENet, preprocessing: Preprocessing, **facts: Any) -> dict[str, Any]:
     """A model bundle of ``net``: its weights on the CPU and their fingerprint, its spec, how an
-    image becomes its input (``mean``, ``std``, optionally ``original_resize``), its parameter
-    count, and ``facts`` about where it came from (dataset, the ``data`` it was trained on,
-    objective, epochs, the MLflow run, ...; see :mod:`aavae.common.provenance`)."""
+    image becomes its input (``preprocessing``), its parameter count, and ``facts`` about where
+    it came from (dataset, the ``data`` it was trained on, objective, epochs, the MLflow run,
+    ...; see :mod:`aavae.common.provenance`)."""
     state_dict = {key: value.detach().cpu() for key, value in net.state_dict().items()}
     return {
         "state_dict": state_dict,
         "weights_sha256": weights_sha256(state_dict),
         "spec": net.spec.to_dict(),
-        "normalization": dict(normalization),
+        PREPROCESSING_KEY: preprocessing.to_dict(),
         "num_parameters": count_parameters(net),
         **facts,
     }
@@ -64,10 +67,18 @@ def model_from_bundle(bundle: Mapping[str, Any], source: str = "the model bundle
     return net.eval()
 
 
+def bundle_preprocessing(bundle: Mapping[str, Any], source: str = "the model bundle") -> Preprocessing:
+    """How an image becomes the input of a bundle's network."""
+    if not isinstance(bundle, Mapping) or PREPROCESSING_KEY not in bundle:
+        raise ValueError(f"{source} is not a model bundle: it has no '{PREPROCESSING_KEY}' "
+                         "(how images are normalised); rerun `kedro run --pipeline pretrain`")
+    return Preprocessing.from_dict(bundle[PREPROCESSING_KEY], source=f"{source}'s {PREPROCESSING_KEY}")
+
+
 def bundle_from_checkpoint(
     path: str | os.PathLike,
     spec: ModelSpec,
-    preprocessing: Mapping[str, Any],
+    preprocessing: Preprocessing,
     class_names: Sequence[str],
 ) -> dict[str, Any]:
     """A model bundle, in the format pretrain writes, for a checkpoint file given by path.
@@ -77,8 +88,8 @@ def bundle_from_checkpoint(
     checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, one of the paper's
     Lightning ``.ckpt`` or a bare state_dict), read with
     :func:`aavae.models.load_paper_checkpoint` into ``spec``; such a file does not say how its
-    images were normalised, so it gets ``preprocessing`` (``mean``, ``std``,
-    ``original_resize``: the recipe's, :func:`aavae.views.resolve_preprocessing`), as the
+    images were normalised, so it gets ``preprocessing`` (the recipe's,
+    :func:`aavae.views.resolve_preprocessing`), as the
     paper's linear evaluation applies its recipe's constants. ``class_names`` are the classes it
     is evaluated on. The file is read once, by :func:`aavae.models.read_checkpoint`, which never
     runs code from it (a Lightning 1.x file's class references become inert stand-ins).
@@ -94,7 +105,7 @@ def bundle_from_checkpoint(
         net = load_paper_checkpoint(path, spec, content=content)  # model.*, with the head the file holds
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
         bundle = make_bundle(
-            net, {key: preprocessing.get(key) for key in ("mean", "std", "original_resize")}, dataset=None,
+            net, preprocessing, dataset=None,
             objective="project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
             epochs=int(epoch) + 1 if isinstance(epoch, int) else None, mlflow_run_id=None,
         )

@@ -28,7 +28,7 @@ import numpy as np
 
 from aavae.data.folder_images import is_image_path, iter_image_batches, list_images, read_image
 from aavae.evaluation import nearest_neighbours
-from aavae.serving.inference import Preprocessing
+from aavae.serving.inference import ServingPreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class Encoder(Protocol):
     """What the embed pipeline needs of a model: its preprocessing and a batch encoder."""
 
-    preprocessing: Preprocessing
+    preprocessing: ServingPreprocessing
     identity: str  # which model this is, recorded in the index (a model URI, a run id)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -227,7 +227,7 @@ def _not_a_query(query: str, example: str) -> str:
             f"(paths look like {example!r}). Give an existing image file, or a path inside embed.path.")
 
 
-def read_indexed_images(index: NeighbourIndex, paths: set[str], prep: Preprocessing) -> dict[str, np.ndarray]:
+def read_indexed_images(index: NeighbourIndex, paths: set[str], prep: ServingPreprocessing) -> dict[str, np.ndarray]:
     """The images at ``paths`` of the index's source, read again at the model's input size."""
     found: dict[str, np.ndarray] = {}
     for batch in iter_image_batches(index.source, prep.image_size, prep.resize,  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,9 @@ from torch import Tensor, nn
 
 from aavae.common.hardware import choose_precision
 from aavae.data.fit import RESIZE_POLICIES, fit_image
-from aavae.evaluation import extract_features, model_from_bundle
+from aavae.evaluation import bundle_preprocessing, extract_features, model_from_bundle
 from aavae.models import AAVAENet
+from aavae.views import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -212,31 +213,33 @@ def _ragged_description(images: object, error: Exception) -> str:
             "send images of one size per request (resize them first, or send them one by one)")
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the network's input: its side, the resize policy, mean and std."""
+@dataclass(frozen=True, kw_only=True)
+class ServingPreprocessing(Preprocessing):
+    """How any image becomes the network's input: fitted to ``image_size`` pixels a side by the
+    ``resize`` policy of its training run, then the model's :class:`aavae.views.Preprocessing`
+    (normalisation and the recipe's zoom)."""
 
     image_size: int
     resize: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    original_resize: int | None = None  # the paper's STL-10 zoom of originals (105 for 96)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.resize not in RESIZE_POLICIES:
             raise ValueError(
                 f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+    @classmethod
+    def fitting(cls, preprocessing: Preprocessing, image_size: int, resize: str) -> ServingPreprocessing:
+        core = {f.name: getattr(preprocessing, f.name) for f in fields(Preprocessing)}
+        return cls(**core, image_size=int(image_size), resize=resize)
 
 
 class ImageEncoder:
     """The trained encoder of a model bundle, with the preprocessing it was trained with."""
 
     def __init__(
-        self, net: AAVAENet, preprocessing: Preprocessing, identity: str = "a model bundle",
+        self, net: AAVAENet, preprocessing: ServingPreprocessing, identity: str = "a model bundle",
         precision: str = "32-true",
     ) -> None:
         if precision not in PRECISIONS:
@@ -254,12 +257,7 @@ class ImageEncoder:
     ) -> ImageEncoder:
         """Rebuild the bundle's network; ``resize`` is ``dataset.resize`` of its training run."""
         net = model_from_bundle(bundle)
-        norm = bundle["normalization"]
-        preprocessing = Preprocessing(
-            image_size=int(net.spec.input_size), resize=resize,
-            mean=tuple(float(v) for v in norm["mean"]), std=tuple(float(v) for v in norm["std"]),
-            original_resize=norm.get("original_resize"),
-        )
+        preprocessing = ServingPreprocessing.fitting(bundle_preprocessing(bundle), net.spec.input_size, resize)
         run_id = bundle.get("mlflow_run_id")
         where = f"trained in MLflow run {run_id}" if run_id else str(bundle.get("checkpoint") or "")
         return cls(net, preprocessing, f"model bundle {where}".strip(), precision)

@@ -63,7 +63,7 @@ from aavae.serving.inference import (
     ImageBatchError,
     ImageEncoder,
     InputLimits,
-    Preprocessing,
+    ServingPreprocessing,
     check_image_batch,
 )
 
@@ -254,11 +254,7 @@ class RegisteredEncoder:
                 f"embed.model_uri={model_uri!r} is not an encoder logged by this project: its "
                 "MLmodel metadata has no image_size (expected the pretrain pipeline's model)."
             )
-        self.preprocessing = Preprocessing(
-            image_size=int(metadata["image_size"]), resize=str(metadata["resize"]),
-            mean=tuple(metadata["mean"]), std=tuple(metadata["std"]),
-            original_resize=metadata.get("original_resize"),
-        )
+        self.preprocessing = ServingPreprocessing.from_dict(metadata, source=f"{model_uri}'s MLmodel metadata")
         self.identity = model_uri
         self.limits: InputLimits = self.model.unwrap_python_model().limits
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -54,7 +53,7 @@ from aavae.training.step import (
     probe_terms,
 )
 from aavae.training.streaming import HostBatches
-from aavae.views import ViewPolicy, channel_tensors, normalize, original_view, to_float
+from aavae.views import Preprocessing, ViewPolicy, channel_tensors
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +78,10 @@ class PretrainModule(pl.LightningModule):
         config: PretrainConfig,
         train: TrainingImages,
         val: ValidationViews | None,
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocessing: Preprocessing,
         num_classes: int,
         precision: str = "32-true",
         device_kind: str = "cpu",
-        original_resize: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -92,8 +89,7 @@ class PretrainModule(pl.LightningModule):
         self.objective = objective
         self.policy = policy
         self.config = config
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.original_resize = original_resize
+        self.preprocessing = preprocessing  # how an original becomes the network's input
         self.num_classes = num_classes
         self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe else None
         self.precision_name = precision
@@ -154,7 +150,7 @@ class PretrainModule(pl.LightningModule):
             online_probe=self.online_probe is not None, autocast_dtype=self.autocast_dtype,
             gradient_clip_val=cfg.gradient_clip_val, channels_last=cfg.channels_last,
             learning_rate=cfg.learning_rate, schedule=cfg.schedule,
-            original_resize=self.original_resize,
+            original_resize=self.preprocessing.original_resize,
         )
 
     # -- data on the device -------------------------------------------------------------------
@@ -232,7 +228,7 @@ class PretrainModule(pl.LightningModule):
         return fits_on_device(self._train_source, self.device) if wanted == "auto" else bool(wanted)
 
     def _build_step(self) -> TrainStep:
-        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
+        mean, std = channel_tensors(self.preprocessing.mean, self.preprocessing.std, 3, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
         total, warmup = self.schedule_lengths()
         if self._pacer is not None and self._pacer.fitting:
@@ -380,7 +376,6 @@ class PretrainModule(pl.LightningModule):
         count = len(self._train_source)
         chosen = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed))[:max_images]
         chosen = chosen.sort().values.numpy()
-        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
         size = self.config.batch_size
 
         def batches():
@@ -390,7 +385,7 @@ class PretrainModule(pl.LightningModule):
                     raw = self._train_images[torch.from_numpy(rows).to(self.device)]
                 else:
                     raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
-                yield normalize(original_view(raw.permute(0, 3, 1, 2), self.original_resize), mean, std)
+                yield self.preprocessing.apply(raw.permute(0, 3, 1, 2))
 
         def encode(x: Tensor) -> Tensor:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -420,9 +415,8 @@ class PretrainModule(pl.LightningModule):
         on the fixed views of held-out images."""
         assert self._val_tensors is not None
         views, originals, labels = (t[batch] for t in self._val_tensors)
-        mean, std = channel_tensors(self.mean, self.std, 3, self.device)
-        original = normalize(original_view(originals.permute(0, 3, 1, 2), self.original_resize), mean, std)
-        augmented = normalize(to_float(views.permute(0, 3, 1, 2)), mean, std)
+        original = self.preprocessing.apply(originals.permute(0, 3, 1, 2))
+        augmented = self.preprocessing.apply_to_views(views.permute(0, 3, 1, 2))
         x_in = augmented if self.objective.uses_augmented_input else original
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + batch_idx)
         samples = self.config.val_samples if self.objective.is_variational else 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -12,27 +12,26 @@ from torch import Tensor
 
 from aavae.models import AAVAENet
 from aavae.training.data import as_tensor
-from aavae.views import normalize, original_view
+from aavae.views import Preprocessing
 
 
 @torch.no_grad()
 def reconstruct(
-    net: AAVAENet, images_nhwc: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float],
-    original_resize: int | None = None,
+    net: AAVAENet, images_nhwc: np.ndarray | Tensor, preprocessing: Preprocessing, *, originals: bool = True,
 ) -> np.ndarray:
     """Decode the latent mean of each image; uint8 N x H x W x C back in pixel space.
 
-    ``original_resize`` zooms the input first, as the recipe presents originals (views are
-    passed as they are).
+    ``originals`` are preprocessed as the recipe presents them (its zoom included); views
+    (``originals=False``) are only normalised.
     """
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
     images = as_tensor(images_nhwc).to(device).permute(0, 3, 1, 2)
-    x = normalize(original_view(images, original_resize), mean, std)
+    x = preprocessing.apply(images) if originals else preprocessing.apply_to_views(images)
     x_hat = net.decode(net.latent_mean(net.encode(x))).float()
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    m = torch.tensor(preprocessing.mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(preprocessing.std, device=device).view(1, -1, 1, 1)
     pixels = ((x_hat * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
     net.train(was_training)
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
@@ -43,9 +42,9 @@ def reconstruction_grid(module, originals: np.ndarray, views: np.ndarray) -> Fig
     from aavae.reporting.plots import image_grid
 
     if module.objective.uses_augmented_input:
-        recon = reconstruct(module.net, views, module.mean, module.std)
+        recon = reconstruct(module.net, views, module.preprocessing, originals=False)
     else:
-        recon = reconstruct(module.net, originals, module.mean, module.std, module.original_resize)
+        recon = reconstruct(module.net, originals, module.preprocessing)
     columns = [originals, views, recon] if module.objective.uses_augmented_input else [originals, recon]
     titles = ["original", "input view", "reconstruction"] if len(columns) == 3 else ["original", "reconstruction"]
     return image_grid(columns, titles, title=f"{module.objective.kind}: reconstructions of held-out images")

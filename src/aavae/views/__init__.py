@@ -7,7 +7,7 @@ preprocessing of originals. ``from aavae.views import X`` is the public way in.
   :func:`make_views`): SimCLR-style views of a whole uint8 batch at once, with torchvision's
   distributions and math.
 * :mod:`.preprocessing` -- originals as the model sees them (:func:`original_view`,
-  :func:`normalize`) and the statistics they are normalised with (:func:`channel_stats`,
+  :func:`normalize`; together the value :class:`Preprocessing`) and the statistics they are normalised with (:func:`channel_stats`,
   :func:`resolve_preprocessing`).
 """
 
@@ -28,6 +28,7 @@ from aavae.views.augment import (
 )
 from aavae.views.policy import PREPROCESSING_KEYS, PROVENANCE_KEYS, ViewPolicy, split_view_policy
 from aavae.views.preprocessing import (
+    Preprocessing,
     channel_stats,
     channel_tensors,
     normalize,
@@ -42,6 +43,7 @@ __all__ = [
     "HUE",
     "PREPROCESSING_KEYS",
     "PROVENANCE_KEYS",
+    "Preprocessing",
     "SATURATION",
     "ViewParams",
     "ViewPolicy",

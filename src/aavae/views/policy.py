@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from aavae.views.preprocessing import Preprocessing
+
 _PROBABILITY = {"ge": 0.0, "le": 1.0}
 
 
@@ -153,15 +155,15 @@ def _within(value: float, bounds: Mapping[str, float]) -> bool:
     return not math.isnan(value) and all(checks[rule](limit) for rule, limit in bounds.items())
 
 
-PREPROCESSING_KEYS = ("mean", "std", "original_resize")
+#: The keys of the preprocessing of originals in a resolved view policy.
+PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
 #: What a resolved view policy records of the images it was resolved from (aavae.common.provenance).
 PROVENANCE_KEYS = ("data_sha256",)
 
 
-def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, dict[str, Any]]:
+def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, Preprocessing]:
     """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing of
-    originals: ``mean``, ``std`` and ``original_resize``, None when absent)."""
+    originals)."""
     policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items()
                                    if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
-    preprocessing = {key: view_policy.get(key) for key in PREPROCESSING_KEYS}
-    return policy, preprocessing
+    return policy, Preprocessing.from_dict(view_policy, source="the view policy (view_policy.json)")

@@ -1,16 +1,88 @@
 """The original images as the model sees them: floats in [0, 1], optionally the paper's
 STL-10 zoom (``Resize(105)`` + ``CenterCrop(96)``), normalised per channel with the training
 images' (or the recipe's) mean and std; and the computation of those statistics.
+
+:class:`Preprocessing` is that rule as one value, the same from the view policy
+(``view_policy.json``'s ``mean``, ``std`` and ``original_resize``) through the model bundle (its
+``normalization``) to serving (:class:`aavae.serving.inference.ServingPreprocessing` adds the
+fit of any image to the model's size).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an original image becomes the network's input: floats in [0, 1], zoomed by
+    ``Resize(original_resize)`` + ``CenterCrop`` when given, then ``(x - mean) / std`` per
+    channel (``mean`` and ``std`` on the [0, 1] scale, three channels)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    original_resize: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+                raise ValueError(f"preprocessing {name} must be three numbers (R, G, B), got {values!r}")
+            try:
+                as_floats = tuple(float(v) for v in values)
+            except (TypeError, ValueError):
+                raise ValueError(f"preprocessing {name} must be three numbers (R, G, B), got {values!r}") from None
+            if not all(math.isfinite(v) for v in as_floats) or (name == "std" and min(as_floats) <= 0):
+                rule = "positive" if name == "std" else "finite"
+                raise ValueError(f"preprocessing {name} must be {rule}, got {list(values)}")
+            object.__setattr__(self, name, as_floats)
+        resize = self.original_resize
+        if resize is not None:
+            if isinstance(resize, bool) or not isinstance(resize, numbers.Integral) or resize < 1:
+                raise ValueError(f"preprocessing original_resize must be a positive integer or None, got {resize!r}")
+            object.__setattr__(self, "original_resize", int(resize))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, as view_policy.json, a bundle's ``normalization`` and the MLflow
+        model's metadata store them."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "the stored preprocessing") -> Preprocessing:
+        """The preprocessing ``values`` store (other keys are ignored; ``original_resize`` may be
+        absent, as in files written before it existed); ``source`` names them in errors."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{source} is not a mapping of mean, std and original_resize: "
+                             f"got {type(values).__name__}")
+        wanted = [f.name for f in fields(cls)]
+        missing = [key for key in ("mean", "std") if values.get(key) is None]
+        if missing:
+            raise ValueError(f"{source} has no {' or '.join(missing)}: it does not say how images "
+                             f"were normalised (expected keys {', '.join(wanted)}; rerun the step "
+                             "that wrote it)")
+        try:
+            return cls(**{key: values[key] for key in wanted if key in values})
+        except (TypeError, ValueError) as error:  # TypeError: a subclass's field is missing
+            raise ValueError(f"{source}: {error}") from None
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Originals, uint8 ``N x 3 x H x W`` -> the network's float32 input (channels_last)."""
+        mean, std = channel_tensors(self.mean, self.std, 3, images.device)
+        return normalize(original_view(images, self.original_resize), mean, std)
+
+    def apply_to_views(self, views: Tensor) -> Tensor:
+        """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (a view is
+        already cropped to the image size)."""
+        mean, std = channel_tensors(self.mean, self.std, 3, views.device)
+        return normalize(to_float(views), mean, std)
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -87,7 +159,7 @@ def channel_tensors(
 def resolve_preprocessing(
     mean: Sequence[float] | None, std: Sequence[float] | None, original_resize: int | None,
     images: np.ndarray,
-) -> dict[str, Any]:
+) -> Preprocessing:
     """How an original becomes the network's input (``mean``, ``std``, ``original_resize``):
     the recipe's fixed constants when given (the paper's CIFAR-10 and STL-10), else the
     per-channel statistics of ``images`` (uint8 ``N x H x W x C``, the training split).
@@ -103,8 +175,7 @@ def resolve_preprocessing(
             f"views.original_resize={original_resize} is smaller than the images "
             f"({side} px): it must be at least the image size (it zooms in, e.g. 105 for 96)"
         )
-    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std],
-            "original_resize": original_resize}
+    return Preprocessing(tuple(mean), tuple(std), original_resize)  # type: ignore[arg-type]
 
 
 def channel_stats(

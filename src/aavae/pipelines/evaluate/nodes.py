@@ -22,6 +22,7 @@ from aavae.evaluation import (
     ClassifierResult,
     accuracy_report,
     baseline_encoder,
+    bundle_preprocessing,
     embed_2d,
     few_label_probe,
     knn_classify,
@@ -40,6 +41,7 @@ from aavae.reporting.plots import (
     value_text,
 )
 from aavae.reporting.report_html import ReportImage, render_report
+from aavae.views import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class _Split:
 
     images_train: ImageSet
     images_test: ImageSet
-    normalization: dict[str, Any]
+    preprocessing: Preprocessing
 
 
 def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], class_names, config) -> ClassifierResult:
@@ -69,10 +71,10 @@ def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], cla
     if config.protocol == "paper":
         return paper_linear_eval(
             encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
-            split.normalization["mean"], split.normalization["std"], len(class_names), class_names,
+            split.preprocessing.mean, split.preprocessing.std, len(class_names), class_names,
             epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
             device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
-            original_resize=split.normalization.get("original_resize"),
+            original_resize=split.preprocessing.original_resize,
         )
     return linear_probe(
         train_x, train_y, test_x, test_y, len(class_names), class_names,
@@ -118,7 +120,7 @@ def evaluate(
     images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
     _check_features(features_train, features_test, baseline_features, evaluation_model, images_train)
     class_names = _class_names(evaluation_model)
-    split = _Split(images_train, images_test, evaluation_model["normalization"])
+    split = _Split(images_train, images_test, bundle_preprocessing(evaluation_model))
     spec = ModelSpec.from_dict(evaluation_model["spec"])
     scores, probe = _score(features_train["features"], features_test["features"], split,
                            lambda: model_from_bundle(evaluation_model).encoder, class_names, config,

@@ -16,13 +16,14 @@ from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
     baseline_encoder,
     bundle_from_checkpoint,
+    bundle_preprocessing,
     extract_features,
     model_from_bundle,
 )
 from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
 from aavae.training.batchnorm import recompute_batchnorm_statistics
-from aavae.views import channel_tensors, normalize, original_view, resolve_preprocessing
+from aavae.views import resolve_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, imag
 
 
 def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
-    norm = bundle["normalization"]
-    return extract_features(encoder, imageset.images, norm["mean"], norm["std"], batch_size=config.batch_size,
+    preprocessing = bundle_preprocessing(bundle)
+    return extract_features(encoder, imageset.images, preprocessing.mean, preprocessing.std, batch_size=config.batch_size,
                             device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
-                            original_resize=norm.get("original_resize"))
+                            original_resize=preprocessing.original_resize)
 
 
 
@@ -170,16 +171,14 @@ def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, A
                             max_images: int = 10_000) -> int:
     """Batch-norm statistics of ``encoder`` re-estimated on a seeded subset of clean training images."""
     device = choose_device(config.accelerator)
-    norm = bundle["normalization"]
-    mean, std = channel_tensors(norm["mean"], norm["std"], 3, device)
+    preprocessing = bundle_preprocessing(bundle)
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(images_train))[:max_images])
     encoder.to(device)
 
     def batches():
         for start in range(0, len(rows), config.batch_size):
             raw = torch.from_numpy(np.asarray(images_train.images[rows[start:start + config.batch_size]]))
-            x = original_view(raw.to(device).permute(0, 3, 1, 2), norm.get("original_resize"))
-            yield normalize(x, mean, std)
+            yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
 
     try:
         recompute_batchnorm_statistics(encoder, batches())

@@ -60,7 +60,6 @@ def pretrain(
     num_parameters = count_parameters(net)
     objective = cfg.training_objective()  # kind, KL weight, denoising: one place builds it
     policy, preprocessing = split_view_policy(view_policy)
-    mean, std = preprocessing["mean"], preprocessing["std"]
 
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
     checkpoint_dir = checkpoint_dir_for(CHECKPOINT_ROOT, dataset_card, spec.to_dict(), cfg.model_dump(), learned_views)
@@ -77,9 +76,8 @@ def pretrain(
     module = PretrainModule(
         net, objective, policy, cfg,
         training_images(images_train, images_unlabeled, cfg.training_split, cfg.unlabeled_holdout),
-        val, mean, std, num_classes=len(images_train.class_names),
+        val, preprocessing, num_classes=len(images_train.class_names),
         precision=hardware.precision, device_kind=hardware.device_kind,
-        original_resize=preprocessing["original_resize"],
     )
     done = resume_from and finished_training(resume_from, module.planned_steps(), cfg.max_time_minutes)
     tracking.log_params_once({"model.num_parameters": num_parameters})
@@ -134,11 +132,8 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs,
     net = module.net.cpu().eval()
     shown = slice(0, 8)
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
-    # how an image becomes the encoder's input: normalisation, and the paper's STL-10 zoom
-    normalization = {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]),
-                     "original_resize": preprocessing["original_resize"]}
     bundle = make_bundle(
-        net, normalization, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
+        net, preprocessing, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
         data=provenance.data_identity(dataset_card),
         objective=module.objective.name, kl_coeff=module.objective.kl_coeff,
         # the epochs actually trained, as a fraction (Lightning counts an epoch cut short by

@@ -38,7 +38,7 @@ def resolve_view_policy(views: dict[str, Any], images_train: ImageSet) -> dict[s
     config = parse("views", views, ViewsConfig)
     policy = ViewPolicy(**config.policy_fields())
     preprocessing = resolve_preprocessing(config.mean, config.std, config.original_resize, images_train.images)
-    return {**policy.to_dict(), **preprocessing, provenance.DATA_SHA256: images_train.fingerprint}
+    return {**policy.to_dict(), **preprocessing.to_dict(), provenance.DATA_SHA256: images_train.fingerprint}
 
 
 def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> Figure:
