@@ -2,10 +2,14 @@
 
 from pathlib import Path
 
+import math
+
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aavae.config import ConfigError, PretrainConfig, parse, validate_all
+from aavae.config import SCHEMAS, ConfigError, PretrainConfig, parse, validate_all
 
 
 def test_defaults_validate():
@@ -112,7 +116,7 @@ def test_the_views_parameters_are_the_view_policys_fields_with_its_bounds():
     assert ViewPolicy(**ViewsConfig().policy_fields()) == ViewPolicy()
     bad_values = [("jitter_strength", 2.6), ("flip_p", 1.5), ("flip_p", float("nan")),
                   ("blur_kernel_fraction", 0.0), ("crop_scale", (0.5, 0.1)), ("crop_scale", (0.5, 1.5)),
-                  ("crop_ratio", (0.0, 1.0)), ("blur_sigma", (2.0, 1.0))]
+                  ("crop_ratio", (0.0, 1.0)), ("crop_ratio", (0.5, float("inf"))), ("blur_sigma", (2.0, 1.0))]
     for name, bad in bad_values:
         with pytest.raises(ConfigError, match=f"views.{name}"):
             parse("views", {name: bad})
@@ -120,3 +124,42 @@ def test_the_views_parameters_are_the_view_policys_fields_with_its_bounds():
             ViewPolicy(**{name: bad})
     edge = ViewsConfig(jitter_strength=2.5, crop_scale=(1.0, 1.0), flip_p=1.0)
     assert ViewPolicy(**edge.policy_fields()) == ViewPolicy(jitter_strength=2.5, crop_scale=(1.0, 1.0), flip_p=1.0)
+
+
+# -- the input space: any value --params or a YAML file can hold --------------------------------
+yaml_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
+                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12))
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+every_key = [(group, key) for group, schema in SCHEMAS.items() for key in schema.model_fields]
+
+
+@settings(max_examples=400, deadline=None)
+@given(where=st.sampled_from(every_key), value=yaml_values)
+def test_any_value_of_any_parameter_is_accepted_or_refused_by_name(where, value):
+    """A value either validates or stops the run with a ConfigError naming its key: never
+    another exception from inside the schema, the policy or a validator."""
+    group, key = where
+    try:
+        parsed = parse(group, {key: value})
+    except ConfigError as error:
+        assert f"'{group}.{key}" in str(error) or f"'{group}'" in str(error), str(error)
+        return
+    floats = [v for v in _leaves(parsed.model_dump()) if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in floats), f"{group}.{key}={value!r} validated to {floats}"
+    if group == "views":  # what validates becomes the augmentation policy the views node builds
+        from aavae.views import ViewPolicy
+
+        assert ViewPolicy(**parsed.policy_fields()).to_dict() == {
+            name: list(v) if isinstance(v, tuple) else v for name, v in parsed.policy_fields().items()}
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value

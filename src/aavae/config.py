@@ -41,7 +41,8 @@ class ConfigError(ValueError):
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting here (no limit, no clipping: null); refused by name
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Schema):

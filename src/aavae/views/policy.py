@@ -144,15 +144,15 @@ def _field(name: str) -> Any:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 
 def _within(value: float, bounds: Mapping[str, float]) -> bool:
     checks = {"ge": lambda limit: value >= limit, "gt": lambda limit: value > limit,
               "le": lambda limit: value <= limit}
-    return not math.isnan(value) and all(checks[rule](limit) for rule, limit in bounds.items())
+    return all(checks[rule](limit) for rule, limit in bounds.items())
 
 
 #: The keys of the preprocessing of originals in a resolved view policy.
