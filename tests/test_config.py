@@ -1,8 +1,7 @@
 """Parameter validation names the bad key and what was expected."""
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,7 +73,7 @@ def test_the_registry_name_takes_only_known_placeholders_and_embed_defaults_need
 
 
 def test_the_committed_parameter_reference_is_what_the_schemas_generate():
-    from aavae.config import REFERENCE_COMMAND, parameter_reference
+    from aavae.config.reference import REFERENCE_COMMAND, parameter_reference
 
     committed = (Path(__file__).resolve().parents[1] / "docs" / "parameters.md").read_text()
     assert committed == parameter_reference(), f"docs/parameters.md is out of date: run `{REFERENCE_COMMAND}`"
