@@ -465,3 +465,26 @@ def test_a_resolved_view_policy_splits_into_the_policy_and_its_preprocessing() -
     assert split_view_policy(stored) == (policy, preprocessing)
     with pytest.raises(ValueError, match=r"view_policy.json.*has no mean or std"):
         split_view_policy(policy.to_dict())
+
+
+@settings(max_examples=120, deadline=None)
+@given(dtype=st.sampled_from([torch.uint8, torch.float32, torch.int64, torch.bool]),
+       shape=st.lists(st.integers(1, 24), min_size=2, max_size=5),
+       channels_at=st.integers(0, 4), channels=st.integers(1, 4),
+       original_resize=st.none() | st.integers(1, 48))
+def test_preprocessing_of_any_tensor_is_the_networks_input_or_a_named_refusal(
+        dtype, shape, channels_at, channels, original_resize) -> None:
+    """Whatever reaches the preprocessing (a float batch, NHWC, grey, one image, a zoom smaller
+    than the image) gives float32 N x 3 x H x W finite values or a ValueError saying what it
+    expects: never a shape error from deep inside torch."""
+    shape = list(shape)
+    shape.insert(min(channels_at, len(shape)), channels)
+    images = torch.zeros(shape, dtype=dtype)
+    preprocessing = Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.5), original_resize)
+    try:
+        x = preprocessing.apply(images)
+    except ValueError as error:
+        assert any(word in str(error) for word in ("uint8", "RGB", "at least the image size")), str(error)
+        return
+    assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3
+    assert x.dtype == torch.float32 and x.shape == images.shape and torch.isfinite(x).all()
