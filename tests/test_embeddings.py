@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import tarfile
 import zipfile
 from pathlib import Path
@@ -198,3 +199,21 @@ def test_queries_come_from_a_file_a_path_of_the_index_or_samples_of_it(tmp_path)
     other = NeighbourIndex.build(result.paths, result.vectors, str(folder), "models:/other/1")
     with pytest.raises(ValueError, match="made by models:/other/1, but queries would be embedded by model bundle"):
         answer_query(other, encoder, None, k=2)
+
+
+def test_embedding_a_folder_reports_progress_as_plain_lines_in_a_log(tmp_path, caplog, capsys, monkeypatch):
+    """Outside a terminal (CI, nohup, a pipe) the embed pipeline's progress is plain log lines
+    from the project's one progress helper, not a bar's carriage returns."""
+    from aavae.common import progress as progress_module
+
+    monkeypatch.setattr(progress_module, "EVERY_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="aavae.common.progress")
+    folder = tmp_path / "photos"
+    written = write_photos(folder, np.random.default_rng(4))
+
+    embed_folder(ImageEncoder.from_bundle(trained_looking_bundle()), folder, batch_size=2)
+
+    logged = [r.getMessage() for r in caplog.records if r.name == "aavae.common.progress"]
+    total = len(written)
+    assert any(line.startswith(f"embed: {total}/{total} images (100%)") for line in logged), logged
+    assert "\r" not in capsys.readouterr().out

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from aavae.common.progress import Progress
 from aavae.data.folder_images import is_image_path, iter_image_batches, list_images, read_image
 from aavae.evaluation import nearest_neighbours
 from aavae.serving.inference import ServingPreprocessing
@@ -72,14 +73,14 @@ def embed_folder(
     skipped: list[str] = []
     paths: list[str] = []
     chunks: list[np.ndarray] = []
-    with _progress_bar(len(listing.paths), progress) as bar:
+    with Progress("embed", len(listing.paths), "images", enabled=progress) as shown:
         for batch in iter_image_batches(path, prep.image_size, prep.resize,  # type: ignore[arg-type]
                                         batch_size=batch_size, on_bad_image=on_bad_image,
                                         skipped=skipped):
             if len(batch.paths):
                 chunks.append(np.asarray(encoder.encode(batch.images), np.float32))
                 paths.extend(batch.paths)
-            bar.update(len(paths) + len(skipped) - bar.n)  # skipped files count as done
+            shown.advance(len(paths) + len(skipped) - shown.done)  # skipped files count as done
     if not paths:
         raise ValueError(f"No image of '{path}' could be decoded ({len(skipped)} skipped).")
     if skipped:
@@ -87,27 +88,6 @@ def embed_folder(
         logger.warning("Skipped %d undecodable images of %s: %s", len(skipped), path, shown)
     return FolderEmbeddings(str(path), paths, np.concatenate(chunks), skipped,
                             time.perf_counter() - start)
-
-
-class _NoBar:
-    n = 0
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, count: int) -> None:
-        return None
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="embed", unit="img", mininterval=1.0)
 
 
 @dataclass(frozen=True)
