@@ -162,3 +162,17 @@ def _leaves(value):
             yield from _leaves(item)
     else:
         yield value
+
+
+@pytest.mark.parametrize(("values", "named"), [
+    ({"probe_weight_decays": []}, r"'evaluate\.probe_weight_decays': .*at least 1"),
+    ({"probe_weight_decays": [1e-3, -1.0]}, r"'evaluate\.probe_weight_decays\.1': .*greater than or equal to 0"),
+    ({"few_labels": [1, 5, 5]}, r"'evaluate\.few_labels': few_labels lists 5 more than once"),
+    ({"baselines": ["raw_pixels", "raw_pixels"]}, r"'evaluate\.baselines': baselines lists raw_pixels more than once"),
+])
+def test_evaluation_lists_a_probe_would_refuse_after_feature_extraction_are_refused_at_the_start(values, named):
+    """An empty or negative L2 grid stopped the linear probe only after the features were
+    extracted; a repeated count or baseline wrote the same metric twice."""
+    with pytest.raises(ConfigError, match=named):
+        parse("evaluate", values)
+    assert parse("evaluate", {"few_labels": [], "baselines": []}).few_labels == ()

@@ -49,6 +49,14 @@ def recipe(env: str) -> dict:
     return validate_all(loader["parameters"])
 
 
+@pytest.mark.parametrize("env", sorted(path.name for path in CONF.iterdir()
+                                       if (path / "parameters.yml").is_file()))
+def test_every_environment_validates_over_base(env):
+    """A parameter the schemas tighten must not break a shipped environment (each is merged
+    over base as settings.py merges it)."""
+    assert recipe(env)["dataset"].name
+
+
 def test_cifar10_recipe_is_the_papers_command_with_denoising():
     params = recipe("cifar10")
     views, model, pretrain = params["views"], params["model"], params["pretrain"]

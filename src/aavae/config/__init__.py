@@ -325,8 +325,9 @@ class EvaluateConfig(_Schema):
     batch_size: int = Field(512, ge=1, description="images a batch when extracting features")
     probe_val_fraction: float = Field(0.1, gt=0, lt=1, description="the linear probe picks its "
                                       "weight decay on this share of the training split, never on test")
-    probe_weight_decays: tuple[float, ...] = Field((1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                                                   description="the L2 grid the probe chooses from")
+    probe_weight_decays: tuple[Annotated[float, Field(ge=0)], ...] = Field(
+        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
+        description="the L2 grid the probe chooses from (at least one)")
     few_labels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         (1, 5, 10), description="labels per class of the few-label linear probe (every count is "
         "drawn few_label_draws times, the table leads with the smallest); [] turns it off",
@@ -366,6 +367,14 @@ class EvaluateConfig(_Schema):
         False, description="re-estimate the evaluated encoder's batch-norm statistics on up to "
         "10,000 un-augmented training images before extracting features",
     )
+
+    @field_validator("few_labels", "baselines", "probe_weight_decays")
+    @classmethod
+    def _each_once(cls, values: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+        repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{info.field_name} lists {', '.join(map(str, repeated))} more than once, got {list(values)}")
+        return values
 
 
 class RegistryConfig(_Schema):
