@@ -176,3 +176,19 @@ def test_evaluation_lists_a_probe_would_refuse_after_feature_extraction_are_refu
     with pytest.raises(ConfigError, match=named):
         parse("evaluate", values)
     assert parse("evaluate", {"few_labels": [], "baselines": []}).few_labels == ()
+
+
+@pytest.mark.parametrize(("dataset", "stem", "named"), [
+    ({"image_size": 20}, "cifar", "dataset.image_size=20, model.stem=cifar"),
+    ({}, "imagenet", "dataset.image_size=16, model.stem=imagenet"),
+    ({"name": "imagefolder", "image_size": 40, "path": "x"}, "stl10", "dataset.image_size=40, model.stem=stl10"),
+])
+def test_a_stem_that_cannot_rebuild_the_images_stops_the_run_before_ingest(dataset, stem, named):
+    """The decoder rebuilds only sides its stem's downsampling divides: said at validation
+    (before an image folder is read), not when pretraining builds the network."""
+    with pytest.raises(ConfigError, match=rf"'model\.stem': input_size \d+ does not fit stem .*{named}"):
+        validate_all({"dataset": dataset, "model": {"stem": stem}})
+    for name in ("cifar10", "stl10"):  # the paper's datasets fit every stem
+        for any_stem in ("cifar", "stl10", "imagenet"):
+            assert validate_all({"dataset": {"name": name, "image_size": None, "path": "x"}, "model": {"stem": any_stem}})
+    assert validate_all({"dataset": {"name": "imagefolder", "image_size": None, "path": "x"}, "model": {"stem": "imagenet"}})

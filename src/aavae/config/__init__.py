@@ -480,9 +480,27 @@ def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
             parsed[group] = parse(group, params.get(group))
         except ConfigError as exc:
             problems.extend(line[4:] for line in str(exc).splitlines()[1:-1])
+    if "dataset" in parsed and "model" in parsed:
+        problems.extend(_model_fits_the_images(parsed["dataset"], parsed["model"]))  # type: ignore[arg-type]
     if problems:
         raise ConfigError(
             "Invalid parameters:\n  - " + "\n  - ".join(problems)
             + "\nFix them in conf/<env>/parameters*.yml or in --params."
         )
     return parsed
+
+
+def _model_fits_the_images(dataset: DatasetConfig, model: ModelConfig) -> list[str]:
+    """A stem that cannot rebuild the images' size stops the run before ingest, not after."""
+    from aavae.data import image_side
+    from aavae.models.decoder import check_input_size
+
+    side = image_side(dataset)
+    if side is None:
+        return []
+    try:
+        check_input_size(side, model.stem)
+    except ValueError as error:
+        given = f"dataset.image_size={side}" if dataset.image_size else f"{dataset.name} images are {side} px"
+        return [f"'model.stem': {error} ({given}, model.stem={model.stem})"]
+    return []

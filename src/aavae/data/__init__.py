@@ -27,12 +27,29 @@ __all__ = [
 TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
 
 
+DIGITS_SIDE = 16  # digits with dataset.image_size null
+
+
+def image_side(config: Any) -> int | None:
+    """The side of the images :func:`read_dataset` will give for a validated ``DatasetConfig``,
+    known before reading (None: an image folder at its own size)."""
+    if config.name == "cifar10":
+        from aavae.data.cifar10 import IMAGE_SIDE
+
+        return IMAGE_SIDE
+    if config.name == "stl10":
+        from aavae.data.stl10 import IMAGE_SIDE
+
+        return IMAGE_SIDE
+    return config.image_size or (DIGITS_SIDE if config.name == "digits" else None)
+
+
 def read_dataset(config: Any) -> ReadResult:
     """Read the dataset a validated ``DatasetConfig`` names."""
     if config.name == "digits":
         from aavae.data.digits import SOURCE, read_digits
 
-        splits = read_digits(config.image_size or 16, config.test_fraction, config.seed)
+        splits = read_digits(config.image_size or DIGITS_SIDE, config.test_fraction, config.seed)
         return ReadResult(splits, SOURCE, "sklearn-digits")
     if config.path is None and not config.download:
         raise DatasetError(
