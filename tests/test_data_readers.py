@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import os
 import pickle
 import stat
@@ -99,6 +100,22 @@ def test_cifar10_reads_the_extracted_folder_pixel_for_pixel(cifar_folder):
     assert result.archive_sha256 is None  # a folder: no file to checksum, but a fingerprint
     assert result.sha256 == read_cifar10(folder).sha256 and len(result.sha256) == 64
     assert result.describe()["splits"]["train"]["count"] == 15
+
+
+def test_an_image_size_the_official_datasets_do_not_use_is_said_not_silently_ignored(cifar_folder, caplog):
+    """CIFAR-10 is read at its own 32 px whatever dataset.image_size says (conf/base's 16 reaches
+    a `--params dataset.name=cifar10` run): ingest says so, and the images stay 32 px."""
+    from aavae.pipelines.ingest.nodes import ingest
+
+    folder, _ = cifar_folder
+    caplog.set_level(logging.WARNING, logger="aavae.pipelines.ingest.nodes")
+    train = ingest({"name": "cifar10", "path": str(folder), "image_size": 16})[0]
+    assert train.image_shape[:2] == (32, 32)
+    assert any("dataset.image_size=16 is not used for cifar10: its images are 32 px" in r.getMessage()
+               for r in caplog.records), caplog.text
+    caplog.clear()
+    ingest({"name": "cifar10", "path": str(folder), "image_size": None})
+    assert not [r for r in caplog.records if "is not used" in r.getMessage()]
 
 
 def test_cifar10_reads_the_archive_in_memory_and_checks_its_md5(cifar_folder, tmp_path):

@@ -51,8 +51,9 @@ class DatasetConfig(_Schema):
     path: str | None = Field(None, description="file or folder holding the dataset")
     download: bool = Field(False, description="fetch the official archive when path holds none")
     image_size: int | None = Field(
-        16, gt=0, description="side length images are brought to (digits, imagefolder); null: "
-        "the dataset's own (CIFAR-10 32, STL-10 96)",
+        16, gt=0, description="side length images are brought to (digits, imagefolder; null: "
+        "digits 16, a folder's own); CIFAR-10 (32) and STL-10 (96) are read at their own size "
+        "and ingest warns when this says otherwise",
     )
     resize: Literal["resize_crop", "resize"] = Field(
         "resize_crop", description="resize_crop: shorter side resized, then centre-cropped; resize: "

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from aavae.config import DatasetConfig, parse
-from aavae.data import pipeline_splits, read_dataset
+from aavae.data import image_side, pipeline_splits, read_dataset
 from aavae.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,12 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[
     """Read the dataset named by ``params:dataset``; return train, test, unlabeled, card."""
     config = parse("dataset", dataset, DatasetConfig)
     config.require_path()
+    side = image_side(config)
+    if config.image_size is not None and config.image_size != side:
+        # conf/base's 16 reaches a `--params dataset.name=cifar10` run: say that it is not used
+        log.warning("dataset.image_size=%d is not used for %s: its images are %d px and are read "
+                    "as they are (the paper's recipes: --env %s; set dataset.image_size to null to "
+                    "silence this)", config.image_size, config.name, side, config.name)
     result = read_dataset(config)
     # every split carries the ingest's data fingerprint, so what is made from it can say so
     train, test, unlabeled = (replace(split, fingerprint=result.sha256) for split in pipeline_splits(result))
