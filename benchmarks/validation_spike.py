@@ -29,7 +29,7 @@ from aavae.common.weights import load_weights
 from aavae.models import ModelSpec, build_model
 from aavae.objective import reconstruction_terms
 from aavae.training.batchnorm import recompute_batchnorm_statistics
-from aavae.views import channel_tensors, normalize, original_view, to_float
+from aavae.views import split_view_policy
 
 
 def newest_per_epoch_folder(root: Path) -> Path:
@@ -49,11 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.checkpoints or newest_per_epoch_folder(Path("data/06_models/checkpoints"))
     val = np.load("data/05_model_input/val_views.npz")
-    policy = json.loads(Path("data/05_model_input/view_policy.json").read_text())
-    mean, std = channel_tensors(policy["mean"], policy["std"], 3, torch.device("cpu"))
-    views = normalize(to_float(torch.from_numpy(val["views"]).permute(0, 3, 1, 2)), mean, std)
-    originals = normalize(original_view(torch.from_numpy(val["originals"]).permute(0, 3, 1, 2),
-                                        policy.get("original_resize")), mean, std)
+    _, preprocessing = split_view_policy(json.loads(Path("data/05_model_input/view_policy.json").read_text()))
+    views = preprocessing.apply_to_views(torch.from_numpy(val["views"]).permute(0, 3, 1, 2))
+    originals = preprocessing.apply(torch.from_numpy(val["originals"]).permute(0, 3, 1, 2))
     spec = ModelSpec.from_dict(load_weights(args.bundle)["spec"])
     noise = torch.randn(1, len(views), spec.latent_dim, generator=torch.Generator().manual_seed(0))
     print(f"checkpoints: {folder}; {len(views)} validation views")
