@@ -502,6 +502,6 @@ def _model_fits_the_images(dataset: DatasetConfig, model: ModelConfig) -> list[s
     try:
         check_input_size(side, model.stem)
     except ValueError as error:
-        given = f"dataset.image_size={side}" if dataset.image_size else f"{dataset.name} images are {side} px"
+        given = f"dataset.image_size={side}" if dataset.image_size == side else f"{dataset.name} images are {side} px"
         return [f"'model.stem': {error} ({given}, model.stem={model.stem})"]
     return []

@@ -103,7 +103,7 @@ def view_field_description(name: str) -> str:
     return _field(name).metadata["description"]
 
 
-def is_pair(name: str) -> bool:
+def _is_pair(name: str) -> bool:
     """Whether field ``name`` is a ``(low, high)`` range."""
     return isinstance(_field(name).default, tuple)
 
@@ -111,7 +111,7 @@ def is_pair(name: str) -> bool:
 def bounds_text(name: str) -> str:
     """Field ``name``'s bounds as people write them: ``>= 0, <= 1``; a pair's ``0 < low <= high <= 1``."""
     bounds = _field(name).metadata["bounds"]
-    if is_pair(name):
+    if _is_pair(name):
         lower = "".join(f"{limit:g} {_SYMBOLS[rule].replace('>', '<')} " for rule, limit in bounds.items()
                         if rule in ("ge", "gt"))
         upper = "".join(f" <= {limit:g}" for rule, limit in bounds.items() if rule == "le")
@@ -123,7 +123,7 @@ def check_view_field(name: str, value: Any) -> Any:
     """``value`` checked against field ``name``'s bounds, a pair as a tuple of floats; the
     ValueError of a bad one starts with the field's name and says what it must be."""
     bounds = _field(name).metadata["bounds"]
-    if is_pair(name):
+    if _is_pair(name):
         if isinstance(value, (str, bytes)) or not (isinstance(value, Sequence) and len(value) == 2):
             raise ValueError(f"{name} must be a pair (low, high), got {value!r}")
         low, high = (_number(name, v) for v in value)
