@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import reprlib
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -28,15 +28,11 @@ from aavae.models.net import (
     ImageSide,
     LatentDim,
     LogScale,
-    ModelSpec,
     StemName,
     Width,
     check_architecture,
 )
 from aavae.views.policy import ViewPolicy
-
-if TYPE_CHECKING:
-    from aavae.objective import Objective
 
 
 class ConfigError(ValueError):
@@ -161,11 +157,6 @@ class ModelConfig(_Schema):
         check_architecture(self.encoder, self.stem, self.width, self.h_dim, self.latent_dim)
         return self
 
-    def spec(self, input_size: int, **pretraining: Any) -> ModelSpec:
-        """The network these parameters name, for images ``input_size`` pixels on a side;
-        ``pretraining`` sets what only training decides (``log_scale``, ``learn_scale``, ``head``)."""
-        return ModelSpec(**self.model_dump(), input_size=input_size, **pretraining)
-
 
 class PretrainConfig(_Schema):
     objective: Literal["aavae", "vae", "ae"] = Field(
@@ -270,12 +261,6 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
-
-    def training_objective(self) -> Objective:
-        """The objective these parameters name (kind, KL weight, denoising): one place builds it."""
-        from aavae.objective import Objective  # torch is imported only when training
-
-        return Objective(self.objective, self.effective_kl_coeff, self.denoising)
 
     @model_validator(mode="after")
     def _denoising_is_the_aes(self) -> PretrainConfig:
