@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -277,7 +278,8 @@ def _override(text: str, parser: argparse.ArgumentParser) -> tuple[str, str, Any
     if not separator or group not in allowed or not key or "." in key:
         parser.error(f"--set {text!r}: expected GROUP.KEY=VALUE with GROUP one of {', '.join(allowed)}, "
                      "e.g. --set views.crop_scale=[0.2,1.0]")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    # read as Kedro reads --params (OmegaConf's YAML: 1e-3 is a number, not YAML 1.1's string)
+    value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"] if raw.strip() else None
     try:
         parse(group, {key: value})
     except ConfigError as error:

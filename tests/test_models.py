@@ -6,10 +6,13 @@ Reading checkpoint files is tested in test_checkpoint_reading.py.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aavae.models import (
     ENCODERS,
@@ -144,23 +147,25 @@ def test_the_ae_head_is_the_papers_projection_head_ae() -> None:
     assert net.latent_mean(features).shape == (5, net.spec.latent_dim)
     with pytest.raises(ValueError, match="needs the vae head"):
         net.posterior(torch.randn(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="head must be one of"):
+    with pytest.raises(ValueError, match="head\n  Input should be 'vae' or 'ae'"):
         small_spec(head="gan")
 
 
 @pytest.mark.parametrize(
     ("settings", "pattern"),
     [
-        ({"encoder": "resnet101"}, "unknown encoder 'resnet101'.*resnet18, resnet34, resnet50"),
-        ({"stem": "mnist"}, "unknown stem 'mnist'.*cifar, stl10, imagenet"),
+        ({"encoder": "resnet101"}, "encoder\n  Input should be 'resnet18', 'resnet34', 'resnet50'"),
+        ({"stem": "mnist"}, "stem\n  Input should be 'cifar', 'stl10' or 'imagenet'"),
         ({"stem": "cifar", "input_size": 30}, "input_size 30 .* multiple of 8"),
         ({"stem": "stl10", "input_size": 40}, "input_size 40 .* multiple of 16"),
         ({"stem": "imagenet", "input_size": 80}, "input_size 80 .* multiple of 32"),
-        ({"h_dim": 100}, "h_dim must be a positive multiple of 16"),
-        ({"width": 0}, "width must be a positive integer"),
+        ({"h_dim": 100}, "h_dim\n  Input should be a multiple of 16"),
+        ({"width": 0}, "width\n  Input should be greater than or equal to 1"),
+        ({"width": True}, "width\n  Input should be a valid integer"),
         ({"width": 1}, "default h_dim .* not a multiple of 16"),
-        ({"latent_dim": 0}, "latent_dim must be a positive integer"),
-        ({"learn_scale": "yes"}, "learn_scale must be true or false"),
+        ({"latent_dim": 0}, "latent_dim\n  Input should be greater than or equal to 1"),
+        ({"learn_scale": "yes"}, "learn_scale\n  Input should be a valid boolean"),
+        ({"log_scale": 100.0}, "log_scale\n  Input should be less than or equal to 80"),
     ],
 )
 def test_bad_spec_is_refused_clearly(settings: dict, pattern: str) -> None:
@@ -194,5 +199,70 @@ def test_spec_round_trips_through_json() -> None:
 
 
 def test_spec_from_dict_names_unknown_keys() -> None:
-    with pytest.raises(ValueError, match=r"unknown keys \['depth'\].*known keys are encoder"):
-        ModelSpec.from_dict({"encoder": "resnet18", "depth": 18})
+    with pytest.raises(ValueError, match=r"depth: Unexpected keyword argument \(got 18\)"):
+        ModelSpec.from_dict({**small_spec().to_dict(), "depth": 18})
+
+
+@pytest.mark.parametrize("key", [field.name for field in fields(ModelSpec)])
+def test_a_stored_spec_with_a_key_deleted_is_refused_not_filled_with_a_default(key: str) -> None:
+    """A bundle's spec read back must be whole: a hand-edited one missing ``log_scale`` or
+    ``head`` would otherwise build another network than the one its weights were trained in."""
+    stored = small_spec(log_scale=-1.0, head="ae").to_dict()
+    del stored[key]
+    with pytest.raises(ValueError, match=rf"the model spec is not a complete, valid record: missing {key}\. Pretrain"):
+        ModelSpec.from_dict(stored)
+
+
+@pytest.mark.parametrize(("settings", "size"), [
+    ({"width": 1000}, "3,862,612,504 parameters, 15.5 GB"),  # the issue's 1.6 KB bundle asked for 42.8 GB at 1664
+    ({"width": 64, "h_dim": 60000}, "4,046,691,620 parameters, 16.2 GB"),  # one 14.4 GB Linear
+    ({"encoder": "resnet50w4", "width": 128}, "2,604,850,692 parameters, 10.4 GB"),
+])
+def test_a_spec_whose_parameters_would_not_fit_is_refused_with_its_size_before_anything_is_built(settings, size):
+    """What a bundle's spec asks for is bounded like the model parameters: checked from shapes
+    (a build on the meta device), so refusing a 16 GB network allocates none of it."""
+    stored = {**small_spec(latent_dim=128).to_dict(), **settings}
+    with pytest.raises(ValueError, match=rf"has {size} in float32: over the 8 GiB a network may take"):
+        ModelSpec.from_dict(stored)
+
+
+def test_the_size_estimate_counts_what_the_network_holds() -> None:
+    """The ceiling is checked on the parameters the built network has, every encoder, stem and head."""
+    from aavae.models.net import _parameter_count
+
+    for encoder in ENCODERS:
+        for stem in STEMS:
+            for head in ("vae", "ae"):
+                spec = ModelSpec(encoder=encoder, stem=stem, width=TINY_WIDTH, latent_dim=16, head=head,
+                                 input_size=TEST_INPUT_SIZE[stem])
+                with torch.device("meta"):
+                    built = count_parameters(build_model(spec))
+                assert _parameter_count(encoder, stem, TINY_WIDTH, None, 16, head) == built
+
+
+def test_a_stored_spec_nested_a_million_deep_is_refused_not_a_crash() -> None:
+    """pydantic's choice check hashes the value: a tuple nested 10^6 deep overflowed the C stack."""
+    deep = "resnet18"
+    for _ in range(10**6):
+        deep = (deep,)
+    with pytest.raises(ValueError, match=r"encoder: expected a number, string, true/false, null or a list of them, got tuple"):
+        ModelSpec.from_dict({**small_spec().to_dict(), "encoder": deep})
+
+
+stored_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10) | st.lists(
+    st.integers(0, 64), max_size=3) | st.sampled_from(["resnet18", "resnet50w4", "imagenet", "stl10", "ae", 16, 32, 1024])
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from([field.name for field in fields(ModelSpec)]), value=stored_values)
+def test_any_stored_value_of_a_spec_gives_a_spec_or_a_one_line_error(key: str, value) -> None:
+    """What a bundle holds is data: any value in any field reads as a valid spec or a ValueError
+    of one line naming the spec, never another exception."""
+    stored = {**small_spec().to_dict(), key: value}
+    try:
+        spec = ModelSpec.from_dict(stored)
+    except ValueError as error:
+        assert str(error).startswith("the model spec is not a complete, valid record: ") and "\n" not in str(error)
+        return
+    assert spec.to_dict() == {**stored, "log_scale": float(stored["log_scale"])}
+    assert type(stored[key]) is not bool or key == "learn_scale"

@@ -22,7 +22,7 @@ from aavae.data.splits import hold_out_validation
 from aavae.evaluation import paper_linear_eval
 from aavae.evaluation.paper_protocol import paper_test_count
 from aavae.models import AAVAENet, ModelSpec, build_model
-from aavae.objective import reconstruction_terms
+from aavae.objective import Objective, reconstruction_terms
 from aavae.training import (
     PretrainModule,
     TrainingImages,
@@ -244,7 +244,7 @@ def test_the_warm_up_is_the_papers_step_over_warmup(schedule):
 
 def _ae_step(denoising: bool) -> TrainStep:
     """A TrainStep of the AE baseline over 64 digits in one batch, no probe, no warm-up."""
-    objective = PretrainConfig(objective="ae", denoising=denoising).training_objective()
+    objective = Objective.from_config(PretrainConfig(objective="ae", denoising=denoising))
     return small_step(objective, images=64, batch=64, probe=False, warmup_steps=0)
 
 
@@ -281,8 +281,9 @@ def test_the_ae_reconstructs_its_own_input_as_the_papers_ae_py(denoising):
 
 
 def test_denoising_is_the_aes_flag_only():
-    assert PretrainConfig(objective="ae", denoising=True).training_objective().name == "ae-denoising"
-    assert PretrainConfig(objective="ae").training_objective().name == "ae"
+    assert Objective.from_config(PretrainConfig(objective="ae", denoising=True)).name == "ae-denoising"
+    assert Objective.from_config(PretrainConfig(objective="ae")).name == "ae"
+    assert [Objective.from_config(PretrainConfig(objective=kind)).head for kind in ("aavae", "vae", "ae")] == ["vae", "vae", "ae"]
     with pytest.raises(ConfigError, match="pretrain.denoising .* needs pretrain.objective=ae"):
         validate_all({"pretrain": {"objective": "vae", "denoising": True}})
 
@@ -317,7 +318,7 @@ def test_the_validation_step_logs_the_cos_sim_over_all_samples(monkeypatch):
     torch.manual_seed(0)
     net = trained_looking_vae()
     config = PretrainConfig(val_samples=4, batch_size=32, precision="32-true", accelerator="cpu", compile=False)
-    module = PretrainModule(net, config.training_objective(), ViewPolicy(), config,
+    module = PretrainModule(net, Objective.from_config(config), ViewPolicy(), config,
                             TrainingImages(train.images[:64], train.labels[:64]),
                             ValidationViews(test.images[:8], test.images[8:16], test.labels[:8]),
                             preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10).eval()

@@ -364,14 +364,41 @@ def test_policy_round_trips_through_json_and_rejects_bad_values() -> None:
     restored = ViewPolicy.from_dict(json.loads(json.dumps(policy.to_dict())))
     assert restored == policy
     assert ViewPolicy().jitter_ranges()[0] == pytest.approx((0.6, 1.4))
-    with pytest.raises(ValueError, match="unknown|Unknown"):
-        ViewPolicy.from_dict({"jitter": 0.5})
+    with pytest.raises(ValueError, match=r"jitter: Extra inputs are not permitted"):
+        ViewPolicy.from_dict({**policy.to_dict(), "jitter": 0.5})
     with pytest.raises(ValueError, match="flip_p"):
         ViewPolicy(flip_p=1.5)
+    with pytest.raises(ValueError, match="flip_p"):
+        ViewPolicy(flip_p=True)  # a boolean is not a probability
     with pytest.raises(ValueError, match="jitter_strength"):
         ViewPolicy(jitter_strength=3.0)
     with pytest.raises(ValueError, match="crop_scale"):
         ViewPolicy(crop_scale=(0.5, 0.1))
+
+
+@pytest.mark.parametrize("key", list(ViewPolicy.model_fields))
+def test_a_stored_view_policy_with_a_key_deleted_is_refused_not_trained_with_the_default(key) -> None:
+    """A hand-edited view_policy.json missing a field trained silently with the built-in default."""
+    stored = json.loads(json.dumps({**ViewPolicy(flip_p=0.5, crop_scale=(0.08, 1.0)).to_dict(),
+                                    **Preprocessing((0.1, 0.2, 0.3), (0.3, 0.2, 0.1)).to_dict(), "data_sha256": "ab"}))
+    del stored[key]
+    with pytest.raises(ValueError, match=rf"view_policy.json\) is not a complete, valid record: missing {key}\. Run "):
+        split_view_policy(stored)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(list(ViewPolicy.model_fields)),
+       value=st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+       | st.lists(st.floats() | st.booleans(), max_size=3))
+def test_any_stored_value_of_a_view_policy_gives_a_policy_or_a_one_line_error(key, value) -> None:
+    """The stored policy is validated as the views parameters are: strict types and bounds."""
+    stored = {**ViewPolicy().to_dict(), key: value}
+    try:
+        policy = ViewPolicy.from_dict(stored)
+    except ValueError as error:
+        assert "is not a complete, valid record: " in str(error) and "\n" not in str(error)
+        return
+    assert type(value) is not bool and policy.to_dict()[key] == value
 
 
 def test_blur_kernel_is_a_tenth_of_the_image_and_odd() -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:  # the terms take the network; the network does not need the objective
+    from aavae.config import PretrainConfig
     from aavae.models import AAVAENet
 
 OBJECTIVES = ("aavae", "vae", "ae")
@@ -53,6 +54,16 @@ class Objective:
                 f"{self.kind!r}: its vae.py --denoising (views in, the original out) is aavae, "
                 f"with kl_coeff for a KL term"
             )
+
+    @classmethod
+    def from_config(cls, pretrain: PretrainConfig) -> Objective:
+        """The objective the ``pretrain`` parameters name (kind, KL weight, denoising)."""
+        return cls(pretrain.objective, pretrain.effective_kl_coeff, pretrain.denoising)
+
+    @property
+    def head(self) -> str:
+        """The model head it trains: the VAE family's posterior, or the AE's latent."""
+        return "vae" if self.is_variational else "ae"
 
     @property
     def uses_augmented_input(self) -> bool:

@@ -7,4 +7,5 @@
 * :mod:`.liveness` -- temporary names of writers, and whether their process still lives.
 * :mod:`.provenance` -- fingerprints of what an artifact was made from, and the checks on them.
 * :mod:`.quiet` -- library warnings a user cannot act on, filtered by their exact text.
+* :mod:`.records` -- strict validated records (pydantic), and reading a stored one back whole.
 """

@@ -8,31 +8,31 @@ naming the dotted key (``pretrain.learning_rate``) and what was expected.
 from __future__ import annotations
 
 import difflib
-from dataclasses import fields
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_type_hints
+import reprlib
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from aavae.views.policy import (
-    ViewPolicy,
-    bounds_text,
-    check_view_field,
-    view_field_description,
-    view_field_names,
+from aavae.common.records import STRICT
+from aavae.models.net import (
+    MAX_IMAGE_SIDE,
+    EncoderName,
+    HiddenDim,
+    ImageSide,
+    LatentDim,
+    LogScale,
+    StemName,
+    Width,
+    check_architecture,
 )
-
-if TYPE_CHECKING:
-    from aavae.models import ModelSpec
-    from aavae.objective import Objective
+from aavae.views.policy import ViewPolicy
 
 
 class ConfigError(ValueError):
@@ -40,8 +40,19 @@ class ConfigError(ValueError):
 
 
 class _Schema(BaseModel):
-    # NaN and infinity are never a setting here (no limit, no clipping: null); refused by name
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: true is not 1 and "3" is not 3 (a tuple parameter says strict=False: YAML's list
+    # is taken for it, its items stay strict). NaN and infinity are never a setting here (no
+    # limit, no clipping: null); refused by name.
+    model_config = STRICT
+
+
+#: Counts and sizes reach numpy and torch as int64 and are multiplied together (steps = epochs
+#: x batches per epoch): under 2**31 each, a product of two stays in range.
+MAX_COUNT = 2**31 - 1
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+CountOrZero = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+#: The seed range of numpy, scikit-learn and Lightning.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class DatasetConfig(_Schema):
@@ -50,8 +61,8 @@ class DatasetConfig(_Schema):
     )
     path: str | None = Field(None, description="file or folder holding the dataset")
     download: bool = Field(False, description="fetch the official archive when path holds none")
-    image_size: int | None = Field(
-        16, gt=0, description="side length images are brought to (digits, imagefolder; null: "
+    image_size: ImageSide | None = Field(
+        16, description="side length images are brought to (digits, imagefolder; null: "
         "digits 16, a folder's own); CIFAR-10 (32) and STL-10 (96) are read at their own size "
         "and ingest warns when this says otherwise",
     )
@@ -64,13 +75,13 @@ class DatasetConfig(_Schema):
         "dataset card)"
     )
     unlabeled: bool = Field(False, description="STL-10: also ingest the 100,000 unlabeled images")
-    val_holdout: int = Field(
-        0, ge=0, description="cifar10, stl10: training images held out as the paper's data "
+    val_holdout: CountOrZero = Field(
+        0, description="cifar10, stl10: training images held out as the paper's data "
         "modules hold them out (random_split, seed 42) into a 'val' split that neither "
         "pretraining nor evaluation trains on; the paper's CIFAR-10: 5000, STL-10: 500",
     )
     test_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
-    seed: int = Field(0, description="digits: the seed of the train/test split")
+    seed: Seed = Field(0, description="digits: the seed of the train/test split")
 
     @model_validator(mode="after")
     def _holdout_of_a_paper_dataset(self) -> DatasetConfig:
@@ -93,80 +104,58 @@ class DatasetConfig(_Schema):
             )
 
 
-def _view_policy_fields() -> dict[str, Any]:
-    """ViewPolicy's fields as pydantic fields: the same types, defaults, meanings and bounds
-    (checked by the policy's own rule, so a value one accepts the other accepts)."""
-    hints = get_type_hints(ViewPolicy)
-    return {
-        f.name: (hints[f.name], Field(f.default, description=view_field_description(f.name),
-                                      json_schema_extra={"bounds": bounds_text(f.name)}))
-        for f in fields(ViewPolicy)
-    }
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
 
 
-def _check_view_field(cls: type, value: Any, info: ValidationInfo) -> Any:
-    return check_view_field(info.field_name, value)
-
-
-#: The views group's augmentation fields, generated from :class:`aavae.views.ViewPolicy`.
-_ViewPolicyFields = create_model(
-    "_ViewPolicyFields", __base__=_Schema,
-    __validators__={"_policy_bounds": field_validator(*view_field_names())(_check_view_field)},
-    **_view_policy_fields(),
-)
-
-
-class ViewsConfig(_ViewPolicyFields):  # type: ignore[misc, valid-type]
-    """The augmentation policy (the fields of `aavae.views.ViewPolicy`, generated from it), the
+class ViewsConfig(ViewPolicy, _Schema):
+    """The augmentation policy (the fields of `aavae.views.ViewPolicy`, which this extends), the
     preview and validation views, and the preprocessing of originals."""
 
-    preview_count: int = Field(8, ge=1, description="images in view_preview.png")
-    preview_views: int = Field(4, ge=1, description="views shown per image in the preview")
-    val_count: int = Field(256, ge=1, description="held-out images in the fixed validation views")
-    seed: int = Field(0, description="seed of the validation views and the preview")
-    mean: tuple[float, float, float] | None = Field(
-        None, description="per-channel normalisation mean in [0, 1]; null: computed from the "
+    preview_count: int = Field(8, ge=1, le=64, description="images in view_preview.png (a row each)")
+    preview_views: int = Field(4, ge=1, le=16, description="views shown per image in the preview")
+    val_count: Count = Field(256, description="held-out images in the fixed validation views")
+    seed: Seed = Field(0, description="seed of the validation views and the preview")
+    mean: tuple[Share, Share, Share] | None = Field(
+        None, strict=False, description="per-channel normalisation mean; null: computed from the "
         "training images (the paper's recipes fix their datasets' constants)",
     )
-    std: tuple[float, float, float] | None = Field(None, description="as mean; null: computed")
-    original_resize: int | None = Field(
-        None, gt=0, description="reconstruct (and evaluate on) Resize(original_resize) + "
-        "CenterCrop back to the image size of the original; the paper's STL-10: 105 for 96",
+    std: tuple[Positive, Positive, Positive] | None = Field(
+        None, strict=False, description="as mean; null: computed")
+    original_resize: Annotated[int, Field(ge=1, le=2 * MAX_IMAGE_SIDE)] | None = Field(
+        None, description="reconstruct (and evaluate on) Resize(original_resize) + CenterCrop "
+        "back to the image size of the original (so at least that size); the paper's STL-10: 105 for 96",
     )
 
     @model_validator(mode="after")
     def _mean_and_std_together(self) -> ViewsConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("views.mean and views.std go together: give both, or neither")
-        if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"views.std must be positive, got {list(self.std)}")
         return self
 
     def policy_fields(self) -> dict[str, Any]:
         """The augmentation policy's fields, for :class:`aavae.views.ViewPolicy`."""
-        return {name: getattr(self, name) for name in view_field_names()}
+        return {name: getattr(self, name) for name in ViewPolicy.model_fields}
 
 
 class ModelConfig(_Schema):
-    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4"] = Field(
-        "resnet18", description="the encoder; the decoder mirrors it"
-    )
-    stem: Literal["cifar", "stl10", "imagenet"] = Field(
+    """The network: `aavae.models.ModelSpec`'s architecture fields, with its bounds. A network
+    whose parameters would take over 8 GiB (in float32) is refused with its size."""
+
+    encoder: EncoderName = Field("resnet18", description="the encoder; the decoder mirrors it")
+    stem: StemName = Field(
         "cifar", description="cifar: 3x3 conv, no max-pool; stl10: 7x7, no max-pool; imagenet: 7x7 "
         "and max-pool"
     )
-    width: int = Field(32, ge=1, description="base channel count; the paper's is 64")
-    h_dim: int | None = Field(None, ge=1, description="projection hidden size; null: the encoder's "
-                              "output size")
-    latent_dim: int = Field(64, ge=1, description="size of the latent z")
+    width: Width = Field(32, description="base channel count; the paper's is 64")
+    h_dim: HiddenDim | None = Field(None, description="projection hidden size, a multiple of 16 (the "
+                                    "decoder views it as h_dim/16 x 4 x 4); null: the encoder's output size")
+    latent_dim: LatentDim = Field(64, description="size of the latent z")
 
-    def spec(self, input_size: int, **pretraining: Any) -> ModelSpec:
-        """The network these parameters name, for images ``input_size`` pixels on a side;
-        ``pretraining`` sets what only training decides (``log_scale``, ``learn_scale``, ``head``)."""
-        from aavae.models import ModelSpec  # torch is imported only when a network is built
-
-        return ModelSpec(encoder=self.encoder, stem=self.stem, width=self.width, h_dim=self.h_dim,
-                         latent_dim=self.latent_dim, input_size=input_size, **pretraining)
+    @model_validator(mode="after")
+    def _fits(self) -> ModelConfig:
+        check_architecture(self.encoder, self.stem, self.width, self.h_dim, self.latent_dim)
+        return self
 
 
 class PretrainConfig(_Schema):
@@ -181,23 +170,24 @@ class PretrainConfig(_Schema):
     kl_coeff: float | None = Field(
         None, ge=0, description="None: 0 for aavae and ae, 0.1 (the paper's default) for vae"
     )
-    log_scale: float = Field(0.0, description="log-variance of the Gaussian likelihood (scale = "
+    log_scale: LogScale = Field(0.0, description="log-variance of the Gaussian likelihood (scale = "
                              "exp(log_scale / 2), the paper's convention)")
     learn_scale: bool = Field(False, description="learn log_scale instead of keeping it fixed")
-    val_samples: int = Field(1, ge=1, description="importance samples for val log p(x)")
-    max_epochs: int = Field(30, ge=1, description="length of pretraining in epochs")
-    max_steps: int | None = Field(
-        None, ge=1, description="stop after this many optimisation steps (the schedule spans "
+    val_samples: int = Field(1, ge=1, le=1000, description="importance samples for val log p(x) "
+                             "(each a decoder pass over the validation batch)")
+    max_epochs: Count = Field(30, description="length of pretraining in epochs")
+    max_steps: Count | None = Field(
+        None, description="stop after this many optimisation steps (the schedule spans "
         "them); null: max_epochs decides",
     )
-    batch_size: int = Field(128, ge=1, description="the global batch (over all devices)")
+    batch_size: Count = Field(128, description="the global batch (over all devices)")
     optimizer: Literal["adam", "lamb"] = Field("adam", description="adam (fused) or lamb")
     learning_rate: float = Field(0.002, gt=0, description="peak learning rate (after warm-up)")
     weight_decay: float | None = Field(
         None, ge=0, description="None: 1e-6 for ae (the paper's ae.py default), 0 otherwise"
     )
     exclude_bn_bias: bool = Field(False, description="no weight decay on norm layers and biases")
-    warmup_epochs: int = Field(2, ge=0, description="per-step linear warm-up, in epochs")
+    warmup_epochs: CountOrZero = Field(2, description="per-step linear warm-up, in epochs")
     warmup_fraction: float | None = Field(
         None, ge=0, lt=1, description="warm-up as a share of all steps (replaces warmup_epochs); "
         "what a run fitted to a time limit needs",
@@ -211,7 +201,7 @@ class PretrainConfig(_Schema):
     precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed where the hardware has fast bf16, else 32-true"
     )
-    devices: int = Field(1, ge=1, description="devices on this machine; pretrain.batch_size is the global batch over all of them")
+    devices: Count = Field(1, description="devices on this machine; pretrain.batch_size is the global batch over all of them")
     gradient_clip_val: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
@@ -241,13 +231,13 @@ class PretrainConfig(_Schema):
         "(its batch-norm statistics then mix originals and views); diagnostic_steps: only "
         "every diagnostics_every_n_steps, with running statistics untouched",
     )
-    seed: int = Field(0, description="seed of initialisation, batches, views and noise")
+    seed: Seed = Field(0, description="seed of initialisation, batches, views and noise")
     resume: bool = Field(True, description="continue from the last checkpoint of this config")
-    checkpoint_every_n_epochs: int = Field(10, ge=1, description="keep an epoch checkpoint this often "
+    checkpoint_every_n_epochs: Count = Field(10, description="keep an epoch checkpoint this often "
                                            "(last.ckpt is written on top of it)")
-    reconstruction_every_n_epochs: int = Field(10, ge=0, description="log a reconstruction grid this "
+    reconstruction_every_n_epochs: CountOrZero = Field(10, description="log a reconstruction grid this "
                                                "often; 0: only at the end")
-    diagnostics_every_n_steps: int = Field(10, ge=1, description="how often cos_sim and "
+    diagnostics_every_n_steps: Count = Field(10, description="how often cos_sim and "
                                            "kl_augmentation are computed and logged")
     online_probe: bool = Field(True, description="train a linear probe on detached features during "
                                "pretraining (probe_acc)")
@@ -255,11 +245,12 @@ class PretrainConfig(_Schema):
         "auto", description="the images pretraining sees; auto: unlabeled + train when the "
         "unlabeled split was ingested (STL-10), else train. The paper's STL-10: unlabeled",
     )
-    unlabeled_holdout: int = Field(
-        0, ge=0, description="unlabeled images held out of pretraining (a fixed seeded "
+    unlabeled_holdout: CountOrZero = Field(
+        0, description="unlabeled images held out of pretraining (a fixed seeded "
         "choice); the paper's STL-10 holds out 5,000 of the 100,000 for validation",
     )
-    max_time_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    max_time_minutes: float | None = Field(None, gt=0, le=525_600, description="stop after this "
+                                           "wall time (at most a year: 525,600)")
     schedule_to_time_limit: bool = Field(
         False, description="with max_time_minutes: time the first steps, then end the schedule "
         "(and training) at the step count that fills the time limit, so a decay is not cut off",
@@ -270,12 +261,6 @@ class PretrainConfig(_Schema):
         if self.kl_coeff is not None:
             return self.kl_coeff
         return 0.1 if self.objective == "vae" else 0.0
-
-    def training_objective(self) -> Objective:
-        """The objective these parameters name (kind, KL weight, denoising): one place builds it."""
-        from aavae.objective import Objective  # torch is imported only when training
-
-        return Objective(self.objective, self.effective_kl_coeff, self.denoising)
 
     @model_validator(mode="after")
     def _denoising_is_the_aes(self) -> PretrainConfig:
@@ -323,31 +308,31 @@ class PretrainConfig(_Schema):
 
 
 class EvaluateConfig(_Schema):
-    batch_size: int = Field(512, ge=1, description="images a batch when extracting features")
+    batch_size: Count = Field(512, description="images a batch when extracting features")
     probe_val_fraction: float = Field(0.1, gt=0, lt=1, description="the linear probe picks its "
                                       "weight decay on this share of the training split, never on test")
     probe_weight_decays: tuple[Annotated[float, Field(ge=0)], ...] = Field(
-        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), min_length=1,
+        (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), min_length=1, strict=False,
         description="the L2 grid the probe chooses from (at least one)")
-    few_labels: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        (1, 5, 10), description="labels per class of the few-label linear probe (every count is "
+    few_labels: tuple[Count, ...] = Field(
+        (1, 5, 10), strict=False, description="labels per class of the few-label linear probe (every count is "
         "drawn few_label_draws times, the table leads with the smallest); [] turns it off",
     )
-    few_label_draws: int = Field(20, ge=1, description="draws of the labelled images per count")
-    knn_k: int = Field(200, ge=1, description="kNN: neighbours by cosine similarity")
+    few_label_draws: Count = Field(20, description="draws of the labelled images per count")
+    knn_k: Count = Field(200, description="kNN: neighbours by cosine similarity")
     knn_temperature: float = Field(0.1, gt=0, description="kNN: votes weighted exp(similarity / t)")
     baselines: tuple[Literal["random_init", "raw_pixels"], ...] = Field(
-        ("random_init", "raw_pixels"), description="scored beside the model: the same network "
+        ("random_init", "raw_pixels"), strict=False, description="scored beside the model: the same network "
         "untrained, and the pixels; [] for none"
     )
-    seed: int = Field(0, description="seed of the probe's split, the few-label draws and random init")
+    seed: Seed = Field(0, description="seed of the probe's split, the few-label draws and random init")
     protocol: Literal["frozen_features", "paper"] = Field(
         "frozen_features",
         description="frozen_features: L-BFGS probe on fixed features; paper: SGD linear layer "
         "on the frozen encoder over augmented images (the paper's linear_eval.py)",
     )
-    paper_epochs: int = Field(90, ge=1, description="epochs of the paper protocol")
-    paper_batch_size: int = Field(256, ge=1, description="paper protocol; lr = 0.1 * batch / 256")
+    paper_epochs: Count = Field(90, description="epochs of the paper protocol")
+    paper_batch_size: Count = Field(256, description="paper protocol; lr = 0.1 * batch / 256")
     checkpoint: str | None = Field(
         None, description="evaluate this file (a model bundle or a paper checkpoint) instead "
         "of the trained aavae_model",
@@ -355,7 +340,7 @@ class EvaluateConfig(_Schema):
     embedding_method: Literal["tsne", "pca"] = Field(
         "tsne", description="embedding.png: tsne (PCA to 50, then t-SNE) or pca"
     )
-    embedding_points: int = Field(2000, ge=2, description="test points in embedding.png")
+    embedding_points: int = Field(2000, ge=2, le=MAX_COUNT, description="test points in embedding.png")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
         "auto", description="where networks run during evaluation; auto: the GPU when there is one"
     )
@@ -388,12 +373,12 @@ class RegistryConfig(_Schema):
         description="registered model name: letters, digits, '_', '.', '-'; {dataset} and "
         "{objective} are filled in from the trained model, so recipes do not share a name",
     )
-    max_image_side: int = Field(
-        1024, ge=1, description="the registered model refuses images with a longer side, before "
+    max_image_side: Count = Field(
+        1024, description="the registered model refuses images with a longer side, before "
         "decoding any (it brings every image to the training size; send smaller images)",
     )
-    max_batch_size: int = Field(
-        512, ge=1, description="the registered model refuses more images a call (512: the "
+    max_batch_size: Count = Field(
+        512, description="the registered model refuses more images a call (512: the "
         "features and embed batch); with max_image_side it bounds one call's pixels",
     )
 
@@ -413,7 +398,7 @@ class EmbedConfig(_Schema):
         "list; None: a few images of the folder itself",
     )
     neighbours: int = Field(8, ge=1, le=100, description="neighbours listed per query")
-    batch_size: int = Field(512, ge=1, description="images decoded and encoded at a time")
+    batch_size: Count = Field(512, description="images decoded and encoded at a time")
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="an undecodable image: stop naming it, or skip it"
     )
@@ -452,17 +437,26 @@ def _describe(error: dict[str, Any], group: str) -> str:
 
 def parse(group: str, values: dict[str, Any] | None, schema: type[S] | None = None) -> S:
     """Validate one parameter group; raise :class:`ConfigError` naming each bad key."""
-    schema = schema or SCHEMAS[group]  # type: ignore[assignment]
-    if values is not None and not isinstance(values, dict):
-        raise ConfigError(f"parameters '{group}' must be a mapping, got {type(values).__name__}")
+    parsed, problems = _validate(group, values, schema or SCHEMAS[group])  # type: ignore[arg-type]
+    if problems:
+        raise ConfigError(_invalid(problems))
+    return parsed  # type: ignore[return-value]
+
+
+def _validate(group: str, values: Any, schema: type[S]) -> tuple[S | None, list[str]]:
+    """The group's schema and no problems, or None and a line for each problem."""
+    if values is not None and not isinstance(values, dict):  # --params pretrain=5
+        return None, [f"'{group}': a parameter group is a mapping of its keys (--params {group}.<key>=<value>), "
+                      f"got {type(values).__name__} {reprlib.repr(values)}"]
     try:
-        return schema.model_validate(values or {})  # type: ignore[return-value, union-attr]
+        return schema.model_validate(values or {}), []
     except ValidationError as exc:
-        lines = [_describe(err, group) for err in exc.errors()]
-        raise ConfigError(
-            "Invalid parameters:\n  - " + "\n  - ".join(lines)
-            + "\nFix them in conf/<env>/parameters*.yml or in --params."
-        ) from None
+        return None, [_describe(err, group) for err in exc.errors()]
+
+
+def _invalid(problems: list[str]) -> str:
+    return ("Invalid parameters:\n  - " + "\n  - ".join(problems)
+            + "\nFix them in conf/<env>/parameters*.yml or in --params.")
 
 
 def _unknown_group(group: str) -> str:
@@ -476,32 +470,35 @@ def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
     """Validate every group at once, so a run fails before any work is done."""
     problems = [_unknown_group(group) for group in sorted(set(params) - set(SCHEMAS))]
     parsed: dict[str, _Schema] = {}
-    for group in SCHEMAS:
-        try:
-            parsed[group] = parse(group, params.get(group))
-        except ConfigError as exc:
-            problems.extend(line[4:] for line in str(exc).splitlines()[1:-1])
-    if "dataset" in parsed and "model" in parsed:
-        problems.extend(_model_fits_the_images(parsed["dataset"], parsed["model"]))  # type: ignore[arg-type]
+    for group, schema in SCHEMAS.items():
+        config, group_problems = _validate(group, params.get(group), schema)
+        if config is None:
+            problems += group_problems
+        else:
+            parsed[group] = config
+    if {"dataset", "model", "views"} <= set(parsed):
+        problems.extend(_model_fits_the_images(parsed["dataset"], parsed["model"], parsed["views"]))  # type: ignore[arg-type]
     if problems:
-        raise ConfigError(
-            "Invalid parameters:\n  - " + "\n  - ".join(problems)
-            + "\nFix them in conf/<env>/parameters*.yml or in --params."
-        )
+        raise ConfigError(_invalid(problems))
     return parsed
 
 
-def _model_fits_the_images(dataset: DatasetConfig, model: ModelConfig) -> list[str]:
-    """A stem that cannot rebuild the images' size stops the run before ingest, not after."""
+def _model_fits_the_images(dataset: DatasetConfig, model: ModelConfig, views: ViewsConfig) -> list[str]:
+    """A stem that cannot rebuild the images' size, or a zoom of originals smaller than they
+    are, stops the run before ingest, not after."""
     from aavae.data import image_side
     from aavae.models.decoder import check_input_size
 
     side = image_side(dataset)
     if side is None:
         return []
+    given = f"dataset.image_size={side}" if dataset.image_size == side else f"{dataset.name} images are {side} px"
+    problems = []
     try:
         check_input_size(side, model.stem)
     except ValueError as error:
-        given = f"dataset.image_size={side}" if dataset.image_size == side else f"{dataset.name} images are {side} px"
-        return [f"'model.stem': {error} ({given}, model.stem={model.stem})"]
-    return []
+        problems.append(f"'model.stem': {error} ({given}, model.stem={model.stem})")
+    if views.original_resize is not None and views.original_resize < side:
+        problems.append(f"'views.original_resize': zooms originals in, so it is at least the image side ({given}), "
+                        f"got {views.original_resize}")
+    return problems

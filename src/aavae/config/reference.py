@@ -6,7 +6,6 @@ the committed file differs from what the schemas generate.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aavae.config import SCHEMAS
@@ -14,25 +13,32 @@ from aavae.config import SCHEMAS
 REFERENCE_COMMAND = "python -m aavae.config > docs/parameters.md"
 
 
-def _allowed(info: Any) -> str:
-    """The values a field accepts, read from its annotation and bounds."""
-    annotation = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?metadata=\[Ge\(ge=(\d+)\)\]\)\]", r"\1 >= \2",
-                        str(info.annotation).replace("typing.", ""))
-    choices = re.findall(r"Literal\[([^\]]*)\]", annotation)
-    text = " or ".join(c.replace("'", "") for c in choices)
-    if "bool" in annotation.split("|")[0] or annotation.startswith("bool"):
-        text = f"true/false{' or ' + text if text else ''}"
-    elif not text:
-        text = re.sub(r"<class '(\w+)'>", r"\1", annotation).replace(" | None", "").replace(" | ", " or ")
-    bounds = [f"{symbol} {getattr(rule, name)}" for rule in info.metadata
-              for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if getattr(rule, name, None) is not None]
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    if extra.get("bounds"):  # a view field's bounds, stated by ViewPolicy
-        bounds.append(str(extra["bounds"]))
-    if "None" in annotation:
-        text += " or null"
-    return text + (f" ({', '.join(bounds)})" if bounds else "")
+_TYPES = {"integer": "int", "number": "float", "string": "str", "boolean": "true/false", "null": "null"}
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<",
+           "multipleOf": "multiple of"}
+
+
+def _allowed(schema: dict[str, Any]) -> str:
+    """The values a field accepts, read from its JSON schema (pydantic's, with its bounds)."""
+    if "anyOf" in schema:
+        return " or ".join(_allowed(option) for option in schema["anyOf"])
+    if "enum" in schema or "const" in schema:
+        return ", ".join(map(str, schema.get("enum", [schema.get("const")])))
+    if schema.get("type") != "array":
+        return _TYPES[schema["type"]] + _bounds(schema)
+    if "prefixItems" in schema:  # a tuple of fixed length
+        items = schema["prefixItems"]
+        if schema.get("ordered"):  # a range
+            return f"[low, high] (low <= high{', each ' + _bounds(items[0])[2:-1] if _bounds(items[0]) else ''})"
+        return f"[{', '.join(_TYPES[item['type']] for item in items)}]" + _bounds(items[0], "each ")
+    least = f", at least {schema['minItems']}" if schema.get("minItems") else ""
+    return f"list of {_allowed(schema['items'])}{least}"
+
+
+def _bounds(schema: dict[str, Any], prefix: str = "") -> str:
+    number = "{:,}" if schema.get("type") == "integer" else "{:,g}"
+    bounds = [f"{symbol} {number.format(schema[key])}" for key, symbol in _BOUNDS.items() if key in schema]
+    return f" ({prefix}{', '.join(bounds)})" if bounds else ""
 
 
 def _default(value: Any) -> str:
@@ -51,8 +57,9 @@ def parameter_reference() -> str:
     lines = ["# Parameters", "",
              f"Generated from the schemas in `src/aavae/config/__init__.py` by `{REFERENCE_COMMAND}`; "
              "`tests/test_config.py` fails when this file is out of date.", "",
-             "Every group is validated before any node runs: an unknown key or a wrong type stops "
-             "the run within seconds with a message naming the key (and a \"did you mean\"). The "
+             "Every group is validated before any node runs: an unknown key, a wrong type (strict: "
+             "`true` is not 1, `\"3\"` is not 3) or a value out of its bounds stops the run within "
+             "seconds with a message naming the key (and a \"did you mean\"). The "
              "defaults below are `conf/base`'s (the digits run); a dataset environment "
              "(`conf/cifar10`, `conf/stl10`, `conf/imagefolder`, `conf/cifar10_short`) states "
              "only what it changes. Override any on the command line: `kedro run --params "
@@ -61,7 +68,8 @@ def parameter_reference() -> str:
         summary = " ".join((schema.__doc__ or "").strip().split("\n\n")[0].split())
         lines += ["", f"## {group}", ""] + ([summary, ""] if summary else [])
         lines += ["| key | default | values | meaning |", "|---|---|---|---|"]
+        properties = schema.model_json_schema()["properties"]
         for name, info in schema.model_fields.items():
             meaning = (info.description or "").replace("|", "\\|")
-            lines.append(f"| `{group}.{name}` | `{_default(info.default)}` | {_allowed(info)} | {meaning} |")
+            lines.append(f"| `{group}.{name}` | `{_default(info.default)}` | {_allowed(properties[name])} | {meaning} |")
     return "\n".join(lines) + "\n"

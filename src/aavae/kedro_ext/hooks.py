@@ -28,7 +28,8 @@ PRETRAIN_NODE = "pretrain"
 
 
 class ParameterValidationHooks:
-    """Fail within seconds on an unknown key or a wrong type, before ingestion starts."""
+    """Fail within seconds on an unknown key, a wrong type (strict: true is not 1), a value out of
+    the bounds its use needs or a group that is not a mapping, before ingestion starts."""
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoder import Architecture, Stem, check_width, get_architecture, get_stem
+from .encoder import Architecture, Stem, get_architecture, get_stem
 
 SEED_SIDE = 4  # side of the first feature map the latent is reshaped into
 DECODER_WIDTH_FACTOR = 8  # the paper's decoder width_per_group (512) over the encoder's (64)
@@ -120,22 +120,12 @@ def _stage(
 def check_input_size(input_size: int, stem_name: str) -> None:
     """The decoder rebuilds ``input_size`` exactly only when the stem's downsampling divides it."""
     factor = get_stem(stem_name).downsampling
-    if isinstance(input_size, bool) or not isinstance(input_size, int):
-        raise ValueError(f"input_size must be an integer, got {input_size!r}")
     if input_size < factor or input_size % factor:
         raise ValueError(
             f"input_size {input_size} does not fit stem {stem_name!r}: it downsamples by "
             f"{factor}, so the image side must be a positive multiple of {factor} "
             f"(e.g. {max(factor, input_size // factor * factor)}); resize the images or pick "
             f"another stem"
-        )
-
-
-def check_h_dim(h_dim: int) -> None:
-    if isinstance(h_dim, bool) or not isinstance(h_dim, int) or h_dim < 16 or h_dim % 16:
-        raise ValueError(
-            f"h_dim must be a positive multiple of 16 (the decoder views it as "
-            f"h_dim/16 x 4 x 4), got {h_dim!r}"
         )
 
 
@@ -198,11 +188,8 @@ def build_decoder(
     h_dim: int,
     width: int = 64,
 ) -> ResNetDecoder:
-    """The mirror decoder of encoder ``name`` for images of side ``input_size``."""
+    """The mirror decoder of encoder ``name`` for images of side ``input_size`` (the other sizes
+    are :class:`aavae.models.ModelSpec`'s to check)."""
     arch = get_architecture(name)
-    check_width(width)
     check_input_size(input_size, stem)
-    check_h_dim(h_dim)
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
     return ResNetDecoder(arch, get_stem(stem), input_size, latent_dim, h_dim, width)

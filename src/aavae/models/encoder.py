@@ -80,15 +80,9 @@ def get_architecture(name: str) -> Architecture:
     return _ARCHITECTURES[name]
 
 
-def check_width(width: int) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive integer (the paper's is 64), got {width!r}")
-
-
 def encoder_out_dim(name: str, width: int = 64) -> int:
     """Feature size of encoder ``name`` at ``width``, without building it."""
     arch = get_architecture(name)
-    check_width(width)
     return width * arch.widen * 2 ** (STAGES - 1) * arch.expansion
 
 
@@ -197,6 +191,8 @@ class ResNetEncoder(nn.Module):
 
     def _init_weights(self) -> None:
         # He initialisation for convolutions, unit-scale BatchNorm, as in the paper's encoder.
+        if self.conv1.weight.is_meta:  # shapes only (a size estimate): the first normal_ on meta costs seconds
+            return
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -211,6 +207,6 @@ class ResNetEncoder(nn.Module):
 
 
 def build_encoder(name: str, stem: str = "cifar", width: int = 64) -> ResNetEncoder:
-    """Encoder ``name`` (one of ENCODERS) with stem ``stem`` (one of STEMS)."""
-    check_width(width)
+    """Encoder ``name`` (one of ENCODERS) with stem ``stem`` (one of STEMS); the sizes are
+    :class:`aavae.models.ModelSpec`'s to check."""
     return ResNetEncoder(get_architecture(name), get_stem(stem), width)

@@ -9,34 +9,84 @@ are not part of the model.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict
+from functools import lru_cache
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 from torch import Tensor, nn
 
-from .decoder import ResNetDecoder, build_decoder, check_h_dim, check_input_size
-from .encoder import (
-    ResNetEncoder,
-    build_encoder,
-    check_width,
-    encoder_out_dim,
-    get_architecture,
-    get_stem,
-)
+from aavae.common.records import STRICT, read_record
+
+from .decoder import ResNetDecoder, build_decoder, check_input_size
+from .encoder import ENCODERS, STEMS, ResNetEncoder, build_encoder, encoder_out_dim, get_stem
 from .heads import HEADS, build_head
 
 # The state_dict names of the model's parts, the paper's: what a checkpoint is read by.
 MODEL_PREFIXES = ("encoder.", "decoder.", "projection.")
 LOG_SCALE_KEY = "log_scale"
 
+# The bounds of the architecture's fields: one definition, which the ``model`` parameters
+# (aavae.config.ModelConfig) and every stored spec (bundles, checkpoints) are validated by.
+#: A network's parameters, in float32, may take at most this: the paper's largest (ResNet-50w4
+#: with its decoder, 2.6 GB) three times over. Training holds four copies (weights, gradients,
+#: Adam's two moments); a bundle's spec asking for more is refused before anything is built.
+MAX_PARAMETER_BYTES = 8 * 2**30
+#: The largest image side a model is built for (and ingest brings images to).
+MAX_IMAGE_SIDE = 1024
+EncoderName = Literal[ENCODERS]  # type: ignore[valid-type]
+StemName = Literal[STEMS]  # type: ignore[valid-type]
+# Nothing past these bounds is shaped, not even on the meta device to count it: no network fits
+# the ceiling at width 1024 or h_dim 65,536 anyway, and a latent of 65,536 is 512 times the paper's.
+Width = Annotated[int, Field(ge=1, le=1024)]
+HiddenDim = Annotated[int, Field(ge=16, le=2**16, multiple_of=16)]  # viewed as h_dim/16 x 4 x 4
+LatentDim = Annotated[int, Field(ge=1, le=2**16)]
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+#: The likelihood's log-variance: exp(log_scale) and its inverse stay finite in float32 (e^88 is not).
+LogScale = Annotated[float, Field(ge=-80.0, le=80.0)]
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"ModelSpec.{name} must be a positive integer, got {value!r}")
+
+def check_architecture(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: int,
+                       head: str = "vae") -> None:
+    """Raise the ValueError of an architecture no field bound catches alone: a default ``h_dim``
+    the decoder cannot take, or parameters over :data:`MAX_PARAMETER_BYTES` (the ``vae`` head
+    is the larger one)."""
+    if h_dim is None and encoder_out_dim(encoder, width) % 16:
+        raise ValueError(
+            f"the default h_dim (the encoder's output size, {encoder_out_dim(encoder, width)} for "
+            f"{encoder} at width {width}) is not a multiple of 16, which the decoder needs; set "
+            f"h_dim to a multiple of 16 or raise width"
+        )
+    count = _parameter_count(encoder, stem, width, h_dim, latent_dim, head)
+    if 4 * count > MAX_PARAMETER_BYTES:
+        raise ValueError(
+            f"{encoder} at width {width}, h_dim {h_dim}, latent_dim {latent_dim} has {count:,} "
+            f"parameters, {4 * count / 1e9:.1f} GB in float32: over the {MAX_PARAMETER_BYTES / 2**30:g} GiB "
+            f"a network may take; lower width, h_dim or latent_dim"
+        )
 
 
-@dataclass(frozen=True)
+@lru_cache(maxsize=256)
+def _parameter_count(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: int, head: str) -> int:
+    """Built on the meta device: shapes only, nothing allocated or initialised."""
+    with torch.device("meta"):
+        parts = _parts(encoder, stem, width, h_dim, latent_dim, head, input_size=get_stem(stem).downsampling)
+    return 1 + sum(count_parameters(part) for part in parts)  # 1: log_scale
+
+
+def _parts(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: int, head: str,
+           input_size: int) -> tuple[ResNetEncoder, ResNetDecoder, nn.Module]:
+    """The encoder, decoder and head of an AAVAENet (the decoder's size does not change its
+    parameters)."""
+    hidden = encoder_out_dim(encoder, width) if h_dim is None else h_dim
+    trunk = build_encoder(encoder, stem, width)
+    return (trunk, build_decoder(encoder, stem, input_size, latent_dim, hidden, width),
+            build_head(head, trunk.out_dim, hidden, latent_dim))
+
+
+@dataclass(config=STRICT)
 class ModelSpec:
     """Everything needed to rebuild an AAVAENet; persisted next to its weights.
 
@@ -44,43 +94,25 @@ class ModelSpec:
     encoder's feature size, as in the paper. ``input_size`` is the image side the decoder
     reconstructs. ``head`` is ``vae`` (a posterior mean and log-variance) or ``ae`` (the paper's
     deterministic AE latent). ``log_scale`` starts the Gaussian likelihood's log-variance,
-    which is trained only when ``learn_scale`` is set.
+    which is trained only when ``learn_scale`` is set. Every field is validated on
+    construction, and a spec whose parameters would not fit is refused with its size.
     """
 
-    encoder: str = "resnet18"
-    stem: str = "cifar"
-    width: int = 64
-    h_dim: int | None = None
-    latent_dim: int = 128
-    input_size: int = 32
-    log_scale: float = 0.0
+    encoder: EncoderName = "resnet18"
+    stem: StemName = "cifar"
+    width: Width = 64
+    h_dim: HiddenDim | None = None
+    latent_dim: LatentDim = 128
+    input_size: ImageSide = 32
+    log_scale: LogScale = 0.0
     learn_scale: bool = False
-    head: str = "vae"
+    head: Literal[HEADS] = "vae"  # type: ignore[valid-type]
 
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"ModelSpec.head must be one of {HEADS}, got {self.head!r}")
-        get_architecture(self.encoder)
-        get_stem(self.stem)
-        check_width(self.width)
-        _check_positive_int("latent_dim", self.latent_dim)
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelSpec:
         check_input_size(self.input_size, self.stem)
-        if self.h_dim is not None:
-            _check_positive_int("h_dim", self.h_dim)
-            check_h_dim(self.h_dim)
-        elif self.feature_dim % 16:
-            raise ValueError(
-                f"ModelSpec: the default h_dim (the encoder's output size, {self.feature_dim} "
-                f"for {self.encoder} at width {self.width}) is not a multiple of 16, which the "
-                f"decoder needs; set h_dim to a multiple of 16 or raise width"
-            )
-        if isinstance(self.log_scale, bool) or not isinstance(self.log_scale, (int, float)):
-            raise ValueError(f"ModelSpec.log_scale must be a number, got {self.log_scale!r}")
-        object.__setattr__(self, "log_scale", float(self.log_scale))
-        if not isinstance(self.learn_scale, bool):
-            raise ValueError(
-                f"ModelSpec.learn_scale must be true or false, got {self.learn_scale!r}"
-            )
+        check_architecture(self.encoder, self.stem, self.width, self.h_dim, self.latent_dim, self.head)
+        return self
 
     @property
     def feature_dim(self) -> int:
@@ -104,15 +136,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"ModelSpec.from_dict expects a mapping, got {type(data).__name__}")
-        known = [field.name for field in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(
-                f"ModelSpec: unknown keys {unknown}; known keys are {', '.join(known)}"
-            )
-        return cls(**data)
+        """The spec a bundle or checkpoint stores: every field present and valid, else refused."""
+        return read_record(cls, data, "the model spec", "Pretrain the model again to write its bundle.")
 
 
 class AAVAENet(nn.Module):
@@ -121,12 +146,8 @@ class AAVAENet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        h_dim = spec.resolved_h_dim
-        self.encoder: ResNetEncoder = build_encoder(spec.encoder, spec.stem, spec.width)
-        self.decoder: ResNetDecoder = build_decoder(
-            spec.encoder, spec.stem, spec.input_size, spec.latent_dim, h_dim, spec.width
-        )
-        self.projection = build_head(spec.head, self.encoder.out_dim, h_dim, spec.latent_dim)
+        self.encoder, self.decoder, self.projection = _parts(
+            spec.encoder, spec.stem, spec.width, spec.h_dim, spec.latent_dim, spec.head, spec.input_size)
         self.log_scale = nn.Parameter(
             torch.tensor([spec.log_scale]), requires_grad=spec.learn_scale
         )

@@ -64,7 +64,7 @@ def resolve_model(
         _refuse_other_data(bundle, images)
     else:
         source = config.checkpoint
-        spec = parse("model", model, ModelConfig).spec(input_size=images_train.image_shape[0])
+        spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0])
         views_config = parse("views", views, ViewsConfig)
         preprocessing = resolve_preprocessing(views_config.mean, views_config.std,
                                               views_config.original_resize, images_train.images)

@@ -15,7 +15,8 @@ from aavae.common import provenance
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
-from aavae.models import build_model, count_parameters
+from aavae.models import ModelSpec, build_model, count_parameters
+from aavae.objective import Objective
 from aavae.training import (
     PretrainModule,
     ReconstructionSnapshots,
@@ -51,14 +52,13 @@ def pretrain(
 ) -> tuple[dict[str, Any], Figure]:
     """Train the model; return the model bundle and a reconstruction grid."""
     _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card)
-    model_cfg = parse("model", model, ModelConfig)
     cfg = parse("pretrain", pretrain, PretrainConfig)
-    spec = model_cfg.spec(input_size=images_train.image_shape[0], log_scale=cfg.log_scale, learn_scale=cfg.learn_scale,
-                          head="ae" if cfg.objective == "ae" else "vae")
+    objective = Objective.from_config(cfg)
+    spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0],
+                     log_scale=cfg.log_scale, learn_scale=cfg.learn_scale, head=objective.head)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     net = build_model(spec)
     num_parameters = count_parameters(net)
-    objective = cfg.training_objective()  # kind, KL weight, denoising: one place builds it
     policy, preprocessing = split_view_policy(view_policy)
 
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
