@@ -22,7 +22,7 @@ from tests.helpers.interrupts import wait_for_new_checkpoint
 # Few, large steps in fp32. Adam amplifies rounding: after two epochs of 21 steps at batch 64,
 # two one-process runs that differ only in their thread count already differ by 19% (cosine
 # 0.982), as much as one and two processes do, so a long run could not tell a sharding bug
-# from rounding. After 6 steps of 448 both gaps are ~1.2% (cosine 0.99994); 9 steps here,
+# from rounding. After 6 steps of 448 both gaps are ~1.2% (cosine 0.99994); 6 steps here,
 # so the kill after the first epoch leaves two to resume.
 ONE = "pretrain.max_epochs=3,pretrain.sync_batchnorm=true,pretrain.precision=32-true,pretrain.batch_size=448"
 TWO = ONE + ",pretrain.devices=2"
