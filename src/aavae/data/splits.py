@@ -36,9 +36,8 @@ from aavae.data.imageset import ImageSet
 log = logging.getLogger(__name__)
 
 PAPER_SPLIT_SEED = 42  # the seed of the paper's CIFAR10DataModule and STL10DataModule
-VAL_SPLIT = "val"  # the held-out images' split in the dataset card
-# ... where a folder's val/ is its test split: a name no folder split is taken for a test split by
-TRAIN_HOLDOUT_SPLIT = "train_holdout"
+VAL_SPLIT = "val"  # the held-out images' split in the dataset card ...
+TRAIN_HOLDOUT_SPLIT = "train_holdout"  # ... where there is no test/ (a new val would be the test split)
 TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
 VALIDATION_SPLIT_NAMES = ("val", "valid", "validation", TRAIN_HOLDOUT_SPLIT)
 MAX_HOLDOUT_SHARE = 10  # images held out of training: at most one in ten (the paper's share)
@@ -75,12 +74,12 @@ def hold_out_validation(result: ReadResult, count: int) -> ReadResult:
     if validation_split_name(result.splits) or not count:
         return result
     train = result.splits["train"]
-    if count > len(train) // MAX_HOLDOUT_SHARE:
+    allowed = len(train) // MAX_HOLDOUT_SHARE
+    if count > allowed:
         log.warning("dataset.val_holdout=%d is more than a tenth of the %d training images of %s: "
-                    "holding out %d", count, len(train), result.source, len(train) // MAX_HOLDOUT_SHARE)
-        count = len(train) // MAX_HOLDOUT_SHARE
-        if not count:
-            return result
+                    "holding out %d", count, len(train), result.source, allowed)
+    if not (count := min(count, allowed)):
+        return result
     kept, held_out = paper_random_split(len(train), count)
     name = VAL_SPLIT if "test" in result.splits else TRAIN_HOLDOUT_SPLIT
     splits: dict[str, ImageSet] = {}
