@@ -12,7 +12,7 @@ the number of images.
 
 What runs is what ``kedro run --pipeline ingest --env imagefolder`` runs: the ingest node
 (``aavae.pipelines.ingest.nodes.ingest``) with ``params:dataset``, then the catalog's
-``ImageSetDataset`` saving images_train, images_test and images_unlabeled, in a throw-away
+``ImageSetDataset`` saving images_train, images_test, images_unlabeled and images_val, in a throw-away
 project folder (``data/02_intermediate`` where the reader stages, ``data/03_primary`` where
 the catalog writes) made under ``--workdir`` and deleted at the end. It is not under /tmp by
 default: a RAM-backed /tmp would hold the staged images in memory and hide them from the
@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = ROOT.parent / "shared" / "datasets" / "cifar10_jpeg.tar.gz"
 DEFAULT_WORKDIR = ROOT / "data" / "02_intermediate"
-SPLITS = ("train", "test", "unlabeled")
+SPLITS = ("train", "test", "unlabeled", "val")
 
 try:
     import aavae  # noqa: F401

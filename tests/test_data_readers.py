@@ -766,12 +766,12 @@ def test_the_ingest_node_writes_a_fingerprint_for_a_folder_into_the_card(tmp_pat
 
     build_tree(tmp_path / "tree")
     params = {"name": "imagefolder", "path": str(tmp_path / "tree"), "image_size": 8}
-    card = ingest(params)[3]
+    card = ingest(params)[-1]
     assert card["sha256"] == read_imagefolder(tmp_path / "tree", image_size=8).sha256
     assert card["archive_sha256"] is None
     (tmp_path / "tree/train/cat/b.JPG").unlink()
     save(tmp_path / "tree/train/cat/b.png", np.zeros((8, 8, 3), np.uint8))
-    assert ingest(params)[3]["sha256"] != card["sha256"]
+    assert ingest(params)[-1]["sha256"] != card["sha256"]
 
 
 def test_a_cifar10_folder_with_other_batches_gets_another_fingerprint(tmp_path):

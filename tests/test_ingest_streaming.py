@@ -97,7 +97,7 @@ def run_ingest(tree: Path, **params) -> None:
     """The ingest node and the catalog's saves, as `kedro run --pipeline ingest` runs them."""
     from aavae.pipelines.ingest.nodes import ingest
 
-    train, test, unlabeled, _ = ingest({"name": "imagefolder", "path": str(tree), "image_size": 8, **params})
+    train, test, unlabeled, _, _ = ingest({"name": "imagefolder", "path": str(tree), "image_size": 8, **params})
     for name, imageset in (("train", train), ("test", test), ("unlabeled", unlabeled)):
         ImageSetDataset(f"data/03_primary/images_{name}").save(imageset)
 

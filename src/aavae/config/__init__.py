@@ -76,22 +76,13 @@ class DatasetConfig(_Schema):
     )
     unlabeled: bool = Field(False, description="STL-10: also ingest the 100,000 unlabeled images")
     val_holdout: CountOrZero = Field(
-        0, description="cifar10, stl10: training images held out as the paper's data "
-        "modules hold them out (random_split, seed 42) into a 'val' split that neither "
-        "pretraining nor evaluation trains on; the paper's CIFAR-10: 5000, STL-10: 500",
+        128, description="training images held out to validate pretraining, drawn as the "
+        "paper's data modules draw them (random_split, seed 42), where the dataset has no "
+        "validation split of its own (an image folder's val/ beside test/); nothing trains on "
+        "them; at most a tenth of the training images; the paper's CIFAR-10: 5000, STL-10: 500",
     )
     test_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
     seed: Seed = Field(0, description="digits: the seed of the train/test split")
-
-    @model_validator(mode="after")
-    def _holdout_of_a_paper_dataset(self) -> DatasetConfig:
-        if self.val_holdout and self.name not in ("cifar10", "stl10"):
-            raise ValueError(
-                f"dataset.val_holdout holds out training images as the paper's CIFAR-10 and STL-10 "
-                f"data modules do; dataset.name={self.name} has its own held-out images (digits: "
-                f"dataset.test_fraction; imagefolder: a test/ or val/ folder). Set val_holdout to 0"
-            )
-        return self
 
     def require_path(self) -> None:
         """Ingesting an image folder needs its path; nothing after ingest does (evaluate and

@@ -1,8 +1,8 @@
 """Dataset readers. Each returns its splits as image sets of one form (see imageset.py).
 
-``read_dataset`` dispatches on a validated ``DatasetConfig`` and holds out the paper's
-validation images (``dataset.val_holdout``, splits.py); the readers themselves take plain
-arguments so they can be used from a notebook or another project.
+``read_dataset`` dispatches on a validated ``DatasetConfig`` and holds out the validation
+images (``dataset.val_holdout``, splits.py); the readers themselves take plain arguments so
+they can be used from a notebook or another project.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from typing import Any
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import UNLABELED, ImageSet, load_imageset, save_imageset
-from aavae.data.splits import hold_out_validation
+from aavae.data.splits import (
+    TEST_SPLIT_NAMES,
+    evaluation_split_name,
+    hold_out_validation,
+    validation_split_name,
+)
 
 __all__ = [
     "UNLABELED",
@@ -22,9 +27,8 @@ __all__ = [
     "load_imageset",
     "read_dataset",
     "save_imageset",
+    "validation_split",
 ]
-
-TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
 
 
 DIGITS_SIDE = 16  # digits with dataset.image_size null
@@ -45,7 +49,11 @@ def image_side(config: Any) -> int | None:
 
 
 def read_dataset(config: Any) -> ReadResult:
-    """Read the dataset a validated ``DatasetConfig`` names."""
+    """Read the dataset a validated ``DatasetConfig`` names, its validation images held out."""
+    return hold_out_validation(_read(config), config.val_holdout)
+
+
+def _read(config: Any) -> ReadResult:
     if config.name == "digits":
         from aavae.data.digits import SOURCE, read_digits
 
@@ -60,13 +68,12 @@ def read_dataset(config: Any) -> ReadResult:
     if config.name == "cifar10":
         from aavae.data.cifar10 import read_cifar10
 
-        return hold_out_validation(read_cifar10(path, download=config.download), config.val_holdout)
+        return read_cifar10(path, download=config.download)
     if config.name == "stl10":
         from aavae.data.stl10 import read_stl10
 
         splits = ("train", "test", "unlabeled") if config.unlabeled else ("train", "test")
-        result = read_stl10(path, splits=splits, download=config.download)
-        return hold_out_validation(result, config.val_holdout)
+        return read_stl10(path, splits=splits, download=config.download)
     from aavae.data.imagefolder import read_imagefolder
 
     return read_imagefolder(
@@ -82,7 +89,7 @@ def pipeline_splits(result: ReadResult) -> tuple[ImageSet, ImageSet, ImageSet]:
             f"'{result.source}' holds no 'train' split (found: {', '.join(splits)}): add a "
             "train/ folder of class folders."
         )
-    test_name = next((name for name in TEST_SPLIT_NAMES if name in splits), None)
+    test_name = evaluation_split_name(splits)
     if test_name is None:
         raise DatasetError(
             f"'{result.source}' holds no test split: expected one of {', '.join(TEST_SPLIT_NAMES)} "
@@ -92,3 +99,13 @@ def pipeline_splits(result: ReadResult) -> tuple[ImageSet, ImageSet, ImageSet]:
     train = splits["train"]
     unlabeled = splits.get("unlabeled") or ImageSet.empty("unlabeled", train.image_shape, train.class_names)
     return train, splits[test_name], unlabeled
+
+
+def validation_split(result: ReadResult) -> ImageSet:
+    """The images that validate pretraining (splits.py): never the test split; empty when the
+    dataset has none (``dataset.val_holdout=0`` and no ``val/`` beside ``test/``)."""
+    name = validation_split_name(result.splits)
+    if name is not None:
+        return result.splits[name]
+    train = result.splits["train"]
+    return ImageSet.empty("val", train.image_shape, train.class_names)

@@ -10,22 +10,48 @@ drawn the same permutation for a given seed since torch 1.8 (its algorithm is ke
 below 2^32 / 20), so :func:`paper_random_split` holds out the very images the paper's runs did.
 
 ``dataset.val_holdout`` applies this to a dataset's labelled training split when it is read
-(:func:`hold_out_validation`): the rest of the project then sees the paper's training images
-everywhere (pretraining, the online probe, both linear evaluations, kNN), and the held-out
-images become a ``val`` split of the dataset card. ``pretrain.unlabeled_holdout`` applies it to
-the unlabeled split, which only pretraining reads (:func:`aavae.training.data.training_images`).
+(:func:`hold_out_validation`), unless the dataset brings a validation split of its own (an image
+folder's ``val/`` beside its ``test/``): the rest of the project then sees the paper's training
+images everywhere (pretraining, the online probe, both linear evaluations, kNN), and the
+held-out images become the dataset's validation split, which validates pretraining and which
+nothing trains on. The digits and image folders are held out the same way (seed 42), at most a
+tenth of their training images. ``pretrain.unlabeled_holdout`` applies it to the unlabeled
+split, which only pretraining reads (:mod:`aavae.training.data`).
+
+Roles by split name: the test split is ``test``, else a ``val``-like split (a folder of
+``train/`` and ``val/`` is evaluated on ``val/``); the validation split is another ``val``-like
+split, or the images held out of training. The test split never validates.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import numpy as np
 
 from aavae.data.card import ReadResult
-from aavae.data.errors import DatasetError
 from aavae.data.imageset import ImageSet
 
+log = logging.getLogger(__name__)
+
 PAPER_SPLIT_SEED = 42  # the seed of the paper's CIFAR10DataModule and STL10DataModule
-VAL_SPLIT = "val"  # the held-out images' split in the dataset card
+VAL_SPLIT = "val"  # the held-out images' split in the dataset card ...
+TRAIN_HOLDOUT_SPLIT = "train_holdout"  # ... where there is no test/ (a new val would be the test split)
+TEST_SPLIT_NAMES = ("test", "val", "valid", "validation")
+VALIDATION_SPLIT_NAMES = ("val", "valid", "validation", TRAIN_HOLDOUT_SPLIT)
+MAX_HOLDOUT_SHARE = 10  # images held out of training: at most one in ten (the paper's share)
+
+
+def evaluation_split_name(splits: Mapping[str, object]) -> str | None:
+    """The split evaluation scores: ``test``, else the first ``val``-like split."""
+    return next((name for name in TEST_SPLIT_NAMES if name in splits), None)
+
+
+def validation_split_name(splits: Mapping[str, object]) -> str | None:
+    """The split that validates pretraining: a ``val``-like split that is not the test split."""
+    test = evaluation_split_name(splits)
+    return next((name for name in VALIDATION_SPLIT_NAMES if name in splits and name != test), None)
 
 
 def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,24 +67,28 @@ def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarra
 
 
 def hold_out_validation(result: ReadResult, count: int) -> ReadResult:
-    """``result`` with ``count`` of its ``train`` images moved to a ``val`` split, as the
-    paper's data modules hold them out (:func:`paper_random_split`). ``count`` 0: unchanged."""
-    if not count:
+    """``result`` with ``count`` of its ``train`` images moved to a validation split, as the
+    paper's data modules hold them out (:func:`paper_random_split`), but never more than a
+    tenth of them. Unchanged where ``count`` is 0 or the result has a validation split already.
+    """
+    if validation_split_name(result.splits) or not count:
         return result
     train = result.splits["train"]
-    if count >= len(train):
-        raise DatasetError(
-            f"dataset.val_holdout={count} leaves none of the {len(train):,} training images of "
-            f"{result.source} to train on; hold out fewer (the paper's CIFAR-10: 5000, STL-10: 500)"
-        )
+    allowed = len(train) // MAX_HOLDOUT_SHARE
+    if count > allowed:
+        log.warning("dataset.val_holdout=%d is more than a tenth of the %d training images of %s: "
+                    "holding out %d", count, len(train), result.source, allowed)
+    if not (count := min(count, allowed)):
+        return result
     kept, held_out = paper_random_split(len(train), count)
+    name = VAL_SPLIT if "test" in result.splits else TRAIN_HOLDOUT_SPLIT
     splits: dict[str, ImageSet] = {}
-    for name, imageset in result.splits.items():
-        if name == "train":
+    for split, imageset in result.splits.items():
+        if split == "train":
             splits["train"] = _rows(train, kept, "train")
-            splits[VAL_SPLIT] = _rows(train, held_out, VAL_SPLIT)
+            splits[name] = _rows(train, held_out, name)
         else:
-            splits[name] = imageset
+            splits[split] = imageset
     return ReadResult(splits, result.source, result.format, result.archive_sha256, list(result.skipped))
 
 

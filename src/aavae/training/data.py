@@ -163,13 +163,40 @@ def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: i
 
     The unlabeled images held out are the paper's (:func:`aavae.data.splits.paper_random_split`,
     seed 42 whatever ``pretrain.seed``): the same in every run, and the ones its STL-10 runs
-    validated on. ``train`` arrives with the paper's validation images already held out
-    (``dataset.val_holdout``, at ingest).
+    validated on (:func:`validation_images`). ``train`` arrives with the validation images
+    already held out (``dataset.val_holdout``, at ingest).
     """
+    split = _resolved(split, unlabeled, holdout)
+    if split == "train":
+        return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+    images, labels = np.asarray(unlabeled.images), np.asarray(unlabeled.labels)
+    if holdout:
+        kept, _ = paper_random_split(len(unlabeled), holdout)
+        images, labels = images[kept], labels[kept]
+    if split == "unlabeled":
+        return TrainingImages(images, labels)
+    return TrainingImages(np.concatenate([images, np.asarray(train.images)]),
+                          np.concatenate([labels, np.asarray(train.labels)]))
+
+
+def validation_images(val: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> ImageSet:
+    """The images pretraining validates on: the unlabeled images ``pretrain.unlabeled_holdout``
+    holds out of it where it trains on the unlabeled split (the paper's STL-10 validates on
+    those: its ``VAE.step`` keeps the unlabeled half of each mixed validation batch), else the
+    dataset's validation split (``images_val``, data/splits.py). Never the test split."""
+    if not holdout or _resolved(split, unlabeled, holdout) == "train":
+        return val
+    _, held_out = paper_random_split(len(unlabeled), holdout)
+    return ImageSet(np.asarray(unlabeled.images[held_out]), np.asarray(unlabeled.labels[held_out]),
+                    unlabeled.class_names, "unlabeled_holdout", unlabeled.fingerprint)
+
+
+def _resolved(split: str, unlabeled: ImageSet, holdout: int) -> str:
+    """``pretrain.training_split`` with ``auto`` resolved, once it is shown to be possible."""
     if split == "auto":
         split = "unlabeled+train" if len(unlabeled) else "train"
     if split == "train":
-        return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
+        return split
     if not len(unlabeled):
         raise ValueError(
             f"pretrain.training_split={split} needs the unlabeled split, which was not ingested: "
@@ -180,11 +207,4 @@ def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: i
             f"pretrain.unlabeled_holdout={holdout} leaves none of the {len(unlabeled)} unlabeled "
             "images to train on; hold out fewer"
         )
-    images, labels = np.asarray(unlabeled.images), np.asarray(unlabeled.labels)
-    if holdout:
-        kept, _ = paper_random_split(len(unlabeled), holdout)
-        images, labels = images[kept], labels[kept]
-    if split == "unlabeled":
-        return TrainingImages(images, labels)
-    return TrainingImages(np.concatenate([images, np.asarray(train.images)]),
-                          np.concatenate([labels, np.asarray(train.labels)]))
+    return split

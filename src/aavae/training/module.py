@@ -91,7 +91,13 @@ class PretrainModule(pl.LightningModule):
         self.config = config
         self.preprocessing = preprocessing  # how an original becomes the network's input
         self.num_classes = num_classes
-        self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe else None
+        self._train_labels_host = np.asarray(train.labels, dtype=np.int64)
+        # the online probe (docs/differences.md): reported only where it has labels to learn from
+        labelled = bool((self._train_labels_host >= 0).any())
+        if config.online_probe and not labelled:
+            log.info("No online probe: the training images have no labels (pretrain.training_split "
+                     "unlabeled), so it would learn nothing and report nothing true")
+        self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe and labelled else None
         self.precision_name = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
         self.compile_mode = resolve_switch(config.compile, device_kind)
@@ -99,12 +105,13 @@ class PretrainModule(pl.LightningModule):
         # Kept out of the state dict: checkpoints hold weights, not the dataset. The images stay
         # where the catalog put them (often a memory map) until fit decides where they live.
         self._train_source = train.images
-        self._train_labels_host = np.asarray(train.labels, dtype=np.int64)
         self._train_images: Tensor | None = None  # on the device, when they live there
         self._train_labels: Tensor | None = None
         self._host: HostBatches | None = None  # else: batches streamed from the host
         self._val = val
         self._val_tensors: tuple[Tensor, Tensor, Tensor] | None = None
+        # the probe is scored on the validation images only where they have labels
+        self._val_probe = self.online_probe is not None and val is not None and bool((np.asarray(val.labels) >= 0).any())
         self.batches = batch_shape(len(self._train_source), config.batch_size)
         self.rank, self.world = 0, 1
         self.step_fn: TrainStep | None = None
@@ -404,6 +411,9 @@ class PretrainModule(pl.LightningModule):
             checkpoint[FITTED_WARMUP_KEY] = self._fitted_warmup
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.online_probe is None:  # a checkpoint of a run whose probe trained on no labels
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith("online_probe.")}
         self._restored_generator = checkpoint.get(GENERATOR_KEY)
         self._fitted_steps = checkpoint.get(FITTED_STEPS_KEY)  # a resumed run keeps its schedule
         self._fitted_warmup = checkpoint.get(FITTED_WARMUP_KEY)  # (None from older checkpoints)
@@ -435,7 +445,7 @@ class PretrainModule(pl.LightningModule):
             if self.objective.is_variational:
                 metrics["cos_sim"] = cos_sim_over_samples(
                     self.net, original_features, latent, noise[:samples], noise[samples:])
-            if self.online_probe is not None:
+            if self._val_probe:
                 _, metrics["probe_acc"] = probe_terms(self.online_probe, original_features.float(), labels)
         self.log_dict({f"val_{k}": v for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch),
                       sync_dist=self.world > 1)

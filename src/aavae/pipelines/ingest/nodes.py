@@ -7,14 +7,15 @@ from dataclasses import replace
 from typing import Any
 
 from aavae.config import DatasetConfig, parse
-from aavae.data import image_side, pipeline_splits, read_dataset
+from aavae.data import image_side, pipeline_splits, read_dataset, validation_split
 from aavae.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
 
 
-def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[str, Any]]:
-    """Read the dataset named by ``params:dataset``; return train, test, unlabeled, card."""
+def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, ImageSet, dict[str, Any]]:
+    """Read the dataset named by ``params:dataset``; return train, test, unlabeled, validation
+    images and the card."""
     config = parse("dataset", dataset, DatasetConfig)
     config.require_path()
     side = image_side(config)
@@ -25,7 +26,8 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[
                     "silence this)", config.image_size, config.name, side, config.name)
     result = read_dataset(config)
     # every split carries the ingest's data fingerprint, so what is made from it can say so
-    train, test, unlabeled = (replace(split, fingerprint=result.sha256) for split in pipeline_splits(result))
+    train, test, unlabeled, val = (replace(split, fingerprint=result.sha256)
+                                   for split in (*pipeline_splits(result), validation_split(result)))
     card = {
         "name": config.name,
         "class_names": list(train.class_names),
@@ -37,4 +39,4 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, dict[
              ", ".join(f"{name} {info['count']}" for name, info in card["splits"].items()))
     if result.skipped:
         log.warning("Skipped %d undecodable files (listed in dataset_card.json)", len(result.skipped))
-    return train, test, unlabeled, card
+    return train, test, unlabeled, val, card

@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 ingest,
                 inputs="params:dataset",
-                outputs=["images_train", "images_test", "images_unlabeled", "dataset_card"],
+                outputs=["images_train", "images_test", "images_unlabeled", "images_val", "dataset_card"],
                 name="ingest",
             )
         ]

@@ -88,13 +88,13 @@ def pretrain(
                     "Nothing to train; the model bundle is rewritten from that checkpoint. "
                     "pretrain.resume=false trains again from scratch.", previous or "?", resume_from)
         tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir,
-                           **_data_tags(dataset_card)})
+                           **_data_tags(dataset_card, val_views)})
         module.load_state_dict(done["state_dict"])
         return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
                        epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
     remember_run(checkpoint_dir, tracking.active_run_id())
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": objective.name, "seed": cfg.seed,
-                       **_data_tags(dataset_card),
+                       **_data_tags(dataset_card, val_views),
                        **({"resumed_from_run": resumed_from} if resumed_from else {})})
     log.info("%s %s/%s: %s parameters; checkpoints in %s", objective.name, spec.encoder, spec.stem,
              f"{num_parameters:,}", checkpoint_dir)
@@ -153,11 +153,18 @@ def _check_inputs_belong_together(images_train, images_unlabeled, val_views, vie
     for imageset in (images_train, images_unlabeled):
         provenance.check_data(f"data/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
     provenance.check_data("data/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
-    provenance.check_data("data/05_model_input/val_views.npz",
-                          (provenance.stamp_of(val_views) or {}).get(provenance.DATA_SHA256), data, fix)
+    stamp = provenance.stamp_of(val_views) or {}
+    provenance.check_data("data/05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256), data, fix)
+    if "validation_split" not in stamp:  # written when validation views were drawn from the test split
+        raise provenance.ProvenanceError(
+            "data/05_model_input/val_views.npz records no validation split: it was made by an "
+            "older version, from the test images. Run `kedro run --pipeline views` to draw it "
+            "from the validation split.")
 
 
-def _data_tags(dataset_card: dict[str, Any]) -> dict[str, Any]:
-    """What the MLflow run records of the data it trained on."""
+def _data_tags(dataset_card: dict[str, Any], val_views: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What the MLflow run records of the data it trained on, and of the split it validated on."""
+    validation = provenance.stamp_of(val_views) or {}
     return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
-            "data.source": dataset_card.get("source")}
+            "data.source": dataset_card.get("source"),
+            "data.validation_split": validation.get("validation_split", "unrecorded")}

@@ -9,9 +9,11 @@ import torch
 from matplotlib.figure import Figure
 
 from aavae.common import provenance
-from aavae.config import ViewsConfig, parse
+from aavae.config import PretrainConfig, ViewsConfig, parse
+from aavae.data import DatasetError
 from aavae.data.imageset import ImageSet
 from aavae.reporting.plots import image_grid
+from aavae.training.data import validation_images
 from aavae.views import ViewPolicy, make_views, resolve_preprocessing, split_view_policy
 
 POLICY_FILE = "data/05_model_input/view_policy.json"
@@ -55,18 +57,30 @@ def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: di
     return image_grid(columns, titles, title="Training views (AAVAE input) beside the original")
 
 
-def make_validation_views(images_test: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A fixed, seeded set of views of held-out images, so val loss compares across runs.
-
-    Only monitored during pretraining; nothing is selected on it.
-    """
+def make_validation_views(images_val: ImageSet, images_unlabeled: ImageSet, view_policy: dict[str, Any],
+                          views: dict[str, Any], pretrain: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A fixed, seeded set of views of the images that validate pretraining, so val loss
+    compares across runs: the dataset's validation split, or the unlabeled images pretraining
+    holds out (:func:`aavae.training.data.validation_images`); never the test split, which
+    only evaluation reads. Only monitored; nothing is selected on it. The provenance records
+    which split it is (``validation_split``) and how many images it holds."""
     config = parse("views", views, ViewsConfig)
+    training = parse("pretrain", pretrain, PretrainConfig)
+    images = validation_images(images_val, images_unlabeled, training.training_split, training.unlabeled_holdout)
+    if not len(images):
+        raise DatasetError(
+            "No images to validate pretraining on: the dataset has no validation split and "
+            "dataset.val_holdout=0 held none out of training. Set dataset.val_holdout to a count "
+            "(e.g. 128) or give the image folder a val/ beside its test/; the test split is "
+            "evaluation's alone."
+        )
     rng = np.random.default_rng(config.seed)
-    chosen = np.sort(rng.choice(len(images_test), size=min(config.val_count, len(images_test)), replace=False))
-    originals = np.ascontiguousarray(images_test.images[chosen])
+    chosen = np.sort(rng.choice(len(images), size=min(config.val_count, len(images)), replace=False))
+    originals = np.ascontiguousarray(images.images[chosen])
     arrays = {
-        "views": _views_uint8(originals, _policy(view_policy, images_test), config.seed),
+        "views": _views_uint8(originals, _policy(view_policy, images), config.seed),
         "originals": originals,
-        "labels": np.asarray(images_test.labels[chosen]),
+        "labels": np.asarray(images.labels[chosen]),
     }
-    return provenance.stamp(arrays, **{provenance.DATA_SHA256: images_test.fingerprint})
+    return provenance.stamp(arrays, **{provenance.DATA_SHA256: images.fingerprint,
+                                       "validation_split": images.split, "validation_images": len(images)})
