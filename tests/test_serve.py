@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from aavae.serving import contract
+from aavae.serving import contract, serve
 from aavae.serving.contract import InputLimits
 from aavae.serving.serve import EncoderServer
 from tests.helpers.project import PROJECT_ROOT
@@ -208,6 +208,16 @@ def test_a_request_whose_client_left_while_it_waited_for_the_encoder_is_not_enco
 
     assert asyncio.run(scenario()) == (200, 499)
     assert model.calls == 1, "only the request whose client stayed was encoded"
+
+
+def test_another_content_type_or_an_in_flight_bound_below_the_request_limit_is_refused(capsys):
+    app = EncoderServer(CountingModel(), SMALL_LIMITS, 4096, 4096).app()
+    status, _, refused = asyncio.run(asgi_post(app, b"a,b\n1,2", content_type=b"text/csv"))
+    assert status == 415 and refused["message"].startswith("The request's content type is 'text/csv': send application/json")
+
+    with pytest.raises(SystemExit):
+        serve.main(["-m", "models:/m/1", "--max-request-mb", "64", "--max-in-flight-mb", "32"])
+    assert "--max-in-flight-mb must be at least --max-request-mb (64)" in capsys.readouterr().err
 
 
 def test_the_load_benchmark_runs_and_keeps_its_promises(digits_project):

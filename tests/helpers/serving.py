@@ -89,8 +89,8 @@ def wait_until_serving(server: Server, process: subprocess.Popen, timeout: float
 
 # -- the app in-process: an ASGI client, a model that waits, a parse that never ends -------------
 
-async def asgi_post(app, body: bytes, leave: asyncio.Event | None = None,
-                    left: asyncio.Event | None = None) -> tuple[int, dict[str, str], dict]:
+async def asgi_post(app, body: bytes, leave: asyncio.Event | None = None, left: asyncio.Event | None = None,
+                    content_type: bytes = b"application/json") -> tuple[int, dict[str, str], dict]:
     """POST ``body`` to ``app``'s /invocations as a server would: the status, headers and JSON
     answer. The client stays until ``leave`` is set (never, without it), then disconnects;
     ``left`` is set when the app has been told so."""
@@ -111,7 +111,7 @@ async def asgi_post(app, body: bytes, leave: asyncio.Event | None = None,
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/invocations", "raw_path": b"/invocations", "root_path": "",
              "query_string": b"", "server": ("127.0.0.1", 5001), "client": ("127.0.0.1", 50000),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+             "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
     await app(scope, receive, send)
     start = next(message for message in sent if message["type"] == "http.response.start")
     answer = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")

@@ -184,7 +184,6 @@ def _ragged_description(images: object, error: Exception) -> str:
             "send images of one size per request (resize them first, or send them one by one)")
 
 
-
 RETURN_MU = "return_mu"
 INPUT_KEYS = ("inputs", "instances")
 PARAMS = "params"

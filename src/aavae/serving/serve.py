@@ -1,26 +1,16 @@
 """``python -m aavae.serving.serve -m models:/<name>/<version>``: the encoder over HTTP, with bounded work.
 
-It answers MLflow's JSON scoring protocol as ``mlflow models serve`` does (``POST /invocations``
-with ``{"inputs": <images>, "params": {"return_mu": true}}`` gives ``{"predictions": ...}``;
-``/ping``, ``/health``, ``/version``; errors as ``{"error_code", "message"}``) and loads the model
-as it does (``MLFLOW_PYFUNC_INFERENCE_CONFIG`` included), but bounds what requests cost, which
-MLflow 3.17 does not: it parses any number of bodies at once, in threads that go on after its
-60 s timeout (three 60 MB requests took it from 0.8 to 5.4 GB for minutes).
-
-* A body over ``--max-request-mb`` gets 413, unread when its length is declared.
-* The bodies being read, parsed or encoded add up to at most ``--max-in-flight-mb``: a request
-  that would pass it gets 503 at once (its body read and dropped, so the client hears it). A
-  body without a declared length counts as ``--max-request-mb``.
-* Each body is parsed in a child process forked from a server that has imported only this
-  module and :mod:`.contract`. Python's JSON parser holds the GIL for the whole parse (seconds
-  at the limit) and makes a list per pixel (up to 36 times the body's size for grey images,
-  about 10 for RGB photos): in a child the server answers others meanwhile, the memory goes back
-  to the system when the child ends, and the parse is killed when its client goes away.
-* One request is encoded at a time; one whose client has gone by its turn is not encoded.
-
-Refusals are :class:`aavae.serving.contract.RequestError`'s: one line naming what was sent and
-what to send, never the request's contents. Starlette is imported only where it is used, so
-that the parsing processes, which run this module again, stay small.
+It answers MLflow's JSON scoring protocol as ``mlflow models serve`` does and loads the model as
+it does (``MLFLOW_PYFUNC_INFERENCE_CONFIG`` included), but bounds what requests cost, which
+MLflow 3.17 does not (three 60 MB requests took its server from 0.8 to 5.4 GB for minutes):
+a body over ``--max-request-mb`` gets 413; a request that would take the bodies being read,
+parsed or encoded past ``--max-in-flight-mb`` gets 503 at once; each body is parsed in a child
+process, because Python's JSON parser holds the GIL for the whole parse and makes a list per
+pixel (up to 36 times the body's size): the server answers others meanwhile, the memory goes
+back to the system when the child ends, and the child is killed when its client goes away. One
+request is encoded at a time; one whose client has gone by its turn is not. docs/serving.md
+lists every answer. Starlette is imported only where it is used: the parsing processes run
+this module again and stay small.
 """
 
 from __future__ import annotations
@@ -53,8 +43,6 @@ class EncoderServer:
     params=...)``): admission, a bounded read, the parse in a child process, one encoding at a time."""
 
     def __init__(self, model: Any, limits: InputLimits, max_request_bytes: int, max_in_flight_bytes: int) -> None:
-        if max_in_flight_bytes < max_request_bytes:
-            raise ValueError("the in-flight bound must admit one request at the size limit")
         self.model, self.limits = model, limits
         self.max_request_bytes, self.max_in_flight_bytes = max_request_bytes, max_in_flight_bytes
         self.in_flight_bytes = 0  # changed only on the event loop: no lock
