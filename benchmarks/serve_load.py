@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         ("peak memory over the bound", peak <= bound),
     ] if not kept]
     for what in broken:
-        print(f"[serve_load] BROKEN: {what}")
+        print(f"[serve_load] BROKEN: {what} (the server's log: {server.log})")
+    if not broken:
+        server.log.unlink()
     counts = ",".join(f"{status}x{count}" for status, count in sorted(statuses.items(), key=str))
     print(f"peak_rss_mb: {peak / 2**20:.0f} bound_mb: {bound / 2**20:.0f} slowest_s: {slowest:.1f} statuses: {counts}")
     return 1 if broken else 0
