@@ -1,8 +1,10 @@
-"""Tests of aavae.serving.inference: a trained bundle's encoder on images of any size, as ingest sees them."""
+"""Tests of aavae.serving.inference and aavae.serving.contract: a trained bundle's encoder on images of any
+size, as ingest sees them, and what a served encoder accepts (an image batch, a JSON request)."""
 
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -13,16 +15,15 @@ from PIL import Image
 
 from aavae.data.imagefolder import read_imagefolder
 from aavae.evaluation import extract_features, model_from_bundle
-from aavae.serving.inference import (
+from aavae.serving.contract import (
     CONTRACT,
-    MU,
-    REPRESENTATION,
     ImageBatchError,
-    ImageEncoder,
     InputLimits,
-    ServingPreprocessing,
+    RequestError,
+    ScoringRequest,
     check_image_batch,
 )
+from aavae.serving.inference import MU, REPRESENTATION, ImageEncoder, ServingPreprocessing
 from tests.helpers.bundles import NORM, trained_looking_bundle
 
 
@@ -161,6 +162,19 @@ def test_a_batch_outside_the_contract_is_refused_naming_what_was_sent_and_what_i
     assert len(message) < 600, "the message describes the input, it does not print it"
 
 
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 3), min_size=1, max_size=5), empty_axis=st.integers(0, 4),
+       as_list=st.booleans())
+def test_a_batch_without_values_is_never_described_as_floats(shape, empty_axis, as_list):
+    """numpy calls an empty list float64 (and MLflow's parse hands the model that array): a batch
+    with no value has no type to refuse. It was refused as floats, with a remedy about scaling."""
+    shape[empty_axis % len(shape)] = 0
+    sent = np.zeros(shape).tolist() if as_list else np.zeros(shape)
+    with pytest.raises(ImageBatchError) as refused:
+        check_image_batch(sent, LIMITS)
+    assert "float" not in str(refused.value) and str(np.asarray(sent).shape) in str(refused.value)
+
+
 def test_a_long_list_or_a_huge_first_image_is_refused_before_numpy_copies_it():
     huge = np.broadcast_to(np.zeros(3, np.uint8), (50_000, 50_000, 3))  # a view: 7.5 GB if copied
     with pytest.raises(ImageBatchError, match="a list whose first image has 50000 x 50000 pixels"):
@@ -262,6 +276,84 @@ def test_every_input_is_encoded_or_refused_with_the_named_error(images, as_list)
     np.testing.assert_array_equal(checked, np.asarray(sent))
     features = small_encoder().encode(checked)
     assert features.shape == (len(checked), small_encoder().feature_dim) and np.isfinite(features).all()
+
+
+# -- what a served encoder takes over HTTP: ScoringRequest ------------------------------------------
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=60))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=60), inner, max_size=4), max_leaves=20)
+PARAMS = (st.none() | st.fixed_dictionaries({}, optional={"return_mu": st.booleans()}) | JSON_VALUES
+          | st.fixed_dictionaries({}, optional={"return_mu": JSON_VALUES})
+          | st.dictionaries(st.sampled_from(["return_mu", "retrun_mu", "x" * 60]), JSON_VALUES, max_size=2))
+MESSAGE_MAX = 800  # a 64-axis shape named twice still fits
+
+
+@st.composite
+def request_bodies(draw: st.DrawFn) -> bytes:
+    """Bodies a client may send: mostly {"inputs": ..., "params": ...} objects whose inputs are
+    image batches of any dtype and shape (or any JSON), sometimes other keys, other JSON, bytes
+    that are not JSON, and JSON Python's parser refuses."""
+    kind = draw(st.sampled_from(["request"] * 6 + ["valid", "json", "bytes", "refused by the parser"]))
+    if kind == "valid":
+        shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4)),
+                 draw(st.sampled_from([1, 3, 4])))
+        images = np.random.default_rng(draw(st.integers(0, 2**16))).integers(0, 256, shape)
+        params = draw(st.none() | st.fixed_dictionaries({}, optional={"return_mu": st.booleans()}))
+        return json.dumps({"inputs": images.tolist(), **({} if params is None else {"params": params})}).encode()
+    if kind == "json":
+        return json.dumps(draw(JSON_VALUES)).encode()
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "refused by the parser":
+        return draw(st.sampled_from([b"[" * 100_000 + b"]" * 100_000, b'{"inputs": ' + b"7" * 5000 + b"}",
+                                     b'{"inputs": [[[[1, 2, 3]]]], "params": {"return_mu": ' + b"[" * 50_000 + b"}"]))
+    images = draw(arrays_of_any_kind())
+    payload = {draw(st.sampled_from(["inputs", "instances"])):
+               images.tolist() if images.dtype.kind in "iubfU" and draw(st.integers(0, 3)) else draw(JSON_VALUES)}
+    if draw(st.booleans()):
+        payload["params"] = draw(PARAMS)
+    if draw(st.integers(0, 5)) == 0:
+        payload[draw(st.sampled_from(["inputs", "instances", "dataframe_split", "x" * 100]))] = draw(JSON_VALUES)
+    return json.dumps(payload).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=request_bodies())
+@example(body=b'{"inputs": [[[[1, 2, 3]]]], "params": {"return_mu": "yes"}}')
+@example(body=b'{"inputs": [[[[1, 2, 3]]]], "params": {"retrun_mu": true}}')
+@example(body=b'{"inputs": [[]]}')
+def test_every_request_body_is_answered_or_refused_in_one_short_line_that_never_quotes_it(body):
+    """Any body gets 200 (a checked batch the encoder encodes) or a 4xx RequestError: one line
+    of at most MESSAGE_MAX characters in which no 45 characters of the body appear. Never
+    another exception (the server's 500): JSON nested 100,000 deep and integers of thousands
+    of digits got 500, a bad params value a 3,088-character 400 quoting the pixels, an unknown
+    params key 200."""
+    try:
+        request = ScoringRequest.parse(body, SMALL)
+    except RequestError as error:
+        message = str(error)
+        event(f"refused {error.status}")
+        assert 400 <= error.status < 500 and "\n" not in message and len(message) <= MESSAGE_MAX, message
+        text = body.decode(errors="replace")
+        quoted = [message[i:i + 45] for i in range(len(message) - 44) if message[i:i + 45] in text]
+        assert not quoted, f"the message quotes the request: {quoted[0]!r}"
+        return
+    event("answered")
+    payload = json.loads(body)
+    assert set(payload) <= {"inputs", "instances", "params"}
+    assert set(payload.get("params") or {}) <= {"return_mu"}
+    assert request.return_mu is bool((payload.get("params") or {}).get("return_mu"))
+    assert request.images.dtype == np.uint8 and accepted_by_contract(request.images, SMALL)
+    features = small_encoder().encode(request.images, return_mu=request.return_mu)
+    assert (features[REPRESENTATION] if request.return_mu else features).shape[0] == len(request.images)
+
+
+def test_a_refusal_crosses_the_parsing_processes_pipe_with_its_status():
+    import pickle
+
+    refused = pickle.loads(pickle.dumps(RequestError("busy", 503, "TEMPORARILY_UNAVAILABLE")))
+    assert (str(refused), refused.status, refused.code) == ("busy", 503, "TEMPORARILY_UNAVAILABLE")
 
 
 @pytest.mark.parametrize(("mean", "original_resize"), [(None, None), ((0.4, 0.5, 0.45), 18)])

@@ -33,7 +33,7 @@ from aavae.config import RegistryConfig
 from aavae.data.imageset import load_imageset
 from aavae.kedro_ext.datasets import TorchBundleDataset
 from aavae.pipelines.register.nodes import register_encoder
-from aavae.serving.inference import InputLimits
+from aavae.serving.contract import InputLimits
 from aavae.serving.mlflow_model import (
     TRAINING_RUN_TAG,
     RefusedImages,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 def free_port() -> int:
@@ -52,8 +56,11 @@ class Server:
     def post(self, inputs: object, params: dict | None = None) -> tuple[int, dict]:
         """POST {"inputs": ...} to /invocations: the status and the JSON answer or error."""
         payload = {"inputs": inputs, **({"params": params} if params else {})}
-        request = urllib.request.Request(f"{self.url}/invocations", json.dumps(payload).encode(),
-                                         {"Content-Type": "application/json"})
+        return self.post_body(json.dumps(payload).encode())
+
+    def post_body(self, body: bytes) -> tuple[int, dict]:
+        """POST these bytes as JSON to /invocations: the status and the JSON answer or error."""
+        request = urllib.request.Request(f"{self.url}/invocations", body, {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.status, json.load(response)
@@ -78,3 +85,58 @@ def wait_until_serving(server: Server, process: subprocess.Popen, timeout: float
                 return
         except OSError:
             time.sleep(0.5)
+
+
+# -- the app in-process: an ASGI client, a model that waits, a parse that never ends -------------
+
+async def asgi_post(app, body: bytes, leave: asyncio.Event | None = None, left: asyncio.Event | None = None,
+                    content_type: bytes = b"application/json") -> tuple[int, dict[str, str], dict]:
+    """POST ``body`` to ``app``'s /invocations as a server would: the status, headers and JSON
+    answer. The client stays until ``leave`` is set (never, without it), then disconnects;
+    ``left`` is set when the app has been told so."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop()
+        await (leave or asyncio.Event()).wait()
+        if left is not None:
+            left.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/invocations", "raw_path": b"/invocations", "root_path": "",
+             "query_string": b"", "server": ("127.0.0.1", 5001), "client": ("127.0.0.1", 50000),
+             "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]}
+    await app(scope, receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    answer = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    headers = {key.decode(): value.decode() for key, value in start["headers"]}
+    return start["status"], headers, json.loads(answer) if answer else {}
+
+
+class CountingModel:
+    """Stands in for the loaded model: counts its calls; with ``hold``, each call waits for
+    ``release`` after setting ``started``."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.calls, self.hold = 0, hold
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, images: np.ndarray, params: dict | None = None) -> np.ndarray:
+        self.calls += 1
+        self.started.set()
+        if self.hold and not self.release.wait(timeout=120):
+            raise TimeoutError("the test never released the model")
+        return np.zeros((len(images), 2), np.float32)
+
+
+def parse_forever(connection, limits) -> None:
+    """A parsing process that takes the body and does not answer: a slow parse, to the server.
+    It gives up after a minute, so that a test whose server never kills it fails, not hangs."""
+    connection.recv_bytes()
+    threading.Event().wait(60)

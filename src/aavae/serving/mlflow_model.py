@@ -9,7 +9,7 @@ A user who finds the best run in ``mlflow ui`` can load, register and serve its 
 and ``mlflow models serve -m models:/digits-aavae-encoder/1 --env-manager local`` answers
 ``POST /invocations`` with ``{"inputs": <nested list of uint8 images>}``.
 
-Every input, on both paths, passes :func:`aavae.serving.inference.check_image_batch` before any work:
+Every input, on both paths, passes :func:`aavae.serving.contract.check_image_batch` before any work:
 uint8 ``N x H x W x C`` (C = 1, 3 or 4; over JSON, integers 0-255), at most
 ``max_batch_size`` images of at most ``max_image_side`` pixels a side (the model config,
 set from ``registry.*`` at logging; a model logged without them gets the schema's defaults).
@@ -56,23 +56,20 @@ import aavae
 from aavae.common.quiet import filter_unactionable_warnings
 from aavae.common.weights import load_weights
 from aavae.config import RegistryConfig
-from aavae.serving.inference import (
+from aavae.serving.contract import (
     CONTRACT,
-    MU,
-    REPRESENTATION,
+    RETURN_MU,
     ImageBatchError,
-    ImageEncoder,
     InputLimits,
-    ServingPreprocessing,
     check_image_batch,
 )
+from aavae.serving.inference import MU, REPRESENTATION, ImageEncoder, ServingPreprocessing
 
 filter_unactionable_warnings()  # before PythonModel subclasses are defined (here, kedro-mlflow)
 
 log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "model_bundle"
-RETURN_MU = "return_mu"
 #: Packages the model needs besides the ``aavae`` code it carries.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pydantic")
 

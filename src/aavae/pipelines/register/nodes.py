@@ -11,7 +11,7 @@ import numpy as np
 from aavae import tracking
 from aavae.config import DatasetConfig, RegistryConfig, parse
 from aavae.data.imageset import ImageSet
-from aavae.serving.inference import InputLimits
+from aavae.serving.contract import InputLimits
 from aavae.serving.mlflow_model import TRAINING_RUN_TAG, log_encoder_model, version_of_training_run
 
 log = logging.getLogger(__name__)
