@@ -23,11 +23,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## run: install, pretrain then evaluate on the default dataset, print the results
+## run: install, pretrain then evaluate on the default dataset; the evaluation ends by printing
+## the results (`python -m aavae.reporting.report [metrics.json]` prints them again)
 run: install
 	$(KEDRO) run --pipeline pretrain --env $(ENV)
 	$(KEDRO) run --pipeline evaluate --env $(ENV)
-	@$(BIN)/python -m aavae.reporting.report data/08_reporting/metrics.json
 
 ## test: install with test extras, run the suite in two workers (test files spread over them;
 ## TEST_WORKERS=0 runs it in one process), an empty selection fails loudly

@@ -67,7 +67,7 @@ def test_a_misspelt_pipeline_is_named_with_the_registered_ones(project):
 def test_the_mlflow_runner_tag_names_the_runner(digits_project):
     client = MlflowClient(f"sqlite:///{digits_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
-    tags = {run.info.run_name: run.data.tags.get("runner") for run in client.search_runs([experiment.experiment_id])}
+    tags = {run.info.run_name.split()[0]: run.data.tags.get("runner") for run in client.search_runs([experiment.experiment_id])}
     assert tags == {"pretrain": "SequentialRunner", "evaluate": "SequentialRunner"}
 
 
@@ -154,7 +154,7 @@ def test_mlflow_ui_gets_an_address_that_opens_the_training_runs_with_the_loss_ch
     client = MlflowClient(f"sqlite:///{digits_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    runs = {run.info.run_name.split()[0]: run for run in client.search_runs([experiment.experiment_id])}
     assert {"loss/train", "loss/val", "train_loss", "val_loss"} <= set(runs["pretrain"].data.metrics)
 
     address = (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"

@@ -76,7 +76,7 @@ def test_torchrun_starts_ranks_that_share_one_mlflow_run_and_one_writer(tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Rank 0 of 2" in output and "Rank 1 of 2" in output
-    runs = [run for run in project_runs(project) if run.info.run_name == "train"]
+    runs = [run for run in project_runs(project) if run.info.run_name.split()[0] == "train"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", "rank 1 opens no MLflow run"
     assert "train_loss" in runs[0].data.metrics
     bundle = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)

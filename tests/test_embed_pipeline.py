@@ -73,7 +73,7 @@ def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed
 
     client = MlflowClient(f"sqlite:///{embed_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
-    run = client.search_runs([experiment.experiment_id], "attributes.run_name = 'embed'")[0]
+    run = client.search_runs([experiment.experiment_id], "attributes.run_name LIKE 'embed %'")[0]
     assert {"neighbours.json", "neighbours.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

@@ -25,7 +25,7 @@ def test_a_bundle_of_another_architecture_is_named_in_the_log_and_recorded_in_ml
     assert "width 4 (model.* says 8)" in said and "latent_dim 8 (model.* says 16)" in said
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("aavae").experiment_id],
-                                "attributes.run_name = 'evaluate'")
+                                "attributes.run_name LIKE 'evaluate %'")
     assert run.data.params["model.width"] == "8", "the configuration stays as given"
     tags = run.data.tags
     assert (tags["evaluated_model.width"], tags["evaluated_model.latent_dim"]) == ("4", "8")

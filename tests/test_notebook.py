@@ -31,6 +31,7 @@ def test_tour_notebook_runs_without_errors(digits_project, tmp_path, monkeypatch
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
 
     assert outputs(notebook, "error") == []
+    assert not (tmp_path / "mlflow.db").exists(), "the project's store, not one in the notebook's folder"
     printed = "".join(o.text for o in outputs(notebook, "stream") if o.name == "stdout")
     assert f"project: {digits_project}" in printed
     assert "precision@5" in printed

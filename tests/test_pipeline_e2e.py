@@ -15,7 +15,7 @@ def runs(digits_project):
     client = MlflowClient(tracking_uri=f"sqlite:///{digits_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
     found = client.search_runs([experiment.experiment_id])
-    by_name = {run.info.run_name: run for run in found}
+    by_name = {run.info.run_name.split()[0]: run for run in found}
     assert set(by_name) == {"pretrain", "evaluate"}, f"expected one run per kedro run, got {list(by_name)}"
     return client, by_name["pretrain"], by_name["evaluate"]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aavae.reporting.plots import curves_figure, figure_png, neighbour_grid_figure, off_scale_points
-from aavae.reporting.report_html import PNG_SIGNATURE
+from aavae.reporting.report_html import PNG_SIGNATURE, VALIDATION_SPIKE_NOTE, _curves_note
 
 # A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
 SPIKED = {
@@ -103,10 +106,41 @@ def test_a_forced_scale_is_kept_with_every_point_on_the_axis(scale):
 
 
 def test_the_report_explains_a_validation_spike_that_training_does_not_share():
-    from aavae.pipelines.evaluate.nodes import VALIDATION_SPIKE_NOTE, _curves_note
-
     assert VALIDATION_SPIKE_NOTE in _curves_note(SPIKED, "linear")
     both = {"train_loss": [(step, 40_000.0 if step == 3 else 900.0) for step in range(8)],
             "val_loss": [(step, 37_000.0 if step == 3 else 900.0) for step in range(8)]}
     assert set(off_scale_points(both)) == {"train_loss", "val_loss"}
     assert VALIDATION_SPIKE_NOTE not in _curves_note(both, "linear"), "training spiked too: not the statistics"
+
+
+def test_the_digits_runs_validation_spikes_leave_the_curves_the_whole_axis():
+    # The default digits run of 2026-12-07 (steps 9, 19, 29, ...), its second validation loss
+    # lowered from 5,706 to 4,000: four times its neighbours, a spike no ratio of five sees.
+    train = [1087.8, 993.1, 949.6, 902.5, 885.5, 879.0, 875.2, 872.1, 871.3, 871.3, 868.0, 865.5]
+    val = [1071.8, 4000.0, 454279.7, 916.0, 888.6, 877.9, 873.3, 873.2, 876.1, 870.3, 868.2, 862.4]
+    curves = {"train_loss": list(zip(range(9, 120, 10), train, strict=True)), "val_loss": list(zip(range(9, 120, 10), val, strict=True))}
+    figure = curves_figure(curves, "loss")
+
+    assert off_scale_points(curves) == {"val_loss": [(29, 454279.7), (19, 4000.0)]}
+    assert vertical_share(figure, train + val[:1] + val[3:]) > 0.8
+    assert sorted(off_axis_texts(figure)) == ["val_loss 4,000", "val_loss 454,280"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), low=st.floats(1.0, 1e4), width=st.floats(0.01, 0.5),
+       length=st.integers(8, 40), spikes=st.integers(1, 4), height=st.floats(2.0, 1000.0))
+def test_no_number_or_height_of_spikes_squeezes_the_curves_into_a_band(seed, low, width, length, spikes, height):
+    """Curves within a band, and 1-4 validation points at least twice the band's top anywhere
+    (side by side too): the band keeps over a fifth of the axis, whether a spike is drawn on it
+    (then the spike is at most four times the band's height above it) or left above it."""
+    rng = np.random.default_rng(seed)
+    train, val = (low * (1 + width * rng.random(length)) for _ in range(2))
+    band = [*train, *val]
+    spiked = rng.choice(length, size=spikes, replace=False)
+    val[spiked] = max(band) * height * (1 + rng.random(spikes))
+    steps = range(1, length + 1)
+    figure = curves_figure({"train_loss": list(zip(steps, train, strict=True)), "val_loss": list(zip(steps, val, strict=True))}, "loss")
+
+    kept = [*train, *np.delete(val, spiked)]
+    assert vertical_share(figure, kept) > 0.2
+    plt.close(figure)

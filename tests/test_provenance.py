@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 
 def _training_run(project):
-    return next(run for run in project_runs(project) if run.info.run_name == "pretrain")
+    return next(run for run in project_runs(project) if run.info.run_name.split()[0] == "pretrain")
 
 
 def _said(result) -> str:

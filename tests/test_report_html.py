@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from aavae.reporting import report_html
 from aavae.reporting.plots import (
     curves_figure,
     embedding_figure,
@@ -18,8 +19,16 @@ from aavae.reporting.plots import (
     image_grid,
     retrieval_figure,
 )
+from aavae.reporting.report import leads
 from aavae.reporting.report import main as report_main
-from aavae.reporting.report_html import PNG_SIGNATURE, ReportImage, flatten_params, render_report
+from aavae.reporting.report_html import (
+    PNG_SIGNATURE,
+    ReportImage,
+    flatten_params,
+    loss_curves_image,
+    reconstructions_caption,
+    render_report,
+)
 
 METRICS = {
     "dataset": "digits",
@@ -149,6 +158,59 @@ def test_a_run_shorter_than_an_epoch_is_explained_in_both_reports(epochs, said, 
         assert "pretraining epochs</dt><dd>0.44" in document
 
 
+@pytest.mark.parametrize("stopped_by, said", [("time_limit", True), (None, False)])
+def test_a_run_its_time_limit_stopped_says_so_in_both_reports(stopped_by, said, tmp_path, capsys):
+    metrics = {**METRICS, "epochs": 2.57, "stopped_by": stopped_by}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    assert report_main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    for text in (render_report(metrics, {}), printed):
+        assert ("stopped by its time limit (pretrain.max_time_minutes) after 2.57 epochs" in text) is said
+    assert ("(epochs: 2.57, stopped by pretrain.max_time_minutes)" in printed) is said
+
+
+FLAT_LABELS = {"linear_top5": "linear top-5", "knn_top5": "kNN top-5", "knn_top1": "kNN top-1"}
+
+
+@pytest.mark.parametrize("flat", [("linear_top5",), ("knn_top5",), ("linear_top5", "knn_top5"), ("knn_top1",)])
+def test_a_column_where_every_row_scores_100_percent_comes_last_unmarked_and_never_leads(flat):
+    metrics = json.loads(json.dumps(METRICS))
+    for row in [metrics, *metrics["baselines"].values()]:
+        row.update(dict.fromkeys(flat, 1.0))
+    accuracy = render_report(metrics, {}).split("<h2>Per-class")[0]
+
+    headings = re.findall(r'<th class="num">([^<]+)</th>', accuracy)
+    assert sorted(headings[-len(flat):]) == sorted(FLAT_LABELS[key] for key in flat)
+    rows = [re.findall(r'<td class="([^"]+)">', row) for row in re.findall(r"<tr><td>.*?</tr>", accuracy)]
+    assert len(rows) == 3 and not any("best" in cls for row in rows for cls in row[-len(flat):])
+    assert any("best" in cls for row in rows for cls in row), "the other columns still mark their best"
+    assert not {heading for heading, _, _ in leads(metrics)} & {FLAT_LABELS[key] for key in flat}
+
+
+def test_the_loss_plot_of_a_run_under_one_epoch_says_why_it_is_one_point(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(report_html, "figure_png", lambda figure: drawn.append(figure) or small_png())
+    image = loss_curves_image({"train_loss": [(9, 1087.8)]}, 0.44)
+
+    (axes,) = drawn[0].axes
+    assert axes.get_xlabel() == "training step" and "per epoch" not in axes.get_title(), "no epoch axis promised"
+    assert "no validation curve: validation runs at the end of each full epoch, and this run stopped " \
+        "after 0.44 of one" in image.caption
+    assert "single point" in image.caption
+    full = loss_curves_image({"train_loss": [(9, 1087.8), (19, 993.1)], "val_loss": [(9, 1071.8), (19, 990.0)]}, 2)
+    assert "validation curve" not in full.caption and "single point" not in full.caption
+    assert loss_curves_image({}, 0.44) is None
+
+
+@pytest.mark.parametrize("epochs, expected", [(2, "nearly the same grey blur for every image"),
+                                              (30, "a hint of each digit at epoch 30"), (None, None)])
+def test_the_reconstructions_say_what_to_expect_at_this_training_length(epochs, expected):
+    caption = reconstructions_caption(epochs)
+    assert caption.startswith("Held-out images, the augmented view the encoder saw")
+    assert (expected in caption) if expected else caption.endswith("at the end of pretraining.")
+
+
 def test_report_refuses_what_is_not_png():
     with pytest.raises(ValueError, match="report image 'Embedding' must be PNG bytes"):
         ReportImage("Embedding", b"GIF89a...")
@@ -199,6 +261,6 @@ def test_evaluate_pipeline_writes_the_report_and_embedding(digits_project):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{digits_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    runs = {r.info.run_name.split()[0]: r for r in client.search_runs([experiment.experiment_id])}
     artifacts = {item.path for item in client.list_artifacts(runs["evaluate"].info.run_id)}
     assert {"embedding.png", "report.html"} <= artifacts

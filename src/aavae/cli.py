@@ -18,6 +18,8 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
   project's error types, or a ``ValueError``/``OSError`` raised by the project's code, also
   when Kedro's catalog wraps it. Its traceback goes to ``logs/last_error.log``, and
   ``--verbose`` prints it instead. Any other exception is a bug, and keeps its traceback.
+* A pipeline started before what it reads exists (``evaluate`` in a fresh clone) says, in one
+  line, which pipeline writes all of that (``pretrain``), not the first file's own writer.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.project import pipelines as registered_pipelines
 from kedro.framework.project import settings
 from kedro.framework.session import KedroSession
+from kedro.pipeline import Pipeline
 from kedro.utils import load_obj
 
 from aavae.config import ConfigError
+from aavae.kedro_ext.datasets import MissingArtifact
 from aavae.kedro_ext.pretrain_lock import PretrainLocked
 
 DEFAULT_ENV = "local"  # settings.CONFIG_LOADER_ARGS["default_run_env"]
@@ -85,9 +89,35 @@ def run(
     except (ConfigError, PretrainLocked) as error:
         raise click.ClickException(str(error)) from None
     except Exception as error:
+        missing = _cause(error, MissingArtifact)
+        if missing is not None and not verbose:
+            filtered = any(run_kwargs[key] for key in ("tags", "node_names", "from_nodes", "to_nodes",
+                                                       "from_inputs", "to_outputs", "namespaces"))
+            first = None if filtered else prerequisite(names or ["__default__"])
+            raise click.ClickException(str(missing) if first is None else (
+                f"'{missing.filepath}' does not exist yet: run `kedro run --pipeline {first}"
+                f"{f' --env {env}' if env else ''}` first (it writes what this run reads).")) from None
         if verbose or not project_error(error):
             raise
         _one_line_error(error, project_path)
+
+
+def _cause(error: BaseException | None, kind: type[BaseException]) -> Any:
+    """``error`` or the first error of ``kind`` it was raised from (Kedro's catalog wraps)."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__
+    return error
+
+
+def prerequisite(names: list[str]) -> str | None:
+    """The smallest registered pipeline that starts from the raw data and writes every artifact
+    the named pipelines read from another pipeline (``pretrain`` for ``evaluate``), or None."""
+    wanted = sum((registered_pipelines[name] for name in names), Pipeline([]))
+    written = set().union(*(p.all_outputs() for p in registered_pipelines.values()))
+    needed = wanted.inputs() & written
+    fits = [(len(p.nodes), name) for name, p in registered_pipelines.items()
+            if needed <= p.all_outputs() and not p.inputs() & written and not set(p.nodes) & set(wanted.nodes)]
+    return min(fits)[1] if needed and fits else None
 
 
 def project_error(error: BaseException) -> bool:

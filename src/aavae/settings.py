@@ -9,18 +9,21 @@ from aavae.kedro_ext.hooks import (
     LoggingLevelHooks,
     ParameterValidationHooks,
     PretrainLockHooks,
+    ResultsTableHooks,
     RunLivenessHooks,
-    RunnerTagHooks,
+    RunTagHooks,
     TrackingStoreHooks,
 )
+from aavae.reporting.console import rich_log_in_a_terminal
 from aavae.training.distributed import launched_rank
 
 # Kedro imports this module before its plugins and config loaders: the earliest project code
 # that runs in `kedro run`, so the filters are in place before the warnings they silence.
 filter_unactionable_warnings()
+rich_log_in_a_terminal()
 
-HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunnerTagHooks(), PretrainLockHooks(),
-         TrackingStoreHooks(), RunLivenessHooks(), DeadWritersTemporariesHooks())
+HOOKS = (ParameterValidationHooks(), LoggingLevelHooks(), RunTagHooks(), PretrainLockHooks(),
+         TrackingStoreHooks(), RunLivenessHooks(), DeadWritersTemporariesHooks(), ResultsTableHooks())
 
 # Under torchrun/SLURM every rank runs `kedro run --pipeline train`: one MLflow run (rank 0's)
 # and one writer of each artifact (see distributed_catalog.py).

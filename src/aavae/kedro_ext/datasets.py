@@ -47,6 +47,14 @@ WRITERS = {
 }
 
 
+class MissingArtifact(DatasetError):
+    """An artifact that no run has written yet (``aavae.cli`` names the pipeline to run first)."""
+
+    def __init__(self, filepath: Path, writer: str) -> None:
+        super().__init__(f"'{filepath}' does not exist: run the pipeline that writes it first ({writer}).")
+        self.filepath = filepath
+
+
 class _FileDataset(AbstractDataset):
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
         self._filepath = Path(PurePosixPath(filepath))
@@ -58,11 +66,8 @@ class _FileDataset(AbstractDataset):
     def _exists(self) -> bool:
         return self._filepath.exists()
 
-    def _missing(self) -> DatasetError:
-        return DatasetError(
-            f"'{self._filepath}' does not exist: run the pipeline that writes it first "
-            f"({self._writer()})."
-        )
+    def _missing(self) -> MissingArtifact:
+        return MissingArtifact(self._filepath, self._writer())
 
     def _damaged(self, error: Exception) -> DatasetError:
         return DatasetError(

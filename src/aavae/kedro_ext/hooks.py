@@ -1,6 +1,7 @@
-"""Project hooks: validate parameters before any node runs; keep logging.yml's levels; name the
-runner; one pretraining per data folder; an MLflow store that always opens; no MLflow run left
-RUNNING by a dead process; no temporary file left by a killed writer."""
+"""Project hooks: validate parameters before any node runs; keep logging.yml's levels; name and
+tag the MLflow run; one pretraining per data folder; an MLflow store that always opens; no MLflow
+run left RUNNING by a dead process; no temporary file left by a killed writer; the results table
+printed after an evaluation."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from aavae.common.liveness import remove_dead_temporaries
 from aavae.common.quiet import reapply_logger_levels
 from aavae.config import validate_all
 from aavae.kedro_ext.pretrain_lock import PretrainLock
-from aavae.tracking.store import prepare_sqlite_store
+from aavae.reporting.report import results_text
+from aavae.tracking.store import anchored_at, prepare_sqlite_store, sqlite_path
 from aavae.training.distributed import launched_rank
 
 log = logging.getLogger(__name__)
@@ -47,22 +49,51 @@ class LoggingLevelHooks:
         reapply_logger_levels(LOGGING.data)
 
 
-class RunnerTagHooks:
-    """The MLflow run's ``runner`` tag names the runner class, not an object address.
+class RunTagHooks:
+    """Name the MLflow run for what it trains or evaluates; tag its environment and runner; store
+    the runs table's headline view (:mod:`aavae.tracking`).
 
-    Kedro records the runner as ``str(runner)`` (``<kedro.runner...SequentialRunner object at
-    0x7f...>``) and kedro-mlflow copies that into the tag. The record itself stays as it is:
+    kedro-mlflow names a run after its pipeline, so a list of runs is "pretrain" and "evaluate"
+    over and over; here it becomes ``pretrain digits aavae resnet18-w32 seed0`` (the pipeline
+    stays the first word; a name set in mlflow.yml stays as it is), and the ``env`` tag is set
+    for the default environment too. Kedro records the runner as ``str(runner)``
+    (``<kedro.runner...SequentialRunner object at 0x7f...>``) and kedro-mlflow copies that into
+    the ``runner`` tag; the tag gets the class name, while Kedro's record stays as it is:
     kedro-viz recognises a sequential run by that very string.
     """
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         # Plugin hooks run before project hooks, so kedro-mlflow's run is open by now.
+        if mlflow.active_run() is None:
+            return
         recorded = str(run_params.get("runner"))
         match = re.search(r"\.(\w+) object at 0x[0-9a-fA-F]+>$", recorded)
-        name = match.group(1) if match else "SequentialRunner" if recorded == "None" else None
-        if name and mlflow.active_run() is not None:  # None: Kedro's default runner
-            mlflow.set_tag("runner", name)
+        runner = match.group(1) if match else "SequentialRunner" if recorded == "None" else None
+        env = run_params.get("env") or "local"  # Kedro's default_run_env (settings.py)
+        params = catalog.load("parameters")
+        pipelines = run_params.get("pipeline_names") or ["__default__"]
+        tags = {"env": env, **({"runner": runner} if runner else {})}
+        if mlflow.active_run().info.run_name == "+".join(pipelines):  # kedro-mlflow's name, not mlflow.yml's
+            tags["mlflow.runName"] = tracking.run_name(pipelines, params, env)
+        mlflow.set_tags(tags)
+        tracking.store_headline_view((params.get("evaluate") or {}).get("few_labels") or ())
+
+
+class ResultsTableHooks:
+    """A run that evaluates ends by printing the results table, what it says and where to look
+    next, as ``make run`` always did; the metrics and the report's path come from the catalog,
+    so they follow the environment's artifact folder."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if "metrics" not in pipeline.all_outputs():
+            return
+        # Kedro's catalog config (to_config) omits the path of a wrapped dataset: _describe has it
+        report = Path(catalog.get("report")._describe()["filepath"])
+        report = report.relative_to(Path.cwd()) if report.is_relative_to(Path.cwd()) else report
+        store = sqlite_path(mlflow.get_tracking_uri()) or Path("mlflow.db")
+        print(results_text(catalog.load("metrics"), report, store))
 
 
 class PretrainLockHooks:
@@ -108,7 +139,8 @@ class PretrainLockHooks:
 
 
 class TrackingStoreHooks:
-    """Create a missing SQLite MLflow store whole, or replace one a killed run left half made.
+    """Create a missing SQLite MLflow store whole, or replace one a killed run left half made; a
+    relative store path names a file in the project folder, wherever the process started.
 
     ``tryfirst``: kedro-mlflow opens the store in its own ``after_context_created``, and MLflow
     would start migrating a missing or half-made one there, not atomically
@@ -123,10 +155,15 @@ class TrackingStoreHooks:
         if "mlflow" not in loader.config_patterns:  # as kedro-mlflow registers it
             loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
         try:
-            uri = (loader["mlflow"].get("server") or {}).get("mlflow_tracking_uri")
+            config = loader["mlflow"]
         except MissingConfigException:
-            uri = None
-        prepare_sqlite_store(uri or os.environ.get("MLFLOW_TRACKING_URI"))
+            config = {}
+        server = config.get("server") or {}
+        uri = anchored_at(server.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"),
+                          context.project_path)
+        if uri:  # kedro-mlflow reads the loader's entry set here
+            loader["mlflow"] = {**config, "server": {**server, "mlflow_tracking_uri": uri}}
+        prepare_sqlite_store(uri)
 
 
 class RunLivenessHooks:

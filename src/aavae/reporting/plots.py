@@ -147,7 +147,10 @@ def off_scale_points(
     Judged against neighbours, not the whole curve: a loss that starts at 3,000 and settles
     at 900 descends a few-fold per epoch and keeps every point; one epoch 16 times its
     neighbours (or a first validation 200 times the next ones) is a spike. A series of fewer
-    than three points has no neighbours to judge by.
+    than three points has no neighbours to judge by. Then the highest few points of all the
+    series together (at most a quarter of them) are left above the axis too when keeping them
+    would squeeze the others into a band (:func:`_squeezing_tops`): a spike only four times its
+    neighbours, or two spikes side by side, flatten the curves as much as one forty times.
     """
     found: dict[str, list[tuple[float, float]]] = {}
     for name, points in series.items():
@@ -163,7 +166,23 @@ def off_scale_points(
                 spikes.append(tuple(point))
         if spikes:
             found[name] = spikes
+    kept = [(name, tuple(point)) for name, points in series.items() for point in points
+            if tuple(point) not in found.get(name, ()) and np.isfinite(point[1])]
+    for name, point in _squeezing_tops(kept):
+        found.setdefault(name, []).append(point)
     return found
+
+
+def _squeezing_tops(points: list[tuple[str, tuple[float, float]]]) -> list[tuple[str, tuple[float, float]]]:
+    """The fewest highest points whose gap above the rest is over three times the rest's spread
+    (the rest would fill under a quarter of the axis) and over half the rest's top value (a
+    narrow curve a little above a flat one stays), or none."""
+    ranked = sorted(points, key=lambda item: item[1][1], reverse=True)
+    for count in range(1, len(ranked) // 4 + 1):
+        lowest_top, rest = ranked[count - 1][1][1], [y for _, (_, y) in ranked[count:]]
+        if lowest_top - rest[0] > max(3 * (rest[0] - rest[-1]), 0.5 * abs(rest[0])):
+            return ranked[:count]
+    return []
 
 
 def _mark_off_scale(ax, off_scale: dict[str, list[tuple[float, float]]], kept: np.ndarray, scale: str) -> None:

@@ -30,12 +30,20 @@ def accuracy_columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [*few, *FULL_LABEL_COLUMNS]
 
 
+def saturated(metrics: dict[str, Any], key: str) -> bool:
+    """Whether every row that has the score scored 100 % (top-5 on ten classes): such a
+    column separates nothing, so it never leads, is never the best and comes last."""
+    scores = [s.get(key) for s in (metrics, *(metrics.get("baselines") or {}).values())]
+    scored = [value for value in scores if isinstance(value, (int, float))]
+    return bool(scored) and min(scored) >= 1.0
+
+
 def leads(metrics: dict[str, Any]) -> list[tuple[str, float, str]]:
     """Per column: (heading, model minus the best baseline in points, that baseline's name)."""
     baselines = metrics.get("baselines") or {}
     found = []
     for key, heading in accuracy_columns(metrics):
-        if key == "linear_top5":  # 100 % everywhere on ten classes: it separates nothing
+        if saturated(metrics, key):
             continue
         scored = {name: b[key] for name, b in baselines.items() if isinstance(b.get(key), (int, float))}
         if scored and isinstance(metrics.get(key), (int, float)):
@@ -70,18 +78,22 @@ def conclusion(metrics: dict[str, Any]) -> str | None:
     return text
 
 
-def short_training_note(epochs: Any) -> str | None:
-    """What a reader should know about a model trained for under one epoch (None otherwise).
+#: metrics.json's ``stopped_by`` (copied from the model bundle) when pretrain.max_time_minutes ended training.
+STOPPED_BY_TIME_LIMIT = "time_limit"
 
-    ``epochs`` is the fraction actually trained (``pretrain.max_time_minutes`` can stop a run
-    mid-epoch); so little training can leave the features below a random network's."""
-    if not isinstance(epochs, (int, float)) or epochs >= 1:
-        return None
-    return (f"The model trained for {epochs:.2f} of an epoch (pretrain.max_time_minutes stopped it, "
-            "or pretrain.max_epochs is under 1): too little for its features to beat a random "
-            "network's, so a pretrained row below random_init says the run was short, not that "
-            "the method failed. Train longer (pretrain.max_time_minutes, or resume: the same "
-            "command continues from the checkpoint).")
+
+def training_notes(metrics: dict[str, Any]) -> list[str]:
+    """What a reader should know about how long the model trained: that its time limit stopped
+    it (``stopped_by``), and what under one epoch (``epochs``, the fraction trained) means."""
+    epochs, notes = metrics.get("epochs"), []
+    if metrics.get("stopped_by") == STOPPED_BY_TIME_LIMIT:
+        notes.append(f"Training was stopped by its time limit (pretrain.max_time_minutes) after {epochs} epochs, "
+                     "short of pretrain.max_epochs; the same command resumes it from its checkpoint.")
+    if isinstance(epochs, (int, float)) and epochs < 1:
+        notes.append(f"The model trained for {epochs:.2f} of an epoch: too little for its features to beat a "
+                     "random network's, so a pretrained row below random_init says the run was short, not "
+                     "that the method failed.")
+    return notes
 
 
 def results_table(metrics: dict[str, Any]) -> str:
@@ -104,33 +116,50 @@ def percent_cell(scores: dict[str, Any], key: str) -> str:
     return f"{100 * value:.2f}%" + (f" ± {100 * sd:.1f}" if isinstance(sd, (int, float)) else "")
 
 
+def results_text(metrics: dict[str, Any], report: Path, store: Path = Path("mlflow.db")) -> str:
+    """What ``make run`` and ``kedro run --pipeline evaluate`` print at the end: the table, what
+    it says, how long the model trained, and where to look next (``report``: report.html,
+    ``store``: the MLflow SQLite store)."""
+    stopped = ", stopped by pretrain.max_time_minutes" if metrics.get("stopped_by") == STOPPED_BY_TIME_LIMIT else ""
+    parts = [f"Dataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')}{stopped})", results_table(metrics)]
+    parts += [textwrap.fill(text, 100) for text in [conclusion(metrics)] if text]
+    parts += [textwrap.fill(f"Note: {note}", 100) for note in training_notes(metrics)]
+    parts.append(
+        f"Linear-eval accuracy: {100 * metrics['linear_top1']:.2f}%\n"
+        f"The report:            {report}\n"
+        "Explore the runs:      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db\n"
+        f"                       then open {runs_address(metrics.get('training_run_id'), store)}\n"
+        "See the pipelines:     .venv/bin/kedro viz run --no-browser   (then open http://127.0.0.1:4141)"
+    )
+    return "\n" + "\n\n".join(parts)
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[0] if argv else "data/08_reporting/metrics.json")
     if not path.is_file():
         print(f"No results at {path}: run `make run` (or kedro run) first.", file=sys.stderr)
         return 1
-    metrics = json.loads(path.read_text())
-    print(f"\nDataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')})\n")
-    print(results_table(metrics))
-    summary = conclusion(metrics)
-    if summary:
-        print(f"\n{textwrap.fill(summary, 100)}")
-    note = short_training_note(metrics.get("epochs"))
-    if note:
-        print(f"\nNote: {note}")
-    print(
-        f"\nLinear-eval accuracy: {100 * metrics['linear_top1']:.2f}%\n"
-        f"The report:            {path.parent / 'report.html'}\n"
-        "Explore the runs:      .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db\n"
-        f"                       then open {runs_address(metrics.get('training_run_id'))}\n"
-        "See the pipelines:     .venv/bin/kedro viz run --no-browser   (then open http://127.0.0.1:4141)"
-    )
+    print(results_text(json.loads(path.read_text()), path.parent / "report.html"))
     return 0
 
 
+#: The share key of the runs-table view with the headline metrics as columns (stored by
+#: ``aavae.tracking.store_headline_view`` on the experiment).
+HEADLINE_VIEW = "headline"
+
+
+def experiment_address(experiment: str | None, host: str = "127.0.0.1", port: int | str = 5000) -> str:
+    """The page of ``mlflow ui`` with an experiment's training runs and the headline columns (all
+    experiments without one). MLflow 3 opens an experiment on its GenAI overview (Traces 0)
+    unless the address asks for the "Model training" view."""
+    if experiment is None:
+        return f"http://{host}:{port}/#/experiments?workflowType=machine_learning"
+    return (f"http://{host}:{port}/#/experiments/{experiment}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={HEADLINE_VIEW}")
+
+
 def runs_address(run_id: str | None, store: Path = Path("mlflow.db")) -> str:
-    """The training runs' page of ``mlflow ui``. MLflow 3 opens an experiment on its GenAI
-    overview (Traces 0) unless the address asks for the "Model training" view."""
+    """:func:`experiment_address` of the experiment of ``run_id`` in the SQLite ``store``."""
     experiment = None
     if run_id and store.is_file():
         try:
@@ -139,8 +168,7 @@ def runs_address(run_id: str | None, store: Path = Path("mlflow.db")) -> str:
             experiment = row[0] if row else None
         except sqlite3.Error:  # not an MLflow store, or one being migrated: the generic address
             experiment = None
-    page = f"experiments/{experiment}/runs" if experiment is not None else "experiments"
-    return f"http://127.0.0.1:5000/#/{page}?workflowType=machine_learning"
+    return experiment_address(experiment)
 
 
 if __name__ == "__main__":

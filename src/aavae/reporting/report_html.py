@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aavae.reporting.plots import curves_figure, figure_png, off_scale_points, value_text
 from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
-    short_training_note,
+    saturated,
+    training_notes,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,6 +70,77 @@ class ReportImage:
             )
 
 
+#: Measured by benchmarks/validation_spike.py (docs/results.md): the weights of a spiking epoch
+#: score normally with their batch's statistics; only the running averages lag.
+VALIDATION_SPIKE_NOTE = (
+    " A validation spike with no training spike is batch norm's running statistics lagging weights"
+    " that move fast (the peak learning rate after warm-up, with few steps an epoch): validation"
+    " normalises with those averages, training with each batch's own, and the same weights score"
+    " normally with re-estimated statistics. The model did not diverge; the averages catch up as"
+    " the learning rate decays (benchmarks/validation_spike.py shows it epoch by epoch)."
+)
+
+
+def loss_curves_image(curves: Mapping[str, Sequence[tuple[float, float]]], epochs: Any) -> ReportImage | None:
+    """The pretraining loss plot (``curves``: ``train_loss``/``val_loss`` as (step, value)
+    points), captioned with what it leaves out and why a curve is short or missing; None
+    without a point to draw. ``epochs``: the epochs trained (a fraction for a run cut short)."""
+    curves = {name: list(points) for name, points in curves.items()}
+    if not any(curves.values()):
+        return None
+    figure = curves_figure(curves, "Pretraining loss: each epoch's mean, at its last step",
+                           xlabel="training step", ylabel="loss")
+    caption = ("Each point is an epoch's mean loss on the training batches and its loss on the fixed "
+               "validation views, at the training step where the epoch ended."
+               + _curves_note(curves, figure.axes[0].get_yscale()))
+    short = isinstance(epochs, (int, float)) and epochs < 1
+    if not curves.get("val_loss"):
+        caption += (f" There is no validation curve: validation runs at the end of each full epoch, "
+                    f"and this run stopped after {epochs:.2f} of one." if short
+                    else " No validation loss was recorded.")
+    if short and len(curves.get("train_loss", ())) == 1:
+        caption += (" The training loss is a single point, the mean over the steps it ran: losses "
+                    "are logged once an epoch.")
+    return ReportImage("Loss curves", figure_png(figure), caption)
+
+
+def _curves_note(curves: Mapping[str, Sequence[tuple[float, float]]], scale: str) -> str:
+    """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
+    off_scale = off_scale_points(curves)
+    spikes = [f"{name} {value_text(value)} at step {step:,}" for name, points in off_scale.items() for step, value in points]
+    note = ""
+    if spikes:
+        note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
+                 f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
+                 f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
+    if off_scale and set(off_scale) <= {"val_loss"}:
+        note += VALIDATION_SPIKE_NOTE
+    if scale != "linear":
+        note += f" On a {scale} axis: the values span more than a factor of 20."
+    return note
+
+
+#: Epochs before which the decoder draws about the same blur for every image (the default digits
+#: run at 30 epochs, ResNet-18 at width 32: one blur for all at epoch 10, a hint of each digit at 30).
+FIRST_LIKENESS_EPOCHS = 10
+
+
+def reconstructions_caption(epochs: Any) -> str:
+    """What the reconstruction grid shows and what to expect of it after ``epochs`` of training."""
+    text = ("Held-out images, the augmented view the encoder saw, and the decoder's reconstruction of "
+            "the original, at the end of pretraining.")
+    if not isinstance(epochs, (int, float)):
+        return text
+    if epochs < FIRST_LIKENESS_EPOCHS:
+        return text + (f" After {epochs:g} epochs expect nearly the same grey blur for every image, close to "
+                       "the mean image: the decoder does not follow its input yet (the default digits run "
+                       f"still draws one blur for all at epoch {FIRST_LIKENESS_EPOCHS}).")
+    return text + (f" After {epochs:g} epochs expect blurs that take each image's shape more closely the "
+                   "longer training runs, not copies (the default digits run shows a hint of each digit at "
+                   "epoch 30): the decoder rebuilds the original from an augmented view, and the features, "
+                   "not these pictures, are what the table scores. The paper trains for 3,200 epochs.")
+
+
 def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"model": {"width": 16}}`` -> ``{"model.width": "16"}`` (MLflow's param naming)."""
     flat: dict[str, str] = {}
@@ -100,17 +173,22 @@ def render_report(
             f"metrics must be a mapping (metrics.json content), got {type(metrics).__name__}"
         )
     rows = _accuracy_rows(metrics)
+    columns = [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]
+    flat = [key for key, _ in columns if saturated(dict(metrics), key)]
+    columns = sorted(columns, key=lambda column: column[0] in flat)  # the flat ones last
     sections = [
         f"<h1>{_e(title)}</h1>",
         *(f'<p class="muted">{_e(note)}</p>' for note in notes),
         _summary(metrics),
         "<h2>Accuracy on the test split</h2>",
-        _accuracy_table(rows, [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]),
+        _accuracy_table(rows, columns, flat),
         *(f"<p>{_e(text)}</p>" for text in [conclusion(dict(metrics))] if text),
         '<p class="muted">k labels/class: a linear classifier fitted on k labelled training images '
         "per class, mean &plusmn; sd over draws of them; all labels: on the whole training split; "
         "kNN: weighted cosine k-nearest neighbours. Baselines use the same protocol and draws. "
-        "Best value per column in bold.</p>",
+        "Best value per column in bold"
+        + (f"; {_e(', '.join(label for key, label in columns if key in flat))}: 100% for every row, "
+           "which separates nothing, so last and unmarked" if flat else "") + ".</p>",
         "<h2>Per-class linear top-1 (recall)</h2>",
         _per_class_table(rows),
     ]
@@ -148,16 +226,17 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         for key, label in SUMMARY_KEYS
         if metrics.get(key) is not None
     ]
-    note = short_training_note(metrics.get("epochs"))
     summary = f'<dl class="summary">{"".join(items)}</dl>' if items else ""
-    return summary + (f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' if note else "")
+    return summary + "".join(f'<p class="note"><strong>Note:</strong> {_e(note)}</p>'
+                             for note in training_notes(dict(metrics)))
 
 
-def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]]) -> str:
+def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]],
+                    unmarked: list[str]) -> str:
     best = {}
     for key, _ in columns:
         values = [s.get(key) for _, s in rows if isinstance(s.get(key), (int, float))]
-        best[key] = max(values) if values else None
+        best[key] = max(values) if values and key not in unmarked else None
     head = "<tr><th>features</th>" + "".join(
         f'<th class="num">{_e(label)}</th>' for _, label in columns
     ) + "</tr>"

@@ -15,6 +15,10 @@ What ``mlflow ui`` shows first (checked in MLflow 3.17.2, in headless Chromium):
   ``eval_*`` bars, ...). So the loss curves are also logged as ``loss/train`` and ``loss/val``
   (:data:`CHART_FIRST`): the first charts a user sees. ``train_loss``/``val_loss`` stay, for
   the report and anything reading them.
+* Runs are named for what they trained or evaluated (:func:`run_name`), not only "pretrain"
+  and "evaluate", and the runs table opens with the headline metrics as columns: the address
+  names a view of them stored on the experiment (:func:`store_headline_view`), as MLflow's own
+  "share view" does, since the table otherwise shows no metric until columns are picked.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import atexit
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -33,6 +38,7 @@ from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 
 from aavae.common.liveness import Liveness, ProcessRecord
+from aavae.reporting.report import HEADLINE_VIEW, experiment_address
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,42 @@ def runs_page_address(host: str = "127.0.0.1", port: int | str = 5000) -> str | 
     run = mlflow.active_run()
     if run is None:
         return None
-    return f"http://{host}:{port}/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+    return experiment_address(run.info.experiment_id, host, port)
+
+
+#: The experiment tag MLflow's UI reads a shared view from (``?viewStateShareKey=<key>``).
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def headline_columns(few_labels: Sequence[int] = ()) -> list[str]:
+    """The runs table's columns: the environment, the registered model and the evaluation's
+    headline accuracies, fewest labels and all labels (on the training run as ``eval_*``, on the
+    evaluation run under their own names)."""
+    keys = ([f"few_label_{min(few_labels)}_top1"] if few_labels else []) + ["linear_top1"]
+    return ["tags.`env`", "attributes.`Models`", *(f"metrics.`{prefix}{key}`" for prefix in ("eval_", "") for key in keys)]
+
+
+def store_headline_view(few_labels: Sequence[int] = ()) -> None:
+    """Store the headline view on the active run's experiment, where the address of
+    :func:`runs_page_address` opens it."""
+    run = mlflow.active_run()
+    if run is not None:
+        MlflowClient().set_experiment_tag(run.info.experiment_id, SHARED_VIEW_TAG + HEADLINE_VIEW,
+                                          json.dumps({"selectedColumns": headline_columns(few_labels)}))
+
+
+def run_name(pipelines: Sequence[str], params: Mapping[str, Any], env: str | None) -> str:
+    """``pretrain digits aavae resnet18-w32 seed0``: what a list of runs must tell apart, the
+    data, the model and its seed, and ``(cifar10_short)`` outside the default environment."""
+    dataset, model, pretrain, evaluate = (params.get(group) or {} for group in ("dataset", "model", "pretrain", "evaluate"))
+    data = dataset.get("name")
+    if data == "imagefolder" and dataset.get("path"):  # the folder or archive says more than the reader
+        data = Path(str(dataset["path"]).rstrip("/")).name.split(".")[0]
+    trained = f"{pretrain.get('objective')} {model.get('encoder')}-w{model.get('width')} seed{pretrain.get('seed')}"
+    if evaluate.get("checkpoint") and "pretrain" not in pipelines:
+        trained = f"checkpoint {Path(str(evaluate['checkpoint'])).name}"
+    where = f" ({env})" if env not in (None, "local", "base") else ""
+    return f"{'+'.join(pipelines)} {data} {trained}{where}"
 
 
 def log_params_once(params: dict[str, Any]) -> None:

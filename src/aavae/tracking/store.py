@@ -41,6 +41,17 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def anchored_at(tracking_uri: str | None, project_path: Path) -> str | None:
+    """A ``sqlite:///`` URI whose path is relative, made to name the file in the project folder.
+
+    SQLAlchemy reads a relative path from the working directory, so a notebook started in
+    ``notebooks/`` (or a ``kedro run`` from a subfolder) made a store of its own there."""
+    path = sqlite_path(tracking_uri)
+    if path is None or path.is_absolute():
+        return tracking_uri
+    return f"{SQLITE_PREFIX}{Path(project_path).resolve()}/{tracking_uri[len(SQLITE_PREFIX):]}"
+
+
 def prepare_sqlite_store(tracking_uri: str | None) -> None:
     """Make sure the store of ``tracking_uri`` opens: create it whole, or replace a half-made one."""
     path = sqlite_path(tracking_uri)

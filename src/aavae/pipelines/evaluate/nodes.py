@@ -32,31 +32,18 @@ from aavae.evaluation import (
 )
 from aavae.evaluation.transfer import TRANSFER, evaluation_images
 from aavae.models import ModelSpec
-from aavae.reporting.plots import (
-    confusion_matrix_figure,
-    curves_figure,
-    embedding_figure,
-    figure_png,
-    off_scale_points,
-    value_text,
+from aavae.reporting.plots import confusion_matrix_figure, embedding_figure, figure_png
+from aavae.reporting.report_html import (
+    ReportImage,
+    loss_curves_image,
+    reconstructions_caption,
+    render_report,
 )
-from aavae.reporting.report_html import ReportImage, render_report
 from aavae.views import Preprocessing
 
 log = logging.getLogger(__name__)
 
 LOSS_CURVES = ("train_loss", "val_loss")
-#: Measured by benchmarks/validation_spike.py (docs/results.md): the weights of a spiking epoch
-#: score normally with their batch's statistics; only the running averages lag.
-VALIDATION_SPIKE_NOTE = (
-    " A validation spike with no training spike is batch norm's running statistics lagging weights"
-    " that move fast (the peak learning rate after warm-up, with few steps an epoch): validation"
-    " normalises with those averages, training with each batch's own, and the same weights score"
-    " normally with re-estimated statistics. The model did not diverge; the averages catch up as"
-    " the learning rate decays (benchmarks/validation_spike.py shows it epoch by epoch)."
-)
-
-
 @dataclass(frozen=True)
 class _Split:
     """What the paper protocol trains on: images, not features."""
@@ -133,6 +120,7 @@ def evaluate(
         "model_dataset": evaluation_model.get("dataset"),
         "objective": evaluation_model.get("objective"),
         "epochs": evaluation_model.get("epochs"),
+        "stopped_by": evaluation_model.get("stopped_by"),  # "time_limit": pretrain.max_time_minutes ended it
         "training_run_id": evaluation_model.get("mlflow_run_id"),
         "checkpoint": evaluation_model.get("checkpoint"),
         "protocol": config.protocol,
@@ -221,16 +209,10 @@ def write_report(
     else:
         params, curves = record
         notes.append(f"Parameters and loss curves from MLflow run {run_id}.")
-    images = []
-    if any(curves.values()):
-        figure = curves_figure(curves, "Pretraining loss (per epoch)", xlabel="step", ylabel="loss")
-        images.append(ReportImage("Loss curves", figure_png(figure), "The pretraining loss per epoch, on "
-                                  "training batches and on the fixed validation views."
-                                  + _curves_note(curves, figure.axes[0].get_yscale())))
+    images = [image for image in [loss_curves_image(curves, metrics.get("epochs"))] if image is not None]
     shown = [("view_preview", "Training views", "Each training image beside views drawn by the policy.")]
     if not evaluation_model.get("checkpoint"):  # another model's reconstructions would mislead
-        shown.append(("reconstructions", "Reconstructions", "Held-out images and their reconstructions "
-                      "at the end of pretraining."))
+        shown.append(("reconstructions", "Reconstructions", reconstructions_caption(metrics.get("epochs"))))
     for key, title, caption in shown:
         if key in reporting_images:
             images.append(ReportImage(title, _png(reporting_images[key]()), caption))
@@ -241,22 +223,6 @@ def write_report(
     log.info("The report goes to data/08_reporting/report.html.%s", "" if address is None else
              f" The runs and their curves: `mlflow ui` in the project folder, then open {address}")
     return render_report(metrics, params, images, title=title, notes=notes)
-
-
-def _curves_note(curves: dict[str, list[tuple[int, float]]], scale: str) -> str:
-    """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
-    off_scale = off_scale_points(curves)
-    spikes = [f"{name} {value_text(value)} at step {step:,}" for name, points in off_scale.items() for step, value in points]
-    note = ""
-    if spikes:
-        note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
-                 f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
-                 f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
-    if off_scale and set(off_scale) <= {"val_loss"}:
-        note += VALIDATION_SPIKE_NOTE
-    if scale != "linear":
-        note += f" On a {scale} axis: the values span more than a factor of 20."
-    return note
 
 
 def _png(image: Any) -> bytes:
