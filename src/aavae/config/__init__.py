@@ -215,7 +215,8 @@ class PretrainConfig(_Schema):
     gradient_clip_val: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
-        "training would last more than 10 minutes (decided after timing a few steps)",
+        "training would last more than 31 minutes, past which compiling pays (decided on the "
+        "steady time of its first steps)",
     )
     cuda_graph: bool | Literal["auto"] = Field(
         "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
