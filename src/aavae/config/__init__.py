@@ -260,7 +260,10 @@ class PretrainConfig(_Schema):
         0, ge=0, description="unlabeled images held out of pretraining (a fixed seeded "
         "choice); the paper's STL-10 holds out 5,000 of the 100,000 for validation",
     )
-    max_time_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    max_time_minutes: float | None = Field(
+        None, gt=0, description="stop after this wall time, a cap on top of the steps; a run it "
+        "stops before its schedule ends says so (cut_by_time_limit in the model bundle and metrics)",
+    )
     schedule_to_time_limit: bool = Field(
         False, description="with max_time_minutes: time the first steps, then end the schedule "
         "(and training) at the step count that fills the time limit, so a decay is not cut off",
