@@ -67,3 +67,19 @@ def test_unknown_parameter_stops_the_run_before_any_work(tmp_path):
     output = result.stdout + result.stderr
     assert "pretrain.bogus_key" in output and "unknown parameter" in output
     assert not (project / "data/03_primary/images_train").exists(), "nothing was ingested"
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_by_the_time_limit_is_recorded_through_to_the_metrics(tmp_path):
+    # A limit under a second (Lightning's timer counts whole seconds: 0) stops training before its first
+    # step, whatever the machine.
+    project = copy_project(tmp_path)
+    pretrained = kedro(project, "--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_time_minutes=0.001")
+    assert "pretrain.max_time_minutes=0.001 stopped training at step 0 of the 42 its schedule spans" in (
+        pretrained.stdout + pretrained.stderr)
+    kedro(project, "--pipeline", "evaluate", "--env", "test")
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    assert metrics["cut_by_time_limit"] == {"max_time_minutes": 0.001, "planned_steps": 42, "planned_epochs": 2.0}
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    training = client.get_run(metrics["training_run_id"])
+    assert training.data.tags["training.cut_by_time_limit"] == "0 of 42 steps"

@@ -158,16 +158,20 @@ def test_a_run_shorter_than_an_epoch_is_explained_in_both_reports(epochs, said, 
         assert "pretraining epochs</dt><dd>0.44" in document
 
 
-@pytest.mark.parametrize("stopped_by, said", [("time_limit", True), (None, False)])
-def test_a_run_its_time_limit_stopped_says_so_in_both_reports(stopped_by, said, tmp_path, capsys):
-    metrics = {**METRICS, "epochs": 2.57, "stopped_by": stopped_by}
+CUT = {"max_time_minutes": 8, "planned_steps": 500, "planned_epochs": 2.56}
+
+
+@pytest.mark.parametrize("cut, said", [(CUT, True), (None, False)])
+def test_a_run_its_time_limit_stopped_says_so_in_both_reports(cut, said, tmp_path, capsys):
+    metrics = {**METRICS, "epochs": 1.54, "cut_by_time_limit": cut}
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(metrics))
     assert report_main([str(path)]) == 0
     printed = capsys.readouterr().out
     for text in (render_report(metrics, {}), printed):
-        assert ("stopped by its time limit (pretrain.max_time_minutes) after 2.57 epochs" in text) is said
-    assert ("(epochs: 2.57, stopped by pretrain.max_time_minutes)" in printed) is said
+        assert ("stopped by its time limit (pretrain.max_time_minutes=8) after 1.54 of the 2.56 epochs"
+                in " ".join(text.split())) is said
+    assert ("(epochs: 1.54, stopped by pretrain.max_time_minutes)" in printed) is said
 
 
 FLAT_LABELS = {"linear_top5": "linear top-5", "knn_top5": "kNN top-5", "knn_top1": "kNN top-1"}

@@ -135,8 +135,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = small_module(max_epochs=2)
     counter = CountSteps()
     trainer = build_trainer(resumed.config, tmp_path / "split", callbacks=[counter])
-    epochs, steps = fit(resumed, trainer, tmp_path / "split", resume=True)
-    assert (epochs, steps) == (2, 2 * len(resumed.train_dataloader()))
+    trained = fit(resumed, trainer, tmp_path / "split", resume=True)
+    assert (trained.epochs, trained.steps) == (2, 2 * len(resumed.train_dataloader()))
     assert counter.steps == len(resumed.train_dataloader()), "only the second epoch ran again"
     assert_same_weights(weights_of(straight), weights_of(resumed))
     # and training did change the weights
@@ -369,6 +369,28 @@ def test_max_steps_ends_training_and_the_schedule_together(tmp_path):
     trainer = build_trainer(module.config, tmp_path, has_validation=False)
     fit(module, trainer, tmp_path, resume=False)
     assert trainer.global_step == 5 and int(module.step_fn.total_steps) == 5
+
+
+@pytest.mark.parametrize(("limit_minutes", "max_steps", "cut_at"),
+                         [(3.0, 8, 3), (3.0, 2, None), (None, 8, None), (3.0, 3, None)])
+def test_a_run_the_time_limit_cut_short_says_so_and_one_that_ended_its_schedule_does_not(
+        tmp_path, monkeypatch, caplog, limit_minutes, max_steps, cut_at):
+    # Lightning's timer reads a faked clock: one minute a step, so a 3-minute limit stops step 3.
+    from lightning.pytorch.callbacks import Timer
+
+    module = small_module(max_epochs=100, max_steps=max_steps, max_time_minutes=limit_minutes)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 60.0 * module.global_step)
+    with caplog.at_level("WARNING", logger="aavae.training.engine"):
+        trained = fit(module, build_trainer(module.config, tmp_path, has_validation=False), tmp_path, resume=False)
+    assert trained.steps == (cut_at or max_steps) and trained.planned_steps == max_steps
+    cut = trained.cut_by_time_limit(limit_minutes)
+    if cut_at is None:
+        assert cut is None and not caplog.messages
+        return
+    assert cut == {"max_time_minutes": 3.0, "planned_steps": 8, "planned_epochs": 4.0}
+    assert caplog.messages == ["pretrain.max_time_minutes=3 stopped training at step 3 of the 8 its schedule "
+                               "spans (1.50 of 4.00 epochs), before the learning rate decayed to its end. The "
+                               "same command with a larger max_time_minutes, or none, continues it."]
 
 
 def test_the_checkpoint_folder_is_keyed_by_what_is_learned_and_keeps_its_old_name(tmp_path):

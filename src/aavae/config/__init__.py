@@ -196,7 +196,8 @@ class PretrainConfig(_Schema):
     gradient_clip_val: float | None = Field(None, gt=0, description="clip the gradient norm to this")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the step; auto: on CUDA, and on CPU when eager "
-        "training would last more than 10 minutes (decided after timing a few steps)",
+        "training would last more than 31 minutes, past which compiling pays (decided on the "
+        "steady time of its first steps)",
     )
     cuda_graph: bool | Literal["auto"] = Field(
         "auto", description="replay the whole step as one CUDA graph; auto: on CUDA"
@@ -240,8 +241,10 @@ class PretrainConfig(_Schema):
         0, description="unlabeled images held out of pretraining (a fixed seeded "
         "choice); the paper's STL-10 holds out 5,000 of the 100,000 for validation",
     )
-    max_time_minutes: float | None = Field(None, gt=0, le=525_600, description="stop after this "
-                                           "wall time (at most a year: 525,600)")
+    max_time_minutes: float | None = Field(
+        None, gt=0, le=525_600, description="stop after this wall time (at most a year), a cap on top of the steps; a run it "
+        "stops before its schedule ends says so (cut_by_time_limit in the model bundle and metrics)",
+    )
     schedule_to_time_limit: bool = Field(
         False, description="with max_time_minutes: time the first steps, then end the schedule "
         "(and training) at the step count that fills the time limit, so a decay is not cut off",

@@ -31,7 +31,7 @@ class OfficialArchive:
         return (f"If it holds image files (<split>/<class>/<image>, e.g. a JPEG copy of "
                 f"{self.dataset.split(' (')[0]}), read it with --env imagefolder --params "
                 f"dataset.path=<it> instead"
-                + (" (or --env cifar10_short: 8 minutes of pretraining)." if self.dataset.startswith("CIFAR-10")
+                + (" (or --env cifar10_short: a short run of 500 pretraining steps)." if self.dataset.startswith("CIFAR-10")
                    else "."))
 
     def accepted_layouts(self) -> str:

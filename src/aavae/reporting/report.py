@@ -78,17 +78,15 @@ def conclusion(metrics: dict[str, Any]) -> str | None:
     return text
 
 
-#: metrics.json's ``stopped_by`` (copied from the model bundle) when pretrain.max_time_minutes ended training.
-STOPPED_BY_TIME_LIMIT = "time_limit"
-
-
 def training_notes(metrics: dict[str, Any]) -> list[str]:
     """What a reader should know about how long the model trained: that its time limit stopped
-    it (``stopped_by``), and what under one epoch (``epochs``, the fraction trained) means."""
+    it (``cut_by_time_limit``, copied from the model bundle), and what under one epoch (``epochs``,
+    the fraction trained) means."""
     epochs, notes = metrics.get("epochs"), []
-    if metrics.get("stopped_by") == STOPPED_BY_TIME_LIMIT:
-        notes.append(f"Training was stopped by its time limit (pretrain.max_time_minutes) after {epochs} epochs, "
-                     "short of pretrain.max_epochs; the same command resumes it from its checkpoint.")
+    if cut := metrics.get("cut_by_time_limit"):
+        notes.append(f"Training was stopped by its time limit (pretrain.max_time_minutes={cut['max_time_minutes']}) "
+                     f"after {epochs} of the {cut['planned_epochs']} epochs its schedule spans; the same command "
+                     "resumes it from its checkpoint.")
     if isinstance(epochs, (int, float)) and epochs < 1:
         notes.append(f"The model trained for {epochs:.2f} of an epoch: too little for its features to beat a "
                      "random network's, so a pretrained row below random_init says the run was short, not "
@@ -120,7 +118,7 @@ def results_text(metrics: dict[str, Any], report: Path, store: Path = Path("mlfl
     """What ``make run`` and ``kedro run --pipeline evaluate`` print at the end: the table, what
     it says, how long the model trained, and where to look next (``report``: report.html,
     ``store``: the MLflow SQLite store)."""
-    stopped = ", stopped by pretrain.max_time_minutes" if metrics.get("stopped_by") == STOPPED_BY_TIME_LIMIT else ""
+    stopped = ", stopped by pretrain.max_time_minutes" if metrics.get("cut_by_time_limit") else ""
     parts = [f"Dataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')}{stopped})", results_table(metrics)]
     parts += [textwrap.fill(text, 100) for text in [conclusion(metrics)] if text]
     parts += [textwrap.fill(f"Note: {note}", 100) for note in training_notes(metrics)]

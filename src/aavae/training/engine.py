@@ -14,6 +14,7 @@ import os
 import signal
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from aavae.training.checkpoints import (
     newest_loadable_checkpoint,
 )
 from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
+from aavae.training.module import FITTED_STEPS_KEY, PretrainModule
 from aavae.training.progress import PlainProgress, output_is_terminal
 from aavae.training.syncbn import PooledBatchNormSync
 
@@ -130,19 +132,46 @@ def distribution(config: PretrainConfig, hardware: Hardware) -> tuple[int, int, 
     return 1, 1, "auto"
 
 
+@dataclass(frozen=True)
+class TrainedLength:
+    """How far a run trained, as its last checkpoint records it, against how far its schedule went."""
+
+    epochs: int  # begun, as Lightning counts them (an epoch cut short counts as one)
+    steps: int
+    planned_steps: int  # the steps the schedule spans: max_epochs or max_steps, or fitted to a time limit
+    steps_per_epoch: int
+
+    @classmethod
+    def of_checkpoint(cls, content: dict[str, Any], module: PretrainModule) -> TrainedLength:
+        """Read from a checkpoint's content: epoch e (0-based) saved at its end or cut short in it
+        is e + 1 epochs, as Lightning counts."""
+        fitted = content.get(FITTED_STEPS_KEY)
+        return cls(int(content["epoch"]) + 1, int(content["global_step"]),
+                   int(fitted or module.planned_steps()), module.steps_per_epoch)
+
+    def cut_by_time_limit(self, max_time_minutes: float | None) -> dict[str, Any] | None:
+        """What the records keep of a run that ``pretrain.max_time_minutes`` stopped before the
+        end of its schedule; None for a run that trained all of it. Nothing else stops a run
+        early and returns (a diverged or interrupted run raises)."""
+        if max_time_minutes is None or self.steps >= self.planned_steps:
+            return None
+        return {"max_time_minutes": max_time_minutes, "planned_steps": self.planned_steps,
+                "planned_epochs": round(self.planned_steps / self.steps_per_epoch, 3)}
+
+
 def fit(
-    module: pl.LightningModule,
+    module: PretrainModule,
     trainer: pl.Trainer,
     checkpoint_dir: Path,
     resume: bool = True,
     compile_cache: Path | None = None,
-) -> tuple[int, int]:
+) -> TrainedLength:
     """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
 
     ``compile_cache``: the folder for torch.compile's caches (:func:`use_compile_cache`);
-    None leaves torch's own choice. Returns (epochs, optimisation steps) completed in total,
-    as the last checkpoint records them: with ranks spawned inside this process, the Trainer
-    here never sees the loop.
+    None leaves torch's own choice. Returns how far training got in total, as the last
+    checkpoint records it: with ranks spawned inside this process, the Trainer here never
+    sees the loop. A run the time limit cut short says so in a warning.
     """
     quiet_known_warnings()
     if compile_cache is not None:
@@ -152,8 +181,7 @@ def fit(
     if found is not None:
         log.info("Resuming pretraining from %s", ckpt_path)
         resumed_at = load_weights(found, mmap=True)
-        statement = mid_epoch_statement(int(resumed_at.get("global_step", 0)),
-                                        getattr(module, "steps_per_epoch", None))
+        statement = mid_epoch_statement(int(resumed_at.get("global_step", 0)), module.steps_per_epoch)
         if statement:
             log.info(statement)
     try:
@@ -167,11 +195,16 @@ def fit(
             raise SystemExit(128 + signal.SIGINT) from exc
         raise
     last = newest_loadable_checkpoint(checkpoint_dir)
-    if last is None:
-        return trainer.current_epoch, trainer.global_step
-    content = load_weights(last, mmap=True)
-    # Saved at the end of epoch e (0-based), or cut short in it: e + 1 epochs, as Lightning counts.
-    return int(content["epoch"]) + 1, int(content["global_step"])
+    content = load_weights(last, mmap=True) if last is not None else {
+        "epoch": trainer.current_epoch - 1, "global_step": trainer.global_step}
+    trained = TrainedLength.of_checkpoint(content, module)
+    if cut := trained.cut_by_time_limit(module.config.max_time_minutes):
+        log.warning("pretrain.max_time_minutes=%g stopped training at step %d of the %d its schedule "
+                    "spans (%.2f of %.2f epochs), before the learning rate decayed to its end. The same "
+                    "command with a larger max_time_minutes, or none, continues it.",
+                    cut["max_time_minutes"], trained.steps, trained.planned_steps,
+                    trained.steps / trained.steps_per_epoch, cut["planned_epochs"])
+    return trained
 
 
 def mid_epoch_statement(global_step: int, steps_per_epoch: int | None) -> str | None:

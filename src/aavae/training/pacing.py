@@ -5,13 +5,16 @@ enough to pay for compiling), and ``schedule_to_time_limit`` (end the warm-up an
 the time limit, at the step count that fills it). :class:`Pacer` only times and decides;
 the module applies what it decides. Nothing is timed once both are settled.
 
-The compile decision reads the process's CPU time, not only the clock. Other processes on a
-busy machine stretch a step's wall time (a 2-core CPU under other load measured 2.73 s an
-eager step and decided on that), not the CPU time the step itself uses, and compiling costs
-the same CPU work whatever the load. So the rule compares like with like: compile when the
-eager steps left, at the step's CPU time spread over torch's threads
-(:func:`idle_seconds_per_step`), come to more than :data:`AUTO_COMPILE_MINUTES`. The log
-states the measurement, the choice and how to override it (:meth:`CompileDecision.describe`).
+The compile decision is taken on the steady eager step, not on the first ones: the first bf16
+steps of the default run on an AVX512-BF16 CPU took ~16 s each against ~2 s later (one-off
+kernel set-up), and threads of a busy 2-core machine spin while they wait for a core, which
+stretches a step's CPU time as well as its wall time (steps of 0.2 s took 1-17 s). So it times :data:`COMPILE_DECISION_STEPS` steps after the first
+and takes the lower quartile of their times (:func:`steady_step_seconds`): warm-up steps and
+steps that other processes slowed are the slow ones. Each step's time is its CPU time spread over
+torch's threads, never more than its wall time (:func:`idle_seconds_per_step`), so load that
+only delays the step does not count. It compiles when the eager steps left take longer than
+compiling and then running them faster would (:data:`AUTO_COMPILE_MINUTES`), and logs the
+measurement, the choice and how to override it (:meth:`CompileDecision.describe`).
 
 The first steps of a run are a poor sample of its step rate (on the 2-core CPU, steps 3-7 ran
 at 1.3-1.5 s against a steady 1.0 s in one run, and at 1.03 s against a steady 1.45 s in
@@ -24,12 +27,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.distributed as dist
 
-AUTO_COMPILE_MINUTES = 10.0  # on CPU, compile when eager training would keep the threads busy longer
-COMPILE_DECISION_STEPS = 3  # eager steps timed before deciding (after the first, which warms up)
+# On a CPU compiling pays when the eager steps left outlast compiling plus the same steps compiled:
+CPU_COMPILE_MINUTES = 4.0  # the default run's step compiled in 224 s on the 2-core AMX Xeon, cache empty
+CPU_COMPILED_SPEEDUP = 1.15  # compiled over eager on that CPU (docs/performance.md: 77.6 against 67.3 images/s)
+AUTO_COMPILE_MINUTES = CPU_COMPILE_MINUTES / (1 - 1 / CPU_COMPILED_SPEEDUP)  # about 31 minutes
+COMPILE_DECISION_STEPS = 10  # eager steps timed before deciding (after the first, which sets up kernels)
 FIT_TIMED_STEPS = 5  # steps timed before fitting the schedule to the time limit
 TIME_FIT_SLACK = 0.97  # share of the time left that the fitted steps are planned to fill
 REFIT_AT = (0.2, 0.5)  # shares of the time limit at which the fit is refined from the steady rate
@@ -60,42 +67,15 @@ class StepClock:
 
     def seconds_per_step(self, skip: int, steps: int) -> float | None:
         """Mean seconds of ``steps`` steps after the first ``skip`` ticks, once there are enough."""
-        return _mean_step(self.times, skip, steps)
+        if len(self.times) < skip + steps + 1:
+            return None
+        window = self.times[skip:skip + steps + 1]
+        return (window[-1] - window[0]) / steps
 
-    def cpu_seconds_per_step(self, skip: int, steps: int) -> float | None:
-        """Mean CPU seconds (all threads) of the same steps as :meth:`seconds_per_step`."""
-        return _mean_step(self.cpu_times, skip, steps)
-
-
-def _mean_step(times: list[float], skip: int, steps: int) -> float | None:
-    if len(times) < skip + steps + 1:
-        return None
-    window = times[skip:skip + steps + 1]
-    return (window[-1] - window[0]) / steps
-
-
-@dataclass(frozen=True)
-class CompileDecision:
-    """``compile: auto`` on a CPU: the choice and the measurement behind it."""
-
-    compile: bool
-    seconds_per_step: float  # by the wall clock, which other processes' load stretches
-    minutes_left: float  # eager training left by the CPU-time rate, capped by the time limit
-    cpu_seconds_per_step: float | None = None  # CPU time of all the process's threads
-    threads: int = 1
-
-    def describe(self) -> str:
-        """One log line: what was measured, the choice, and how to make it yourself."""
-        measured = f"an eager step takes {self.seconds_per_step:.2f} s"
-        if self.cpu_seconds_per_step is not None:
-            idle = idle_seconds_per_step(self.seconds_per_step, self.cpu_seconds_per_step, self.threads)
-            measured += (f" by the clock, {self.cpu_seconds_per_step:.2f} s of CPU time on "
-                         f"{self.threads} thread{'s' if self.threads > 1 else ''} ({idle:.2f} s "
-                         "with its cores to itself: other processes' load does not count)")
-        return (f"compile=auto: {measured}; about {self.minutes_left:.0f} min of eager training "
-                f"left, {'more' if self.compile else 'less'} than the {AUTO_COMPILE_MINUTES:.0f} "
-                f"min that pays for compiling: {'compiling the step' if self.compile else 'staying eager'} "
-                "(pretrain.compile=true or false chooses instead)")
+    def step_durations(self, skip: int) -> tuple[list[float], list[float]]:
+        """Wall and CPU seconds of each step after the first ``skip``."""
+        return ([after - before for before, after in pairwise(self.times[skip:])],
+                [after - before for before, after in pairwise(self.cpu_times[skip:])])
 
 
 def idle_seconds_per_step(wall: float, cpu: float | None, threads: int) -> float:
@@ -108,15 +88,47 @@ def idle_seconds_per_step(wall: float, cpu: float | None, threads: int) -> float
     return min(wall, cpu / max(1, threads))
 
 
-def _slowest_rank(device: torch.device, seconds: float, cpu: float | None) -> tuple[float, float | None]:
-    """The slowest process's timings, so that every rank of a distributed run takes the same
+def steady_step_seconds(seconds: list[float]) -> float:
+    """The steady time of a step among these step times: their lower quartile. The first steps
+    pay one-off set-up and some are slowed by other processes; both make steps slower, never
+    faster, so the fast end of the sample is the step's own rate."""
+    return sorted(seconds)[len(seconds) // 4]
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """``compile: auto`` on a CPU: the choice and the measurement behind it."""
+
+    compile: bool
+    seconds_per_step: float  # the steady eager step (idle-equivalent on a CPU)
+    minutes_left: float  # eager training left at that rate, capped by the time limit
+    clock_range: tuple[float, float]  # the fastest and slowest timed step by the wall clock
+    threads: int | None = None  # torch's CPU threads when CPU time was read, else None
+
+    def describe(self) -> str:
+        """One log line: what was measured, the choice, and how to make it yourself."""
+        fastest, slowest = self.clock_range
+        how = "by the clock" if self.threads is None else (
+            f"by its CPU time over {self.threads} thread{'s' if self.threads > 1 else ''}, which other "
+            "processes' load does not stretch")
+        return (f"compile=auto: a steady eager step takes {self.seconds_per_step:.2f} s (the lower quartile "
+                f"of {COMPILE_DECISION_STEPS} steps after the first, {how}; by the clock they took "
+                f"{fastest:.2f}-{slowest:.2f} s); about {self.minutes_left:.1f} min of eager training left, "
+                f"{'more' if self.compile else 'less'} than the {AUTO_COMPILE_MINUTES:.0f} min past which "
+                f"compiling pays (about {CPU_COMPILE_MINUTES:.0f} min to compile for steps "
+                f"{CPU_COMPILED_SPEEDUP:.2f}x as fast): {'compiling the step' if self.compile else 'staying eager'} "
+                "(pretrain.compile=true or false chooses instead)")
+
+
+def _slowest_rank(device: torch.device, seconds: float) -> float:
+    """The slowest process's steady step, so that every rank of a distributed run takes the same
     decision at the same step (ranks that compiled differently would verify their first
     compiled steps, a collective, out of step with each other)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return seconds, cpu
-    values = torch.tensor([seconds, -1.0 if cpu is None else cpu], dtype=torch.float64, device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return float(values[0]), None if cpu is None else float(values[1])
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value[0])
 
 
 @dataclass(frozen=True)
@@ -152,21 +164,11 @@ class Pacer:
             return self._refine(step_number)
         self.clock.tick()
         if self.deciding_compile:
-            seconds = self.clock.seconds_per_step(skip=1, steps=COMPILE_DECISION_STEPS)
-            if seconds is None:
-                return None
-            # CPU time measures a CPU step's own work; on an accelerator the host mostly waits.
-            cpu = self.clock.cpu_seconds_per_step(skip=1, steps=COMPILE_DECISION_STEPS) \
-                if self.clock.device.type == "cpu" else None
-            seconds, cpu = _slowest_rank(self.clock.device, seconds, cpu)
-            threads = torch.get_num_threads()
-            rate = idle_seconds_per_step(seconds, cpu, threads)
-            minutes = (self.planned_steps - step_number) * rate / 60
-            if self.time_limit_minutes is not None:
-                minutes = min(minutes, self.time_limit_minutes)
-            self.deciding_compile = False
-            self.clock.reset()
-            return CompileDecision(minutes > AUTO_COMPILE_MINUTES, seconds, minutes, cpu, threads)
+            decision = self._decide_compile(step_number)
+            if decision is not None:
+                self.deciding_compile = False
+                self.clock.reset()
+            return decision
         # The first timed step after compiling compiles the step: skip two ticks.
         seconds = self.clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)
         if seconds is None:
@@ -174,6 +176,22 @@ class Pacer:
         self.fitting = False
         self.anchor = (step_number, self.clock.times[-1])
         return self._fit(step_number, seconds, self.clock.times[-1])
+
+    def _decide_compile(self, step_number: int) -> CompileDecision | None:
+        """Once :data:`COMPILE_DECISION_STEPS` steps after the first are timed: compile when the
+        eager steps left, at the steady step time, outlast :data:`AUTO_COMPILE_MINUTES`."""
+        if len(self.clock.times) < COMPILE_DECISION_STEPS + 2:
+            return None
+        walls, cpus = self.clock.step_durations(skip=1)
+        # CPU time measures a CPU step's own work; on an accelerator the host mostly waits.
+        threads = torch.get_num_threads() if self.clock.device.type == "cpu" else None
+        steps = [wall if threads is None else idle_seconds_per_step(wall, cpu, threads)
+                 for wall, cpu in zip(walls, cpus, strict=True)]
+        seconds = _slowest_rank(self.clock.device, steady_step_seconds(steps))
+        minutes = (self.planned_steps - step_number) * seconds / 60
+        if self.time_limit_minutes is not None:
+            minutes = min(minutes, self.time_limit_minutes)
+        return CompileDecision(minutes > AUTO_COMPILE_MINUTES, seconds, minutes, (min(walls), max(walls)), threads)
 
     def _refine(self, step_number: int) -> ScheduleFit | None:
         """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit.

@@ -2,7 +2,10 @@
 
 Lightning's progress bar redraws one terminal line; written to a pipe, a CI log or nohup it
 shows nothing until the end. When stdout is not a terminal, :class:`PlainProgress` logs
-lines such as ``epoch 3/30, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``.
+lines such as ``epoch 3/10, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``.
+The bounds are where the run ends: the steps its schedule spans and the epochs that holds, or,
+when ``pretrain.max_time_minutes`` comes first, about where the clock stops it
+(``epoch 1/~3, step 5/~480 (1.0%, where pretrain.max_time_minutes stops it)``).
 
 The rate leaves out the seconds the step spent compiling or being captured (the module's
 ``engine_setup_seconds``): counted in, a 90-second compile over a few steps made the first
@@ -14,11 +17,17 @@ helper's (:mod:`aavae.common.progress`), which evaluation and the embed pipeline
 
 from __future__ import annotations
 
+import math
 import time
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Timer
 
 from aavae.common.progress import EVERY_SECONDS, duration, log, output_is_terminal
+
+if TYPE_CHECKING:
+    from aavae.training.module import PretrainModule
 
 __all__ = ["EVERY_SECONDS", "PlainProgress", "output_is_terminal"]
 
@@ -42,28 +51,43 @@ class PlainProgress(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._report(trainer, module, epoch_done=True)
 
-    def _report(self, trainer: pl.Trainer, module: pl.LightningModule, epoch_done: bool = False) -> None:
+    def _report(self, trainer: pl.Trainer, module: PretrainModule, epoch_done: bool = False) -> None:
         now, step = time.monotonic(), trainer.global_step
-        limits = (getattr(module, "planned_steps", lambda: None)(), getattr(module, "_fitted_steps", None),
-                  trainer.max_steps if trainer.max_steps > 0 else None)
-        total = min((t for t in limits if t), default=0)
-        batch = getattr(module, "batches", (0, 0))[1]
-        setup = getattr(module, "engine_setup_seconds", 0.0)  # one-off: compiling, capturing
+        setup = module.engine_setup_seconds  # one-off: compiling, capturing
         rate = (step - self._first_step) / max(now - self._started - setup, 1e-9)
+        total, by_clock, left = run_bound(trainer, module, rate)
+        epochs = min(trainer.max_epochs, math.ceil(total / module.steps_per_epoch))
+        about = "~" if by_clock else ""
         epoch = trainer.current_epoch + 1
-        parts = [f"epoch {epoch} done" if epoch_done else f"epoch {epoch}/{trainer.max_epochs}",
-                 f"step {step:,}" + (f"/{total:,} ({100 * step / total:.1f}%)" if total else "")]
+        parts = [f"epoch {epoch}/{about}{epochs}" + (" done" if epoch_done else ""),
+                 f"step {step:,}/{about}{total:,} ({100 * step / total:.1f}%"
+                 + (", where pretrain.max_time_minutes stops it)" if by_clock else ")")]
         if rate > 0:
-            parts.append(f"{rate * batch:,.0f} images/s")
-            left = (total - step) / rate if total else None
-            limit = getattr(getattr(module, "config", None), "max_time_minutes", None)
-            if limit is not None:
-                by_clock = limit * 60 - (now - self._started)
-                left = by_clock if left is None else min(left, by_clock)
+            parts.append(f"{rate * module.batches[1]:,.0f} images/s")
             if left is not None and left > 0:
                 parts.append(f"{duration(left)} left")
-        loss = getattr(module, "epoch_metrics", {}).get("loss")
+        loss = module.epoch_metrics.get("loss")
         if loss is not None:
             parts.append(f"loss {loss:,.4g}")
         log.info(", ".join(parts))
         self._last_time, self._last_step = now, step
+
+
+def run_bound(trainer: pl.Trainer, module: PretrainModule, rate: float) -> tuple[int, bool, float | None]:
+    """Where the run will end: (the step, whether the time limit ends it there, the seconds left).
+
+    The steps its schedule spans (max_epochs or max_steps, or fitted to a time limit), unless
+    the time limit comes first at ``rate`` steps a second: then the step the clock reaches.
+    """
+    step = trainer.global_step
+    total = module.schedule_lengths()[0]
+    if trainer.max_steps > 0:
+        total = min(total, trainer.max_steps)
+    left = (total - step) / rate if rate > 0 else None
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    clock_left = timer.time_remaining() if timer is not None else None  # Lightning's: a resume included
+    if clock_left is None or (left is not None and left <= clock_left):
+        return total, False, left
+    if rate <= 0:  # no rate yet: only the clock's time left is known
+        return total, False, clock_left
+    return min(total, step + int(rate * clock_left)), True, clock_left

@@ -120,7 +120,7 @@ def evaluate(
         "model_dataset": evaluation_model.get("dataset"),
         "objective": evaluation_model.get("objective"),
         "epochs": evaluation_model.get("epochs"),
-        "stopped_by": evaluation_model.get("stopped_by"),  # "time_limit": pretrain.max_time_minutes ended it
+        "cut_by_time_limit": evaluation_model.get("cut_by_time_limit"),  # None: the whole schedule trained
         "training_run_id": evaluation_model.get("mlflow_run_id"),
         "checkpoint": evaluation_model.get("checkpoint"),
         "protocol": config.protocol,

@@ -33,7 +33,7 @@ from aavae.training import (
     set_aside_checkpoints,
     training_images,
 )
-from aavae.training.engine import COMPILE_CACHE
+from aavae.training.engine import COMPILE_CACHE, TrainedLength
 from aavae.views import PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def pretrain(
                            **_data_tags(dataset_card, val_views)})
         module.load_state_dict(done["state_dict"])
         return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
-                       epochs=int(done["epoch"]) + 1, steps=int(done["global_step"]), run_id=previous)
+                       TrainedLength.of_checkpoint(done, module), run_id=previous)
     remember_run(checkpoint_dir, tracking.active_run_id())
     tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": objective.name, "seed": cfg.seed,
                        **_data_tags(dataset_card, val_views),
@@ -108,8 +108,8 @@ def pretrain(
         ))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
     try:
-        epochs, steps = fit(module, trainer, checkpoint_dir, resume=cfg.resume,
-                            compile_cache=None if cfg.compile is False else COMPILE_CACHE)
+        trained = fit(module, trainer, checkpoint_dir, resume=cfg.resume,
+                      compile_cache=None if cfg.compile is False else COMPILE_CACHE)
     except Exception:
         raise  # kedro-mlflow marks the run FAILED
     except BaseException:
@@ -120,15 +120,17 @@ def pretrain(
     tracking.set_tags({"training.engine": module.engine,
                        **({"training.engine_failures": " | ".join(module.engine_failures)}
                           if module.engine_failures else {})})
-    return _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs=epochs,
-                   steps=steps, run_id=tracking.active_run_id())
+    return _finish(module, cfg, preprocessing, images_train, dataset_card, val, trained,
+                   run_id=tracking.active_run_id())
 
 
-def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs, steps, run_id):
+def _finish(module, cfg, preprocessing, images_train, dataset_card, val, trained, run_id):
     """The model bundle and the final reconstruction grid of a trained module."""
     if cfg.recompute_bn_stats:
         used = module.recompute_encoder_statistics()
         log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
+    if cut := trained.cut_by_time_limit(cfg.max_time_minutes):
+        tracking.set_tags({"training.cut_by_time_limit": f"{trained.steps} of {cut['planned_steps']} steps"})
     net = module.net.cpu().eval()
     shown = slice(0, 8)
     figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
@@ -138,8 +140,9 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, epochs,
         objective=module.objective.name, kl_coeff=module.objective.kl_coeff,
         # the epochs actually trained, as a fraction (Lightning counts an epoch cut short by
         # max_time_minutes as done: 0.44 of an epoch would read "1")
-        epochs=round(steps / module.steps_per_epoch, 3) if steps else epochs,
-        steps=steps, mlflow_run_id=run_id,  # the run that trained these weights
+        epochs=round(trained.steps / module.steps_per_epoch, 3) if trained.steps else trained.epochs,
+        steps=trained.steps, mlflow_run_id=run_id,  # the run that trained these weights
+        cut_by_time_limit=cut,  # None, or the limit and the steps and epochs the schedule spanned
     )
     return bundle, figure
 
