@@ -10,6 +10,7 @@ import os
 import pickle
 import stat
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from aavae.data.archive import open_source
 from aavae.data.cifar10 import CIFAR10, read_cifar10
 from aavae.data.errors import DatasetError
 from aavae.data.fit import fit_image
+from aavae.data.folder_images import iter_image_batches, list_images
 from aavae.data.imagefolder import read_imagefolder
 from aavae.data.imageset import UNLABELED
 from aavae.data.stl10 import STL10, read_stl10
@@ -641,6 +643,45 @@ def test_unsafe_zip_members_are_refused(tmp_path):
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(DatasetError, match="Refusing 'train/cat/link.png' .* symbolic link"):
         read_imagefolder(archive)
+
+
+def archive_of(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A .zip, .tar or .tar.gz (by ``path``'s name) holding ``members`` in this order, repeats too."""
+    if path.suffix == ".zip":
+        with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+            warnings.simplefilter("ignore")  # zipfile warns of a repeated name, and writes it
+            for name, data in members:
+                zf.writestr(name, data)
+        return path
+    with tarfile.open(path, "w:gz" if path.name.endswith(".gz") else "w") as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+@pytest.mark.parametrize("repeated", ["train/dog/1.png", "./train/dog/1.png"])
+def test_an_archive_holding_a_name_twice_is_refused_by_every_reader(tmp_path, form, repeated):
+    """Tools keep the last of two files of one name, silently: ingest would label it as the first."""
+    cat, dog = png_of(0), png_of(200)
+    members = [("train/cat/1.png", cat), ("test/cat/1.png", cat), ("train/dog/1.png", dog),
+               ("test/dog/1.png", dog), (repeated, cat)]
+    archive = archive_of(tmp_path / f"twice.{form}", members)
+    refused = "Refusing 'train/dog/1.png' in archive .* two files of this name"
+    with pytest.raises(DatasetError, match=refused):
+        read_imagefolder(archive, image_size=4)
+    with pytest.raises(DatasetError, match=refused):
+        list(iter_image_batches(archive, 4))  # streamed without a listing first
+    with pytest.raises(DatasetError, match=refused):
+        list_images(archive)
+
+
+def png_of(value: int) -> bytes:
+    data = io.BytesIO()
+    Image.new("RGB", (4, 4), (value, value, value)).save(data, format="PNG")
+    return data.getvalue()
 
 
 def test_members_declaring_absurd_sizes_are_refused(tmp_path):
