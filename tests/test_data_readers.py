@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aavae.data import archive as archive_module
 from aavae.data import imagefolder, stl10
 from aavae.data.archive import open_source
 from aavae.data.cifar10 import CIFAR10, read_cifar10
@@ -1090,6 +1091,28 @@ def test_a_tar_cut_between_members_or_with_a_damaged_header_is_refused_not_read_
     (tmp_path / "cifar_cut.tar").write_bytes(packed_cifar[:cut_at])
     with pytest.raises(DatasetError, match="cifar_cut.tar'.* truncated"):
         read_cifar10(tmp_path / "cifar_cut.tar")
+
+
+def test_a_tar_gz_whose_checksum_fails_is_refused_though_its_end_marker_came_first(tmp_path, monkeypatch):
+    """tarfile stops at the end marker, before the gzip stream's CRC-32: a member's bytes changed
+    inside a valid stream (here: a pixel of an uncompressed BMP) were read as good."""
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/train/cat/flat.bmp", np.zeros((8, 8, 3), np.uint8))
+    plain = tar_folder(tmp_path / "tree", tmp_path / "plain.tar", "w").read_bytes()
+    with tarfile.open(tmp_path / "plain.tar") as tar:
+        bmp = tar.getmember("train/cat/flat.bmp")
+    changed = bytearray(plain)
+    changed[bmp.offset_data + bmp.size - 1] ^= 0xFF  # the last pixel's byte: still a valid BMP
+    archive = tmp_path / "changed.tar.gz"
+    archive.write_bytes(gzip.compress(bytes(changed))[:-8] + gzip.compress(plain)[-8:])  # the old CRC
+    with pytest.raises(DatasetError, match="changed.tar.gz'.*CRC check failed"):
+        read_imagefolder(archive)
+
+    monkeypatch.setattr(archive_module, "MAX_SINGLE_READ", 16384)
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(gzip.compress(plain + bytes(32768)))  # a bomb of zeros after the end marker
+    with pytest.raises(DatasetError, match="padded.tar.gz'.* more than 16,384 bytes follow the end"):
+        read_imagefolder(padded)
 
 
 def test_an_image_declaring_ten_billion_pixels_is_refused_before_decoding(tmp_path):

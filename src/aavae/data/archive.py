@@ -4,7 +4,8 @@ Nothing is ever extracted to disk. Every archive member is checked before it is 
 absolute paths, ``..`` components, links, devices, absurd declared sizes and a second file of
 one name (tools keep the last, silently) are refused with an error naming the archive and the
 member. Read failures of a truncated or corrupt archive (tar, gzip, bz2, xz, zip or EOF
-errors) are re-raised as :class:`DatasetError` naming the file.
+errors, and a compressed tar's checksum, read past the end marker) are re-raised as
+:class:`DatasetError` naming the file.
 
 Memory stays bounded whatever an archive declares: no single read asks the underlying file
 for more than :data:`MAX_SINGLE_READ` bytes (tarfile itself would allocate what a pax or GNU
@@ -277,6 +278,7 @@ class TarSource(Source):
         only a block of zeros (the end-of-archive marker) is a whole archive's end."""
         last, self._end_checked = self._reads.last, True
         if last is None or (len(last) == tarfile.BLOCKSIZE and not any(last)):
+            self._check_trailer()
             return
         if len(last) < tarfile.BLOCKSIZE:
             problem = "it ends without the end-of-archive marker: it is truncated"
@@ -286,6 +288,18 @@ class TarSource(Source):
             f"Could not read {self.describe()}: {problem}, and the members after that point "
             f"cannot be listed. {self._damage_hint}"
         )
+
+    def _check_trailer(self) -> None:
+        """Decompress the padding after the end marker: a gzip, bzip2 or xz stream checks its
+        CRC at its own end, and a flipped bit in a member's data is otherwise never noticed."""
+        left = MAX_SINGLE_READ
+        while self._stream is not self._file and (chunk := self._stream.read(READ_CHUNK)):
+            left -= len(chunk)
+            if left < 0:
+                raise DatasetError(
+                    f"Refusing {self.describe()}: more than {MAX_SINGLE_READ:,} bytes follow the end "
+                    "of its tar data. The archive is damaged or not what it claims to be."
+                )
 
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
