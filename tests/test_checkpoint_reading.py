@@ -311,7 +311,7 @@ def test_random_bytes_are_reported_as_not_a_checkpoint(tmp_path, start: bytes) -
 
     message = str(caught.value)
     assert str(path) in message
-    assert "not a checkpoint" in message
+    assert "not a checkpoint" in message or "not a file torch.save wrote" in message
     assert "Python objects" not in message and "weights_only" not in message, "not an unpickling-policy issue"
 
 

@@ -3,13 +3,17 @@ the usual mistakes, a readable MLflow `runner` tag. Real `kedro run`s in copies 
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from aavae.cli import REFUSED_WRITES, refused_file
 from tests.conftest import copy_project, kedro
 
 #: What a newcomer must not see: library warnings about library code, Lightning adverts.
@@ -121,6 +125,60 @@ def test_evaluate_in_the_imagefolder_env_needs_no_dataset_path(project):
     assert "dataset.path is required" not in text and "No model to evaluate" in text, text[-3000:]
     result = kedro(project, "--pipeline", "ingest", "--env", "imagefolder", check=False, timeout=600)
     assert "dataset.path is required to ingest dataset.name=imagefolder" in output(result)
+
+
+def test_a_file_where_a_data_folder_belongs_is_one_line_naming_the_path(tmp_path):
+    """Kedro's catalog meets the OSError inside pathlib: it was a 60-line traceback."""
+    project = copy_project(tmp_path)
+    (project / "data" / "03_primary").rmdir()
+    (project / "data" / "03_primary").write_text("not a folder")
+    result = kedro(project, "--pipeline", "ingest", "--env", "test", check=False, timeout=300)
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text, text[-3000:]
+    error = text[text.index("Error: "):].strip().splitlines()
+    assert error[0] == f"Error: Cannot write '{project / 'data' / '03_primary'}': File exists. Make it a folder " \
+        "you may write (data/ and its layers are written to), then run the same command again."
+    assert len(error) == 2 and "last_error.log" in error[1]
+
+
+def test_a_model_bundle_that_would_run_code_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    """It was three tracebacks ending in torch's advice to load it with weights_only=False."""
+    project = copy_project(tmp_path)
+    kedro(project, "--pipeline", "ingest", "--env", "test", timeout=300)
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": {}, "spec": Payload(f"touch {marker}")}, project / "data/06_models/aavae_model.pt")
+    result = kedro(project, "--pipeline", "evaluate", "--env", "test", check=False, timeout=300)
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text, text[-3000:]
+    assert "weights_only" not in text and not marker.exists()
+    error = text[text.index("Error: "):].strip().splitlines()
+    assert f"refers to {os.system.__module__}.system, which is not among the classes" in error[0]
+    assert "nothing in the file was run" in error[0] and len(error) == 2
+
+
+class Payload:
+    """Unpickled as ``os.system(command)``: what a malicious file carries."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("number", sorted(REFUSED_WRITES))
+def test_every_refused_write_is_named_by_path_and_cause_wherever_it_was_met(number):
+    from kedro.io import DatasetError as KedroDatasetError
+
+    refusal = OSError(number, os.strerror(number), "/data/06_models/x.pt")
+    wrapped = KedroDatasetError("aavae_model: Failed while saving data to dataset")
+    wrapped.__cause__ = refusal
+    for error in (refusal, wrapped):
+        message = refused_file(error)
+        assert message.startswith(f"Cannot write '/data/06_models/x.pt': {os.strerror(number)}. ")
+        assert "\n" not in message
+    assert refused_file(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None, "a missing file: a bug"
+    assert refused_file(OSError(number, "no path")) is None
 
 
 def raised(function, *args):

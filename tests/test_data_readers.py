@@ -10,6 +10,7 @@ import os
 import pickle
 import stat
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aavae.data import archive as archive_module
 from aavae.data import imagefolder, stl10
 from aavae.data.archive import open_source
 from aavae.data.cifar10 import CIFAR10, read_cifar10
 from aavae.data.errors import DatasetError
 from aavae.data.fit import fit_image
+from aavae.data.folder_images import iter_image_batches, list_images
 from aavae.data.imagefolder import read_imagefolder
 from aavae.data.imageset import UNLABELED
 from aavae.data.stl10 import STL10, read_stl10
@@ -643,6 +646,45 @@ def test_unsafe_zip_members_are_refused(tmp_path):
         read_imagefolder(archive)
 
 
+def archive_of(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A .zip, .tar or .tar.gz (by ``path``'s name) holding ``members`` in this order, repeats too."""
+    if path.suffix == ".zip":
+        with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+            warnings.simplefilter("ignore")  # zipfile warns of a repeated name, and writes it
+            for name, data in members:
+                zf.writestr(name, data)
+        return path
+    with tarfile.open(path, "w:gz" if path.name.endswith(".gz") else "w") as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+@pytest.mark.parametrize("repeated", ["train/dog/1.png", "./train/dog/1.png"])
+def test_an_archive_holding_a_name_twice_is_refused_by_every_reader(tmp_path, form, repeated):
+    """Tools keep the last of two files of one name, silently: ingest would label it as the first."""
+    cat, dog = png_of(0), png_of(200)
+    members = [("train/cat/1.png", cat), ("test/cat/1.png", cat), ("train/dog/1.png", dog),
+               ("test/dog/1.png", dog), (repeated, cat)]
+    archive = archive_of(tmp_path / f"twice.{form}", members)
+    refused = "Refusing 'train/dog/1.png' in archive .* two files of this name"
+    with pytest.raises(DatasetError, match=refused):
+        read_imagefolder(archive, image_size=4)
+    with pytest.raises(DatasetError, match=refused):
+        list(iter_image_batches(archive, 4))  # streamed without a listing first
+    with pytest.raises(DatasetError, match=refused):
+        list_images(archive)
+
+
+def png_of(value: int) -> bytes:
+    data = io.BytesIO()
+    Image.new("RGB", (4, 4), (value, value, value)).save(data, format="PNG")
+    return data.getvalue()
+
+
 def test_members_declaring_absurd_sizes_are_refused(tmp_path):
     archive = tar_with(tmp_path, tar_member("train/cat/huge.png"))
     with pytest.raises(
@@ -1049,6 +1091,28 @@ def test_a_tar_cut_between_members_or_with_a_damaged_header_is_refused_not_read_
     (tmp_path / "cifar_cut.tar").write_bytes(packed_cifar[:cut_at])
     with pytest.raises(DatasetError, match="cifar_cut.tar'.* truncated"):
         read_cifar10(tmp_path / "cifar_cut.tar")
+
+
+def test_a_tar_gz_whose_checksum_fails_is_refused_though_its_end_marker_came_first(tmp_path, monkeypatch):
+    """tarfile stops at the end marker, before the gzip stream's CRC-32: a member's bytes changed
+    inside a valid stream (here: a pixel of an uncompressed BMP) were read as good."""
+    build_tree(tmp_path / "tree")
+    save(tmp_path / "tree/train/cat/flat.bmp", np.zeros((8, 8, 3), np.uint8))
+    plain = tar_folder(tmp_path / "tree", tmp_path / "plain.tar", "w").read_bytes()
+    with tarfile.open(tmp_path / "plain.tar") as tar:
+        bmp = tar.getmember("train/cat/flat.bmp")
+    changed = bytearray(plain)
+    changed[bmp.offset_data + bmp.size - 1] ^= 0xFF  # the last pixel's byte: still a valid BMP
+    archive = tmp_path / "changed.tar.gz"
+    archive.write_bytes(gzip.compress(bytes(changed))[:-8] + gzip.compress(plain)[-8:])  # the old CRC
+    with pytest.raises(DatasetError, match="changed.tar.gz'.*CRC check failed"):
+        read_imagefolder(archive)
+
+    monkeypatch.setattr(archive_module, "MAX_SINGLE_READ", 16384)
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(gzip.compress(plain + bytes(32768)))  # a bomb of zeros after the end marker
+    with pytest.raises(DatasetError, match="padded.tar.gz'.* more than 16,384 bytes follow the end"):
+        read_imagefolder(padded)
 
 
 def test_an_image_declaring_ten_billion_pixels_is_refused_before_decoding(tmp_path):

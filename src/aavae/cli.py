@@ -17,7 +17,9 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
   no model to evaluate, a wrong archive, artifacts of different inputs): one of the
   project's error types, or a ``ValueError``/``OSError`` raised by the project's code, also
   when Kedro's catalog wraps it. Its traceback goes to ``logs/last_error.log``, and
-  ``--verbose`` prints it instead. Any other exception is a bug, and keeps its traceback.
+  ``--verbose`` prints it instead. So does a file the system refused to write (a read-only
+  ``data/``, a full disk, a file where a folder belongs), whichever library met it: the path
+  and the cause, in one line. Any other exception is a bug, and keeps its traceback.
 * A pipeline started before what it reads exists (``evaluate`` in a fresh clone) says, in one
   line, which pipeline writes all of that (``pretrain``), not the first file's own writer.
 """
@@ -25,6 +27,7 @@ session the way Kedro does, and it changes three things a newcomer meets in the 
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import sys
 import time
@@ -48,6 +51,9 @@ from aavae.kedro_ext.pretrain_lock import PretrainLocked
 DEFAULT_ENV = "local"  # settings.CONFIG_LOADER_ARGS["default_run_env"]
 #: Where the traceback of an error reported in one line goes, under the project folder.
 ERROR_LOG = Path("logs") / "last_error.log"
+#: Why the system refuses to write a file: the user's disk or folders, not a bug of the project.
+REFUSED_WRITES = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -97,9 +103,9 @@ def run(
             raise click.ClickException(str(missing) if first is None else (
                 f"'{missing.filepath}' does not exist yet: run `kedro run --pipeline {first}"
                 f"{f' --env {env}' if env else ''}` first (it writes what this run reads).")) from None
-        if verbose or not project_error(error):
+        if verbose or not (project_error(error) or refused_file(error)):
             raise
-        _one_line_error(error, project_path)
+        _one_line_error(error, project_path, None if project_error(error) else refused_file(error))
 
 
 def _cause(error: BaseException | None, kind: type[BaseException]) -> Any:
@@ -133,6 +139,19 @@ def project_error(error: BaseException) -> bool:
     return False
 
 
+def refused_file(error: BaseException) -> str | None:
+    """The path and the cause, in one line, when ``error`` (or what it wraps, or what it was
+    raised while handling) is the system refusing to write a file; else None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in REFUSED_WRITES and seen.filename is not None:
+            advice = ("Free space on that disk" if seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                      else "Make it a folder you may write (data/ and its layers are written to)")
+            return f"Cannot write '{seen.filename}': {seen.strerror}. {advice}, then run the same command again."
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _raised_in_project(error: BaseException) -> bool:
     trace = error.__traceback__
     if trace is None:
@@ -142,8 +161,8 @@ def _raised_in_project(error: BaseException) -> bool:
     return Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
-def _one_line_error(error: BaseException, project_path: Path) -> NoReturn:
-    """Print the message only; keep the traceback in ``logs/last_error.log``."""
+def _one_line_error(error: BaseException, project_path: Path, message: str | None = None) -> NoReturn:
+    """Print the message (``error``'s own by default) only; keep the traceback in ``logs/last_error.log``."""
     log_file = project_path / ERROR_LOG
     try:
         log_file.parent.mkdir(exist_ok=True)
@@ -152,7 +171,7 @@ def _one_line_error(error: BaseException, project_path: Path) -> NoReturn:
         where = f"(The traceback is in {log_file}; run with --verbose to print it.)"
     except OSError:
         where = "(Run with --verbose to print the traceback.)"
-    raise click.ClickException(f"{error}\n{where}") from None
+    raise click.ClickException(f"{message or error}\n{where}") from None
 
 
 def _project_path() -> Path:

@@ -1,10 +1,11 @@
 """Read the files of a folder, tar or zip archive in memory, treating archives as untrusted.
 
 Nothing is ever extracted to disk. Every archive member is checked before it is read:
-absolute paths, ``..`` components, links, devices and absurd declared sizes are refused with
-an error naming the archive and the member. Read failures of a truncated or corrupt archive
-(tar, gzip, bz2, xz, zip or EOF errors) are re-raised as :class:`DatasetError` naming the
-file.
+absolute paths, ``..`` components, links, devices, absurd declared sizes and a second file of
+one name (tools keep the last, silently) are refused with an error naming the archive and the
+member. Read failures of a truncated or corrupt archive (tar, gzip, bz2, xz, zip or EOF
+errors, and a compressed tar's checksum, read past the end marker) are re-raised as
+:class:`DatasetError` naming the file.
 
 Memory stays bounded whatever an archive declares: no single read asks the underlying file
 for more than :data:`MAX_SINGLE_READ` bytes (tarfile itself would allocate what a pax or GNU
@@ -268,13 +269,16 @@ class TarSource(Source):
                 members.append(member)
                 check_member_count(len(members), self, self._max_members)
             self._check_end()
-        return [entry for entry in map(self._checked, members) if entry is not None]
+        entries = [entry for entry in map(self._checked, members) if entry is not None]
+        refuse_repeated_names(entries, self)
+        return entries
 
     def _check_end(self) -> None:
         """tarfile ends the listing quietly at a damaged header or at the end of the data;
         only a block of zeros (the end-of-archive marker) is a whole archive's end."""
         last, self._end_checked = self._reads.last, True
         if last is None or (len(last) == tarfile.BLOCKSIZE and not any(last)):
+            self._check_trailer()
             return
         if len(last) < tarfile.BLOCKSIZE:
             problem = "it ends without the end-of-archive marker: it is truncated"
@@ -285,15 +289,30 @@ class TarSource(Source):
             f"cannot be listed. {self._damage_hint}"
         )
 
+    def _check_trailer(self) -> None:
+        """Decompress the padding after the end marker: a gzip, bzip2 or xz stream checks its
+        CRC at its own end, and a flipped bit in a member's data is otherwise never noticed."""
+        left = MAX_SINGLE_READ
+        while self._stream is not self._file and (chunk := self._stream.read(READ_CHUNK)):
+            left -= len(chunk)
+            if left < 0:
+                raise DatasetError(
+                    f"Refusing {self.describe()}: more than {MAX_SINGLE_READ:,} bytes follow the end "
+                    "of its tar data. The archive is damaged or not what it claims to be."
+                )
+
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
     ) -> Iterator[tuple[Entry, BinaryIO]]:
         # Iterating the TarFile reads headers lazily (or reuses those entries() loaded), so a
         # compressed archive is decompressed front to back once, without seeking backwards.
+        seen: set[str] = set()
         with self._reading():
             for count, member in enumerate(self._tar, 1):
                 check_member_count(count, self, self._max_members)
                 entry = self._checked(member)
+                if entry is not None:
+                    refuse_repeated_names([entry], self, seen)
                 if entry is None or entry.is_dir or (wanted is not None and not wanted(entry)):
                     continue
                 stream = self._tar.extractfile(member)
@@ -333,6 +352,7 @@ class ZipSource(Source):
         limit = DEFAULT_MAX_MEMBERS if max_members is None else max_members
         try:
             check_member_count(len(self._zip.infolist()), self, limit)
+            refuse_repeated_names(self.entries(), self)
         except DatasetError:
             self._zip.close()
             raise
@@ -455,6 +475,19 @@ def check_member_count(count: int, source: Source, limit: int) -> None:
             "this reader holds in memory for one dataset. Split the dataset, or check that the "
             "archive is what it claims to be."
         )
+
+
+def refuse_repeated_names(entries: list[Entry], source: Source, seen: set[str] | None = None) -> None:
+    """Refuse a second file of a name in ``seen`` (the names met so far, which it adds to)."""
+    seen = set() if seen is None else seen
+    for entry in entries:
+        if entry.name in seen:
+            raise DatasetError(
+                f"Refusing {source.describe(entry.name)}: the archive holds two files of this name, "
+                "and only one of them could be read. Re-create the archive with each file once."
+            )
+        if not entry.is_dir:
+            seen.add(entry.name)
 
 
 def check_member_size(size: int, name: str, source: Source, limit: int) -> None:

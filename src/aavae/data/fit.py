@@ -3,7 +3,8 @@
 Ingest applies it to an image folder's files, the features pipeline to another dataset's
 images (a transfer evaluation), and the served model to what a client sends, so all three
 bring an image to a model the same way: the shorter side resized and the centre cropped
-(``resize_crop``), or the image stretched to the square (``resize``).
+(``resize_crop``), or the image stretched to the square (``resize``). An image is first turned
+upright as its EXIF orientation says (a phone photo is stored on its side with Orientation 6).
 """
 
 from __future__ import annotations
@@ -12,27 +13,42 @@ import math
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from aavae.data.errors import DatasetError
 
 ResizePolicy = Literal["resize_crop", "resize"]
 RESIZE_POLICIES = ("resize_crop", "resize")
+QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations stored a quarter turn off: width and height swap
 
 
 def fit_image(image: Image.Image, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8.
+    """Bring an opened, not yet decoded image to ``size`` (width, height) as RGB uint8, upright.
 
     Raises :class:`DatasetError` for an image mode that has no conversion to RGB.
     """
     width, height = size
+    turned = _quarter_turned(image)
+    upright_width, upright_height = upright_size(image)
     crop = policy == "resize_crop"
-    scale = max(width / image.width, height / image.height)
-    needed = (math.ceil(image.width * scale), math.ceil(image.height * scale)) if crop else size
+    scale = max(width / upright_width, height / upright_height)
+    needed = (math.ceil(upright_width * scale), math.ceil(upright_height * scale)) if crop else size
     # A JPEG then decodes at 1/2, 1/4 or 1/8 scale if that still covers `needed`: far faster.
-    image.draft("RGB", needed)
+    image.draft("RGB", needed[::-1] if turned else needed)
+    ImageOps.exif_transpose(image, in_place=True)  # decodes, then turns upright
+    if image.size == size:
+        return np.asarray(to_rgb(image))
     box = centre_box(image.size, size) if crop else None
     return np.asarray(to_rgb(image).resize(size, Image.Resampling.BILINEAR, box=box))
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as it is meant to be seen: its EXIF orientation applied."""
+    return (image.height, image.width) if _quarter_turned(image) else image.size
+
+
+def _quarter_turned(image: Image.Image) -> bool:
+    return image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS
 
 
 def fit_images(images: np.ndarray, side: int, policy: ResizePolicy) -> np.ndarray:

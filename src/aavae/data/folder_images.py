@@ -7,8 +7,8 @@ do, and are used as they are:
 
 * :func:`aavae.data.archive.open_source` lists and streams a folder, tar or zip without
   extracting anything, refusing absolute paths, ``..``, links and absurd sizes;
-* :func:`aavae.data.imagefolder.fit_image` brings each image to the size exactly as ingest
-  does (Pillow, JPEG draft mode, RGB), so an embedded image matches an ingested one.
+* :func:`aavae.data.fit.fit_image` brings each image to the size exactly as ingest does
+  (Pillow, JPEG draft mode, EXIF orientation, RGB), so an embedded image matches an ingested one.
 
 Images come in batches (:func:`iter_image_batches`) so a folder larger than memory is
 embedded batch by batch; Pillow releases the GIL, so a batch decodes on a few threads.

@@ -3,7 +3,8 @@
 The layout is that of torchvision's ``ImageFolder`` with one more level for the split
 (``train/cat/0001.jpg``, ``test/cat/0002.png``); an archive may hold it inside one top-level
 folder. Images (jpg, jpeg, png, bmp, webp, any case) of any size and mode become RGB of one
-size. Hidden files and folders and ``__MACOSX`` are ignored.
+size, each turned upright as its EXIF orientation says. Hidden files and folders and
+``__MACOSX`` are ignored.
 
 Reading has two steps. The listing is planned first (splits, classes, where each image
 goes), so a layout mistake is reported before anything is decoded and the output arrays are
@@ -42,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from aavae.data.archive import Entry, Source, file_digests, open_source
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
-from aavae.data.fit import RESIZE_POLICIES, ResizePolicy, fit_image, to_rgb
+from aavae.data.fit import RESIZE_POLICIES, ResizePolicy, fit_image, upright_size
 from aavae.data.imageset import ImageSet
 from aavae.data.layout import EXPECTED_LAYOUT, FolderLayout, plan_layout
 from aavae.data.staging import NpyRows, map_npy, new_staging_folder, remove_folder, staging_root
@@ -214,7 +215,7 @@ class _Decoder:
         if self.size is None:
             try:
                 with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
-                    size = image.size
+                    size = upright_size(image)
             except Exception:  # an unreadable image: its own decoding reports it
                 return
             self._allocate(size)
@@ -265,11 +266,10 @@ class _Decoder:
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         assert self.size is not None, "batches are decoded only once the size is known"
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
-            if image.size == self.size:
-                return np.asarray(to_rgb(image))
-            if self.exact:
+            width, height = upright_size(image)
+            if self.exact and (width, height) != self.size:
                 raise _SizeMismatch(
-                    f"Image {self.source.describe(name)} is {image.size[0]}x{image.size[1]}, but the "
+                    f"Image {self.source.describe(name)} is {width}x{height}, but the "
                     f"first image is {self.size[0]}x{self.size[1]}: set --params "
                     "dataset.image_size=<side> to bring all images to one size."
                 )

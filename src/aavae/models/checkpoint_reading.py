@@ -14,8 +14,8 @@ mapped to an inert stand-in: a class that remembers its name and what the file g
 does nothing else (:class:`ForeignObject`); an ``AttributeDict`` becomes a plain dict. Nothing
 of Lightning 1.x or of the paper's package is imported, or needs to be installed. Any other
 name is refused before anything is built from it, and the error names it. The stand-ins are
-allowed only while one of these files is read: other ``torch.load`` calls of the process
-refuse them as before.
+allowed for that read alone (:func:`aavae.common.weights.load_weights`, which also bounds what
+the file may ask for): other reads of the process refuse them as before.
 
 Both of torch's formats load: the zip archive ``torch.save`` writes since torch 1.6 and the
 plain pickle stream before it. Lightning 2.x files (callback states under string keys) and this
@@ -25,22 +25,18 @@ project's own checkpoints hold nothing beyond tensors and need no stand-in.
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
-from aavae.common.weights import load_weights
+from aavae.common.weights import ZIP_MAGIC, WeightsError, load_weights
 
 from .net import LOG_SCALE_KEY, MODEL_PREFIXES, AAVAENet, ModelSpec, build_model
 
 MAX_KEYS_LISTED = 10
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 
 #: Class references a Lightning or a paper checkpoint is known to hold, and why. They are
 #: read as :class:`ForeignObject` stand-ins (``AttributeDict`` as a dict); nothing else is.
@@ -111,10 +107,7 @@ def _stand_in(qualified_name: str) -> type[ForeignObject]:
 
 
 STAND_INS: dict[str, type[ForeignObject]] = {name: _stand_in(name) for name in KNOWN_CLASSES}
-_ALLOWED: list[tuple[Any, str]] = [
-    *((stand_in, name) for name, stand_in in STAND_INS.items()),
-    *((dict, name) for name in ATTRIBUTE_DICTS),
-]
+_ALLOWED: dict[str, Any] = {**STAND_INS, **dict.fromkeys(ATTRIBUTE_DICTS, dict)}
 
 
 def _looks_like_torch_file(head: bytes) -> bool:
@@ -127,7 +120,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
     Never runs code from the file (see the module docstring). Raises FileNotFoundError for a
     missing file and ValueError, naming the file, for one that is not a torch file, is
-    damaged, or names a class outside :data:`KNOWN_CLASSES` (the error names it).
+    damaged, asks for more than it may (:mod:`aavae.common.weights`), or names a class outside
+    :data:`KNOWN_CLASSES` (the error names it).
     """
     path = Path(path)
     if not path.is_file():
@@ -142,28 +136,13 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             f"torch.save, such as data/06_models/aavae_model.pt or a last.ckpt"
         )
     try:
-        with torch.serialization.safe_globals(_ALLOWED):
-            return load_weights(path)
-    except pickle.UnpicklingError as error:
-        refused = _refused_global(error)
-        if refused is None:  # garbage after a pickle-like first byte
-            raise ValueError(
-                f"checkpoint {path} is damaged or not a checkpoint: torch could not unpickle it "
-                f"({_unpickling_reason(error)})"
-            ) from error
-        raise ValueError(
-            f"checkpoint {path} refers to {refused}, which is not among the classes a Lightning "
-            f"or paper checkpoint is known to hold (Lightning's callbacks and AttributeDict, the "
-            f"paper's src.callbacks, argparse.Namespace): it was not loaded, and nothing in the "
-            f"file was run. If you trust this file, extract its weights once where {refused} "
-            f"can be imported, with torch.save(torch.load(path, weights_only=False)"
-            f"['state_dict'], 'weights.pt'), and give weights.pt instead"
-        ) from error
-    except Exception as error:  # truncated, or a zip that torch.save did not write
-        raise ValueError(
-            f"checkpoint {path} is damaged (truncated?) or a zip file torch.save did not write: "
-            f"torch.load failed with {_first_line(error)}. Copy or download it again"
-        ) from error
+        return load_weights(path, allowed=_ALLOWED)
+    except WeightsError as error:
+        advice = "" if error.refused is None else (
+            f". If you trust this file, extract its weights once where {error.refused} can be imported, "
+            f"with torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.pt'), and "
+            f"give weights.pt instead")
+        raise WeightsError(f"checkpoint {error}{advice}", error.refused) from error
 
 
 def state_dict_of(content: Any, path: str | os.PathLike) -> Mapping[str, Any]:
@@ -177,30 +156,6 @@ def state_dict_of(content: Any, path: str | os.PathLike) -> Mapping[str, Any]:
             f"nor a state_dict (a dict of name -> tensor)"
         )
     return content
-
-
-def _unpickling_reason(error: Exception) -> str:
-    """What torch's weights-only unpickler tripped over, without its advice on weights_only."""
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", str(error), re.DOTALL)
-    return found.group(1) if found else _first_line(error)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-def _refused_global(error: Exception) -> str | None:
-    """The module.name torch's weights-only unpickler refused, if that is why it stopped (a
-    name that is no Python name means random bytes, not a refused class)."""
-    found = re.search(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)", str(error))
-    if found is None or not _DOTTED_NAME.fullmatch(found.group(1)):
-        return None
-    name = found.group(1)
-    return name if "." in name else f"builtins.{name}"  # torch's message drops "builtins."
 
 
 def _is_model_key(key: str) -> bool:
