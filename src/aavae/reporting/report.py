@@ -84,6 +84,19 @@ def short_training_note(epochs: Any) -> str | None:
             "command continues from the checkpoint).")
 
 
+def evaluation_note(metrics: dict[str, Any]) -> str | None:
+    """Whose data the scores are on, when it is not simply the model's own (None then)."""
+    if metrics.get("evaluation") == "transfer":
+        trained_on, scored_on = (str(metrics.get(key))[:12] for key in ("model_data_sha256", "data_sha256"))
+        return (f"Transfer evaluation: a model trained on {metrics.get('model_dataset') or 'other data'} (data "
+                f"sha256 {trained_on}), scored on {metrics.get('dataset')} ({scored_on}): not its own data's scores.")
+    if metrics.get("evaluation") == "data_unrecorded":
+        return ("Training data unknown: the evaluated model does not record the data it was trained on "
+                "(a paper checkpoint, or a file written before models recorded it), so whether these "
+                "are its own dataset's scores cannot be said.")
+    return None
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: the learned features beside each baseline."""
     rows = [(f"{metrics.get('objective', 'model')} (pretrained)", metrics)]
@@ -111,6 +124,8 @@ def main(argv: list[str]) -> int:
         return 1
     metrics = json.loads(path.read_text())
     print(f"\nDataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')})\n")
+    if (provenance := evaluation_note(metrics)) is not None:
+        print(f"{textwrap.fill(provenance, 100)}\n")
     print(results_table(metrics))
     summary = conclusion(metrics)
     if summary:

@@ -16,12 +16,14 @@ from typing import Any
 from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
+    evaluation_note,
     short_training_note,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = (
     ("dataset", "dataset"),
+    ("evaluation", "evaluation"),  # same_data | transfer | data_unrecorded
     ("objective", "objective"),
     ("epochs", "pretraining epochs"),
     ("protocol", "linear-eval protocol"),
@@ -148,9 +150,9 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         for key, label in SUMMARY_KEYS
         if metrics.get(key) is not None
     ]
-    note = short_training_note(metrics.get("epochs"))
+    notes = [note for note in (evaluation_note(dict(metrics)), short_training_note(metrics.get("epochs"))) if note]
     summary = f'<dl class="summary">{"".join(items)}</dl>' if items else ""
-    return summary + (f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' if note else "")
+    return summary + "".join(f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' for note in notes)
 
 
 def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]]) -> str:
