@@ -30,8 +30,8 @@ def embed_project(digits_project, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo_folder(embed_project, tmp_path_factory):
     """Test digits as PNG files (lossless) in a layout with no classes, and what they are."""
-    images = np.asarray(load_imageset(embed_project / "data/03_primary/images_test").images)
-    with np.load(embed_project / "data/04_feature/features_test.npz") as archive:
+    images = np.asarray(load_imageset(embed_project / "data/test/03_primary/images_test").images)
+    with np.load(embed_project / "data/test/04_feature/features_test.npz") as archive:
         features = archive["features"]
     folder = tmp_path_factory.mktemp("photos") / "scans"
     rows = {}
@@ -45,7 +45,7 @@ def photo_folder(embed_project, tmp_path_factory):
 
 
 def embeddings(project) -> pd.DataFrame:
-    return pd.read_parquet(project / "data/07_model_output/embeddings.parquet")
+    return pd.read_parquet(project / "data/test/07_model_output/embeddings.parquet")
 
 
 def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed_project, photo_folder):
@@ -59,13 +59,13 @@ def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed
     vectors = np.stack(table.embedding.to_numpy())
     np.testing.assert_allclose(vectors, features[[rows[p] for p in table.path]], **TOLERANCE)
 
-    report = json.loads((embed_project / "data/08_reporting/neighbours.json").read_text())
+    report = json.loads((embed_project / "data/test/08_reporting/neighbours.json").read_text())
     assert report["source"] == str(folder) and len(report["queries"]) == 4
     for query in report["queries"]:
         found = [n["path"] for n in query["neighbours"]]
         assert len(found) == 8 and query["query"] not in found, "a folder image is not its own neighbour"
         assert found[0] in rows
-    assert (embed_project / "data/08_reporting/neighbours.png").read_bytes().startswith(b"\x89PNG")
+    assert (embed_project / "data/test/08_reporting/neighbours.png").read_bytes().startswith(b"\x89PNG")
 
     client = MlflowClient(f"sqlite:///{embed_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
@@ -79,7 +79,7 @@ def test_a_query_image_lists_its_nearest_images_from_the_stored_index(embed_proj
     result = kedro(embed_project, "--pipeline", "embed_query", "--env", "test", "--params",
                    f"embed.query={query},embed.precision=32-true")
 
-    report = json.loads((embed_project / "data/08_reporting/neighbours.json").read_text())
+    report = json.loads((embed_project / "data/test/08_reporting/neighbours.json").read_text())
     (answer,) = report["queries"]
     assert answer["query"] == str(query)
     assert answer["neighbours"][0]["path"] == "batch1/page 001.png"  # the file itself is in the folder
@@ -104,7 +104,7 @@ def test_a_registered_model_embeds_an_archive_like_the_trained_bundle(embed_proj
     vectors = np.stack(table.embedding.to_numpy())
     np.testing.assert_allclose(vectors, features[[rows[p.removeprefix("scans/")] for p in table.path]],
                                **TOLERANCE)
-    index = np.load(embed_project / "data/07_model_output/embedding_index.npz", allow_pickle=False)
+    index = np.load(embed_project / "data/test/07_model_output/embedding_index.npz", allow_pickle=False)
     assert str(index["model"]) == "models:/digits-aavae-encoder/1"
 
 

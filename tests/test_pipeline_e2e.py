@@ -45,7 +45,7 @@ def test_pretrain_run_is_tracked(runs):
 
 def test_evaluate_run_scores_and_links_to_training(runs, digits_project):
     client, pretrain, evaluate = runs
-    metrics = json.loads((digits_project / "data/08_reporting/metrics.json").read_text())
+    metrics = json.loads((digits_project / "data/test/08_reporting/metrics.json").read_text())
     assert metrics["dataset"] == "digits"
     for value in (metrics["linear_top1"], metrics["baselines"]["random_init"]["linear_top1"]):
         assert 0.0 <= value <= 1.0
@@ -66,4 +66,4 @@ def test_unknown_parameter_stops_the_run_before_any_work(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "pretrain.bogus_key" in output and "unknown parameter" in output
-    assert not (project / "data/03_primary/images_train").exists(), "nothing was ingested"
+    assert not (project / "data/test/03_primary/images_train").exists(), "nothing was ingested"
