@@ -72,10 +72,10 @@ def pretrain(
     previous = previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
     resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
-    if resume_from:
-        provenance.check_data(str(resume_from), (load_weights(resume_from, mmap=True).get(provenance.CHECKPOINT_DATA)
-                                                 or {}).get("sha256"), dataset_card.get("sha256"),
-                              f"Its folder is keyed by the data, so it was copied there: move it out of {checkpoint_dir}.")
+    if resume_from:  # the folder is keyed by the data: a checkpoint of other data was copied in
+        trained_on = load_weights(resume_from, mmap=True).get(provenance.CHECKPOINT_DATA) or {}
+        provenance.check_data(str(resume_from), trained_on.get("sha256"), dataset_card.get("sha256"),
+                              f"Move it out of {checkpoint_dir}, whose name is a hash of the data it trains on.")
     resumed_from = previous if resume_from else None
     if not resume_from and (moved := set_aside_checkpoints(checkpoint_dir)):
         log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s",
