@@ -78,6 +78,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+from tests.helpers.project import artifact_root  # noqa: E402 - where an environment's artifacts go
+
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10_jpeg.tar.gz"
 OBJECTIVES = ("aavae", "vae", "ae")
 BASELINES = ("random_init", "raw_pixels")
@@ -87,13 +90,14 @@ CIFAR10_PYTHON_NAMES = {"cifar-10-python.tar.gz", "cifar-10-batches-py"}
 # Relative to the project root, like the catalog's paths.
 REPORT_DIR = Path("data/08_reporting/budget_cifar10")
 SUBSET_DIR = Path("data/01_raw/budget_cifar10_subset")
-METRICS = Path("data/08_reporting/metrics.json")
-DATASET_CARD = Path("data/03_primary/dataset_card.json")
+# Relative to the environment's artifact root (data/<env>, conf/<env>/globals.yml).
+METRICS = Path("08_reporting/metrics.json")
+DATASET_CARD = Path("03_primary/dataset_card.json")
 KEPT_ARTIFACTS = (
-    Path("data/06_models/aavae_model.pt"),
+    Path("06_models/aavae_model.pt"),
     METRICS,
-    Path("data/08_reporting/report.html"),
-    Path("data/08_reporting/reconstructions.png"),
+    Path("08_reporting/report.html"),
+    Path("08_reporting/reconstructions.png"),
 )
 
 
@@ -393,12 +397,13 @@ def run_objective(
 
 
 def measure(
-    objective: str, batch_size: int, seconds: dict[str, float], project: Path, seed: int = 0
+    objective: str, batch_size: int, seconds: dict[str, float], artifacts: Path, seed: int = 0
 ) -> tuple[Outcome, dict[str, Any]]:
-    """The row of the run just made, from what its pipelines wrote; and its metrics.json."""
-    metrics = json.loads((project / METRICS).read_text())
-    card = json.loads((project / DATASET_CARD).read_text())
-    bundle = torch.load(project / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
+    """The row of the run just made, from what its pipelines wrote under ``artifacts`` (the
+    environment's root); and its metrics.json."""
+    metrics = json.loads((artifacts / METRICS).read_text())
+    card = json.loads((artifacts / DATASET_CARD).read_text())
+    bundle = torch.load(artifacts / KEPT_ARTIFACTS[0], map_location="cpu", weights_only=True)
     from aavae.common.batches import batch_shape
 
     steps_per_epoch, per_step = batch_shape(train_size(card), batch_size)  # the training loader's
@@ -411,13 +416,14 @@ def measure(
     return outcome, metrics
 
 
-def keep_artifacts(project: Path, objective: str, seed: int = 0, report_dir: Path = REPORT_DIR) -> Path:
-    """Copy the run's model, metrics and figures before the next run overwrites them."""
+def keep_artifacts(project: Path, artifacts: Path, objective: str, seed: int = 0, report_dir: Path = REPORT_DIR) -> Path:
+    """Copy the run's model, metrics and figures (under ``artifacts``) before the next run
+    overwrites them."""
     kept = project / report_dir / objective / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
     for artifact in KEPT_ARTIFACTS:
-        if (project / artifact).is_file():
-            shutil.copy2(project / artifact, kept / artifact.name)
+        if (artifacts / artifact).is_file():
+            shutil.copy2(artifacts / artifact, kept / artifact.name)
     return kept
 
 
@@ -533,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[budget] subset: {args.subset} images per split written to {args.path} "
               f"in {time.perf_counter() - started:.0f} s", flush=True)
     env, dataset = dataset_params(args.path, data_format)
+    artifacts = artifact_root(args.project, env)
     recipe = Recipe(args.budget_minutes, args.budget_steps, args.width, args.latent_dim,
                     args.batch_size, args.lr, args.warmup_fraction, args.schedule,
                     args.snapshot_every, args.overrides)
@@ -543,8 +550,9 @@ def main(argv: list[str] | None = None) -> None:
             wanted = baselines_for(seed, args.baselines) if position == 0 else []
             params = recipe.runtime_params(objective, dataset, wanted, seed)
             seconds = run_objective(objective, params, args, env, seed)
-            row, metrics = measure(objective, args.batch_size, seconds, args.project, seed)
-            print(progress_line(row, keep_artifacts(args.project, objective, seed, args.report_dir)), flush=True)
+            row, metrics = measure(objective, args.batch_size, seconds, artifacts, seed)
+            print(progress_line(row, keep_artifacts(args.project, artifacts, objective, seed, args.report_dir)),
+                  flush=True)
             runs.append(row)
             baselines += baseline_rows(metrics, wanted, seed)
             for group, key, value in args.eval_variants:  # the same model, evaluated otherwise
@@ -552,9 +560,9 @@ def main(argv: list[str] | None = None) -> None:
                 varied = {**params, group: {**params[group], key: value, "baselines": []}}
                 seconds = {"pretrain": row.pretrain_seconds,
                            **run_objective(objective, varied, args, env, seed, ("evaluate",), label)}
-                variant, _ = measure(objective, args.batch_size, seconds, args.project, seed)
+                variant, _ = measure(objective, args.batch_size, seconds, artifacts, seed)
                 variant.name = label
-                print(progress_line(variant, keep_artifacts(args.project, label.replace("/", "_"), seed,
+                print(progress_line(variant, keep_artifacts(args.project, artifacts, label.replace("/", "_"), seed,
                                                             args.report_dir)), flush=True)
                 runs.append(variant)
     rows = runs + sorted(baselines, key=lambda row: row.name != BASELINE_LABELS["random_init"])

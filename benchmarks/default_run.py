@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT / "src"))
+sys.path[:0] = [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]
 
 from aavae.common.hardware import cpu_has_fast_bf16  # noqa: E402
 from aavae.reporting.report import accuracy_columns  # noqa: E402 - after the path is set
+from tests.helpers.project import artifact_root  # noqa: E402
 
-METRICS = Path("data/08_reporting/metrics.json")
+METRICS = Path("08_reporting/metrics.json")  # under the --env's artifact root
 KEPT = Path("data/08_reporting/default_run")
 #: The goal of issue 24: ahead of the best baseline by this many points ...
 GOAL_POINTS = 2.0
@@ -94,10 +95,11 @@ def run_once(args: argparse.Namespace, precision: str, seed: int) -> tuple[dict[
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); its output is above")
-    metrics = json.loads((PROJECT_ROOT / METRICS).read_text())
+    written = artifact_root(PROJECT_ROOT, args.env) / METRICS
+    metrics = json.loads(written.read_text())
     kept = PROJECT_ROOT / KEPT / precision / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(PROJECT_ROOT / METRICS, kept / METRICS.name)
+    shutil.copy2(written, kept / METRICS.name)
     return metrics, seconds
 
 

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         project = copy_project(Path(scratch))
         recipe = ["--env", "imagefolder", "--params"]
         if args.model is not None:
-            shutil.copy2(args.model, project / "data/06_models/aavae_model.pt")
+            shutil.copy2(args.model, project / "data/imagefolder/06_models/aavae_model.pt")
             data_param = f"dataset.path={args.folder.parent}"  # validated, not read, by embed
             print(f"[embed] model: {args.model}", flush=True)
         else:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                                    f"{data_param},pretrain.max_time_minutes={args.train_minutes}")
             print(f"[embed] pretrain took {seconds:.0f} s; model kept as {TRAINED_HERE}", flush=True)
             TRAINED_HERE.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(project / "data/06_models/aavae_model.pt", TRAINED_HERE)
+            shutil.copy2(project / "data/imagefolder/06_models/aavae_model.pt", TRAINED_HERE)
 
         arguments = ["--pipeline", "embed", *recipe, f"{data_param},embed.path={args.folder},embed.query={query},embed.precision={args.precision}"]
         print(f"[embed] kedro run {' '.join(arguments)}", flush=True)

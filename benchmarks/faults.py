@@ -65,9 +65,11 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from tests.helpers.project import copy_project  # noqa: E402 - one owner of "a throw-away project copy"
+from tests.helpers.project import artifact_root, copy_project  # noqa: E402 - one owner of "a throw-away project copy"
 
 METRIC_KEYS = ("linear_top1", "linear_top5", "knn_top1")
+#: The --env's artifact root inside a project copy (main() sets it: data/test for the default env).
+ARTIFACTS = Path("data/test")
 ATOL, RTOL, METRIC_TOLERANCE = 1e-5, 1e-4, 1e-6
 
 
@@ -139,7 +141,7 @@ def training_state(project: Path) -> str:
     """What a kill left behind: the newest readable checkpoint's step, or none yet."""
     from aavae.training import newest_loadable_checkpoint
 
-    folders = sorted(p for p in (project / "data/06_models/checkpoints").glob("*") if p.is_dir())
+    folders = sorted(p for p in (project / ARTIFACTS / "06_models/checkpoints").glob("*") if p.is_dir())
     found = [newest_loadable_checkpoint(folder) for folder in folders]
     found = [path for path in found if path is not None]
     if not found:
@@ -181,11 +183,11 @@ def running_runs(project: Path) -> int:
 
 def compare(project: Path, reference: Path, trial: Trial) -> None:
     """Fill ``trial``'s weight difference and problems against the reference project."""
-    model = project / "data/06_models/aavae_model.pt"
+    model = project / ARTIFACTS / "06_models/aavae_model.pt"
     if not model.is_file():
         trial.problems.append("no aavae_model.pt")
         return
-    expected = torch.load(reference / "data/06_models/aavae_model.pt", weights_only=True)["state_dict"]
+    expected = torch.load(reference / ARTIFACTS / "06_models/aavae_model.pt", weights_only=True)["state_dict"]
     got = torch.load(model, weights_only=True)["state_dict"]
     if expected.keys() != got.keys():
         trial.problems.append("the model's keys differ from the reference's")
@@ -199,11 +201,11 @@ def compare(project: Path, reference: Path, trial: Trial) -> None:
         elif not torch.equal(got[key], value):
             trial.problems.append(f"weights differ: {key}")
     trial.max_weight_difference = worst
-    metrics = project / "data/08_reporting/metrics.json"
+    metrics = project / ARTIFACTS / "08_reporting/metrics.json"
     if not metrics.is_file():
         trial.problems.append("no metrics.json")
         return
-    ours, theirs = json.loads(metrics.read_text()), json.loads((reference / "data/08_reporting/metrics.json").read_text())
+    ours, theirs = json.loads(metrics.read_text()), json.loads((reference / ARTIFACTS / "08_reporting/metrics.json").read_text())
     for key in METRIC_KEYS:
         if abs(ours[key] - theirs[key]) > METRIC_TOLERANCE:
             trial.problems.append(f"{key} {ours[key]:.6f} vs {theirs[key]:.6f}")
@@ -236,7 +238,7 @@ def _input_trial(index: int, name: str, check) -> Trial:
 
 def mismatched_artifacts(reference: Path, env: str, epochs: int, threads: int) -> list[str]:
     """The reference model evaluated after a re-ingest at another size: a named refusal."""
-    metrics = reference / "data/08_reporting/metrics.json"
+    metrics = reference / ARTIFACTS / "08_reporting/metrics.json"
     before = metrics.read_text()
     logs = reference / "logs"
     try:
@@ -265,7 +267,7 @@ def odd_batch(project: Path, env: str, threads: int) -> list[str]:
     if status != 0:
         how = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         return [f"pretrain with batch 63 ended with {how} (see {project / 'logs'})"]
-    return [] if (project / "data/06_models/aavae_model.pt").is_file() else ["no aavae_model.pt"]
+    return [] if (project / ARTIFACTS / "06_models/aavae_model.pt").is_file() else ["no aavae_model.pt"]
 
 
 def bad_served_input(reference: Path) -> list[str]:
@@ -273,7 +275,7 @@ def bad_served_input(reference: Path) -> list[str]:
     import mlflow
     import numpy as np
 
-    record = json.loads((reference / "data/06_models/registered_model.json").read_text())
+    record = json.loads((reference / ARTIFACTS / "06_models/registered_model.json").read_text())
     if not record.get("registered"):
         return [f"the reference registered no model ({record.get('reason')})"]
     mlflow.set_tracking_uri(f"sqlite:///{reference / 'mlflow.db'}")
@@ -309,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where the copies go (default: a temporary folder)")
     args = parser.parse_args(argv)
 
+    global ARTIFACTS
+    ARTIFACTS = artifact_root(PROJECT_ROOT, args.env).relative_to(PROJECT_ROOT)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="aavae-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     phases = ["pretrain"] + ([] if args.no_evaluate else ["evaluate"])

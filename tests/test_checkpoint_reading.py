@@ -334,7 +334,7 @@ def test_a_2021_lightning_checkpoint_is_evaluated_by_kedro_to_what_its_weights_s
     # the same features and the same scores, whichever file carries them.
     project = copy_project(tmp_path)
     kedro(project, "--pipeline", "ingest", "--env", "test")
-    bundle = torch.load(digits_project / "data/06_models/aavae_model.pt", weights_only=True)
+    bundle = torch.load(digits_project / "data/test/06_models/aavae_model.pt", weights_only=True)
     paper_file = write_paper_checkpoint(project / "aavae_digits.ckpt", bundle["state_dict"])
     bundle_file = project / "same_weights.pt"
     torch.save(bundle, bundle_file)
@@ -345,8 +345,8 @@ def test_a_2021_lightning_checkpoint_is_evaluated_by_kedro_to_what_its_weights_s
         result = kedro(project, "--pipeline", "evaluate", "--env", "test", "--params",
                        f"evaluate.checkpoint={path},{quick}")
         assert "Weights only load failed" not in result.stdout + result.stderr
-        metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
-        with np.load(project / "data/04_feature/features_test.npz") as features:
+        metrics = json.loads((project / "data/test/08_reporting/metrics.json").read_text())
+        with np.load(project / "data/test/04_feature/features_test.npz") as features:
             scored[name] = (metrics, features["features"].copy())
 
     (paper_metrics, paper_features), (bundle_metrics, bundle_features) = scored["paper"], scored["bundle"]

@@ -63,5 +63,5 @@ def test_a_run_stopped_while_compiling_stops_at_once_and_ends_killed(tmp_path, h
     assert "Compiled the training step" not in text, "stopped inside the compile"
     (run,) = project_runs(project)
     assert run.info.status == "KILLED"
-    (last,) = (project / "data/06_models/checkpoints").glob("*/last.ckpt")
+    (last,) = (project / "data/test/06_models/checkpoints").glob("*/last.ckpt")
     assert torch.load(last, weights_only=True, mmap=True)["global_step"] == 0, "no step finished"

@@ -55,10 +55,10 @@ def test_two_spawned_ranks_train_like_one_process_and_resume_after_a_kill(tmp_pa
     killed, finished = project_runs(two)[-2:]
     assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
     assert finished.data.tags["resumed_from_run"] == killed.info.run_id
-    bundle = torch.load(two / "data/06_models/aavae_model.pt", weights_only=True)
+    bundle = torch.load(two / "data/test/06_models/aavae_model.pt", weights_only=True)
     assert bundle["epochs"] == 3 and bundle["mlflow_run_id"] == finished.info.run_id
-    expected, got = _flat(one / "data/06_models/aavae_model.pt"), _flat(two / "data/06_models/aavae_model.pt")
-    first_epoch = torch.load(next((two / "data/06_models/checkpoints").glob("*/epoch0001.ckpt")), weights_only=True)
+    expected, got = _flat(one / "data/test/06_models/aavae_model.pt"), _flat(two / "data/test/06_models/aavae_model.pt")
+    first_epoch = torch.load(next((two / "data/test/06_models/checkpoints").glob("*/epoch0001.ckpt")), weights_only=True)
     assert (expected - got).norm() < 0.04 * expected.norm()
     assert torch.nn.functional.cosine_similarity(expected, got, dim=0) > 0.9995
     assert first_epoch["global_step"] == 2, "2 steps an epoch (1,219 training digits, batch 448), not 2 per rank"
@@ -79,5 +79,5 @@ def test_torchrun_starts_ranks_that_share_one_mlflow_run_and_one_writer(tmp_path
     runs = [run for run in project_runs(project) if run.info.run_name.split()[0] == "train"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", "rank 1 opens no MLflow run"
     assert "train_loss" in runs[0].data.metrics
-    bundle = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
+    bundle = torch.load(project / "data/test/06_models/aavae_model.pt", weights_only=True)
     assert bundle["mlflow_run_id"] == runs[0].info.run_id

@@ -30,8 +30,8 @@ def embed_project(digits_project, tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo_folder(embed_project, tmp_path_factory):
     """Test digits as PNG files (lossless) in a layout with no classes, and what they are."""
-    images = np.asarray(load_imageset(embed_project / "data/03_primary/images_test").images)
-    with np.load(embed_project / "data/04_feature/features_test.npz") as archive:
+    images = np.asarray(load_imageset(embed_project / "data/test/03_primary/images_test").images)
+    with np.load(embed_project / "data/test/04_feature/features_test.npz") as archive:
         features = archive["features"]
     folder = tmp_path_factory.mktemp("photos") / "scans"
     rows = {}
@@ -45,7 +45,7 @@ def photo_folder(embed_project, tmp_path_factory):
 
 
 def embeddings(project) -> pd.DataFrame:
-    return pd.read_parquet(project / "data/07_model_output/embeddings.parquet")
+    return pd.read_parquet(project / "data/test/07_model_output/embeddings.parquet")
 
 
 def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed_project, photo_folder):
@@ -59,7 +59,7 @@ def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed
     vectors = np.stack(table.embedding.to_numpy())
     np.testing.assert_allclose(vectors, features[[rows[p] for p in table.path]], **TOLERANCE)
 
-    report = json.loads((embed_project / "data/08_reporting/neighbours.json").read_text())
+    report = json.loads((embed_project / "data/test/08_reporting/neighbours.json").read_text())
     assert report["source"] == str(folder) and len(report["queries"]) == 4
     for query in report["queries"]:
         found = [n["path"] for n in query["neighbours"]]
@@ -69,7 +69,7 @@ def test_embed_writes_a_parquet_table_with_the_features_pipelines_features(embed
     # (the plain cosine of a trained model's features put them all at 0.98-0.99; here, 0.79-0.98).
     similarities = [n["similarity"] for query in report["queries"] for n in query["neighbours"]]
     assert max(similarities) - min(similarities) > 0.3, similarities
-    assert (embed_project / "data/08_reporting/neighbours.png").read_bytes().startswith(b"\x89PNG")
+    assert (embed_project / "data/test/08_reporting/neighbours.png").read_bytes().startswith(b"\x89PNG")
 
     client = MlflowClient(f"sqlite:///{embed_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")
@@ -83,7 +83,7 @@ def test_a_query_image_lists_its_nearest_images_from_the_stored_index(embed_proj
     result = kedro(embed_project, "--pipeline", "embed_query", "--env", "test", "--params",
                    f"embed.query={query},embed.precision=32-true")
 
-    report = json.loads((embed_project / "data/08_reporting/neighbours.json").read_text())
+    report = json.loads((embed_project / "data/test/08_reporting/neighbours.json").read_text())
     (answer,) = report["queries"]
     assert answer["query"] == str(query)
     assert answer["neighbours"][0]["path"] == "batch1/page 001.png"  # the file itself is in the folder
@@ -109,7 +109,7 @@ def test_a_registered_model_embeds_an_archive_like_the_trained_bundle(embed_proj
     vectors = np.stack(table.embedding.to_numpy())
     np.testing.assert_allclose(vectors, features[[rows[p.removeprefix("scans/")] for p in table.path]],
                                **TOLERANCE)
-    index = np.load(embed_project / "data/07_model_output/embedding_index.npz", allow_pickle=False)
+    index = np.load(embed_project / "data/test/07_model_output/embedding_index.npz", allow_pickle=False)
     assert str(index["model"]) == "models:/digits-aavae-encoder/1"
 
 

@@ -33,7 +33,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     last = wait_for_new_checkpoint(project, first, after=0)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) != 0
-    preview = project / "data/08_reporting/view_preview.png"
+    preview = project / "data/test/08_reporting/view_preview.png"
     assert preview.is_file() and last.is_file()
     assert not (project / "data/06_models/.pretrain.lock").exists(), "SIGTERM releases the pretraining lock"
 
@@ -53,7 +53,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
 
     import torch
 
-    bundle = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
+    bundle = torch.load(project / "data/test/06_models/aavae_model.pt", weights_only=True)
     assert bundle["epochs"] == 6
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     epochs_in_final_run = client.get_metric_history(third_run.info.run_id, "train_loss")
@@ -66,7 +66,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     fourth = project_runs(project)[-1]
     assert fourth.data.tags["already_trained_in_run"] == third_run.info.run_id
     assert "train_loss" not in fourth.data.metrics
-    rebuilt = torch.load(project / "data/06_models/aavae_model.pt", weights_only=True)
+    rebuilt = torch.load(project / "data/test/06_models/aavae_model.pt", weights_only=True)
     assert rebuilt["mlflow_run_id"] == third_run.info.run_id and rebuilt["epochs"] == 6
     for key, value in bundle["state_dict"].items():
         assert torch.equal(rebuilt["state_dict"][key], value), key

@@ -61,14 +61,14 @@ def tracking_uri(digits_project):
 @pytest.fixture(scope="module")
 def pipeline_features(digits_project):
     """The test images and what the features pipeline extracted from them."""
-    images = np.asarray(load_imageset(digits_project / "data/03_primary/images_test").images)
-    with np.load(digits_project / "data/04_feature/features_test.npz") as archive:
+    images = np.asarray(load_imageset(digits_project / "data/test/03_primary/images_test").images)
+    with np.load(digits_project / "data/test/04_feature/features_test.npz") as archive:
         return images, archive["features"]
 
 
 def test_pretrain_registers_one_version_from_its_own_run(digits_project, tracking_uri):
     client = MlflowClient(tracking_uri)
-    record = json.loads((digits_project / "data/06_models/registered_model.json").read_text())
+    record = json.loads((digits_project / "data/test/06_models/registered_model.json").read_text())
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
 
     pretrain = client.get_run(versions[0].run_id)
@@ -235,7 +235,7 @@ def test_a_model_logged_without_limits_loads_and_serves_with_the_default_limits(
 ):
     """A model registered before the limits existed has none in its config: the defaults apply."""
     images, features = pipeline_features
-    bundle = TorchBundleDataset(str(digits_project / "data/06_models/aavae_model.pt")).load()
+    bundle = TorchBundleDataset(str(digits_project / "data/test/06_models/aavae_model.pt")).load()
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
@@ -267,8 +267,8 @@ def test_a_limit_overridden_at_loading_must_be_a_positive_integer(tracking_uri):
 
 
 def test_a_training_run_is_registered_once_and_a_new_one_gets_the_next_version(digits_project, tmp_path):
-    bundle = TorchBundleDataset(str(digits_project / "data/06_models/aavae_model.pt")).load()
-    images_test = load_imageset(digits_project / "data/03_primary/images_test")
+    bundle = TorchBundleDataset(str(digits_project / "data/test/06_models/aavae_model.pt")).load()
+    images_test = load_imageset(digits_project / "data/test/03_primary/images_test")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("registry", artifact_location=str(tmp_path / "artifacts"))

@@ -94,4 +94,4 @@ def test_a_kedro_pretrain_with_an_odd_batch_completes(tmp_path):
     result = kedro(project, "--pipeline", "pretrain", "--env", "test", "--params", "pretrain.batch_size=63")
     log = " ".join((result.stdout + result.stderr).split())
     assert "Training in the contiguous memory layout" in log and "the batch is odd (63 images" in log, log[-3000:]
-    assert (project / "data" / "06_models" / "aavae_model.pt").is_file()
+    assert (project / "data/test/06_models/aavae_model.pt").is_file()

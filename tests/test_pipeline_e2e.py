@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -45,7 +46,7 @@ def test_pretrain_run_is_tracked(runs):
 
 def test_evaluate_run_scores_and_links_to_training(runs, digits_project):
     client, pretrain, evaluate = runs
-    metrics = json.loads((digits_project / "data/08_reporting/metrics.json").read_text())
+    metrics = json.loads((digits_project / "data/test/08_reporting/metrics.json").read_text())
     assert metrics["dataset"] == "digits"
     for value in (metrics["linear_top1"], metrics["baselines"]["random_init"]["linear_top1"]):
         assert 0.0 <= value <= 1.0
@@ -66,7 +67,7 @@ def test_unknown_parameter_stops_the_run_before_any_work(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "pretrain.bogus_key" in output and "unknown parameter" in output
-    assert not (project / "data/03_primary/images_train").exists(), "nothing was ingested"
+    assert not (project / "data/test/03_primary/images_train").exists(), "nothing was ingested"
 
 
 @pytest.mark.slow
@@ -75,11 +76,13 @@ def test_a_run_cut_short_by_the_time_limit_is_recorded_through_to_the_metrics(tm
     # step, whatever the machine.
     project = copy_project(tmp_path)
     pretrained = kedro(project, "--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_time_minutes=0.001")
-    assert "pretrain.max_time_minutes=0.001 stopped training at step 0 of the 42 its schedule spans" in (
-        pretrained.stdout + pretrained.stderr)
+    warned = re.search(r"pretrain.max_time_minutes=0.001 stopped training at step 0 of the (\d+) its schedule spans",
+                       pretrained.stdout + pretrained.stderr)
+    assert warned, pretrained.stdout + pretrained.stderr
+    planned = int(warned[1])
     kedro(project, "--pipeline", "evaluate", "--env", "test")
-    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
-    assert metrics["cut_by_time_limit"] == {"max_time_minutes": 0.001, "planned_steps": 42, "planned_epochs": 2.0}
+    metrics = json.loads((project / "data/test/08_reporting/metrics.json").read_text())
+    assert metrics["cut_by_time_limit"] == {"max_time_minutes": 0.001, "planned_steps": planned, "planned_epochs": 2.0}
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     training = client.get_run(metrics["training_run_id"])
-    assert training.data.tags["training.cut_by_time_limit"] == "0 of 42 steps"
+    assert training.data.tags["training.cut_by_time_limit"] == f"0 of {planned} steps"

@@ -3,45 +3,38 @@
 The issue's cases through real `kedro run`s: after a digits pretrain, a re-ingest of another
 folder (or of the digits at another size) makes evaluate refuse, naming both datasets, with
 metrics.json and the training run untouched; an explicit `evaluate.checkpoint` of the same model
-is a transfer evaluation, said and recorded, its images brought to the model's input size.
+(its bundle, or one of its training checkpoints) is a transfer evaluation, said in the log, the
+printed table, report.html and MLflow, its images brought to the model's input size. Each
+reader called directly: tests/test_provenance_readers.py.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from aavae.common import provenance
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
 from aavae.kedro_ext.datasets import ArraysDataset
 from tests.conftest import copy_project, kedro, project_runs
+from tests.helpers.datasets import two_class_folder
 
 FAST_EVALUATION = "evaluate.embedding_points=50,evaluate.baselines=[]"
 
 
-def _two_class_folder(root, side: int = 20, per_class: int = 6):
-    """train/ and test/ of two classes of coloured squares, as PNG files."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", per_class // 2)):
-        for label, colour in enumerate(((200, 30, 30), (30, 30, 200))):
-            folder = root / split / f"class{label}"
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(rng.normal(colour, 30, (side, side, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A project copy that pretrained on the digits (`--env test`), its metrics.json kept."""
+    """A project copy that pretrained on the digits (`--env test`), its metrics.json kept, and
+    what its evaluate printed."""
     project = copy_project(tmp_path_factory.mktemp("provenance"))
     kedro(project, "--pipeline", "pretrain", "--env", "test")
-    kedro(project, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION)
+    evaluated = kedro(project, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION)
+    (project / "evaluate.log").write_text(evaluated.stdout + evaluated.stderr)
     return project
 
 
@@ -53,28 +46,44 @@ def _said(result) -> str:
     return " ".join((result.stdout + result.stderr).split())  # the log wraps long lines
 
 
+def test_a_normal_evaluation_logs_no_provenance_warning(trained):
+    """Every artifact of a fresh pretrain + evaluate records its provenance: a warning that it
+    cannot be checked would fire on every run, and teach users to ignore the real one."""
+    said = " ".join((trained / "evaluate.log").read_text().split())
+    assert "Pipeline execution completed" in said
+    assert "recorded provenance" not in said and "does not record" not in said
+    metrics = json.loads((trained / "data/test/08_reporting/metrics.json").read_text())
+    assert metrics["evaluation"] == "same_data" and metrics["model_data_sha256"] == metrics["data_sha256"]
+
+
 def test_evaluate_refuses_a_model_trained_on_other_images_and_writes_nothing(trained, tmp_path):
-    folder = _two_class_folder(tmp_path / "other")
-    metrics_before = (trained / "data/08_reporting/metrics.json").read_text()
+    folder = two_class_folder(tmp_path / "other")
+    other = f"dataset.name=imagefolder,dataset.path={folder},dataset.image_size=16"
+    metrics_before = (trained / "data/test/08_reporting/metrics.json").read_text()
     copied_before = _training_run(trained).data.metrics.get("eval_linear_top1")
-    kedro(trained, "--pipeline", "ingest", "--env", "imagefolder", "--params",
-          f"dataset.path={folder},dataset.image_size=16")
+    kedro(trained, "--pipeline", "ingest", "--env", "test", "--params", other)
 
-    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION,
+    # the environment says digits: images of another dataset are not its images
+    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION, check=False)
+    said = _said(result)
+    assert result.returncode != 0
+    assert "The images ingested in data/test/03_primary are imagefolder from" in said
+    assert "but this environment's dataset is dataset.name=digits" in said
+
+    result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", f"{other},{FAST_EVALUATION}",
                    check=False)
-
     said = _said(result)
     assert result.returncode != 0
     assert "aavae_model.pt was trained on digits" in said and "the images ingested now are imagefolder" in said
-    assert "evaluate.checkpoint=data/06_models/aavae_model.pt" in said, "the way to ask for a transfer"
-    assert (trained / "data/08_reporting/metrics.json").read_text() == metrics_before
+    assert "evaluate.checkpoint=data/test/06_models/aavae_model.pt" in said, "the way to ask for a transfer"
+    assert (trained / "data/test/08_reporting/metrics.json").read_text() == metrics_before
     assert _training_run(trained).data.metrics.get("eval_linear_top1") == copied_before
 
     # asked for explicitly, the same model is a transfer evaluation: said, recorded, not copied
     result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params",
-                   f"evaluate.checkpoint=data/06_models/aavae_model.pt,{FAST_EVALUATION}")
-    assert "Transfer evaluation: data/06_models/aavae_model.pt was trained on digits" in _said(result)
-    metrics = json.loads((trained / "data/08_reporting/metrics.json").read_text())
+                   f"evaluate.checkpoint=data/test/06_models/aavae_model.pt,{other},{FAST_EVALUATION}")
+    assert "Transfer evaluation: data/test/06_models/aavae_model.pt was trained on digits" in _said(result)
+    metrics = json.loads((trained / "data/test/08_reporting/metrics.json").read_text())
     assert (metrics["dataset"], metrics["evaluation"], metrics["model_dataset"]) == ("imagefolder", "transfer", "digits")
     assert set(metrics["per_class"]) == {"class0", "class1"}
     assert _training_run(trained).data.metrics.get("eval_linear_top1") == copied_before, "not its data"
@@ -84,18 +93,32 @@ def test_evaluate_refuses_a_model_trained_on_other_images_and_writes_nothing(tra
     kedro(trained, "--pipeline", "ingest", "--env", "test")  # back to the digits for the next test
 
 
-def test_the_same_images_at_another_size_are_other_data_and_a_transfer_brings_them_to_the_model(trained):
+def test_a_training_checkpoint_of_other_data_is_a_transfer_said_in_the_table_report_and_mlflow(trained):
+    """A checkpoint records its training data as the bundle does: given as evaluate.checkpoint
+    after an ingest of other images (the digits at another size), it is scored as a transfer,
+    never as of unknown data, its images brought to the model's input size."""
+    (checkpoint,) = (trained / "data/test/06_models/checkpoints").glob("*/last.ckpt")
+    given = checkpoint.relative_to(trained)
     kedro(trained, "--pipeline", "ingest", "--env", "test", "--params", "dataset.image_size=24")
 
     refused = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION, check=False)
     assert refused.returncode != 0 and "24 x 24 px" in _said(refused) and "16 x 16 px" in _said(refused)
 
     result = kedro(trained, "--pipeline", "evaluate", "--env", "test", "--params",
-                   f"evaluate.checkpoint=data/06_models/aavae_model.pt,{FAST_EVALUATION}")
+                   f"evaluate.checkpoint={given},{FAST_EVALUATION}")
+    assert f"Transfer evaluation: {given} was trained on digits" in _said(result)
     assert "images brought from 24 to 16 px" in _said(result)
-    features = ArraysDataset(str(trained / "data/04_feature/features_test.npz")).load()
+    metrics = json.loads((trained / "data/test/08_reporting/metrics.json").read_text())
+    assert (metrics["evaluation"], metrics["objective"]) == ("transfer", "project checkpoint")
+    assert project_runs(trained)[-1].data.tags["evaluation.kind"] == "transfer"
+    report = (trained / "data/test/08_reporting/report.html").read_text()
+    assert "(transfer from digits)</title>" in report and "Transfer evaluation: a model trained on digits" in report
+    printed = subprocess.run([sys.executable, "-m", "aavae.reporting.report", "data/test/08_reporting/metrics.json"],
+                             cwd=trained, capture_output=True, text=True, check=True).stdout
+    assert "Transfer evaluation: a model trained on digits" in printed.split("| features |")[0], "above the table"
+    features = ArraysDataset(str(trained / "data/test/04_feature/features_test.npz")).load()
     assert provenance.stamp_of(features)["data_sha256"] == json.loads(
-        (trained / "data/03_primary/dataset_card.json").read_text())["sha256"]
+        (trained / "data/test/03_primary/dataset_card.json").read_text())["sha256"]
     kedro(trained, "--pipeline", "ingest", "--env", "test")
 
 
@@ -110,7 +133,7 @@ def test_training_refuses_views_made_from_another_ingest(trained):
 
 def test_features_of_another_model_are_not_scored(trained):
     """Stale features (say, `--nodes evaluate` after another model's features) are refused."""
-    features = ArraysDataset(str(trained / "data/04_feature/features_train.npz"))
+    features = ArraysDataset(str(trained / "data/test/04_feature/features_train.npz"))
     arrays = features.load()
     features.save({**provenance.unstamped(arrays), **provenance.stamp(
         {}, **{**provenance.stamp_of(arrays), "model_sha256": "0" * 64})})

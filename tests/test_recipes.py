@@ -164,10 +164,10 @@ def test_the_cifar10_environment_ingests_the_papers_training_images(tmp_path):
     for holdout, rows in ((10, kept), (0, list(range(100)))):
         kedro(project, "--pipeline", "ingest", "--env", "cifar10", "--params",
               f"dataset.path={folder},dataset.val_holdout={holdout}")
-        train = load_imageset(project / "data/03_primary/images_train")
+        train = load_imageset(project / "data/cifar10/03_primary/images_train")
         np.testing.assert_array_equal(train.images, images[rows])
         np.testing.assert_array_equal(train.labels, labels[rows])
-        card = json.loads((project / "data/03_primary/dataset_card.json").read_text())
+        card = json.loads((project / "data/cifar10/03_primary/dataset_card.json").read_text())
         counts = {name: split["count"] for name, split in card["splits"].items()}
         assert counts == ({"train": 90, "val": 10, "test": 4} if holdout else {"train": 100, "test": 4})
 

@@ -246,7 +246,7 @@ def test_report_figures_render_to_png():
 
 
 def test_evaluate_pipeline_writes_the_report_and_embedding(digits_project):
-    reporting = digits_project / "data/08_reporting"
+    reporting = digits_project / "data/test/08_reporting"
     metrics = json.loads((reporting / "metrics.json").read_text())
     assert metrics["protocol"] == "frozen_features"
     for scores in (metrics, *metrics["baselines"].values()):

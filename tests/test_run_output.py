@@ -31,7 +31,7 @@ def test_evaluating_a_fresh_clone_says_in_one_line_to_pretrain_and_logs_whole_li
 
     assert result.returncode == 1 and "Traceback" not in printed, printed[-3000:]
     assert result.stderr.strip().splitlines()[-1] == (  # above it: MLflow creating its store
-        f"Error: '{project / 'data/03_primary/images_train'}' does not exist yet: run `kedro run --pipeline "
+        f"Error: '{project / 'data/test/03_primary/images_train'}' does not exist yet: run `kedro run --pipeline "
         "pretrain --env test` first (it writes what this run reads).")
     assert re.search(r"Mlflow run '[^']+' - '[0-9a-f]{32}' has started\n", result.stdout), result.stdout
     assert all(line.startswith("[") or not line for line in result.stdout.splitlines()), "no record wraps"
@@ -90,7 +90,7 @@ def test_an_evaluation_ends_with_the_results_table_and_runs_are_named_for_what_t
     printed = (digits_project / "evaluate.log").read_text()
     table = printed[printed.index("Dataset: digits"):]
     assert "| features | 1 label/class |" in table and "| raw_pixels |" in table
-    assert "The report:            data/08_reporting/report.html" in table and "Linear-eval accuracy:" in table
+    assert "The report:            data/test/08_reporting/report.html" in table and "Linear-eval accuracy:" in table
 
     client = MlflowClient(f"sqlite:///{digits_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aavae")

@@ -66,8 +66,8 @@ def bounded_server(digits_project, tmp_path_factory) -> Iterator[Server]:
 def test_it_answers_as_mlflow_models_serve_does(bounded_server, digits_project):
     from aavae.data.imageset import load_imageset
 
-    images = np.asarray(load_imageset(digits_project / "data/03_primary/images_test").images[:4])
-    with np.load(digits_project / "data/04_feature/features_test.npz") as archive:
+    images = np.asarray(load_imageset(digits_project / "data/test/03_primary/images_test").images[:4])
+    with np.load(digits_project / "data/test/04_feature/features_test.npz") as archive:
         expected = archive["features"][:4]
 
     status, answer = bounded_server.post(images.tolist())

@@ -131,19 +131,22 @@ def test_resolve_model_node_reads_evaluate_checkpoint(tmp_path):
     torch.save({"state_dict": net.state_dict()}, path)
     train = ImageSet(random_images(6, 16), np.array([0, 1] * 3), ("a", "b"), "train", "f" * 64)
     test = ImageSet(random_images(4, 16), np.array([0, 1] * 2), ("a", "b"), "test", "f" * 64)
-    card = {"name": "folder", "sha256": "f" * 64, "image_shape": [16, 16, 3], "source": "here"}
+    card = {"name": "imagefolder", "sha256": "f" * 64, "image_shape": [16, 16, 3], "source": "here"}
     model_params = {"encoder": "resnet18", "width": 8, "latent_dim": 16}
     trained = ev.make_bundle(net, PREPROCESSING, data={**card})
 
-    same = resolve_model(trained, train, test, card, {}, model_params, {})
+    def resolve(bundle, evaluate):
+        return resolve_model(bundle, train, test, card, {"name": "imagefolder"}, evaluate, model_params, {}, "data/env")
+
+    same = resolve(trained, {})
     assert same["evaluated_on"]["kind"] == "same_data" and same["state_dict"] is trained["state_dict"]
-    bundle = resolve_model(trained, train, test, card, {"checkpoint": str(path)}, model_params, {})
+    bundle = resolve(trained, {"checkpoint": str(path)})
     assert bundle["checkpoint"] == str(path) and bundle["spec"]["input_size"] == 16
     assert bundle["evaluated_on"]["kind"] == "data_unrecorded", "a paper checkpoint does not say"
     with pytest.raises(ValueError, match=r"evaluate.checkpoint='.*missing.ckpt': checkpoint"):
-        resolve_model(trained, train, test, card, {"checkpoint": str(tmp_path / "missing.ckpt")}, model_params, {})
-    with pytest.raises(ValueError, match="No model to evaluate"):
-        resolve_model(None, train, test, card, {}, model_params, {})
+        resolve(trained, {"checkpoint": str(tmp_path / "missing.ckpt")})
+    with pytest.raises(ValueError, match="No model to evaluate: data/env/06_models/aavae_model.pt does not exist"):
+        resolve(None, {})
 
 
 def _trained_checkpoints(folder, objective: str = "aavae"):
@@ -152,6 +155,7 @@ def _trained_checkpoints(folder, objective: str = "aavae"):
     from aavae.data.digits import read_digits
     from aavae.objective import Objective
     from aavae.training import PretrainModule, TrainingImages, ValidationViews, build_trainer, fit
+    from aavae.training.checkpoints import RecordTrainingData
     from aavae.views import ViewPolicy
 
     digits = read_digits(image_size=16)
@@ -166,8 +170,12 @@ def _trained_checkpoints(folder, objective: str = "aavae"):
     module = PretrainModule(net, Objective(objective, config.effective_kl_coeff), ViewPolicy(), config,
                             TrainingImages(train.images[:256], train.labels[:256]), val,
                             preprocessing=Preprocessing([0.3] * 3, [0.4] * 3), num_classes=10)
-    fit(module, build_trainer(config, folder), folder, resume=False)
+    fit(module, build_trainer(config, folder, callbacks=[RecordTrainingData(TRAINED_ON)]), folder, resume=False)
     return module.net.eval(), train.images[:64]
+
+
+TRAINED_ON = {"name": "digits", "source": "sklearn", "image_shape": [16, 16, 3], "resize": "resize_crop",
+              "sha256": "d" * 64}
 
 
 @pytest.mark.parametrize("objective", ["aavae", "ae"])
@@ -181,6 +189,7 @@ def test_this_projects_own_training_checkpoints_are_evaluable(tmp_path, objectiv
     for name in ("last.ckpt", "epoch0001.ckpt"):
         loaded = ev.bundle_from_checkpoint(tmp_path / name, model_params, PREPROCESSING, [str(i) for i in range(10)])
         assert loaded["objective"] == "project checkpoint" and loaded["epochs"] == 1
+        assert loaded["data"] == TRAINED_ON and loaded["dataset"] == "digits", "it knows its data"
         assert loaded["spec"]["head"] == ("ae" if objective == "ae" else "vae")
         rebuilt = ev.model_from_bundle(loaded)
         np.testing.assert_array_equal(encoder_output(rebuilt, images, MEAN, STD),

@@ -101,3 +101,14 @@ def build_tree(root: Path) -> dict[str, tuple[list[np.ndarray], list[int]]]:
         ),
         "test": ([e, webp], [0, 1]),
     }
+
+
+def two_class_folder(root: Path, side: int = 20, per_class: int = 6) -> Path:
+    """train/ and test/ of two classes of coloured squares, as PNG files."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", per_class // 2)):
+        for label, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+            for index in range(count):
+                pixels = np.clip(rng.normal(colour, 30, (side, side, 3)), 0, 255).astype(np.uint8)
+                save(root / split / f"class{label}" / f"{index}.png", pixels)
+    return root

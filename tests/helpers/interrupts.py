@@ -23,7 +23,7 @@ class InterruptAt(pl.Callback):
 def wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: float, timeout: float = 300) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for last in (project / "data/06_models/checkpoints").glob("*/last.ckpt"):
+        for last in (project / "data/test/06_models/checkpoints").glob("*/last.ckpt"):
             if last.stat().st_mtime > after:
                 time.sleep(0.5)  # let the write finish
                 return last

@@ -30,6 +30,14 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
+def artifact_root(project: Path, env: str) -> Path:
+    """Where `kedro run --env <env>` writes its artifacts in ``project`` (its globals' ``root``:
+    data/ for base, data/<env>/ for a dataset environment)."""
+    from kedro.config import OmegaConfigLoader
+
+    return project / OmegaConfigLoader(str(project / "conf"), base_env="base", default_run_env=env)["globals"]["root"]
+
+
 def kedro(project: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real kedro CLI in ``project``; on failure show what it printed."""
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}

@@ -11,7 +11,9 @@ artifacts asks this module whether they belong together before it works:
   :func:`aavae.data.card.content_sha256`). Ingest stamps it on every image set it saves
   (``ImageSet.fingerprint``, in ``meta.json``); the view policy and the validation views
   record the images they were made from; a model bundle records the data it was trained on
-  (``bundle["data"]``: name, source, image shape, resize policy, sha256).
+  (``bundle["data"]``: name, source, image shape, resize policy, sha256), and so does every
+  training checkpoint (``checkpoint[CHECKPOINT_DATA]``), so one given as ``evaluate.checkpoint``
+  is scored as its own data's or as a transfer, never as of unknown data.
 * **model** -- the sha256 of a bundle's weights (``bundle["weights_sha256"]``), which
   features record, so features of one model are never scored as another's.
 
@@ -38,6 +40,8 @@ ARRAYS_KEY = "_provenance"
 #: The key of a view policy, a bundle's ``data`` and an array artifact's provenance that holds
 #: the data fingerprint.
 DATA_SHA256 = "data_sha256"
+#: The entry of a training checkpoint that holds :func:`data_identity` of its training data.
+CHECKPOINT_DATA = "aavae_data"
 
 
 class ProvenanceError(ValueError):
@@ -126,7 +130,7 @@ def check_data(artifact: str, recorded: str | None, images: str | None, fix: str
     unrecorded (an artifact of an older version): a warning, once.
     """
     if recorded is None or images is None:
-        _unrecorded(artifact if recorded is None else "the ingested images (data/03_primary)")
+        _unrecorded(artifact if recorded is None else "the ingested images (03_primary)")
         return
     if recorded != images:
         raise ProvenanceError(
@@ -143,12 +147,12 @@ def same_images(*imagesets: Any) -> str | None:
     if len(known) > 1:
         listed = ", ".join(f"{split} {short(fp)}" for split, fp in recorded.items())
         raise ProvenanceError(
-            f"The image sets in data/03_primary come from different ingests ({listed}): a run "
-            "was interrupted while saving them, or they were copied in by hand. Run "
+            f"The ingested image sets come from different ingests ({listed}): a run was "
+            "interrupted while saving them, or they were copied in by hand. Run "
             "`kedro run --pipeline ingest` (with your --env and --params) to write them all again."
         )
-    if len(known) < len(recorded):
-        _unrecorded("the ingested images (data/03_primary)")
+    if None in recorded.values():
+        _unrecorded("the ingested images (03_primary)")
     return next(iter(known), None)
 
 

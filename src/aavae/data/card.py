@@ -1,14 +1,19 @@
-"""What a reader hands back: the splits it read and where they came from (for a dataset card)."""
+"""What a reader hands back: the splits it read and where they came from (for a dataset card),
+and the check that ingested images are the dataset an environment asks for."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aavae.common.provenance import ProvenanceError, data_identity, describe_data
+from aavae.data.archive import file_digests
 from aavae.data.imageset import ImageSet
 from aavae.data.staging import file_chunks, npy_file_of
 
@@ -90,3 +95,29 @@ class ReadResult:
                 for name, imageset in self.splits.items()
             },
         }
+
+
+def check_ingested(card: Mapping[str, Any], name: str, path: str | None, where: str) -> None:
+    """Refuse images ingested in ``where`` (their dataset ``card``) from another dataset than
+    the environment's ``dataset.name`` and, for an image folder, ``dataset.path``: the same
+    archive elsewhere (by its sha256) is the same. A path that does not exist here cannot be
+    compared, and CIFAR-10 and STL-10 are known by name (ingest checks their official archive).
+    """
+    other = None
+    if card.get("name") != name:
+        other = f"dataset.name={name}"
+    elif name == "imagefolder" and path and Path(path).exists() and not _same_source(Path(path), card):
+        other = f"dataset.path={path}"
+    if other:
+        raise ProvenanceError(
+            f"The images ingested in {where} are {describe_data(data_identity(card))}, but this "
+            f"environment's dataset is {other}: their scores would read as this environment's "
+            "dataset's. Ingest it (`kedro run --pipeline pretrain` with this --env and its "
+            "dataset.path), or evaluate them with the --env and --params they were ingested with."
+        )
+
+
+def _same_source(given: Path, card: Mapping[str, Any]) -> bool:
+    if given.resolve() == Path(card.get("source") or "").resolve():
+        return True
+    return given.is_file() and card.get("archive_sha256") == file_digests(given)["sha256"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from aavae.common.provenance import weights_sha256
+from aavae.common.provenance import CHECKPOINT_DATA, weights_sha256
 from aavae.models import (
     AAVAENet,
     ModelSpec,
@@ -85,9 +86,9 @@ def bundle_from_checkpoint(
 
     ``path`` holds either a bundle of this project (``aavae_model.pt``; its own spec and
     normalisation are used, and a warning says where they differ from ``spec``) or a training
-    checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, one of the paper's
-    Lightning ``.ckpt`` or a bare state_dict), read with
-    :func:`aavae.models.load_paper_checkpoint` into ``spec``; such a file does not say how its
+    checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, which records the
+    data it was trained on, one of the paper's Lightning ``.ckpt`` or a bare state_dict), read
+    with :func:`aavae.models.load_paper_checkpoint` into ``spec``; such a file does not say how its
     images were normalised, so it gets ``preprocessing`` (the recipe's,
     :func:`aavae.views.resolve_preprocessing`), as the
     paper's linear evaluation applies its recipe's constants. ``class_names`` are the classes it
@@ -102,10 +103,13 @@ def bundle_from_checkpoint(
         bundle["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         _say_if_architecture_differs(path, net.spec, spec)
     else:
+        data = content.get(CHECKPOINT_DATA) if isinstance(content, Mapping) else None  # ours record it
+        if data and data.get("image_shape"):  # built at the size it was trained at, not this data's
+            spec = replace(spec, input_size=int(data["image_shape"][0]))
         net = load_paper_checkpoint(path, spec, content=content)  # model.*, with the head the file holds
         epoch = content.get("epoch") if isinstance(content, Mapping) else None
         bundle = make_bundle(
-            net, preprocessing, dataset=None,
+            net, preprocessing, dataset=(data or {}).get("name"), data=data,
             objective="project checkpoint" if _is_project_checkpoint(content) else "paper checkpoint",
             epochs=int(epoch) + 1 if isinstance(epoch, int) else None, mlflow_run_id=None,
         )

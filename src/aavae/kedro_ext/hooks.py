@@ -221,9 +221,10 @@ class DeadWritersTemporariesHooks:
         if launched_rank() > 0:
             return
         data = Path(run_params.get("project_path") or ".") / "data"
-        checkpoints = data / "06_models" / "checkpoints"
-        folders = [*sorted(data.glob("0[2-8]_*")), checkpoints,
-                   *(sorted(checkpoints.iterdir()) if checkpoints.is_dir() else [])]
+        layers = sorted([*data.glob("0[2-8]_*"), *data.glob("*/0[2-8]_*")])  # base's and each environment's
+        checkpoints = [layer / "checkpoints" for layer in layers if layer.name == "06_models"]
+        folders = [*layers, *checkpoints,
+                   *(run for folder in checkpoints if folder.is_dir() for run in sorted(folder.iterdir()))]
         for removed in remove_dead_temporaries(folder for folder in folders if folder.is_dir()):
             log.warning("Removed %s, left by a writer that was killed mid-write (the artifact it "
                         "was replacing is intact).", removed)

@@ -94,6 +94,19 @@ def training_notes(metrics: dict[str, Any]) -> list[str]:
     return notes
 
 
+def evaluation_note(metrics: dict[str, Any]) -> str | None:
+    """Whose data the scores are on, when it is not simply the model's own (None then)."""
+    if metrics.get("evaluation") == "transfer":
+        trained_on, scored_on = (str(metrics.get(key))[:12] for key in ("model_data_sha256", "data_sha256"))
+        return (f"Transfer evaluation: a model trained on {metrics.get('model_dataset') or 'other data'} (data "
+                f"sha256 {trained_on}), scored on {metrics.get('dataset')} ({scored_on}): not its own data's scores.")
+    if metrics.get("evaluation") == "data_unrecorded":
+        return ("Training data unknown: the evaluated model does not record the data it was trained on "
+                "(a paper checkpoint, or a file written before models recorded it), so whether these "
+                "are its own dataset's scores cannot be said.")
+    return None
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: the learned features beside each baseline."""
     rows = [(f"{metrics.get('objective', 'model')} (pretrained)", metrics)]
@@ -119,7 +132,9 @@ def results_text(metrics: dict[str, Any], report: Path, store: Path = Path("mlfl
     it says, how long the model trained, and where to look next (``report``: report.html,
     ``store``: the MLflow SQLite store)."""
     stopped = ", stopped by pretrain.max_time_minutes" if metrics.get("cut_by_time_limit") else ""
-    parts = [f"Dataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')}{stopped})", results_table(metrics)]
+    parts = [f"Dataset: {metrics.get('dataset')}  (epochs: {metrics.get('epochs')}{stopped})"]
+    parts += [textwrap.fill(text, 100) for text in [evaluation_note(metrics)] if text]
+    parts.append(results_table(metrics))
     parts += [textwrap.fill(text, 100) for text in [conclusion(metrics)] if text]
     parts += [textwrap.fill(f"Note: {note}", 100) for note in training_notes(metrics)]
     parts.append(

@@ -17,6 +17,7 @@ from aavae.reporting.plots import curves_figure, figure_png, off_scale_points, v
 from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
+    evaluation_note,
     saturated,
     training_notes,
 )
@@ -24,6 +25,7 @@ from aavae.reporting.report import (  # the printed report says the same
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = (
     ("dataset", "dataset"),
+    ("evaluation", "evaluation"),  # same_data | transfer | data_unrecorded
     ("objective", "objective"),
     ("epochs", "pretraining epochs"),
     ("protocol", "linear-eval protocol"),
@@ -226,9 +228,9 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         for key, label in SUMMARY_KEYS
         if metrics.get(key) is not None
     ]
+    notes = [note for note in [evaluation_note(dict(metrics)), *training_notes(dict(metrics))] if note]
     summary = f'<dl class="summary">{"".join(items)}</dl>' if items else ""
-    return summary + "".join(f'<p class="note"><strong>Note:</strong> {_e(note)}</p>'
-                             for note in training_notes(dict(metrics)))
+    return summary + "".join(f'<p class="note"><strong>Note:</strong> {_e(note)}</p>' for note in notes)
 
 
 def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]],

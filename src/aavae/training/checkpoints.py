@@ -11,6 +11,8 @@
   which and why when it passes over a damaged one.
 * One folder per configuration (:func:`checkpoint_dir_for`: a hash of what decides what is
   learned), with a marker naming the MLflow run that trains into it (:func:`remember_run`).
+* Every checkpoint records the data it was trained on (:class:`RecordTrainingData`), as a
+  model bundle does (:mod:`aavae.common.provenance`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aavae.common.liveness import temporary_path
+from aavae.common.provenance import CHECKPOINT_DATA
 from aavae.common.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,17 @@ class EpochCheckpoints(pl.Callback):
             except OSError:
                 shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
             os.replace(temporary, periodic)
+
+
+class RecordTrainingData(pl.Callback):
+    """Every checkpoint written (each epoch's, an interrupted run's) holds ``data``, the
+    :func:`aavae.common.provenance.data_identity` of its training images."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_DATA] = self.data
 
 
 class CheckpointOnInterrupt(pl.Callback):

@@ -30,7 +30,7 @@ from aavae.evaluation import (
     model_from_bundle,
     paper_linear_eval,
 )
-from aavae.evaluation.transfer import TRANSFER, evaluation_images
+from aavae.evaluation.transfer import DATA_UNRECORDED, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
 from aavae.reporting.plots import confusion_matrix_figure, embedding_figure, figure_png
 from aavae.reporting.report_html import (
@@ -100,12 +100,13 @@ def evaluate(
     images_train: ImageSet,
     images_test: ImageSet,
     evaluate: dict[str, Any],
+    artifact_root: str,
 ) -> tuple[dict[str, Any], dict[str, Any], Figure, bytes]:
     """Score the model and each baseline; return metrics.json, MLflow metrics, a confusion matrix
     (as a figure, and as PNG bytes for the report)."""
     config = parse("evaluate", evaluate, EvaluateConfig)
     images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
-    _check_features(features_train, features_test, baseline_features, evaluation_model, images_train)
+    _check_features(features_train, features_test, baseline_features, evaluation_model, images_train, artifact_root)
     class_names = _class_names(evaluation_model)
     split = _Split(images_train, images_test, bundle_preprocessing(evaluation_model))
     spec = ModelSpec.from_dict(evaluation_model["spec"])
@@ -118,6 +119,7 @@ def evaluate(
         "data_sha256": evaluated_on.get("sha256"),
         "evaluation": evaluated_on.get("kind"),  # same_data | transfer | data_unrecorded
         "model_dataset": evaluation_model.get("dataset"),
+        "model_data_sha256": (evaluation_model.get("data") or {}).get("sha256"),  # None: unrecorded
         "objective": evaluation_model.get("objective"),
         "epochs": evaluation_model.get("epochs"),
         "cut_by_time_limit": evaluation_model.get("cut_by_time_limit"),  # None: the whole schedule trained
@@ -139,8 +141,9 @@ def evaluate(
     flat = _flat_scores(metrics)
     tracking.set_tags({"training_run_id": metrics["training_run_id"], "protocol": config.protocol})
     if evaluated_on.get("kind") == TRANSFER:
-        log.info("Transfer evaluation: the scores stay in this run, not on training run %s.",
-                 metrics["training_run_id"])
+        if metrics["training_run_id"]:
+            log.info("Transfer evaluation: the scores stay in this run, not on training run %s.",
+                     metrics["training_run_id"])
     else:  # the training run's own data (tracking refuses a run that recorded other data)
         tracking.log_metrics_to_run(metrics["training_run_id"], {f"eval_{k}": v for k, v in flat.items()},
                                     data_sha256=evaluated_on.get("sha256"))
@@ -155,13 +158,13 @@ def _class_names(evaluation_model: dict[str, Any]) -> list[str]:
     return list((evaluation_model.get("evaluated_on") or {}).get("class_names") or evaluation_model["class_names"])
 
 
-def _check_features(features_train, features_test, baseline_features, evaluation_model, images) -> None:
+def _check_features(features_train, features_test, baseline_features, evaluation_model, images, root) -> None:
     """Features scored together must come from the evaluated model and these images."""
     model = provenance.model_fingerprint(evaluation_model)
     for name, arrays in (("features_train", features_train), ("features_test", features_test)):
-        provenance.check_features(f"data/04_feature/{name}.npz", arrays, model, images.fingerprint)
+        provenance.check_features(f"{root}/04_feature/{name}.npz", arrays, model, images.fingerprint)
     if baseline_features:
-        provenance.check_features("data/04_feature/baseline_features.npz", baseline_features, None,
+        provenance.check_features(f"{root}/04_feature/baseline_features.npz", baseline_features, None,
                                   images.fingerprint)
 
 
@@ -175,11 +178,12 @@ def _flat_scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def plot_embedding(
-    features_test: dict[str, np.ndarray], evaluation_model: dict[str, Any], evaluate: dict[str, Any]
+    features_test: dict[str, np.ndarray], evaluation_model: dict[str, Any], evaluate: dict[str, Any],
+    artifact_root: str,
 ) -> tuple[Figure, bytes]:
     """A 2-D map (t-SNE or PCA) of the test features, coloured by class."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    provenance.check_features("data/04_feature/features_test.npz", features_test,
+    provenance.check_features(f"{artifact_root}/04_feature/features_test.npz", features_test,
                               provenance.model_fingerprint(evaluation_model),
                               (evaluation_model.get("evaluated_on") or {}).get("sha256"))
     coords, labels, _ = embed_2d(features_test["features"], features_test["labels"],
@@ -197,8 +201,10 @@ def write_report(
     confusion_matrix_png: bytes,
     embedding_png: bytes,
     reporting_images: dict[str, Callable[[], Any]],
+    artifact_root: str,
 ) -> str:
-    """The one-page HTML report: accuracy tables, figures and the training parameters."""
+    """The one-page HTML report: accuracy tables, figures and the training parameters; a
+    transfer evaluation, or one of a model whose training data is unknown, says so."""
     run_id = evaluation_model.get("mlflow_run_id")
     record = _training_run(run_id)
     notes = []
@@ -219,8 +225,12 @@ def write_report(
     images.append(ReportImage("Confusion matrix", confusion_matrix_png, "Linear eval on the test split."))
     images.append(ReportImage("Embedding", embedding_png, "Test features in 2-D, coloured by true class."))
     title = f"AAVAE report: {metrics.get('objective')} on {metrics.get('dataset') or 'this dataset'}"
+    if metrics.get("evaluation") == TRANSFER:
+        title += f" (transfer from {metrics.get('model_dataset') or 'another dataset'})"
+    elif metrics.get("evaluation") == DATA_UNRECORDED:
+        title += " (training data unknown)"
     address = tracking.runs_page_address()
-    log.info("The report goes to data/08_reporting/report.html.%s", "" if address is None else
+    log.info("The report goes to %s/08_reporting/report.html.%s", artifact_root, "" if address is None else
              f" The runs and their curves: `mlflow ui` in the project folder, then open {address}")
     return render_report(metrics, params, images, title=title, notes=notes)
 

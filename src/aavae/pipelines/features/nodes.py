@@ -11,7 +11,8 @@ import torch
 from aavae import tracking
 from aavae.common import provenance
 from aavae.common.hardware import choose_device, choose_precision, runs_in_bf16
-from aavae.config import EvaluateConfig, ModelConfig, ViewsConfig, parse
+from aavae.config import DatasetConfig, EvaluateConfig, ModelConfig, ViewsConfig, parse
+from aavae.data.card import check_ingested
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import (
     baseline_encoder,
@@ -33,35 +34,47 @@ def resolve_model(
     images_train: ImageSet,
     images_test: ImageSet,
     dataset_card: dict[str, Any],
+    dataset: dict[str, Any],
     evaluate: dict[str, Any],
     model: dict[str, Any],
     views: dict[str, Any],
+    artifact_root: str,
 ) -> dict[str, Any]:
     """The model bundle to evaluate: the trained ``aavae_model``, or ``evaluate.checkpoint``;
     with what it is evaluated on (``evaluated_on``: the ingested images' identity and whether
     they are the model's own training data).
 
-    The trained model is only scored on the data it was trained on: after a re-ingest of other
+    The images ingested under ``artifact_root`` must be the environment's dataset (``dataset``:
+    its name, and an image folder's path when one is given), with two classes or more. The
+    trained model is only scored on the data it was trained on: after a re-ingest of other
     images (or the same at another size) this refuses, naming both. A file given as
-    ``evaluate.checkpoint`` that was trained on other data is a transfer evaluation: allowed,
-    said in the log and recorded in the run, its images brought to the model's input size. A
-    checkpoint of the paper's code is read into the architecture of the ``model`` parameters at
-    this dataset's image size, with the recipe's preprocessing (``views.mean``/``std``/
-    ``original_resize``), as the paper's linear evaluation does.
+    ``evaluate.checkpoint`` (a bundle, one of this project's training checkpoints) that was
+    trained on other data is a transfer evaluation: allowed, said in the log, the run and the
+    report, its images brought to the model's input size. A checkpoint of the paper's code is
+    read into the architecture of the ``model`` parameters at this dataset's image size, with
+    the recipe's preprocessing (``views.mean``/``std``/``original_resize``), as the paper's
+    linear evaluation does.
     """
     config = parse("evaluate", evaluate, EvaluateConfig)
+    wanted = parse("dataset", dataset, DatasetConfig)
+    check_ingested(dataset_card, wanted.name, wanted.path, f"{artifact_root}/03_primary")
     data = provenance.same_images(images_train, images_test)
-    provenance.check_data("data/03_primary/dataset_card.json", dataset_card.get("sha256"), data,
+    provenance.check_data(f"{artifact_root}/03_primary/dataset_card.json", dataset_card.get("sha256"), data,
                           "Run `kedro run --pipeline ingest` (with your --env and --params) again.")
     images = provenance.data_identity(dataset_card)
+    if len(images_train.class_names) < 2:
+        raise ValueError(f"{provenance.describe_data(images)} has {len(images_train.class_names)} class "
+                         f"({', '.join(images_train.class_names)}): linear evaluation and kNN need two or more. Ingest "
+                         "images of a second class, or embed these with `kedro run --pipeline embed`.")
+    trained_model = f"{artifact_root}/06_models/aavae_model.pt"
     if config.checkpoint is None:
         if aavae_model is None:
             raise ValueError(
-                "No model to evaluate: data/06_models/aavae_model.pt does not exist. Run "
+                f"No model to evaluate: {trained_model} does not exist. Run "
                 "`kedro run --pipeline pretrain` first, or set --params evaluate.checkpoint=<path>."
             )
-        source, bundle = TRAINED_MODEL, aavae_model
-        _refuse_other_data(bundle, images)
+        source, bundle = trained_model, aavae_model
+        _refuse_other_data(bundle, images, trained_model)
     else:
         source = config.checkpoint
         spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0])
@@ -77,35 +90,30 @@ def resolve_model(
     return {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
 
 
-TRAINED_MODEL = "data/06_models/aavae_model.pt"
-#: ``evaluated_on.kind``: the model's own data; other data (transfer); a file that does not
-#: record its data (the paper's checkpoints, training checkpoints, older bundles).
-
-
-def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any]) -> None:
+def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any], trained_model: str) -> None:
     """The trained model is scored on its own data only: anything else needs asking for."""
     trained_on = bundle.get("data") or {}
     if not trained_on.get("sha256") or trained_on["sha256"] == images.get("sha256"):
         return
     run = bundle.get("mlflow_run_id")
     raise provenance.ProvenanceError(
-        f"{TRAINED_MODEL} was trained on {provenance.describe_data(trained_on)}"
+        f"{trained_model} was trained on {provenance.describe_data(trained_on)}"
         f"{f' (MLflow run {run})' if run else ''}, but the images ingested now are "
         f"{provenance.describe_data(images)}: scoring it on them would report another dataset's "
         "accuracy as this model's. Either ingest its own data again (`kedro run --pipeline ingest` "
         "with the --env and dataset.* parameters it was trained with), or evaluate it on these "
-        f"images as a transfer evaluation with --params evaluate.checkpoint={TRAINED_MODEL}, or "
+        f"images as a transfer evaluation with --params evaluate.checkpoint={trained_model}, or "
         "train on these images (`kedro run --pipeline pretrain`)."
     )
 
 
 def _evaluation_kind(bundle: dict[str, Any], images: dict[str, Any], source: str) -> str:
+    """``evaluated_on.kind``: the model's own data; other data (transfer); a file that does not
+    record its data (the paper's checkpoints, files written before models recorded it)."""
     trained_on = bundle.get("data") or {}
     if not trained_on.get("sha256"):
-        if source == TRAINED_MODEL:
-            log.warning("%s was written before models recorded their training data: whether it is "
-                        "evaluated on its own data cannot be checked. Pretrain again to record it.",
-                        TRAINED_MODEL)
+        log.warning("%s does not record the data it was trained on: whether it is evaluated on its "
+                    "own data is unknown, and the results say so.", source)
         return DATA_UNRECORDED
     if trained_on["sha256"] == images.get("sha256"):
         return SAME_DATA

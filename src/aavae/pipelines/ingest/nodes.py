@@ -39,4 +39,8 @@ def ingest(dataset: dict[str, Any]) -> tuple[ImageSet, ImageSet, ImageSet, Image
              ", ".join(f"{name} {info['count']}" for name, info in card["splits"].items()))
     if result.skipped:
         log.warning("Skipped %d undecodable files (listed in dataset_card.json)", len(result.skipped))
+    if len(train.class_names) < 2:  # said now, not after pretraining
+        log.warning("%s from %s has %d class (%s): pretraining and the embed pipeline work, but the "
+                    "evaluate pipeline needs two classes or more and will refuse it.", config.name,
+                    result.source, len(train.class_names), ", ".join(train.class_names))
     return train, test, unlabeled, val, card

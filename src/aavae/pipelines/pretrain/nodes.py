@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from aavae import tracking
 from aavae.common import provenance
+from aavae.common.weights import load_weights
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
@@ -33,12 +34,14 @@ from aavae.training import (
     set_aside_checkpoints,
     training_images,
 )
+from aavae.training.checkpoints import RecordTrainingData
 from aavae.training.engine import COMPILE_CACHE, TrainedLength
 from aavae.views import PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_ROOT = Path("data/06_models/checkpoints")
+#: Under the environment's ``artifact_root``: one folder per configuration.
+CHECKPOINTS = "06_models/checkpoints"
 
 
 def pretrain(
@@ -49,9 +52,11 @@ def pretrain(
     dataset_card: dict[str, Any],
     model: dict[str, Any],
     pretrain: dict[str, Any],
+    artifact_root: str,
 ) -> tuple[dict[str, Any], Figure]:
-    """Train the model; return the model bundle and a reconstruction grid."""
-    _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card)
+    """Train the model; return the model bundle and a reconstruction grid. Checkpoints go
+    under ``artifact_root`` (the environment's data folder)."""
+    _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card, artifact_root)
     cfg = parse("pretrain", pretrain, PretrainConfig)
     objective = Objective.from_config(cfg)
     spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0],
@@ -62,10 +67,15 @@ def pretrain(
     policy, preprocessing = split_view_policy(view_policy)
 
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
-    checkpoint_dir = checkpoint_dir_for(CHECKPOINT_ROOT, dataset_card, spec.to_dict(), cfg.model_dump(), learned_views)
+    checkpoint_dir = checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
+                                        cfg.model_dump(), learned_views)
     previous = previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
     resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
+    if resume_from:  # the folder is keyed by the data: a checkpoint of other data was copied in
+        trained_on = load_weights(resume_from, mmap=True).get(provenance.CHECKPOINT_DATA) or {}
+        provenance.check_data(str(resume_from), trained_on.get("sha256"), dataset_card.get("sha256"),
+                              f"Move it out of {checkpoint_dir}, whose name is a hash of the data it trains on.")
     resumed_from = previous if resume_from else None
     if not resume_from and (moved := set_aside_checkpoints(checkpoint_dir)):
         log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s",
@@ -100,7 +110,7 @@ def pretrain(
              f"{num_parameters:,}", checkpoint_dir)
     logger = tracking.live_logger()
     shown = slice(0, 8)
-    callbacks = []
+    callbacks: list[pl.Callback] = [RecordTrainingData(provenance.data_identity(dataset_card))]
     if logger is not None and cfg.reconstruction_every_n_epochs:
         callbacks.append(ReconstructionSnapshots(
             val.originals[shown], val.views[shown], cfg.reconstruction_every_n_epochs,
@@ -147,20 +157,21 @@ def _finish(module, cfg, preprocessing, images_train, dataset_card, val, trained
     return bundle, figure
 
 
-def _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card) -> None:
+def _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card,
+                                  root: str) -> None:
     """Refuse to train on images, views and a policy of different ingests (say, a re-ingest
     followed by ``--pipeline train`` without ``prepare``)."""
     data = dataset_card.get("sha256")
     fix = ("Run `kedro run --pipeline pretrain` (ingest + views + pretrain), or "
            "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
     for imageset in (images_train, images_unlabeled):
-        provenance.check_data(f"data/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
-    provenance.check_data("data/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
+        provenance.check_data(f"{root}/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
+    provenance.check_data(f"{root}/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
     stamp = provenance.stamp_of(val_views) or {}
-    provenance.check_data("data/05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256), data, fix)
+    provenance.check_data(f"{root}/05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256), data, fix)
     if "validation_split" not in stamp:  # written when validation views were drawn from the test split
         raise provenance.ProvenanceError(
-            "data/05_model_input/val_views.npz records no validation split: it was made by an "
+            f"{root}/05_model_input/val_views.npz records no validation split: it was made by an "
             "older version, from the test images. Run `kedro run --pipeline views` to draw it "
             "from the validation split.")
 

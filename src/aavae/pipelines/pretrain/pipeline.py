@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 pretrain,
                 inputs=[
                     "images_train", "images_unlabeled", "val_views", "view_policy", "dataset_card",
-                    "params:model", "params:pretrain",
+                    "params:model", "params:pretrain", "artifact_root",
                 ],
                 outputs=["aavae_model", "reconstructions"],
                 name="pretrain",

@@ -16,7 +16,7 @@ from aavae.reporting.plots import image_grid
 from aavae.training.data import validation_images
 from aavae.views import ViewPolicy, make_views, resolve_preprocessing, split_view_policy
 
-POLICY_FILE = "data/05_model_input/view_policy.json"
+POLICY_FILE = "view_policy.json"  # in the environment's 05_model_input
 
 
 def _policy(view_policy: dict[str, Any], images: ImageSet) -> ViewPolicy:
