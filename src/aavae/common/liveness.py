@@ -1,4 +1,4 @@
-"""Is the process that took a lock or opened an MLflow run still running?
+"""Is the process that opened an MLflow run or wrote a temporary file still running?
 
 A PID alone cannot say: after a crash the number is free, and the system may hand it to an
 unrelated process. So a process is recorded as (PID, host, start): ``start`` is the boot id
@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -66,14 +65,6 @@ class ProcessRecord:
     @classmethod
     def current(cls) -> ProcessRecord:
         return cls(os.getpid(), host_name(), process_start(os.getpid()))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProcessRecord:
-        """From :meth:`to_dict`'s keys; a KeyError or ValueError when they are missing or wrong."""
-        return cls(int(data["pid"]), str(data["host"]), data.get("process_start") or None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "host": self.host, "process_start": self.start}
 
     def liveness(self) -> Liveness:
         """ALIVE, GONE (no such PID here, a zombie, or the PID now belongs to a later
