@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet
@@ -29,7 +30,6 @@ from aavae.objective import (
     reconstruction_terms,
     sample_posterior,
 )
-from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
     TrainingImages,
     ValidationViews,
@@ -387,12 +387,9 @@ class PretrainModule(pl.LightningModule):
                     raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
                 yield self.preprocessing.apply(raw.permute(0, 3, 1, 2))
 
-        def encode(x: Tensor) -> Tensor:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                enabled=self.autocast_dtype is not None):
-                return self.net.encode(x)
-
-        recompute_batchnorm_statistics(self.net.encoder, batches(), encode)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            update_bn(batches(), self.net.encoder)
         return len(chosen)
 
     # -- checkpoints carry the random stream ----------------------------------------------
