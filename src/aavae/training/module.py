@@ -92,7 +92,6 @@ class PretrainModule(pl.LightningModule):
         self.preprocessing = preprocessing  # how an original becomes the network's input
         self.num_classes = num_classes
         self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe else None
-        self.precision_name = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
         self.compile_mode = resolve_switch(config.compile, device_kind)
         self.graph_mode = device_kind == "cuda" and resolve_switch(config.cuda_graph, device_kind) is True
