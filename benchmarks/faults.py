@@ -7,8 +7,8 @@ command completes, the final weights equal those of an uninterrupted run, the ev
 accuracies equal the uninterrupted evaluation's, no MLflow run stays RUNNING and no stale
 pretraining lock record is left.
 
-How. In a throw-away copy of the project (``tests/helpers/project.py``'s ``copy_project``: code and
-config, no data or runs), on ``--env test`` (digits at 16 x 16, a width-8 ResNet-18):
+How. In a throw-away copy of the project (``benchmarks/project_copy.py``: code and config, no
+data or runs), on ``--env test`` (digits at 16 x 16, a width-8 ResNet-18):
 
 1. reference: ``kedro run --pipeline pretrain`` then ``--pipeline evaluate``, uninterrupted,
    each timed;
@@ -62,10 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-from tests.helpers.project import copy_project  # noqa: E402 - one owner of "a throw-away project copy"
+from project_copy import copy_project  # beside this script, shared with the tests
 
 METRIC_KEYS = ("linear_top1", "linear_top5", "knn_top1")
 ATOL, RTOL, METRIC_TOLERANCE = 1e-5, 1e-4, 1e-6
