@@ -212,13 +212,15 @@ def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_read(t
     stale = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "abc")
     live = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{os.getppid()}-") + "def")
     elsewhere = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-another_") + "ghi")  # host
-    for folder in (stale, live, elsewhere):
+    not_staging = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-").replace("aavae-staging", "x") + "j")
+    for folder in (stale, live, elsewhere, not_staging):
         folder.mkdir(parents=True)
         (folder / "train.npy").write_bytes(b"left behind")
     build_tree(tmp_path / "tree")
     result = read_imagefolder(tmp_path / "tree", image_size=8, staging=tmp_path / "stage")
     assert not stale.exists()
     assert live.exists() and elsewhere.exists()  # a live process's, another host's: kept
+    assert not_staging.exists(), "the staging root may be /tmp: only staging folders are swept"
     del result
 
 

@@ -110,10 +110,10 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(temporary_prefix(path.name) + "write")
 
 
-def remove_dead_temporaries(folders: Iterable[Path]) -> list[Path]:
+def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) -> list[Path]:
     """Remove the temporary files and folders in ``folders`` whose writer was killed (a process
     of this host that no longer runs); return what was removed. A live writer's, another host's
-    and files not named by :func:`temporary_prefix` are left alone."""
+    and files not named by :func:`temporary_prefix` (for ``only``, if given) are left alone."""
     host, removed = _host_token(), []
     for folder in folders:
         try:
@@ -122,7 +122,7 @@ def remove_dead_temporaries(folders: Iterable[Path]) -> list[Path]:
             continue
         for entry in entries:
             match = _TEMPORARY.match(entry.name) or _LEGACY_CHECKPOINT.match(entry.name)
-            if match is None or match.groupdict().get("host", host) != host:
+            if match is None or match.groupdict().get("host", host) != host or only not in (None, match["name"]):
                 continue
             if ProcessRecord(int(match["pid"]), host_name(), None).liveness() is not Liveness.GONE:
                 continue

@@ -73,7 +73,7 @@ def new_staging_folder(root: Path, needed_bytes: int, what: str) -> Path:
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
-        remove_dead_temporaries([root])
+        remove_dead_temporaries([root], only=STAGING_NAME)  # root may be the system's /tmp
         free = shutil.disk_usage(root).free
     except OSError as exc:
         raise DatasetError(
