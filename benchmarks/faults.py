@@ -5,10 +5,10 @@ starting, ingest writing, training between or during checkpoint writes, the mode
 registered, evaluation writing its reports) loses nothing but time: rerunning the same
 command completes, the final weights equal those of an uninterrupted run, the evaluation's
 accuracies equal the uninterrupted evaluation's, no MLflow run stays RUNNING and no stale
-pretraining lock is left.
+pretraining lock record is left.
 
-How. In a throw-away copy of the project (``tests/helpers/project.py``'s ``copy_project``: code and
-config, no data or runs), on ``--env test`` (digits at 16 x 16, a width-8 ResNet-18):
+How. In a throw-away copy of the project (``benchmarks/project_copy.py``: code and config, no
+data or runs), on ``--env test`` (digits at 16 x 16, a width-8 ResNet-18):
 
 1. reference: ``kedro run --pipeline pretrain`` then ``--pipeline evaluate``, uninterrupted,
    each timed;
@@ -20,7 +20,7 @@ config, no data or runs), on ``--env test`` (digits at 16 x 16, a width-8 ResNet
 A trial *survived* when both commands completed, every floating-point tensor of the final
 ``aavae_model.pt`` is within ``atol=1e-5, rtol=1e-4`` of the reference's (resume is exact, so
 the differences found are 0 in practice; the tolerance only absorbs summation order), the
-accuracies of ``metrics.json`` are within 1e-6 of the reference's, and no lock file is left.
+accuracies of ``metrics.json`` are within 1e-6 of the reference's, and no lock record is left.
 ``left_running`` counts runs of the trials' MLflow stores still RUNNING at the end.
 
 Runs use ``pretrain.compile=false`` (``auto`` times compiled against eager steps on the CPU
@@ -62,10 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
-from tests.helpers.project import artifact_root, copy_project  # noqa: E402 - one owner of "a throw-away project copy"
+from project_copy import PROJECT_ROOT, artifact_root, copy_project  # noqa: I001 - beside this script
 
 METRIC_KEYS = ("linear_top1", "linear_top5", "knn_top1")
 #: The --env's artifact root inside a project copy (main() sets it: data/test for the default env).
@@ -209,7 +206,7 @@ def compare(project: Path, reference: Path, trial: Trial) -> None:
     for key in METRIC_KEYS:
         if abs(ours[key] - theirs[key]) > METRIC_TOLERANCE:
             trial.problems.append(f"{key} {ours[key]:.6f} vs {theirs[key]:.6f}")
-    if (project / "data/06_models/.pretrain.lock").exists():
+    if (project / "data/06_models/.pretrain.lock.json").exists():  # the holder's record
         trial.problems.append("a pretraining lock was left behind")
 
 

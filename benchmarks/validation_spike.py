@@ -24,12 +24,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import update_bn
 
 from aavae.common.weights import load_weights
 from aavae.models import ModelSpec, build_model
 from aavae.objective import reconstruction_terms
-from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.views import split_view_policy
+
+
+class WholePass(torch.nn.Module):
+    """The whole network as one module, so update_bn re-estimates the decoder's norms too."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.net.decode(self.net.projection(self.net.encode(batch))[0])
 
 
 def newest_per_epoch_folder(root: Path) -> Path:
@@ -65,8 +76,7 @@ def main() -> None:
                 net = build_model(spec)
                 net.load_state_dict(state)
                 if mode == "re-estimated":
-                    recompute_batchnorm_statistics(net, iter(views.split(64)),
-                                                   forward=lambda b, net=net: net.decode(net.projection(net.encode(b))[0]))
+                    update_bn(views.split(64), WholePass(net))
                 net.train(mode == "batch")
                 loss, metrics, _ = reconstruction_terms(net, net.encode(views), originals, noise, 0.0)
                 losses.append(float(loss))

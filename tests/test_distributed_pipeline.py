@@ -9,9 +9,10 @@ and the weights of one process on the same global batch (tolerance: see test_dis
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +30,20 @@ TWO = ONE + ",pretrain.devices=2"
 
 
 
+def _spawned_ranks(parent: int) -> dict[int, int]:
+    """The processes ``parent`` started with multiprocessing's spawn (the training ranks), found by
+    their parent PID, as PID -> a pidfd (it names that very process, even once its PID is reused)."""
+    ranks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields, command = stat.read_text(), (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[fields.rindex(")") + 2:].split()[1]) == parent and b"spawn_main" in command:
+            ranks[int(stat.parent.name)] = os.pidfd_open(int(stat.parent.name))
+    return ranks
+
+
 def _flat(path: Path) -> torch.Tensor:
     state = torch.load(path, weights_only=True)["state_dict"]
     return torch.cat([v.float().flatten() for k, v in sorted(state.items()) if v.is_floating_point()])
@@ -41,15 +56,22 @@ def test_two_spawned_ranks_train_like_one_process_and_resume_after_a_kill(tmp_pa
     kedro(one, "--pipeline", "pretrain", "--env", "test", "--params", ONE)
     two = copy_project(tmp_path / "two")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    # Started as `nohup` or `&` start it, with SIGINT ignored: torch's own parent-death signal to
+    # spawned ranks (SIGINT) then stops nothing, and only the node's SIGKILL on parent death does.
     first = subprocess.Popen([sys.executable, "-m", "kedro", "run", "--pipeline", "pretrain", "--env", "test",
-                              "--params", TWO], cwd=two, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_new_checkpoint(two, first, after=0)
+                              "--params", TWO], cwd=two, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    folder = wait_for_new_checkpoint(two, first, after=0).parent
+    ranks = _spawned_ranks(first.pid)
+    assert len(ranks) == 2, f"the node spawned its two ranks: {sorted(ranks)}"
+    written = sorted((path.name, path.stat().st_ino) for path in folder.glob("*.ckpt"))
     first.kill()  # SIGKILL the node's process: its spawned ranks must not train on
     first.wait(timeout=60)
-    time.sleep(2)
-    assert not any("spawn" in line for line in subprocess.run(["ps", "-ef"], capture_output=True, text=True)
-                   .stdout.splitlines() if str(two) in line), "no orphaned rank keeps running"
+    for pid, handle in ranks.items():  # a pidfd turns readable when its process ends
+        assert select.select([handle], [], [], 60)[0], f"rank {pid} outlived the killed run"
+        os.close(handle)
+    # Killed with their parent: no rank trained on to write a checkpoint beside the rerun.
+    assert sorted((path.name, path.stat().st_ino) for path in folder.glob("*.ckpt")) == written
     kedro(two, "--pipeline", "pretrain", "--env", "test", "--params", TWO)
 
     killed, finished = project_runs(two)[-2:]

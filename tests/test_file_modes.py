@@ -1,5 +1,6 @@
-"""Artifacts follow the umask like files made by open(): a teammate sharing the data folder can
-read the model, the features and the image sets under umask 0022, nobody else under 0077."""
+"""Artifacts are written whole or not at all (aavae.common.atomic), and follow the umask like files
+made by open(): a teammate sharing the data folder can read the model, the features and the image
+sets under umask 0022, nobody else under 0077."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 import numpy as np
 import pytest
 
-from aavae.common.file_modes import current_umask, follow_umask
+from aavae.common.atomic import replaced_atomically
 from aavae.data.imageset import ImageSet
 from aavae.kedro_ext.datasets import ArraysDataset, ImageSetDataset, TorchBundleDataset
 
@@ -23,11 +24,6 @@ def umask(request):
 
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def test_the_umask_is_read_without_being_changed(umask):
-    assert current_umask() == umask
-    assert current_umask() == umask  # reading it left it as it was
 
 
 def test_model_bundle_and_features_get_the_mode_open_would_give(tmp_path, umask):
@@ -54,13 +50,46 @@ def test_an_image_set_folder_and_its_files_get_the_modes_mkdir_and_open_would_gi
     assert ImageSetDataset(str(target)).load().labels.tolist() == [0, 1]
 
 
-def test_follow_umask_opens_up_a_private_temporary(tmp_path):
-    private = tmp_path / "private"
-    private.write_bytes(b"x")
-    os.chmod(private, 0o600)
-    previous = os.umask(0o002)
-    try:
-        follow_umask(private)
-    finally:
-        os.umask(previous)
-    assert mode(private) == 0o664
+class Interrupted(Exception):
+    """What a kill or a full disk is to the writer: the write stops half done."""
+
+
+def write(target, kind: str, text: str, fails: bool) -> None:
+    with replaced_atomically(target) as temporary:
+        if kind == "file":
+            temporary.write_text(text[:2])
+        else:
+            temporary.mkdir()
+            (temporary / "part").write_text(text[:2])
+        if fails:
+            raise Interrupted
+        if kind == "file":
+            temporary.write_text(text)
+        else:
+            (temporary / "part").write_text(text)
+
+
+def content(target, kind: str) -> str | None:
+    if not target.exists():
+        return None
+    return target.read_text() if kind == "file" else (target / "part").read_text()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replacing"])
+@pytest.mark.parametrize("fails", [False, True], ids=["completes", "interrupted"])
+def test_a_write_replaces_its_target_whole_or_leaves_it_as_it_was(tmp_path, kind, existing, fails):
+    target = tmp_path / "layer" / "artifact"
+    if existing:
+        write(target, kind, "previous", fails=False)
+
+    if fails:
+        with pytest.raises(Interrupted):
+            write(target, kind, "new content", fails=True)
+    else:
+        write(target, kind, "new content", fails=False)
+
+    expected = "previous" if fails and existing else None if fails else "new content"
+    assert content(target, kind) == expected
+    assert sorted(p.name for p in target.parent.iterdir()) == (["artifact"] if expected else []), \
+        "no temporary left beside it"

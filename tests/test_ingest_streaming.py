@@ -107,7 +107,7 @@ def test_saving_moves_the_staged_file_into_place_and_leaves_no_staging_behind(tm
     build_tree(tmp_path / "tree")
     result = read_imagefolder(tmp_path / "tree", image_size=8)  # stages in ./data/02_intermediate
     (folder,) = (data / "02_intermediate").iterdir()
-    assert folder.name.startswith(".aavae-staging-") and staged_entries(folder) == ["test.npy", "train.npy"]
+    assert folder.name.startswith(".aavae-staging.tmp-") and staged_entries(folder) == ["test.npy", "train.npy"]
     staged_inode = (folder / "train.npy").stat().st_ino
     train = result.splits["train"]
     save_imageset(train, data / "03_primary" / "images_train")
@@ -204,21 +204,23 @@ def test_a_failing_final_rename_puts_the_previous_artifact_back(tmp_path, monkey
 
 
 def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_read(tmp_path):
-    import socket
+    from aavae.common.liveness import temporary_prefix
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    host = socket.gethostname()
-    stale = tmp_path / "stage" / f".aavae-staging-{dead.stdout.strip()}+{host}+abc"
-    live = tmp_path / "stage" / f".aavae-staging-{os.getppid()}+{host}+def"
-    elsewhere = tmp_path / "stage" / f".aavae-staging-{dead.stdout.strip()}+not-{host}+ghi"
-    for folder in (stale, live, elsewhere):
+                          capture_output=True, text=True, check=True).stdout.strip()
+    mine = temporary_prefix("aavae-staging")  # .aavae-staging.tmp-<pid>-<host>-
+    stale = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "abc")
+    live = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{os.getppid()}-") + "def")
+    elsewhere = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-another_") + "ghi")  # host
+    not_staging = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{dead}-").replace("aavae-staging", "x") + "j")
+    for folder in (stale, live, elsewhere, not_staging):
         folder.mkdir(parents=True)
         (folder / "train.npy").write_bytes(b"left behind")
     build_tree(tmp_path / "tree")
     result = read_imagefolder(tmp_path / "tree", image_size=8, staging=tmp_path / "stage")
     assert not stale.exists()
     assert live.exists() and elsewhere.exists()  # a live process's, another host's: kept
+    assert not_staging.exists(), "the staging root may be /tmp: only staging folders are swept"
     del result
 
 

@@ -35,7 +35,7 @@ def test_sigterm_then_sigkill_then_resume(tmp_path):
     assert first.wait(timeout=120) != 0
     preview = project / "data/test/08_reporting/view_preview.png"
     assert preview.is_file() and last.is_file()
-    assert not (project / "data/06_models/.pretrain.lock").exists(), "SIGTERM releases the pretraining lock"
+    assert not (project / "data/06_models/.pretrain.lock.json").exists(), "SIGTERM releases the pretraining lock"
 
     second = _start(project)
     wait_for_new_checkpoint(project, second, after=last.stat().st_mtime)

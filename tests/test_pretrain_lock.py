@@ -1,10 +1,13 @@
-"""One pretraining per project data folder: a second is refused, a dead one's lock taken over."""
+"""One pretraining per project data folder: a second is refused naming the first; the OS frees the
+lock of a killed one, whose left record the next run names."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +26,20 @@ LONG = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epo
 TRAIN = ["--pipeline", "pretrain", "--from-nodes", "pretrain", "--env", "test",
          "--params", "pretrain.max_epochs=1,pretrain.compile=false,registry.enabled=false"]
 
+# A process that takes the lock, says so, then waits for a line on stdin and ends as told.
+HOLDER = """
+import os, signal, sys
+from aavae.kedro_ext.pretrain_lock import PretrainLock
+lock = PretrainLock(sys.argv[1])
+lock.acquire()
+lock.record_run("run-of-the-holder")
+print("held", flush=True)
+ending = sys.stdin.readline().strip()
+if ending == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)
+exec(ending)
+"""
+
 
 def _start(project: Path, args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
@@ -30,16 +47,18 @@ def _start(project: Path, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def dead_pid() -> int:
-    """The PID of a process that has exited (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+def holder(path: Path) -> subprocess.Popen:
+    """Another process holding the lock at ``path`` (it has said so when this returns)."""
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process
 
 
-def write_lock(path: Path, **record) -> None:
-    path.write_text(json.dumps({"host": socket.gethostname(), "process_start": None,
-                                "started": "2026-01-01T00:00:00+00:00", "mlflow_run_id": "abc123", **record}))
+def end(process: subprocess.Popen, how: str) -> None:
+    process.stdin.write(how + "\n")
+    process.stdin.flush()
+    process.wait(timeout=60)
 
 
 def test_a_held_lock_refuses_a_second_holder_naming_its_pid_host_and_run(tmp_path):
@@ -52,83 +71,76 @@ def test_a_held_lock_refuses_a_second_holder_naming_its_pid_host_and_run(tmp_pat
     message = str(refused.value)
     assert f"PID {os.getpid()} on host {socket.gethostname()}" in message
     assert "run-of-the-first" in message and str(tmp_path / LOCK_NAME) in message
-    assert f"kill {os.getpid()}" in message
+    assert f"kill {os.getpid()})" in message
 
     first.release()
-    assert not (tmp_path / LOCK_NAME).exists()
+    assert not first.record_path.exists()
     second.acquire()  # free again
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert json.loads(second.record_path.read_text())["pid"] == os.getpid()
     second.release()
 
 
-def test_the_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(tmp_path, caplog):
+def test_another_process_holding_the_lock_refuses_this_one_until_it_ends(tmp_path):
     path = tmp_path / LOCK_NAME
-    gone = dead_pid()
-    write_lock(path, pid=gone)
-
-    with caplog.at_level(logging.WARNING, logger="aavae.kedro_ext.pretrain_lock"):
-        PretrainLock(path).acquire()
-
-    assert json.loads(path.read_text())["pid"] == os.getpid()
-    assert f"PID {gone}" in caplog.text and "is gone" in caplog.text and "abc123" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME], "no temporary files left"
-
-
-def test_a_reused_pid_is_not_mistaken_for_the_holder(tmp_path):
-    # The holder's PID now belongs to a live process (this one) started at another time.
-    path = tmp_path / LOCK_NAME
-    write_lock(path, pid=os.getpid(), process_start="another-boot:12345")
-
-    PretrainLock(path).acquire()
-
-    assert json.loads(path.read_text())["process_start"] != "another-boot:12345"
-
-
-def test_a_lock_held_on_another_host_is_never_taken_over(tmp_path):
-    path = tmp_path / LOCK_NAME
-    write_lock(path, pid=dead_pid(), host="gpu-node-7")
-
-    with pytest.raises(PretrainLocked, match=f"on host gpu-node-7.*another host.*delete {path}"):
-        PretrainLock(path).acquire()
-    assert json.loads(path.read_text())["host"] == "gpu-node-7"
-
-
-def test_an_unreadable_lock_is_named_with_what_to_do(tmp_path):
-    path = tmp_path / LOCK_NAME
-    path.write_text("{not json")
-    with pytest.raises(PretrainLocked, match=f"{path} cannot be read .*delete that file"):
-        PretrainLock(path).acquire()
-
-
-def test_release_leaves_a_lock_taken_over_by_another_run_alone(tmp_path):
-    path = tmp_path / LOCK_NAME
+    other = holder(path)
+    try:
+        with pytest.raises(PretrainLocked, match=f"PID {other.pid} on host .*run-of-the-holder"):
+            PretrainLock(path).acquire()
+    finally:
+        end(other, "pass")
     mine = PretrainLock(path)
     mine.acquire()
-    write_lock(path, pid=1, host="elsewhere")  # e.g. deleted by hand, then taken by another run
-
     mine.release()
 
-    assert json.loads(path.read_text())["host"] == "elsewhere"
+
+def test_the_lock_of_a_killed_process_is_free_and_its_left_record_named(tmp_path, caplog):
+    path = tmp_path / LOCK_NAME
+    killed = holder(path)
+    end(killed, "sigkill")
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / f"{LOCK_NAME}.json").read_text())["pid"] == killed.pid, "its record stays"
+
+    with caplog.at_level(logging.WARNING, logger="aavae.kedro_ext.pretrain_lock"):
+        lock = PretrainLock(path)
+        lock.acquire()
+
+    assert json.loads(lock.record_path.read_text())["pid"] == os.getpid()
+    assert f"PID {killed.pid}" in caplog.text and "run-of-the-holder" in caplog.text
+    assert "without releasing" in caplog.text
+    lock.release()
+
+
+def test_a_lock_taken_a_moment_ago_refuses_before_its_record_is_written(tmp_path):
+    from filelock import FileLock
+
+    with FileLock(tmp_path / LOCK_NAME), pytest.raises(PretrainLocked, match="running in this project: "
+                                                       "another process .*Wait for it to finish"):
+        PretrainLock(tmp_path / LOCK_NAME).acquire()
 
 
 def test_the_hook_locks_pipelines_with_the_pretrain_node_on_rank_zero_only(tmp_path, monkeypatch):
     pipelines = register_pipelines()
     hooks = PretrainLockHooks()
-    lock = tmp_path / "data" / "06_models" / LOCK_NAME
+    record = tmp_path / "data" / "06_models" / f"{LOCK_NAME}.json"
     params = {"project_path": str(tmp_path)}
 
     hooks.before_pipeline_run(params, pipelines["evaluate"], None)
-    assert not lock.exists(), "evaluate does not train"
+    assert not record.exists(), "evaluate does not train"
     hooks.after_pipeline_run()
 
     hooks.before_pipeline_run(params, pipelines["pretrain"], None)
-    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert json.loads(record.read_text())["pid"] == os.getpid()
+    with pytest.raises(PretrainLocked):
+        PretrainLock.for_project(tmp_path).acquire()
     hooks.on_pipeline_error()
-    assert not lock.exists(), "a failed run releases the lock"
+    assert not record.exists(), "a failed run releases the lock"
+    again = PretrainLock.for_project(tmp_path)
+    again.acquire()  # free again
+    again.release()
 
     monkeypatch.setenv("RANK", "1")  # torchrun's other ranks run the same pipeline with rank 0
     hooks.before_pipeline_run(params, pipelines["pretrain"], None)
-    assert not lock.exists()
+    assert not record.exists()
 
 
 
@@ -139,7 +151,7 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
     first = _start(project, LONG)
     wait_for_new_checkpoint(project, first, after=0)
     (first_run,) = project_runs(project)
-    record = json.loads(lock.read_text())
+    record = json.loads(lock.with_name(f"{LOCK_NAME}.json").read_text())
     assert (record["pid"], record["mlflow_run_id"]) == (first.pid, first_run.info.run_id)
 
     refused = kedro(project, *TRAIN, check=False, timeout=300)
@@ -152,21 +164,27 @@ def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_o
 
     first.kill()  # SIGKILL: nothing in the process can clean up
     first.wait(timeout=60)
-    assert json.loads(lock.read_text())["pid"] == first.pid, "SIGKILL leaves the lock behind"
+    assert json.loads(lock.with_name(f"{LOCK_NAME}.json").read_text())["pid"] == first.pid, \
+        "SIGKILL leaves the record behind (the OS frees the lock)"
 
     done = kedro(project, *TRAIN, timeout=300)
-    assert f"Took over the pretraining lock {lock}" in done.stdout + done.stderr
-    assert not lock.exists(), "released at the end"
+    # the log folds long lines, and puts where a line was logged at the end of the first one
+    said = "".join(re.sub(r"\S+\.py:\d+", "", done.stdout + done.stderr).split())
+    assert f"PID{first.pid}" in said and "endedwithoutreleasing" in said
+    assert not lock.with_name(f"{LOCK_NAME}.json").exists(), "released at the end"
     killed, finished = project_runs(project)
     assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
     assert finished.info.run_id in killed.data.tags["killed_because"]
 
 
 @pytest.mark.parametrize("ending", ["raise SystemExit(143)", "raise KeyboardInterrupt"])
-def test_an_interrupted_process_releases_its_lock_on_the_way_out(tmp_path, ending):
+def test_an_interrupted_process_releases_its_lock_on_the_way_out(tmp_path, ending, caplog):
     # SIGTERM during training becomes SystemExit (training/engine.py fit); Ctrl+C a KeyboardInterrupt.
     path = tmp_path / LOCK_NAME
-    code = f"from aavae.kedro_ext.pretrain_lock import PretrainLock; PretrainLock({str(path)!r}).acquire(); {ending}"
-    ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert ended.returncode != 0
-    assert not path.exists(), ended.stderr
+    end(holder(path), ending)
+    assert not path.with_name(f"{LOCK_NAME}.json").exists(), "its record is deleted"
+    lock = PretrainLock(path)
+    with caplog.at_level(logging.WARNING, logger="aavae.kedro_ext.pretrain_lock"):
+        lock.acquire()
+    lock.release()
+    assert "without releasing" not in caplog.text

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -118,6 +122,23 @@ def test_stratified_split_keeps_a_singleton_class_in_the_fit_part():
     labels = np.array([0, 0, 0, 0, 1])
     fit_idx, val_idx = stratified_split(labels, 0.5, seed=0)
     assert 4 in fit_idx and 4 not in val_idx
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.floats(0.05, 0.5), st.integers(0, 2**31))
+def test_stratified_split_partitions_the_rows_and_takes_every_class_in_proportion(sizes, fraction, seed):
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    splittable = sum(size for size in sizes if size > 1)  # a class of one sample stays in fit
+    classes, validation = sum(size > 1 for size in sizes), math.ceil(fraction * splittable)
+    if classes == 0 or min(validation, splittable - validation) < classes:  # no sample per class
+        with pytest.raises(ValueError, match="raise val_fraction or give more training samples"):
+            stratified_split(labels, fraction, seed)
+        return
+    fit_idx, val_idx = stratified_split(labels, fraction, seed)
+    assert np.array_equal(np.sort(np.concatenate([fit_idx, val_idx])), np.arange(len(labels)))
+    assert abs(len(val_idx) - fraction * splittable) <= 1
+    for label, size in enumerate(sizes):
+        taken = int((labels[val_idx] == label).sum())
+        assert taken == 0 if size == 1 else abs(taken - len(val_idx) * size / splittable) <= 1
 
 @pytest.mark.parametrize(
     ("options", "message"),

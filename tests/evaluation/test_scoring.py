@@ -7,6 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from aavae.evaluation import ClassifierResult, accuracy_report, knn_classify, linear_probe
 from aavae.evaluation.scoring import _result
@@ -21,6 +24,25 @@ def test_knn_top5_counts_the_true_class_among_the_best_five():
     # row 2: all tie, class 5 ranks 6th by the lower-index rule (miss).
     assert result.top5 == pytest.approx(1 / 3)
     assert result.top1 == 0.0
+
+@st.composite
+def tied_rankings(draw):
+    """Scores from three values only, so most rows hold ties; and a true class per row."""
+    rows, classes = draw(st.integers(1, 12)), draw(st.integers(2, 9))
+    scores = draw(arrays(np.int64, (rows, classes), elements=st.integers(0, 2)))
+    labels = draw(arrays(np.int64, rows, elements=st.integers(0, classes - 1)))
+    return torch.from_numpy(scores).float(), torch.from_numpy(labels)
+
+
+@given(tied_rankings())
+def test_top5_counts_every_correct_prediction_whatever_the_ties(ranking):
+    scores, labels = ranking
+    result = _result(scores, labels, [str(i) for i in range(scores.shape[1])], {})
+    hits = result.predictions == labels.numpy()
+    assert result.top5 >= result.top1 == pytest.approx(hits.mean())
+    if hits.all():
+        assert result.top5 == 1.0
+
 
 @pytest.mark.parametrize("method", ["probe", "knn"])
 def test_results_are_consistent_with_their_confusion_matrix(method):

@@ -21,11 +21,12 @@ class InterruptAt(pl.Callback):
 
 
 def wait_for_new_checkpoint(project: Path, process: subprocess.Popen, after: float, timeout: float = 300) -> Path:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    """The run's ``last.ckpt`` once one newer than ``after`` appears: whole, as every checkpoint
+    is written to a temporary and renamed into place."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         for last in (project / "data/test/06_models/checkpoints").glob("*/last.ckpt"):
             if last.stat().st_mtime > after:
-                time.sleep(0.5)  # let the write finish
                 return last
         if process.poll() is not None:
             raise AssertionError(f"the run ended ({process.returncode}) before writing a checkpoint")

@@ -40,13 +40,9 @@ def choose_device(requested: str) -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with bf16 matrix instructions (AMX or AVX512-BF16), where oneDNN runs
-    bf16 convolutions faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    bf16 convolutions faster than fp32 (torch's CPU probe: any OS, any architecture)."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
 
 
 def choose_precision(requested: str, where: str | torch.device = "cpu") -> str:

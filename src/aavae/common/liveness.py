@@ -1,4 +1,4 @@
-"""Is the process that took a lock or opened an MLflow run still running?
+"""Is the process that opened an MLflow run or wrote a temporary file still running?
 
 A PID alone cannot say: after a crash the number is free, and the system may hand it to an
 unrelated process. So a process is recorded as (PID, host, start): ``start`` is the boot id
@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -67,14 +66,6 @@ class ProcessRecord:
     def current(cls) -> ProcessRecord:
         return cls(os.getpid(), host_name(), process_start(os.getpid()))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProcessRecord:
-        """From :meth:`to_dict`'s keys; a KeyError or ValueError when they are missing or wrong."""
-        return cls(int(data["pid"]), str(data["host"]), data.get("process_start") or None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "host": self.host, "process_start": self.start}
-
     def liveness(self) -> Liveness:
         """ALIVE, GONE (no such PID here, a zombie, or the PID now belongs to a later
         process), or UNKNOWN (another host)."""
@@ -119,10 +110,10 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(temporary_prefix(path.name) + "write")
 
 
-def remove_dead_temporaries(folders: Iterable[Path]) -> list[Path]:
+def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) -> list[Path]:
     """Remove the temporary files and folders in ``folders`` whose writer was killed (a process
     of this host that no longer runs); return what was removed. A live writer's, another host's
-    and files not named by :func:`temporary_prefix` are left alone."""
+    and files not named by :func:`temporary_prefix` (for ``only``, if given) are left alone."""
     host, removed = _host_token(), []
     for folder in folders:
         try:
@@ -131,7 +122,7 @@ def remove_dead_temporaries(folders: Iterable[Path]) -> list[Path]:
             continue
         for entry in entries:
             match = _TEMPORARY.match(entry.name) or _LEGACY_CHECKPOINT.match(entry.name)
-            if match is None or match.groupdict().get("host", host) != host:
+            if match is None or match.groupdict().get("host", host) != host or only not in (None, match["name"]):
                 continue
             if ProcessRecord(int(match["pid"]), host_name(), None).liveness() is not Liveness.GONE:
                 continue

@@ -15,9 +15,7 @@ larger than the bytes it carries.
 
 from __future__ import annotations
 
-import codecs
 import io
-import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -55,23 +53,18 @@ IMAGE_SIDE = 32
 ROW_LENGTH = 3 * IMAGE_SIDE * IMAGE_SIDE
 
 
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as pickles written by Python 3 with protocol 2 use it for bytes."""
-    if not isinstance(text, str) or not isinstance(encoding, str):
-        raise pickle.UnpicklingError("_codecs.encode takes a str and an encoding name")
-    try:
-        latin1 = codecs.lookup(encoding).name == "iso8859-1"
-    except LookupError:
-        latin1 = False
-    if not latin1:
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r:.40} is not allowed")
+def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode`` as numpy's pickles written by Python 3 (protocol 2) use it for bytes."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r:.40} is not allowed "
+                                     "(numpy's pickles encode a str with 'latin1')")
     return text.encode("latin1")
 
 
-# Pickled numpy state is not trusted either: a damaged dtype state can set internal flags
-# (numpy then fails with SystemError or RuntimeError, not a clean error), and an array state
-# can declare any shape. So the pickle gets stand-ins whose arguments are checked, and only
-# plain numeric dtypes, built afresh from their names, reach numpy.
+# Pickled numpy state is not trusted either: a dtype's state sets numpy's internal flags (one
+# flipped bit in it made numpy 2.4 fail with SystemError and RuntimeError, and a hostile file
+# could choose them). So the pickle gets stand-ins, and only plain numeric dtypes, built afresh
+# from their names, reach numpy; numpy itself checks an array's shape against its bytes.
 _DTYPE_NAMES = frozenset(
     f"{kind}{size}" for kind in "biuf" for size in (1, 2, 4, 8)
 ) - {"b2", "b4", "b8", "f1"}
@@ -116,19 +109,6 @@ class _DtypeSpec:
         return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
 
 
-def _checked_shape(shape: Any, dtype: np.dtype, nbytes: int) -> tuple[int, ...]:
-    if (
-        not isinstance(shape, tuple)
-        or len(shape) > 8
-        or not all(type(side) is int and side >= 0 for side in shape)
-        or math.prod(shape) * dtype.itemsize != nbytes
-    ):
-        raise pickle.UnpicklingError(
-            f"array shape {shape!r:.60} of {dtype} does not match its {nbytes:,} bytes of data"
-        )
-    return shape
-
-
 class _CheckedArray(np.ndarray):
     """The empty array numpy's pickles fill with ``__setstate__``; the state is checked first."""
 
@@ -140,9 +120,7 @@ class _CheckedArray(np.ndarray):
             raise pickle.UnpicklingError(
                 "numpy array state is not allowed: expected version 1, a numeric dtype and bytes"
             )
-        dtype = dtype.resolve()
-        shape = _checked_shape(shape, dtype, len(raw))
-        super().__setstate__((1, shape, dtype, bool(is_fortran), raw))
+        super().__setstate__((1, shape, dtype.resolve(), bool(is_fortran), raw))
 
 
 def _reconstruct_empty(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
@@ -156,15 +134,14 @@ def _reconstruct_empty(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
 
 
 def _frombuffer_checked(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    """numpy's ``_frombuffer`` (protocol 5 pickles) with a numeric dtype and matching shape."""
+    """numpy's ``_frombuffer`` (protocol 5 pickles) with a numeric dtype."""
     if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, _DtypeSpec):
         raise pickle.UnpicklingError("_frombuffer takes bytes and a numeric dtype")
     order = _text(order)
     if order not in ("C", "F"):
         raise pickle.UnpicklingError(f"_frombuffer order {order!r:.20} is not allowed")
-    resolved = dtype.resolve()
     data = bytes(buffer)  # a copy that nothing else in the pickle can alter
-    return np.frombuffer(data, resolved).reshape(_checked_shape(shape, resolved, len(data)), order=order)
+    return np.frombuffer(data, dtype.resolve()).reshape(shape, order=order)
 
 
 # The globals a pickled uint8 array refers to, under the module names numpy 1 (the official

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aavae.common.file_modes import follow_umask
-from aavae.common.liveness import temporary_prefix
+from aavae.common.atomic import replaced_atomically
 from aavae.data.staging import map_npy, place_npy, relocated
 
 UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
@@ -69,9 +66,9 @@ class ImageSet:
 def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
     """Write ``images.npy``, ``labels.npy`` and ``meta.json`` into ``folder`` atomically.
 
-    The files are written into a sibling temporary folder that is renamed into place, so
-    an interrupted write never leaves a half artifact and never destroys the previous one
-    before the new one is complete; if the final rename fails, the previous one is put back.
+    The files are written into a sibling temporary folder that is renamed into place
+    (:func:`aavae.common.atomic.replaced_atomically`), so an interrupted write never leaves a
+    half artifact and never destroys the previous one.
 
     Images that are a memory map of a whole .npy file (what the image-folder reader stages
     on disk, or what :func:`load_imageset` maps) are not copied through memory: a staged
@@ -80,31 +77,15 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
     folder, no disk copy either. Other images are written with ``np.save``.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(folder.name), dir=folder.parent))
-    try:
+    with replaced_atomically(folder) as staging:
+        staging.mkdir()
         if place_npy(imageset.images, staging / "images.npy") is None:
             np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
         np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
         meta = {"split": imageset.split, "class_names": list(imageset.class_names),
                 "data_sha256": imageset.fingerprint}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        follow_umask(staging)  # mkdtemp made it 0700: the folder gets the mode mkdir() would give
-        if folder.exists():
-            retired = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            folder.rename(retired)
-            try:
-                staging.rename(folder)
-            except BaseException:
-                retired.rename(folder)  # the previous artifact back under its name
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(folder)
-        relocated(imageset.images, folder / "images.npy")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    relocated(imageset.images, folder / "images.npy")
 
 
 def load_imageset(folder: str | os.PathLike, mmap: bool = True) -> ImageSet:

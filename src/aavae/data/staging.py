@@ -15,13 +15,14 @@ the catalog will save what it returns.) There the staged files lie on the same f
 saving them is a rename, not a copy; they stay out of ``/tmp``, often a RAM-backed tmpfs
 where a 5 GB file would take the very memory this module saves; and Kedro's layer convention
 files data that is no longer raw but not yet primary under "intermediate". Each reader
-stages in a fresh hidden folder (``.aavae-staging-<pid>+<host>+...``) of its own.
+stages in a fresh hidden folder (``.aavae-staging.tmp-<pid>-<host>-...``) of its own.
 
 Lifetime: a staged file belongs to the read-only memory map the reader returns over it
 (:func:`map_npy`). :func:`place_npy` moves it into the catalog's folder when the image set is
 saved; a staged file never saved is deleted when its map is garbage collected or the
 interpreter exits; a reader that fails deletes its folder at once; and a folder left by a
-process that was killed is removed by the next reader that stages beside it.
+process that was killed is removed by the next reader that stages beside it, or the next
+``kedro run`` (:func:`aavae.common.liveness.remove_dead_temporaries`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import errno
 import io
 import os
 import shutil
-import socket
 import struct
 import tempfile
 import threading
@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from aavae.common.liveness import remove_dead_temporaries, temporary_prefix
 from aavae.data.errors import DatasetError
 
 STAGING_LAYER = Path("data") / "02_intermediate"
-STAGING_PREFIX = ".aavae-staging-"
+STAGING_NAME = "aavae-staging"  # folders .aavae-staging.tmp-<pid>-<host>-*: common.liveness's temporaries
 CHUNK_BYTES = 8 * 1024**2  # bytes one read or write of a whole-file pass moves at a time
 GiB = 1024**3
 
@@ -72,7 +73,7 @@ def new_staging_folder(root: Path, needed_bytes: int, what: str) -> Path:
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_folders(root)
+        remove_dead_temporaries([root], only=STAGING_NAME)  # root may be the system's /tmp
         free = shutil.disk_usage(root).free
     except OSError as exc:
         raise DatasetError(
@@ -86,8 +87,8 @@ def new_staging_folder(root: Path, needed_bytes: int, what: str) -> Path:
             f"images are staged), but only {readable_size(free)} are free. Free some space, set "
             "a smaller --params dataset.image_size=<side>, or ingest fewer images."
         )
-    prefix = f"{STAGING_PREFIX}{os.getpid()}+{socket.gethostname()}+"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=root)).absolute()  # a later chdir moves nothing
+    folder = tempfile.mkdtemp(prefix=temporary_prefix(STAGING_NAME), dir=root)
+    return Path(folder).absolute()  # a later chdir moves nothing
 
 
 def readable_size(size: int) -> str:
@@ -97,25 +98,6 @@ def readable_size(size: int) -> str:
     if size >= 1024**2:
         return f"{size / 1024**2:,.1f} MB"
     return f"{size / 1024:,.1f} kB" if size >= 1024 else f"{size} B"
-
-
-def _remove_stale_folders(root: Path) -> None:
-    host = socket.gethostname()
-    for folder in root.glob(f"{STAGING_PREFIX}*"):
-        pid, _, rest = folder.name[len(STAGING_PREFIX) :].partition("+")
-        if not pid.isdigit() or not rest.startswith(f"{host}+") or _alive(int(pid)):
-            continue  # another host's (it may be alive), or a live process's
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, as another user's process
-        return True
-    return True
 
 
 def remove_folder(folder: Path) -> None:
@@ -305,7 +287,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    if folder.name.startswith(STAGING_PREFIX):
+    if folder.name.startswith(f".{STAGING_NAME}.tmp-"):
         with contextlib.suppress(OSError):
             folder.rmdir()
 

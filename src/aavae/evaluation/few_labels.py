@@ -51,10 +51,6 @@ class FewLabelScore:
     sd: float
     draws: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"labels_per_class": self.labels_per_class, "top1": self.mean, "top1_sd": self.sd,
-                "draws": self.draws}
-
 
 def labelled_draw(labels: np.ndarray, labels_per_class: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``labels_per_class`` rows of every class (sorted), drawn without replacement."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from aavae.common.progress import Progress
@@ -132,30 +133,26 @@ def _weight_decay_grid(weight_decays: Sequence[float]) -> list[float]:
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, val)``: ``val_fraction`` of every class (rounded) goes to ``val``.
-
-    A class keeps at least one sample in ``fit``. Both index arrays are sorted.
+    """Indices ``(fit, val)``, both sorted: ``val_fraction`` of the samples go to ``val``, every
+    class in proportion (scikit-learn's stratified ``train_test_split``). A class of a single
+    sample cannot be split, and stays in ``fit`` (an image folder may have one).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(
             f"val_fraction must be in (0, 1) to choose a weight decay, got {val_fraction}; "
             "pass a single value in weight_decays to skip the choice"
         )
-    rng = np.random.default_rng(seed)
-    val_parts = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
-        val_parts.append(rng.permutation(members)[:n_val])
-    val_idx = np.sort(np.concatenate(val_parts)).astype(np.int64)
-    if len(val_idx) == 0:
+    rows = np.arange(len(labels))
+    shared = np.bincount(labels)[labels] > 1
+    try:
+        fit, val = train_test_split(rows[shared], test_size=val_fraction, random_state=seed,
+                                    stratify=labels[shared])
+    except ValueError as error:
         raise ValueError(
-            f"val_fraction={val_fraction} of {len(labels)} training samples leaves an empty "
-            "validation part; raise val_fraction or give more training samples"
-        )
-    fit_mask = np.ones(len(labels), dtype=bool)
-    fit_mask[val_idx] = False
-    return np.flatnonzero(fit_mask), val_idx
+            f"val_fraction={val_fraction} of {len(labels)} training samples cannot give every class "
+            f"a validation sample ({error}); raise val_fraction or give more training samples"
+        ) from error
+    return np.sort(np.concatenate([fit, rows[~shared]])), np.sort(val)
 
 
 def _select_weight_decay(xtr, ytr, fit_idx, val_idx, num_classes, grid, max_iter, tolerance,

@@ -2,8 +2,11 @@
 
 Accuracies are fractions in ``[0, 1]``. "top-5" means top-``min(5, num_classes)``, so with
 fewer than five classes it is always 1. Rankings break ties by the lower class index, the same
-rule ``argmax`` uses for the prediction, so top-5 is never below top-1. The linear probe, kNN
-and the paper's protocol all score through :func:`_result`, so they count alike.
+rule ``argmax`` uses for the prediction, so top-5 is never below top-1 (scikit-learn's
+``top_k_accuracy_score`` breaks ties towards the higher index: with all scores tied it misses a
+class-0 sample that ``argmax`` gets right). The confusion matrix and per-class recall are
+scikit-learn's. The linear probe, kNN and the paper's protocol all score through
+:func:`_result`, so they count alike.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix, recall_score
 from torch import Tensor
 
 TOP_K = 5
@@ -39,7 +43,6 @@ class ClassifierResult:
     scores: np.ndarray | None = None
 
 
-
 def _result(
     scores: Tensor, labels: Tensor, class_names: list[str], chosen: dict
 ) -> ClassifierResult:
@@ -54,14 +57,9 @@ def _result(
     top1 = float((predictions == labels).float().mean())
     top5 = float((ranked_ahead < min(TOP_K, num_classes)).float().mean())
 
-    y_true = labels.cpu().numpy()
-    y_pred = predictions.cpu().numpy()
-    confusion = np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.diag(confusion) / support
+    y_true, y_pred, classes = labels.cpu().numpy(), predictions.cpu().numpy(), np.arange(num_classes)
+    confusion = confusion_matrix(y_true, y_pred, labels=classes)
+    recall = recall_score(y_true, y_pred, labels=classes, average=None, zero_division=np.nan)
     per_class = {name: float(value) for name, value in zip(class_names, recall, strict=True)}
     return ClassifierResult(
         top1=top1,

@@ -1,14 +1,12 @@
-"""Kedro datasets for this project's artifacts, each written atomically.
+"""Kedro datasets for this project's artifacts, each written whole or not at all.
 
-Every save goes to a temporary name in the same folder and is renamed into place, so an
-interrupted run never leaves half a file and never destroys the previous artifact. The
-artifact gets the permissions the umask gives any new file (:mod:`aavae.common.file_modes`).
+Every save goes to a temporary beside the artifact and is renamed into place
+(:mod:`aavae.common.atomic`), so an interrupted run never leaves half a file and never destroys
+the previous artifact; the artifact gets the permissions the umask gives any new file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,24 +15,9 @@ import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 
-from aavae.common.file_modes import follow_umask
-from aavae.common.liveness import temporary_prefix
+from aavae.common.atomic import replaced_atomically
 from aavae.common.weights import load_weights
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        follow_umask(tmp)  # mkstemp made it 0600: the artifact gets the mode open() would give
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 #: Which pipeline writes the artifacts of each data layer, for messages about a missing or
 #: damaged one.
@@ -115,11 +98,8 @@ class ArraysDataset(_FileDataset):
             raise self._damaged(error) from error
 
     def save(self, data: dict[str, np.ndarray]) -> None:
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **{k: np.asarray(v) for k, v in data.items()})
-
-        _atomic_write(self._filepath, write)
+        with replaced_atomically(self._filepath) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, **{k: np.asarray(v) for k, v in data.items()})  # a handle: no ".npz" added
 
 
 class TorchBundleDataset(_FileDataset):
@@ -148,4 +128,5 @@ class TorchBundleDataset(_FileDataset):
             ) from exc
 
     def save(self, data: dict[str, Any]) -> None:
-        _atomic_write(self._filepath, lambda tmp: torch.save(data, tmp))
+        with replaced_atomically(self._filepath) as temporary:
+            torch.save(data, temporary)

@@ -100,7 +100,7 @@ class PretrainLockHooks:
     """One pretraining per project data folder: a second is refused before anything runs.
 
     Taken before kedro-mlflow opens its run (``tryfirst``), so a refused run leaves no trace
-    in MLflow; the run id is added to the lock when the first node starts. Only in pipelines
+    in MLflow; the run id is added to the holder's record when the first node starts. Only in pipelines
     holding the ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every
     rank as a ``kedro run`` of its own (the other ranks train with it, not against it).
     """

@@ -1,12 +1,12 @@
 """The pretraining engine, one concern per module, re-exported here.
 
 data.py (what is trained on, in which order), schedule.py (learning-rate schedule),
-optim.py (sync-free optimizers), batchnorm.py (running statistics), step.py (the training step: eager, compiled or
+optim.py (sync-free optimizers), batchnorm.py (statistics frozen for a side pass), step.py (the training step: eager, compiled or
 graph-replayed), module.py (the Lightning module around it), engine.py (Trainer, devices,
 resume), checkpoints.py (atomic writes, fallback on resume), snapshots.py (reconstruction grids).
 """
 
-from aavae.training.batchnorm import frozen_batchnorm_statistics, recompute_batchnorm_statistics
+from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.checkpoints import (
     LAST_CHECKPOINT,
     RUN_MARKER,
@@ -76,7 +76,6 @@ __all__ = [
     "newest_loadable_checkpoint",
     "parameter_groups",
     "previous_run",
-    "recompute_batchnorm_statistics",
     "reconstruct",
     "reconstruction_grid",
     "remember_run",

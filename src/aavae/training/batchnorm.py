@@ -1,18 +1,18 @@
-"""Batch-norm running statistics: leave them alone for a side pass, or re-estimate them.
+"""Batch-norm running statistics left alone during a side pass.
 
 Training updates the running statistics from the batches the encoder sees: views only (this
 project's default) or views and originals (the paper's clean pass on every step). Evaluation
-then normalises clean images with them. :func:`recompute_batchnorm_statistics` replaces them
-with exact averages over un-augmented training images, the statistics evaluation meets.
+then normalises clean images with them. Re-estimating them on un-augmented training images
+(``recompute_bn_stats``) is torch's ``torch.optim.swa_utils.update_bn``: exact averages, as this
+project's own pass computed them before.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -36,32 +36,3 @@ def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
         for m, (momentum, tracked) in zip(norms, saved, strict=True):
             m.momentum = momentum
             m.num_batches_tracked.copy_(tracked)
-
-
-@torch.no_grad()
-def recompute_batchnorm_statistics(
-    module: nn.Module, batches: Iterator[Tensor], forward: Callable[[Tensor], object] | None = None
-) -> int:
-    """Replace the running statistics of ``module``'s batch norms by their average over
-    ``batches`` (inputs ready for ``forward``, by default ``module`` itself).
-
-    Momentum ``None`` makes torch keep a cumulative average; train mode for the pass, the
-    module's mode and momenta restored afterwards. Returns the number of batches seen.
-    """
-    norms = _batchnorms(module)
-    saved = [m.momentum for m in norms]
-    was_training = module.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    module.train()
-    seen = 0
-    try:
-        for batch in batches:
-            (forward or module)(batch)
-            seen += 1
-    finally:
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
-        module.train(was_training)
-    return seen

@@ -33,7 +33,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aavae.common.liveness import temporary_path
+from aavae.common.atomic import replaced_atomically
 from aavae.common.provenance import CHECKPOINT_DATA
 from aavae.common.weights import load_weights
 
@@ -82,26 +82,15 @@ def remember_run(checkpoint_dir: Path, run_id: str | None) -> None:
 
 def atomic_torch_save(content: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)  # named for this process: a later run removes it if we die
     try:
-        with open(temporary, "wb") as handle:
+        with replaced_atomically(path, durable=True) as temporary, open(temporary, "wb") as handle:
             torch.save(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)  # a full disk leaves no debris, and the old file
+    except BaseException as error:  # the temporary is gone: a full disk leaves no debris
         if (full := _disk_full(error)) is not None:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise OSError(full.errno, f"{full.strerror} while writing checkpoint {path}: {kept}. "
                           "Free space on that disk, then rerun the same command to resume") from error
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 def _disk_full(error: BaseException) -> OSError | None:
@@ -142,14 +131,11 @@ class EpochCheckpoints(pl.Callback):
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
-            periodic = self.directory / f"epoch{epoch:04d}.ckpt"
-            temporary = temporary_path(periodic)
-            temporary.unlink(missing_ok=True)
-            try:
-                os.link(self.directory / LAST_CHECKPOINT, temporary)
-            except OSError:
-                shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
-            os.replace(temporary, periodic)
+            with replaced_atomically(self.directory / f"epoch{epoch:04d}.ckpt") as temporary:
+                try:
+                    os.link(self.directory / LAST_CHECKPOINT, temporary)
+                except OSError:
+                    shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
 
 
 class RecordTrainingData(pl.Callback):

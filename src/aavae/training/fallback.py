@@ -112,7 +112,6 @@ class FallbackStep:
         self.compiled, self.graph = compiled, graph
         self.graph_warmup = graph_warmup
         self.setup_seconds = 0.0  # spent compiling and capturing: not the step's rate
-        self.compile_seconds: float | None = None
         self.failures: list[str] = []  # what failed, in the order it did
         self._runner: Callable[[], None] = step
         self._verify_left = 0
@@ -195,7 +194,6 @@ class FallbackStep:
             self.setup_seconds += seconds
         if self._compiling:
             self._compiling = False
-            self.compile_seconds = seconds
             log.info("Compiled the training step in %.1f s (the first compiled step included)", seconds)
         captured = getattr(self._runner, "captured", True)
         if _agree(bad_before < 0 <= bad_after, step.device):

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
 
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet
@@ -29,7 +30,6 @@ from aavae.objective import (
     reconstruction_terms,
     sample_posterior,
 )
-from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.training.data import (
     TrainingImages,
     ValidationViews,
@@ -98,7 +98,6 @@ class PretrainModule(pl.LightningModule):
             log.info("No online probe: the training images have no labels (pretrain.training_split "
                      "unlabeled), so it would learn nothing and report nothing true")
         self.online_probe = nn.Linear(net.encoder.out_dim, num_classes) if config.online_probe and labelled else None
-        self.precision_name = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
         self.compile_mode = resolve_switch(config.compile, device_kind)
         self.graph_mode = device_kind == "cuda" and resolve_switch(config.cuda_graph, device_kind) is True
@@ -394,12 +393,9 @@ class PretrainModule(pl.LightningModule):
                     raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
                 yield self.preprocessing.apply(raw.permute(0, 3, 1, 2))
 
-        def encode(x: Tensor) -> Tensor:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                enabled=self.autocast_dtype is not None):
-                return self.net.encode(x)
-
-        recompute_batchnorm_statistics(self.net.encoder, batches(), encode)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            update_bn(batches(), self.net.encoder)
         return len(chosen)
 
     # -- checkpoints carry the random stream ----------------------------------------------

@@ -38,10 +38,10 @@ class PlainProgress(pl.Callback):
 
     def __init__(self, every_seconds: float = EVERY_SECONDS) -> None:
         self.every_seconds = every_seconds
-        self._last_time = self._last_step = 0.0
+        self._last_time = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._last_time, self._last_step = time.monotonic(), trainer.global_step
+        self._last_time = time.monotonic()
         self._started, self._first_step = self._last_time, trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args) -> None:
@@ -70,7 +70,7 @@ class PlainProgress(pl.Callback):
         if loss is not None:
             parts.append(f"loss {loss:,.4g}")
         log.info(", ".join(parts))
-        self._last_time, self._last_step = now, step
+        self._last_time = now
 
 
 def run_bound(trainer: pl.Trainer, module: PretrainModule, rate: float) -> tuple[int, bool, float | None]:

@@ -46,8 +46,6 @@ from aavae.views import ViewPolicy, apply_view_params, normalize, original_view,
 
 log = logging.getLogger(__name__)
 
-ENCODE_ORIGINAL = ("every_step", "diagnostic_steps")
-
 
 @dataclass(frozen=True)
 class StepSettings:

@@ -40,7 +40,6 @@ class HostBatches:
         self._ready: queue.Queue = queue.Queue(maxsize=DEPTH)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._in_flight = None
 
     def start_epoch(self, order: Tensor, first_step: int) -> None:
         """Begin gathering rows ``first_step``.. of ``order`` (steps x global batch, on the host)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import update_bn
 
 from aavae import tracking
 from aavae.common import provenance
@@ -23,7 +24,6 @@ from aavae.evaluation import (
 )
 from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
-from aavae.training.batchnorm import recompute_batchnorm_statistics
 from aavae.views import resolve_preprocessing
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, A
             yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
 
     try:
-        recompute_batchnorm_statistics(encoder, batches())
+        update_bn(batches(), encoder)
     finally:
         encoder.cpu()
     return len(rows)
