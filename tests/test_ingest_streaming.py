@@ -260,15 +260,6 @@ def test_rows_written_out_of_order_and_compacted_in_one_row_chunks_load_as_numpy
     assert (tmp_path / "x.npy").stat().st_size == writer.header_bytes + rows[kept].nbytes
 
 
-def test_a_row_of_the_wrong_shape_or_place_is_refused(tmp_path):
-    writer = NpyRows(tmp_path / "x.npy", (2, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"x.npy must be \(4, 4, 3\) uint8"):
-        writer.write(0, [np.zeros((4, 5, 3), np.uint8)])
-    with pytest.raises(IndexError, match="rows 2..3 outside 0..2"):
-        writer.write(2, [np.zeros((4, 4, 3), np.uint8)])
-    writer.close()
-
-
 @pytest.mark.parametrize("shape", [(200_000, 96, 96, 3), (7, 1, 1, 3), (0, 32, 32, 3)])
 def test_a_padded_header_reads_back_like_numpys_own(tmp_path, shape):
     standard = npy_header(shape, np.uint8)
@@ -278,8 +269,6 @@ def test_a_padded_header_reads_back_like_numpys_own(tmp_path, shape):
         stream.write(padded)
         stream.truncate(len(padded) + int(np.prod(shape)))
     assert np.load(tmp_path / "x.npy", mmap_mode="r").shape == shape
-    with pytest.raises(ValueError, match="cannot be 10 bytes"):
-        npy_header(shape, np.uint8, 10)
 
 
 def test_a_full_disk_while_writing_names_the_file_and_what_to_do(tmp_path, monkeypatch):

@@ -1,11 +1,6 @@
-"""The layout of an image folder or archive: ``<split>/<class>/<image>``, read from its listing.
-
-:func:`plan_layout` turns the listing of a folder or an archive into class names and, per
-split, the image files with their labels, refusing a layout that cannot be trained or
-evaluated on (no ``train`` split, a class with no images, classes that differ between splits)
-with an error naming the source and what was expected. Decoding the files is
-:mod:`aavae.data.imagefolder`'s.
-"""
+"""The layout of an image folder or archive, ``<split>/<class>/<image>``, from its listing:
+class names and each split's files and labels, or a refusal of a layout that cannot be trained
+or evaluated on (no ``train``, an empty class, classes differing between splits)."""
 
 from __future__ import annotations
 
