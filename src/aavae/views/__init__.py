@@ -11,22 +11,8 @@ preprocessing of originals. ``from aavae.views import X`` is the public way in.
   :func:`resolve_preprocessing`).
 """
 
-from aavae.views.augment import (
-    BRIGHTNESS,
-    CONTRAST,
-    HUE,
-    SATURATION,
-    ViewParams,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    apply_view_params,
-    make_views,
-    sample_view_params,
-    subset_by_index,
-)
-from aavae.views.policy import PREPROCESSING_KEYS, PROVENANCE_KEYS, ViewPolicy, split_view_policy
+from aavae.views.augment import ViewParams, apply_view_params, make_views, sample_view_params
+from aavae.views.policy import PROVENANCE_KEYS, ViewPolicy, split_view_policy
 from aavae.views.preprocessing import (
     Preprocessing,
     channel_stats,
@@ -38,19 +24,10 @@ from aavae.views.preprocessing import (
 )
 
 __all__ = [
-    "BRIGHTNESS",
-    "CONTRAST",
-    "HUE",
-    "PREPROCESSING_KEYS",
     "PROVENANCE_KEYS",
     "Preprocessing",
-    "SATURATION",
     "ViewParams",
     "ViewPolicy",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
     "apply_view_params",
     "channel_stats",
     "channel_tensors",
@@ -60,6 +37,5 @@ __all__ = [
     "resolve_preprocessing",
     "sample_view_params",
     "split_view_policy",
-    "subset_by_index",
     "to_float",
 ]

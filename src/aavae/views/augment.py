@@ -88,11 +88,6 @@ def sample_view_params(
     gives the same views on every device) in a fixed order, whatever the probabilities, and
     the result is moved to ``device``.
     """
-    if n < 0 or height < 1 or width < 1:
-        raise ValueError(
-            f"sample_view_params needs n >= 0 and a positive image size, got {n}, {height}x{width}"
-        )
-
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
         return torch.empty(shape, device=generator.device).uniform_(low, high, generator=generator)
 
@@ -186,8 +181,6 @@ def apply_view_params(
         )
     params = params.to(images.device)
     out_h, out_w = (height, width) if out_size is None else (int(out_size), int(out_size))
-    if out_h < 1:
-        raise ValueError(f"apply_view_params: out_size must be positive, got {out_size}")
 
     views = _crop_resize_flip(images, params.crop_boxes, params.flip, out_h, out_w)
     _color_jitter_(views, params)
@@ -245,21 +238,6 @@ def _per_image(values: Tensor) -> Tensor:  # (M,) -> broadcastable over M x C x 
 def _blend(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:
     """``factor * x + (1 - factor) * target``, clamped: torchvision's _blend, per image."""
     return torch.lerp(target, x, _per_image(factor)).clamp_(0.0, 1.0)
-
-
-def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Scale by a per-image factor (a blend with black)."""
-    return (x * _per_image(factor)).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with the mean of its grayscale version."""
-    return _blend(x, _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
-
-
-def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with its grayscale version."""
-    return _blend(x, _grayscale(x), factor)
 
 
 def _adjust_brightness_contrast_or_saturation(x: Tensor, op_ids: Tensor, factor: Tensor) -> Tensor:

@@ -128,14 +128,9 @@ def _zoom_weights(size: int, resized: int, device: torch.device) -> Tensor:
     return full[offset : offset + size]
 
 
-def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch.
-
-    Pass ``mean`` and ``std`` as tensors on ``x``'s device (see :func:`channel_tensors`) in a
-    hot loop: numbers would be copied to the device, and checked on the host, at every call.
-    """
-    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
-        mean, std = channel_tensors(mean, std, x.shape[-3], x.device)
+def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch; ``mean`` and ``std``
+    are tensors on ``x``'s device (:func:`channel_tensors`), made once, not at every step."""
     mean_t = mean.to(dtype=x.dtype).view(-1, 1, 1)
     std_t = std.to(dtype=x.dtype).view(-1, 1, 1)
     return (x - mean_t) / std_t
@@ -179,14 +174,10 @@ def resolve_preprocessing(
 
 
 def channel_stats(
-    images: np.ndarray | Tensor, chunk: int = 4096
+    images: np.ndarray, chunk: int = 4096
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units.
-
-    Accumulated in float64 over chunks, so a whole dataset never needs a float copy.
-    """
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
+    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units,
+    accumulated in float64 over chunks (a whole dataset never needs a float copy)."""
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
             f"channel_stats expects a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}"
