@@ -1,15 +1,5 @@
-"""Views: the augmentation policy, batched augmentation on the training device, and the
-preprocessing of originals. ``from aavae.views import X`` is the public way in.
-
-* :mod:`.policy` -- :class:`ViewPolicy`, the one definition of the view fields, and the
-  stored policy's format (:func:`split_view_policy`).
-* :mod:`.augment` -- :func:`sample_view_params` and :func:`apply_view_params` (together
-  :func:`make_views`): SimCLR-style views of a whole uint8 batch at once, with torchvision's
-  distributions and math.
-* :mod:`.preprocessing` -- originals as the model sees them (:func:`original_view`,
-  :func:`normalize`; together the value :class:`Preprocessing`) and the statistics they are normalised with (:func:`channel_stats`,
-  :func:`resolve_preprocessing`).
-"""
+"""Views: the augmentation policy (:mod:`.policy`), batched augmentation on the training device
+(:mod:`.augment`) and the preprocessing of originals (:mod:`.preprocessing`)."""
 
 from aavae.views.augment import ViewParams, apply_view_params, make_views, sample_view_params
 from aavae.views.policy import PROVENANCE_KEYS, ViewPolicy, split_view_policy
