@@ -94,7 +94,7 @@ def check_weights_file(path: Path, allowed: Mapping[str, Any]) -> None:
     with path.open("rb") as handle:
         head = handle.read(tarfile.BLOCKSIZE)
         if not head:
-            raise WeightsError(f"{path} is empty: copy or download it again")
+            raise WeightsError(f"{path} is empty, not a file torch.save wrote: copy or download it again")
         if head.startswith(ZIP_MAGIC):
             scan.pickle(io.BytesIO(_zip_pickle(path, size)))  # a read never returns more than is left
         elif _is_tar(head):  # torch's format before 0.4: tarfile would allocate what headers declare

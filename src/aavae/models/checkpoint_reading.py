@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from aavae.common.weights import ZIP_MAGIC, WeightsError, load_weights
+from aavae.common.weights import WeightsError, load_weights
 
 from .net import LOG_SCALE_KEY, MODEL_PREFIXES, AAVAENet, ModelSpec, build_model
 
@@ -110,11 +110,6 @@ STAND_INS: dict[str, type[ForeignObject]] = {name: _stand_in(name) for name in K
 _ALLOWED: dict[str, Any] = {**STAND_INS, **dict.fromkeys(ATTRIBUTE_DICTS, dict)}
 
 
-def _looks_like_torch_file(head: bytes) -> bool:
-    """A zip archive, or a pickle stream (protocol 2 to 5) as torch.save wrote before 1.6."""
-    return head.startswith(ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Everything a checkpoint file holds, its known Python objects as inert stand-ins.
 
@@ -126,15 +121,6 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if not _looks_like_torch_file(head):
-        found = "it is empty" if not head else f"it starts with the bytes {head!r}"
-        raise ValueError(
-            f"checkpoint {path} is not a checkpoint: torch.save writes a zip archive (a pickle "
-            f"before torch 1.6), and {found}. Give the path of a .ckpt or .pt file written by "
-            f"torch.save, such as data/06_models/aavae_model.pt or a last.ckpt"
-        )
     try:
         return load_weights(path, allowed=_ALLOWED)
     except WeightsError as error:

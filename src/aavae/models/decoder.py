@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoder import Architecture, Stem, get_architecture, get_stem
+from .encoder import Architecture, Stem, get_architecture, get_stem, stage
 
 SEED_SIDE = 4  # side of the first feature map the latent is reshaped into
 DECODER_WIDTH_FACTOR = 8  # the paper's decoder width_per_group (512) over the encoder's (64)
@@ -37,9 +37,6 @@ class Upscale(nn.Module):
         if x.shape[-2:] == (self.size, self.size):
             return x  # nearest-neighbour resize to the same size is the identity
         return F.interpolate(x, size=(self.size, self.size), mode="nearest")
-
-    def extra_repr(self) -> str:
-        return "scale_factor=2" if self.size is None else f"size={self.size}"
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -107,16 +104,6 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def _stage(
-    block: type[nn.Module], in_channels: int, planes: int, blocks: int, upscale: Upscale
-) -> nn.Sequential:
-    """One resolution stage: the first block upscales, the rest keep size and channels."""
-    out_channels = planes * block.expansion
-    layers = [block(in_channels, planes, upscale)]
-    layers += [block(out_channels, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-
 def check_input_size(input_size: int, stem_name: str) -> None:
     """The decoder rebuilds ``input_size`` exactly only when the stem's downsampling divides it."""
     factor = get_stem(stem_name).downsampling
@@ -157,7 +144,7 @@ class ResNetDecoder(nn.Module):
         for index, blocks in enumerate(arch.decoder_blocks):
             planes = max(1, channels // 2 ** (index + 1))
             upscale = Upscale(input_size // stem.downsampling) if index == 0 else Upscale()
-            setattr(self, f"layer{index + 1}", _stage(block, in_channels, planes, blocks, upscale))
+            setattr(self, f"layer{index + 1}", stage(block, in_channels, planes, blocks, upscale))
             in_channels = planes * block.expansion
 
         self.conv2 = _conv3x3(in_channels, width)

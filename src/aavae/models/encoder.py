@@ -149,12 +149,13 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def _stage(
-    block: type[nn.Module], in_channels: int, planes: int, blocks: int, stride: int
+def stage(
+    block: type[nn.Module], in_channels: int, planes: int, blocks: int, first: object
 ) -> nn.Sequential:
-    """One resolution stage: the first block changes stride/channels, the rest keep them."""
+    """One resolution stage: the first block changes size (``first``: the encoder's stride, the
+    decoder's upscale) and channels, the rest keep them."""
     out_channels = planes * block.expansion
-    layers = [block(in_channels, planes, stride)]
+    layers = [block(in_channels, planes, first)]
     layers += [block(out_channels, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
@@ -182,7 +183,7 @@ class ResNetEncoder(nn.Module):
         for index, blocks in enumerate(arch.encoder_blocks):
             planes = channels * 2**index
             stride = 1 if index == 0 else 2
-            setattr(self, f"layer{index + 1}", _stage(block, in_channels, planes, blocks, stride))
+            setattr(self, f"layer{index + 1}", stage(block, in_channels, planes, blocks, stride))
             in_channels = planes * block.expansion
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-HEADS = ("vae", "ae")
-
 
 class ProjectionHead(nn.Module):
     """Linear -> BatchNorm -> ReLU, then separate bias-free Linear maps to mu and log-variance."""
@@ -46,9 +44,4 @@ class AEProjectionHead(nn.Module):
         return self.projection_head(features)
 
 
-def build_head(kind: str, input_dim: int, hidden_dim: int, latent_dim: int) -> nn.Module:
-    if kind == "vae":
-        return ProjectionHead(input_dim, hidden_dim, latent_dim)
-    if kind == "ae":
-        return AEProjectionHead(input_dim, hidden_dim, latent_dim)
-    raise ValueError(f"head '{kind}' is unknown; choose one of {HEADS}")
+HEADS: dict[str, type[nn.Module]] = {"vae": ProjectionHead, "ae": AEProjectionHead}

@@ -22,7 +22,7 @@ from aavae.common.records import STRICT, read_record
 
 from .decoder import ResNetDecoder, build_decoder, check_input_size
 from .encoder import ENCODERS, STEMS, ResNetEncoder, build_encoder, encoder_out_dim, get_stem
-from .heads import HEADS, build_head
+from .heads import HEADS
 
 # The state_dict names of the model's parts, the paper's: what a checkpoint is read by.
 MODEL_PREFIXES = ("encoder.", "decoder.", "projection.")
@@ -83,7 +83,7 @@ def _parts(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: i
     hidden = encoder_out_dim(encoder, width) if h_dim is None else h_dim
     trunk = build_encoder(encoder, stem, width)
     return (trunk, build_decoder(encoder, stem, input_size, latent_dim, hidden, width),
-            build_head(head, trunk.out_dim, hidden, latent_dim))
+            HEADS[head](trunk.out_dim, hidden, latent_dim))
 
 
 @dataclass(config=STRICT)
@@ -106,7 +106,7 @@ class ModelSpec:
     input_size: ImageSide = 32
     log_scale: LogScale = 0.0
     learn_scale: bool = False
-    head: Literal[HEADS] = "vae"  # type: ignore[valid-type]
+    head: Literal[tuple(HEADS)] = "vae"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelSpec:
