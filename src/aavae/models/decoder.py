@@ -1,16 +1,8 @@
-"""Mirror decoders: latent vector -> image, the encoder's ResNet run backwards.
-
-As in the paper's final decoder: no batch norm, convolutions with bias, and every stride-2
-convolution of the encoder replaced by nearest-neighbour upsampling followed by a stride-1
-convolution. The latent goes through two Linear layers to ``h_dim``, is viewed as a
-``(h_dim // 16) x 4 x 4`` map, widened to ``h_dim`` channels by a 1x1 convolution, then four
-residual stages grow it back to the input size; the stem's downsampling is undone at the end.
-
-Channel counts: the paper's decoder starts from ``8 * width`` (512 at width 64) channels and
-halves them before every stage, so the stages have ``4w, 2w, w, w/2`` planes (x widen).
-Submodule names (``linear_projection1/2``, ``conv1``, ``layer1``..``layer4``, ``upsample``,
-``conv2``, ``final_conv``) follow the paper's code so its checkpoints load by key.
-"""
+"""Mirror decoders: latent vector -> image, the encoder's ResNet run backwards, as the paper's
+final decoder: no batch norm, biased convolutions, nearest-neighbour upsampling for every
+stride. Two Linear layers to ``h_dim``, viewed as a ``(h_dim // 16) x 4 x 4`` map, then four
+stages of ``4w, 2w, w, w/2`` planes (x widen) back to the input size. Submodule names follow the
+paper's code, so its checkpoints load by key."""
 
 from __future__ import annotations
 

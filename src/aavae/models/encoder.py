@@ -1,13 +1,7 @@
-"""ResNet encoders (18/34/50/50w2/50w4) with the three stems the AAVAE paper uses.
-
-A stem is how the network first meets the image: ``cifar`` keeps full resolution (3x3 conv,
-stride 1, no max-pool), ``stl10`` halves it once (7x7 conv, stride 2, no max-pool) and
-``imagenet`` is the standard ResNet stem (7x7 conv, stride 2, then a 3x3 max-pool).
-
-Submodule names (``conv1``, ``bn1``, ``layer1``..``layer4``, ``downsample``) follow the paper's
-code, so its checkpoints load by state_dict key. ``width`` is the base channel count (the
-paper's is 64); every channel count scales with it.
-"""
+"""ResNet encoders (18/34/50/50w2/50w4) with the paper's three stems: ``cifar`` (3x3 conv,
+stride 1), ``stl10`` (7x7, stride 2) and ``imagenet`` (7x7, stride 2, max-pool). Submodule names
+follow the paper's code, so its checkpoints load by key; ``width`` (the paper's 64) scales
+every channel count."""
 
 from __future__ import annotations
 
