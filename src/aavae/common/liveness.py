@@ -1,12 +1,8 @@
 """Is the process that opened an MLflow run or wrote a temporary file still running?
 
-A PID alone cannot say: after a crash the number is free, and the system may hand it to an
-unrelated process. So a process is recorded as (PID, host, start): ``start`` is the boot id
-and the process's start time in clock ticks since boot (Linux ``/proc``), which no later
-process with the same PID shares. Elsewhere ``start`` is None and only the PID is checked.
-
-Only a process on this host can be judged; one on another host (a shared data folder or
-MLflow store) is reported as unknown, never as gone.
+A PID alone cannot say (it is reused), so a process is (PID, host, start): the boot id and its
+start ticks (Linux ``/proc``; elsewhere None, and only the PID is checked). A process on another
+host (a shared data folder or store) is unknown, never gone.
 """
 
 from __future__ import annotations
@@ -67,8 +63,7 @@ class ProcessRecord:
         return cls(os.getpid(), host_name(), process_start(os.getpid()))
 
     def liveness(self) -> Liveness:
-        """ALIVE, GONE (no such PID here, a zombie, or the PID now belongs to a later
-        process), or UNKNOWN (another host)."""
+        """GONE: no such PID here, a zombie, or a later process's PID; UNKNOWN: another host."""
         if self.host != host_name():
             return Liveness.UNKNOWN
         try:
@@ -111,9 +106,8 @@ def temporary_path(path: Path) -> Path:
 
 
 def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) -> list[Path]:
-    """Remove the temporary files and folders in ``folders`` whose writer was killed (a process
-    of this host that no longer runs); return what was removed. A live writer's, another host's
-    and files not named by :func:`temporary_prefix` (for ``only``, if given) are left alone."""
+    """Remove (and return) the temporaries in ``folders`` (those for ``only``, if given) whose
+    writer, a process of this host, is gone; a live writer's and another host's stay."""
     host, removed = _host_token(), []
     for folder in folders:
         try:
