@@ -46,18 +46,16 @@ class ViewParams:
     def __len__(self) -> int:
         return len(self.flip)
 
+    def _map(self, change: Callable[[Tensor], Tensor]) -> ViewParams:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewParams(**{k: change(v) if isinstance(v, Tensor) else v for k, v in values.items()})
+
     def slice(self, start: int, stop: int) -> ViewParams:
         """The parameters of images ``start:stop``: one rank's share of a global batch."""
-        parts = {f.name: getattr(self, f.name) for f in fields(self)}
-        return ViewParams(**{name: value[start:stop] if isinstance(value, Tensor) else value
-                             for name, value in parts.items()})
+        return self._map(lambda values: values[start:stop])
 
     def to(self, device: torch.device | str) -> ViewParams:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, Tensor):
-                moved[name] = value.to(device)
-        return ViewParams(**moved)
+        return self._map(lambda values: values.to(device))
 
 
 def sample_view_params(

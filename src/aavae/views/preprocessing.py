@@ -68,13 +68,13 @@ class Preprocessing:
 
     def apply(self, images: Tensor) -> Tensor:
         """Originals, uint8 ``N x 3 x H x W`` -> the network's float32 input (channels_last)."""
-        mean, std = channel_tensors(self.mean, self.std, 3, images.device)
+        mean, std = channel_tensors(self.mean, self.std, images.device)
         return normalize(original_view(images, self.original_resize), mean, std)
 
     def apply_to_views(self, views: Tensor) -> Tensor:
         """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (a view is
         already cropped to the image size)."""
-        mean, std = channel_tensors(self.mean, self.std, 3, views.device)
+        mean, std = channel_tensors(self.mean, self.std, views.device)
         return normalize(to_float(views), mean, std)
 
 
@@ -123,18 +123,10 @@ def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 def channel_tensors(
-    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device | str
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str
 ) -> tuple[Tensor, Tensor]:
-    """Checked per-channel mean and std as float32 tensors on ``device``."""
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"normalize: need one mean and std per channel ({channels}), got {mean}, {std}"
-        )
-    if min(std) <= 0:
-        raise ValueError(f"normalize: std must be positive, got {std}")
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    """Per-channel mean and std (a :class:`Preprocessing`'s, checked there) as float32 tensors."""
+    return tuple(torch.tensor(values, dtype=torch.float32, device=device) for values in (mean, std))
 
 
 def resolve_preprocessing(
