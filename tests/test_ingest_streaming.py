@@ -261,14 +261,9 @@ def test_rows_written_out_of_order_and_compacted_in_one_row_chunks_load_as_numpy
 
 
 @pytest.mark.parametrize("shape", [(200_000, 96, 96, 3), (7, 1, 1, 3), (0, 32, 32, 3)])
-def test_a_padded_header_reads_back_like_numpys_own(tmp_path, shape):
-    standard = npy_header(shape, np.uint8)
-    padded = npy_header(shape, np.uint8, len(standard) + 64)
-    assert len(padded) % 64 == 0
-    with open(tmp_path / "x.npy", "wb") as stream:  # sparse: 5.5 GB of zeros need no disk
-        stream.write(padded)
-        stream.truncate(len(padded) + int(np.prod(shape)))
-    assert np.load(tmp_path / "x.npy", mmap_mode="r").shape == shape
+def test_a_header_keeps_its_length_when_the_first_axis_shrinks(shape):
+    """What compact's rewrite in place relies on: numpy pads a header for any first axis."""
+    assert len(npy_header(shape, np.uint8)) == len(npy_header((10**18, *shape[1:]), np.uint8))
 
 
 def test_a_full_disk_while_writing_names_the_file_and_what_to_do(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     with replaced_atomically(folder) as staging:
         staging.mkdir()
-        if place_npy(imageset.images, staging / "images.npy") is None:
+        if not place_npy(imageset.images, staging / "images.npy"):
             np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
         np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
         meta = {"split": imageset.split, "class_names": list(imageset.class_names),

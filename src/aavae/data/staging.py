@@ -20,7 +20,6 @@ import errno
 import io
 import os
 import shutil
-import struct
 import tempfile
 import threading
 import weakref
@@ -83,19 +82,15 @@ def readable_size(size: int) -> str:
 # -- writing rows -------------------------------------------------------------------------------
 
 
-def npy_header(shape: tuple[int, ...], dtype: npt.DTypeLike, length: int | None = None) -> bytes:
-    """The .npy header (format 1.0) of a C-order array, padded with spaces to ``length`` bytes,
-    so a file's shape can shrink in place (:meth:`NpyRows.compact`) without moving its data."""
+def npy_header(shape: tuple[int, ...], dtype: npt.DTypeLike) -> bytes:
+    """The .npy header (format 1.0) of a C-order array. numpy pads it for any length of the
+    first axis, so a file's shape can shrink in place (:meth:`NpyRows.compact`)."""
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
     np.lib.format.write_array_header_1_0(
         buffer, {"descr": descr, "fortran_order": False, "shape": tuple(shape)}
     )
-    header = buffer.getvalue()
-    if length is None or length == len(header):
-        return header
-    text = header[10:-1] + b" " * (length - len(header)) + b"\n"
-    return header[:8] + struct.pack("<H", len(text)) + text
+    return buffer.getvalue()
 
 
 class NpyRows:
@@ -151,7 +146,7 @@ class NpyRows:
     def compact(self, kept: np.ndarray) -> None:
         """Keep only the rows where ``kept`` is true, in order, moving them chunk by chunk on
         disk (towards the start only, each chunk read before it is written), then cut the file
-        and rewrite its header, padded to the old one's length."""
+        and rewrite its header (of the same length)."""
         chunk_rows = max(1, CHUNK_BYTES // max(1, self.row_bytes))
         rows = np.flatnonzero(kept)
         # runs of consecutive kept rows: (first source row, count)
@@ -173,7 +168,7 @@ class NpyRows:
         except OSError as exc:
             raise self._write_error(exc) from exc
         self.shape = (target, *self.shape[1:])
-        self._write_at(0, [npy_header(self.shape, self.dtype, self.header_bytes)])
+        self._write_at(0, [npy_header(self.shape, self.dtype)])
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -251,13 +246,13 @@ def npy_file_of(array: np.ndarray) -> Path | None:
     return record.path
 
 
-def place_npy(array: np.ndarray, destination: Path) -> str | None:
+def place_npy(array: np.ndarray, destination: Path) -> bool:
     """Put the .npy file ``array`` maps whole at ``destination`` without copying it through
-    memory: ``"moved"`` (a staged file), ``"linked"`` (another's file), ``"copied"`` (across
-    filesystems), or None when ``array`` maps no whole .npy file and the caller must write it."""
+    memory: a staged file is moved, another's linked (copied across filesystems); False when
+    ``array`` maps no whole .npy file and the caller must write it."""
     source = npy_file_of(array)
     if source is None:
-        return None
+        return False
     record = _MAPPED[id(array)]
     if record.staged:
         try:
@@ -265,19 +260,15 @@ def place_npy(array: np.ndarray, destination: Path) -> str | None:
         except OSError:  # another filesystem: copy, then drop the staged file
             shutil.copyfile(source, destination)
             source.unlink()
-            how = "copied"
-        else:
-            how = "moved"
         record.staged = False  # no longer ours to delete
         record.path, record.identity = destination, _identity(destination) or record.identity
         _remove_if_empty(source.parent)
-        return how
+        return True
     try:
         os.link(source, destination)
     except OSError:
         shutil.copyfile(source, destination)
-        return "copied"
-    return "linked"
+    return True
 
 
 def relocated(array: np.ndarray, path: Path) -> None:
