@@ -6,7 +6,7 @@ reported before anything is decoded; then the files are streamed in storage orde
 compressed tar is decompressed once) and decoded by a thread pool (Pillow releases the GIL;
 JPEGs to be shrunk decode at reduced scale). Each image is written at its row of a staged
 ``.npy`` file per split (:mod:`aavae.data.staging`), so memory holds only the images in flight
-(:data:`MAX_BYTES_IN_FLIGHT` encoded, about :data:`RUN_BYTES` decoded per thread), not the set.
+(:data:`MAX_BYTES_IN_FLIGHT` encoded, an image decoded per thread), not the set.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +41,6 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
 BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
 MAX_BYTES_IN_FLIGHT = 256 * 1024**2  # encoded bytes read but not yet decoded, at most (roughly)
-RUN_BYTES = 4 * 1024**2  # decoded bytes a thread holds before writing them to the staged file
 
 
 def read_imagefolder(
@@ -185,7 +183,6 @@ class _Decoder:
         self.size = size
 
     def decode_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        run = _Run()  # decoded images of consecutive rows, written with one call
         for name, data in batch:
             split, index = self.slots[name]
             try:
@@ -201,17 +198,9 @@ class _Decoder:
                     ) from exc
                 self.skipped.append(name)
                 continue
-            if not run.extends(split, index) or run.nbytes >= RUN_BYTES:
-                self._write(run)
-                run = _Run(split, index)
-            run.images.append(image)
-            run.nbytes += image.nbytes
-        self._write(run)
-
-    def _write(self, run: _Run) -> None:
-        if run.images:
-            self.files[run.split].write(run.start, run.images)
-            self.decoded[run.split][run.start : run.start + len(run.images)] = True
+            # one write per image: a system call costs little beside decoding the image
+            self.files[split].write(index, image)
+            self.decoded[split][index] = True
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         assert self.size is not None, "batches are decoded only once the size is known"
@@ -256,21 +245,6 @@ class _Decoder:
             rows.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-@dataclass
-class _Run:
-    """Decoded images bound for consecutive rows of one split's file, from ``start``: files
-    come in storage order, mostly row order, so a batch is mostly one write (at most
-    RUN_BYTES, so a batch of large images is never all in memory)."""
-
-    split: str = ""
-    start: int = 0
-    images: list[np.ndarray] = field(default_factory=list)
-    nbytes: int = 0
-
-    def extends(self, split: str, index: int) -> bool:
-        return split == self.split and index == self.start + len(self.images)
 
 
 class _SizeMismatch(DatasetError):

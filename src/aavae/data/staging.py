@@ -106,26 +106,18 @@ class NpyRows:
         self.header_bytes = len(header)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # as open() would
         try:
-            self._write_at(0, [header])
+            self._write_at(0, header)
             os.ftruncate(self._fd, self.header_bytes + self.shape[0] * self.row_bytes)
         except BaseException:
             self.close()
             raise
 
-    def write(self, start: int, rows: list[np.ndarray]) -> None:
-        """Write consecutive rows from ``start``."""
-        self._write_at(self.header_bytes + start * self.row_bytes, rows)
+    def write(self, index: int, row: np.ndarray) -> None:
+        self._write_at(self.header_bytes + index * self.row_bytes, np.ascontiguousarray(row))
 
-    def _write_at(self, offset: int, buffers: list) -> None:
-        views = [memoryview(np.ascontiguousarray(b) if isinstance(b, np.ndarray) else b).cast("B")
-                 for b in buffers]
+    def _write_at(self, offset: int, buffer: bytes | np.ndarray) -> None:
+        data = memoryview(buffer).cast("B")
         try:
-            # one system call for a run of rows (IOV_MAX is 1024 on Linux; macOS has no pwritev)
-            use_vector = hasattr(os, "pwritev") and 1 < len(views) <= 1024
-            done = os.pwritev(self._fd, views, offset) if use_vector else 0
-            data = views[0] if len(views) == 1 else memoryview(b"".join(views))
-            data = data[done:]
-            offset += done
             while len(data):  # a short write is legal: write the rest
                 count = os.pwrite(self._fd, data, offset)
                 data, offset = data[count:], offset + count
@@ -162,13 +154,13 @@ class NpyRows:
                             self._fd, n * self.row_bytes,
                             self.header_bytes + (first + offset) * self.row_bytes,
                         )
-                        self._write_at(self.header_bytes + (target + offset) * self.row_bytes, [data])
+                        self._write_at(self.header_bytes + (target + offset) * self.row_bytes, data)
                 target += count
             os.ftruncate(self._fd, self.header_bytes + target * self.row_bytes)
         except OSError as exc:
             raise self._write_error(exc) from exc
         self.shape = (target, *self.shape[1:])
-        self._write_at(0, [npy_header(self.shape, self.dtype)])
+        self._write_at(0, npy_header(self.shape, self.dtype))
 
     def close(self) -> None:
         if self._fd >= 0:
