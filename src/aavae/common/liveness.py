@@ -95,8 +95,7 @@ def _host_token() -> str:
 
 
 def temporary_prefix(name: str) -> str:
-    """The start of the name of a temporary file or folder written on the way to ``name``:
-    ``.<name>.tmp-<pid>-<host>-``, so a later run can tell when its writer is gone."""
+    """``.<name>.tmp-<pid>-<host>-``: a temporary's name starts so, naming its writer."""
     return f".{name}.tmp-{os.getpid()}-{_host_token()}-"
 
 

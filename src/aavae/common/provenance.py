@@ -130,8 +130,7 @@ def same_images(*imagesets: Any) -> str | None:
 def check_features(
     artifact: str, arrays: Mapping[str, np.ndarray], model: str | None, data: str | None
 ) -> None:
-    """Refuse features made by another ``model`` (None for baselines: not compared) or from
-    other images (``data``)."""
+    """Refuse features of another ``model`` (None: not compared, for baselines) or ``data``."""
     recorded = stamp_of(arrays)
     if recorded is None:
         _unrecorded(artifact)

@@ -52,8 +52,7 @@ _UNKNOWN = object()  # the value of a container that is no tuple of plain values
 
 
 class WeightsError(ValueError):
-    """A torch file refused or unreadable; the message names the file and why, in one line.
-    ``refused`` is the module.name a refused file named, if that is why."""
+    """A torch file refused or unreadable, named in one line; ``refused``: the name it asked for."""
 
     def __init__(self, message: str, refused: str | None = None) -> None:
         super().__init__(message)
@@ -84,7 +83,8 @@ def check_weights_file(path: Path, allowed: Mapping[str, Any]) -> None:
     with path.open("rb") as handle:
         head = handle.read(tarfile.BLOCKSIZE)
         if not head:
-            raise WeightsError(f"{path} is empty, not a file torch.save wrote: copy or download it again")
+            raise WeightsError(f"{path} is empty, not a file torch.save wrote: copy or download "
+                               "it again")
         if head.startswith(ZIP_MAGIC):
             scan.pickle(io.BytesIO(_zip_pickle(path, size)))  # a read never returns more than is left
         elif _is_tar(head):  # torch's format before 0.4: tarfile would allocate what headers declare
@@ -143,8 +143,7 @@ class _Storage(int):
 
 
 class _Scan:
-    """One walk over a file's pickles: what it names, calls and nests, and the storages it
-    refers to (key -> bytes)."""
+    """One walk over a file's pickles: what it names, calls and nests, and its storages' bytes."""
 
     def __init__(self, path: Path, allowed: Mapping[str, Any]) -> None:
         self.path, self.allowed = path, allowed

@@ -36,8 +36,7 @@ DIGITS_SIDE = 16  # digits with dataset.image_size null
 
 
 def image_side(config: Any) -> int | None:
-    """The side of the images :func:`read_dataset` will give for a validated ``DatasetConfig``,
-    known before reading (None: an image folder at its own size)."""
+    """The side of the images :func:`read_dataset` gives (None: an image folder's own size)."""
     official = {"cifar10": cifar10.IMAGE_SIDE, "stl10": stl10.IMAGE_SIDE}.get(config.name)
     return official or config.image_size or (DIGITS_SIDE if config.name == "digits" else None)
 

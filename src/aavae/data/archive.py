@@ -86,8 +86,7 @@ class Source(ABC):
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
     ) -> Iterator[tuple[Entry, BinaryIO]]:
-        """``(entry, stream)`` of the wanted files in storage order; a stream is valid until
-        the next item is requested."""
+        """``(entry, stream)`` of the wanted files in storage order, each valid until the next."""
 
     def named_files(self, names: set[str], dataset: str) -> Iterator[tuple[str, Entry, BinaryIO]]:
         """Yield ``(base name, entry, stream)`` for files whose base name is in ``names``,
@@ -460,9 +459,10 @@ def is_archive_name(path: Path) -> bool:
     return path.name.lower().endswith(TAR_SUFFIXES + ZIP_SUFFIXES)
 
 
-def open_source(path: str | os.PathLike, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Source:
-    """Open a folder, tar (optionally gz/bz2/xz) or zip archive for reading: the kind by the
-    name, else by the content; ``max_member_bytes`` caps the declared size of one member."""
+def open_source(
+    path: str | os.PathLike, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Source:
+    """A folder, tar (gz/bz2/xz) or zip archive, the kind by its name, else by its content."""
     path = Path(path)
     if path.is_dir():
         return DirectorySource(path)

@@ -49,8 +49,7 @@ def _quarter_turned(image: Image.Image) -> bool:
 
 
 def fit_images(images: np.ndarray, side: int, policy: ResizePolicy) -> np.ndarray:
-    """uint8 ``N x H x W x C`` images -> uint8 ``N x side x side x 3``, each brought there as
-    :func:`fit_image` brings a file (what a model trained at ``side`` expects of other images)."""
+    """Each image brought to ``side`` as :func:`fit_image` brings a file (uint8, RGB)."""
     fitted = np.empty((len(images), side, side, 3), np.uint8)
     for index in range(len(images)):
         fitted[index] = fit_image(Image.fromarray(np.asarray(images[index])), (side, side), policy)

@@ -23,11 +23,12 @@ from aavae.data.archive import open_source
 from aavae.data.errors import DatasetError
 from aavae.data.fit import ResizePolicy, fit_image
 from aavae.data.imagefolder import PIL_FORMATS
-from aavae.data.layout import IMAGE_EXTENSIONS
+from aavae.data.layout import IMAGE_EXTENSIONS, is_ignored
 
 logger = logging.getLogger(__name__)
 
 DECODE_CHUNK = 64  # images per decoding task: amortises handing work to a thread
+Decoded = tuple[str, np.ndarray | None, str | None]  # name, image, or why it could not be decoded
 
 
 @dataclass
@@ -48,11 +49,8 @@ class FolderListing:
 
 
 def is_image_path(path: str) -> bool:
-    """An image by its extension, outside hidden folders and ``__MACOSX`` (as ingest decides)."""
-    parts = path.split("/")
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-        return False
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+    """An image by its extension, not passed over (as ingest decides)."""
+    return not is_ignored(path) and path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(path: str | os.PathLike) -> FolderListing:
@@ -96,7 +94,7 @@ def iter_image_batches(
     with open_source(path) as source, ThreadPoolExecutor(workers, "embed-decode") as pool:
         pending: list[tuple[str, bytes]] = []
 
-        def decode(chunk: list[tuple[str, bytes]]) -> list[tuple[str, np.ndarray | None, str | None]]:
+        def decode(chunk: list[tuple[str, bytes]]) -> list[Decoded]:
             return [_decode_one(name, data, size, resize) for name, data in chunk]
 
         def flush() -> ImageBatch:
@@ -137,9 +135,7 @@ def read_image(path: str | os.PathLike, image_size: int, resize: ResizePolicy = 
     return image
 
 
-def _decode_one(
-    name: str, data: bytes, size: tuple[int, int], resize: ResizePolicy
-) -> tuple[str, np.ndarray | None, str | None]:
+def _decode_one(name: str, data: bytes, size: tuple[int, int], resize: ResizePolicy) -> Decoded:
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
             return name, fit_image(image, size, resize), None

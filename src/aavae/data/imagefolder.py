@@ -248,8 +248,7 @@ class _Decoder:
 
 
 class _SizeMismatch(DatasetError):
-    """An image whose size differs from the first one's while sizes are kept: a setting to
-    change (``dataset.image_size``), not a bad file to skip."""
+    """An image of another size than the first while sizes are kept: a setting, not a bad file."""
 
 
 def _reason(exc: Exception) -> str:

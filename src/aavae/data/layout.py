@@ -31,7 +31,7 @@ class FolderLayout:
 
 def plan_layout(entries: Iterable[Entry], source: Source) -> FolderLayout:
     """Find splits and classes in a listing and check them; nothing is read or decoded."""
-    visible = [entry for entry in entries if not _is_ignored(entry.parts)]
+    visible = [entry for entry in entries if not is_ignored(entry.name)]
     root = _single_top_folder(visible)
     classes: dict[str, set[str]] = {}  # split -> class folders (empty or not)
     images: dict[str, dict[str, list[str]]] = {}  # split -> class -> entry names
@@ -40,7 +40,7 @@ def plan_layout(entries: Iterable[Entry], source: Source) -> FolderLayout:
         parts = entry.parts[len(root) :]
         if not parts:
             continue
-        if not entry.is_dir and not _is_image(entry.name):
+        if not entry.is_dir and not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append(entry.name)
             continue
         split_classes = classes.setdefault(parts[0], set())
@@ -82,12 +82,9 @@ def _split_order(splits: Iterable[str]) -> list[str]:
     return ["train", *sorted(set(splits) - {"train"})]
 
 
-def _is_ignored(parts: tuple[str, ...]) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def is_ignored(name: str) -> bool:
+    """In a hidden file or folder or ``__MACOSX``, which ingest and embed pass over."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
 def _single_top_folder(entries: list[Entry]) -> tuple[str, ...]:

@@ -108,8 +108,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def state_dict_of(content: Any, path: str | os.PathLike) -> Mapping[str, Any]:
-    """The tensors of a checkpoint's content: a Lightning checkpoint's ``state_dict`` entry, or
-    the content itself when it is a bare state_dict."""
+    """A Lightning checkpoint's ``state_dict``, or the content itself if it is a state_dict."""
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not all(isinstance(k, str) for k in content):

@@ -167,8 +167,7 @@ def build_decoder(
     h_dim: int,
     width: int = 64,
 ) -> ResNetDecoder:
-    """The mirror decoder of encoder ``name`` for images of side ``input_size`` (the other sizes
-    are :class:`aavae.models.ModelSpec`'s to check)."""
+    """The mirror decoder of encoder ``name`` (sizes are :class:`ModelSpec`'s to check)."""
     arch = get_architecture(name)
     check_input_size(input_size, stem)
     return ResNetDecoder(arch, get_stem(stem), input_size, latent_dim, h_dim, width)

@@ -146,8 +146,7 @@ class Bottleneck(nn.Module):
 def stage(
     block: type[nn.Module], in_channels: int, planes: int, blocks: int, first: object
 ) -> nn.Sequential:
-    """One resolution stage: the first block changes size (``first``: the encoder's stride, the
-    decoder's upscale) and channels, the rest keep them."""
+    """One resolution stage: the first block takes ``first`` (stride or upscale)."""
     out_channels = planes * block.expansion
     layers = [block(in_channels, planes, first)]
     layers += [block(out_channels, planes) for _ in range(blocks - 1)]
@@ -202,6 +201,5 @@ class ResNetEncoder(nn.Module):
 
 
 def build_encoder(name: str, stem: str = "cifar", width: int = 64) -> ResNetEncoder:
-    """Encoder ``name`` (one of ENCODERS) with stem ``stem`` (one of STEMS); the sizes are
-    :class:`aavae.models.ModelSpec`'s to check."""
+    """Encoder ``name`` with stem ``stem`` (sizes are :class:`ModelSpec`'s to check)."""
     return ResNetEncoder(get_architecture(name), get_stem(stem), width)

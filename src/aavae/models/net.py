@@ -108,8 +108,7 @@ class ModelSpec:
         return self.feature_dim if self.h_dim is None else self.h_dim
 
     def architecture(self) -> dict[str, Any]:
-        """The fields that decide the network's shapes, ``h_dim`` resolved (what an evaluation
-        compares with ``model.*`` and records)."""
+        """The fields that decide the network's shapes, ``h_dim`` resolved."""
         return {"encoder": self.encoder, "stem": self.stem, "width": self.width,
                 "h_dim": self.resolved_h_dim, "latent_dim": self.latent_dim,
                 "input_size": self.input_size, "head": self.head}

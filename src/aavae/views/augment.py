@@ -48,7 +48,8 @@ class ViewParams:
 
     def _map(self, change: Callable[[Tensor], Tensor]) -> ViewParams:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return ViewParams(**{k: change(v) if isinstance(v, Tensor) else v for k, v in values.items()})
+        return ViewParams(**{k: change(v) if isinstance(v, Tensor) else v
+                             for k, v in values.items()})
 
     def slice(self, start: int, stop: int) -> ViewParams:
         """The parameters of images ``start:stop``: one rank's share of a global batch."""
@@ -211,8 +212,7 @@ def _blend(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:
 
 
 def _adjust_brightness_contrast_or_saturation(x: Tensor, op_ids: Tensor, factor: Tensor) -> Tensor:
-    """One of the three blends per image, all in one pass: each image's target is black,
-    its mean gray or its gray version, as its op id says."""
+    """The three blends in one pass: each image's target (black, its mean or its grey) by op id."""
     gray = _grayscale(x)
     contrast = _per_image((op_ids == CONTRAST).to(x.dtype))
     saturation = _per_image((op_ids == SATURATION).to(x.dtype))

@@ -72,8 +72,7 @@ class Preprocessing:
         return normalize(original_view(images, self.original_resize), mean, std)
 
     def apply_to_views(self, views: Tensor) -> Tensor:
-        """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (a view is
-        already cropped to the image size)."""
+        """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (already cropped)."""
         mean, std = channel_tensors(self.mean, self.std, views.device)
         return normalize(to_float(views), mean, std)
 
@@ -106,8 +105,7 @@ def original_view(images: Tensor, original_resize: int | None = None) -> Tensor:
 
 
 def _zoom_weights(size: int, resized: int, device: torch.device) -> Tensor:
-    """(size, size): resize ``size`` -> ``resized`` pixels, keep the centre ``size`` of them
-    (CenterCrop's offset)."""
+    """(size, size): resize ``size`` -> ``resized`` pixels and keep the centre ``size``."""
     zero = torch.zeros(1, device=device)
     full = _resize_weights(zero, zero + size, size, resized)[0]  # (resized, size)
     offset = int(round((resized - size) / 2.0))
