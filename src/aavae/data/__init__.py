@@ -1,9 +1,5 @@
-"""Dataset readers. Each returns its splits as image sets of one form (see imageset.py).
-
-``read_dataset`` dispatches on a validated ``DatasetConfig`` and holds out the validation
-images (``dataset.val_holdout``, splits.py); the readers themselves take plain arguments so
-they can be used from a notebook or another project.
-"""
+"""Dataset readers, each giving its splits as image sets (imageset.py). ``read_dataset`` reads
+what a validated ``DatasetConfig`` names; the readers take plain arguments (notebooks)."""
 
 from __future__ import annotations
 

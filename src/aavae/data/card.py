@@ -85,11 +85,9 @@ class ReadResult:
 
 
 def check_ingested(card: Mapping[str, Any], name: str, path: str | None, where: str) -> None:
-    """Refuse images ingested in ``where`` (their dataset ``card``) from another dataset than
-    the environment's ``dataset.name`` and, for an image folder, ``dataset.path``: the same
-    archive elsewhere (by its sha256) is the same. A path that does not exist here cannot be
-    compared, and CIFAR-10 and STL-10 are known by name (ingest checks their official archive).
-    """
+    """Refuse images ingested in ``where`` (their ``card``) from another dataset than ``name``
+    and, for an image folder, ``path`` (the same archive elsewhere, by sha256, is the same; a
+    path missing here cannot be compared)."""
     other = None
     if card.get("name") != name:
         other = f"dataset.name={name}"

@@ -45,8 +45,7 @@ def validation_split_name(splits: Mapping[str, object]) -> str | None:
 
 def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions kept and held out of ``count`` images, as the paper's ``random_split`` draws
-    them (see the module docstring); each sorted ascending, which keeps reads of a memory map
-    in file order (training shuffles anyway)."""
+    them; sorted, so reads of a memory map stay in file order (training shuffles anyway)."""
     if not 0 <= held_out < count:
         raise ValueError(f"cannot hold out {held_out} of {count} images: hold out fewer than there are")
     import torch  # imported here: reading a dataset does not otherwise need torch
@@ -56,10 +55,8 @@ def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarra
 
 
 def hold_out_validation(result: ReadResult, count: int) -> ReadResult:
-    """``result`` with ``count`` of its ``train`` images moved to a validation split, as the
-    paper's data modules hold them out (:func:`paper_random_split`), but never more than a
-    tenth of them. Unchanged where ``count`` is 0 or the result has a validation split already.
-    """
+    """``result`` with ``count`` (at most a tenth) of its ``train`` images moved to a validation
+    split, as the paper holds them out; unchanged if the result has a validation split."""
     if validation_split_name(result.splits) or not count:
         return result
     train = result.splits["train"]

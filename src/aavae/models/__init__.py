@@ -1,9 +1,5 @@
-"""AAVAE networks: ResNet encoders, mirror decoders, the posterior head and the whole model.
-
-Plain PyTorch; state_dict names follow the paper's code (Lightning-Universe/paper-AAVAE) so
-its checkpoints load with :func:`load_paper_checkpoint` (checkpoint_reading.py: any
-Lightning version's file, read without running its code).
-"""
+"""AAVAE networks in plain PyTorch, named as the paper's code names them, so its checkpoints load
+(:func:`load_paper_checkpoint`: any Lightning version's file, read without running its code)."""
 
 from .checkpoint_reading import ForeignObject, load_paper_checkpoint, read_checkpoint
 from .decoder import build_decoder

@@ -1,9 +1,5 @@
-"""The heads that turn encoder features into the latent the decoder reads.
-
-``ProjectionHead`` (the paper's ``ProjectionHeadVAE``) gives a Gaussian posterior q(z | x);
-``AEProjectionHead`` (the paper's ``ProjectionHeadAE``) gives a deterministic latent. Attribute
-names follow the paper's code, so its checkpoints load by key.
-"""
+"""The heads from encoder features to the latent: the paper's ``ProjectionHeadVAE`` (a Gaussian
+posterior) and ``ProjectionHeadAE`` (a deterministic latent), named as its code names them."""
 
 from __future__ import annotations
 
