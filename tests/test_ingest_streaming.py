@@ -223,6 +223,23 @@ def test_a_staging_folder_left_by_a_killed_process_is_removed_by_the_next_read(t
     del result
 
 
+@pytest.mark.slow
+def test_the_staging_folder_of_a_killed_writer_not_yet_reaped_is_removed(tmp_path):
+    """A zombie keeps its PID in the process table until its parent reaps it: still gone."""
+    from aavae.common.liveness import temporary_prefix
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    child.kill()
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    mine = temporary_prefix("aavae-staging")
+    stale = tmp_path / "stage" / (mine.replace(f"-{os.getpid()}-", f"-{child.pid}-") + "abc")
+    stale.mkdir(parents=True)
+    build_tree(tmp_path / "tree")
+    read_imagefolder(tmp_path / "tree", image_size=8, staging=tmp_path / "stage")
+    assert not stale.exists()
+    child.wait()
+
+
 def test_saving_a_loaded_set_whose_file_was_replaced_since_writes_what_it_maps(tmp_path):
     """A map remembers the file it maps: linking the path after another artifact was renamed
     over it would save the new images under the old set's name."""

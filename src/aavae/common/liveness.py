@@ -25,29 +25,23 @@ class Liveness(Enum):
     UNKNOWN = "unknown"  # on another host: cannot be checked from here
 
 
-def host_name() -> str:
-    return socket.gethostname()
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and ')')."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def process_start(pid: int) -> str | None:
     """``<boot id>:<start ticks>`` of process ``pid``, or None where /proc cannot tell."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         boot = _BOOT_ID.read_text().strip()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return f"{boot}:{fields[19]}"  # field 22, starttime
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed child its parent has not yet reaped: still in the table, but not running."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].startswith("Z")
+    fields = _stat(pid)
+    return f"{boot}:{fields[19]}" if fields else None  # field 22, starttime
 
 
 @dataclass(frozen=True)
@@ -60,11 +54,11 @@ class ProcessRecord:
 
     @classmethod
     def current(cls) -> ProcessRecord:
-        return cls(os.getpid(), host_name(), process_start(os.getpid()))
+        return cls(os.getpid(), socket.gethostname(), process_start(os.getpid()))
 
     def liveness(self) -> Liveness:
         """GONE: no such PID here, a zombie, or a later process's PID; UNKNOWN: another host."""
-        if self.host != host_name():
+        if self.host != socket.gethostname():
             return Liveness.UNKNOWN
         try:
             os.kill(self.pid, 0)
@@ -72,7 +66,7 @@ class ProcessRecord:
             return Liveness.GONE
         except PermissionError:
             pass  # exists, owned by another user
-        if _is_zombie(self.pid):
+        if _stat(self.pid)[:1] == ["Z"]:  # killed, not yet reaped by its parent
             return Liveness.GONE
         now = process_start(self.pid)
         if self.start is not None and now is not None and now != self.start:
@@ -91,7 +85,7 @@ _LEGACY_CHECKPOINT = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
 
 
 def _host_token() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", host_name())
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
 
 
 def temporary_prefix(name: str) -> str:
@@ -117,7 +111,8 @@ def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) ->
             match = _TEMPORARY.match(entry.name) or _LEGACY_CHECKPOINT.match(entry.name)
             if match is None or match.groupdict().get("host", host) != host or only not in (None, match["name"]):
                 continue
-            if ProcessRecord(int(match["pid"]), host_name(), None).liveness() is not Liveness.GONE:
+            writer = ProcessRecord(int(match["pid"]), socket.gethostname(), None)
+            if writer.liveness() is not Liveness.GONE:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
