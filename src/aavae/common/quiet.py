@@ -26,14 +26,12 @@ def filter_unactionable_warnings() -> None:
     for text, category in UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{re.escape(text)}", category=category)
     captured = logging.getLogger("py.warnings")
-    if not any(isinstance(existing, _UnactionableWarningFilter) for existing in captured.filters):
-        captured.addFilter(_UnactionableWarningFilter())
+    if _is_actionable not in captured.filters:
+        captured.addFilter(_is_actionable)
 
 
-class _UnactionableWarningFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(text in message for text, _ in UNACTIONABLE_WARNINGS)
+def _is_actionable(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text, _ in UNACTIONABLE_WARNINGS)
 
 
 def reapply_logger_levels(logging_config: Mapping[str, Any]) -> None:
