@@ -242,7 +242,7 @@ def _fresh_step(module: PretrainModule):
     lr = torch.zeros(())
     modules = torch.nn.ModuleList([module.net, module.online_probe])
     optimizer = build_optimizer(modules, "adam", lr, 0.0, False, capturable=False)
-    mean, std = channel_tensors(module.preprocessing.mean, module.preprocessing.std, 3, "cpu")
+    mean, std = channel_tensors(module.preprocessing.mean, module.preprocessing.std, "cpu")
     images = torch.from_numpy(module._train_source)
     labels = torch.from_numpy(module._train_labels_host)
     step = TrainStep(module.net, module.online_probe, optimizer, lr, module.settings, images, labels, mean, std,

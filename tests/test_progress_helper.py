@@ -66,9 +66,9 @@ def test_an_opaque_phase_reports_the_time_elapsed_from_a_heartbeat(lines, every_
     assert logged[-1].startswith("t-SNE of 2,000 points: done in ")
 
 
-def test_a_terminal_gets_a_bar_not_lines(lines, capsys, monkeypatch):
+def test_a_terminal_gets_a_bar_not_lines(lines, capsys, monkeypatch, every_call):
     monkeypatch.setattr(progress_module, "BAR_DELAY_SECONDS", 0.0)
-    with Progress("features", total=10, unit="images", terminal=True, every_seconds=0.0) as shown:
+    with Progress("features", total=10, unit="images", terminal=True) as shown:
         shown.advance(10)
     assert "features: 100%" in capsys.readouterr().out
     assert lines() == []

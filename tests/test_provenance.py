@@ -135,7 +135,7 @@ def test_features_of_another_model_are_not_scored(trained):
     """Stale features (say, `--nodes evaluate` after another model's features) are refused."""
     features = ArraysDataset(str(trained / "data/test/04_feature/features_train.npz"))
     arrays = features.load()
-    features.save({**provenance.unstamped(arrays), **provenance.stamp(
+    features.save({**arrays, **provenance.stamp(
         {}, **{**provenance.stamp_of(arrays), "model_sha256": "0" * 64})})
     result = kedro(trained, "--pipeline", "__default__", "--env", "test", "--nodes", "resolve_model,evaluate",
                    "--params", FAST_EVALUATION, check=False)

@@ -63,7 +63,7 @@ def _of_other_data(name: str, artifact):
         return {**artifact, "data": {**artifact["data"], "sha256": OTHER}}
     if name == "evaluation_model":
         return {**artifact, "evaluated_on": {**artifact["evaluated_on"], "sha256": OTHER}}
-    return {**provenance.unstamped(artifact), **provenance.stamp({}, **{**provenance.stamp_of(artifact), "data_sha256": OTHER})}
+    return {**artifact, **provenance.stamp({}, **{**provenance.stamp_of(artifact), "data_sha256": OTHER})}
 
 
 def _pretrain(a):

@@ -149,7 +149,7 @@ def test_validation_views_of_an_older_version_are_refused_before_training():
     policy, card = {provenance.DATA_SHA256: data}, {"sha256": data}
     arrays = {"views": images.images, "originals": images.images, "labels": images.labels}
     current = provenance.stamp(arrays, **{provenance.DATA_SHA256: data, "validation_split": "val"})
-    _check_inputs_belong_together(images, unlabeled, current, policy, card)
+    _check_inputs_belong_together(images, unlabeled, current, policy, card, "data")
     older = provenance.stamp(arrays, **{provenance.DATA_SHA256: data})  # drawn from the test split
     with pytest.raises(provenance.ProvenanceError, match="val_views.npz records no validation split"):
-        _check_inputs_belong_together(images, unlabeled, older, policy, card)
+        _check_inputs_belong_together(images, unlabeled, older, policy, card, "data")

@@ -48,7 +48,7 @@ def small_step(objective: Objective, images: int = 256, batch: int = 128, probe:
     optimizer = build_optimizer(trained, "adam", lr, 0.0, False, capturable=False)
     settings = StepSettings(objective, ViewPolicy(), encode_original="every_step", online_probe=probe,
                             autocast_dtype=autocast_dtype)
-    mean, std = channel_tensors([0.3] * 3, [0.4] * 3, 3, "cpu")
+    mean, std = channel_tensors([0.3] * 3, [0.4] * 3, "cpu")
     step = TrainStep(net, linear, optimizer, lr, settings, torch.from_numpy(digits.images[:images]),
                      torch.from_numpy(digits.labels[:images]).long(), mean, std, (images // batch, batch),
                      torch.Generator().manual_seed(0), warmup_steps=warmup_steps, total_steps=10)

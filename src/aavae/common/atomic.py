@@ -1,12 +1,9 @@
 """Files and folders written whole or not at all, with the modes the umask gives.
 
-Every artifact, checkpoint and record goes to a temporary beside its final name (named for its
-writer, :func:`aavae.common.liveness.temporary_path`, so the next run removes it if the writer
-was killed) and is renamed into place: an interrupted write never leaves half a file under the
-real name, and never destroys the previous one. The temporary is made by the caller with plain
-``open()`` or ``mkdir()``, not ``mkstemp``/``mkdtemp`` (private, 0600/0700, and a rename keeps
-the mode), so the artifact gets the permissions the umask gives any new file: under the usual
-0022 a teammate sharing the data folder can read the model, as they can a checkpoint.
+A temporary beside the final name (named for its writer, so the next run removes a killed
+writer's: :func:`aavae.common.liveness.temporary_path`) renamed into place: an interrupted
+write never leaves half a file, nor destroys the previous one. It is made with ``open()`` or
+``mkdir()``, not ``mkstemp`` (0600, kept by the rename), so a teammate can read the model.
 """
 
 from __future__ import annotations
@@ -22,13 +19,9 @@ from aavae.common.liveness import temporary_path
 
 @contextlib.contextmanager
 def replaced_atomically(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for the caller to create (a file or a folder);
-    when the block ends without an error it replaces ``path``, else it is removed.
-
-    A folder replaces an existing one by two renames (the old one aside to ``.<name>.old``,
-    the new one in, the old one back if that fails). ``durable``: fsync the file and the folder
-    holding it, so the rename survives a power cut (checkpoints).
-    """
+    """A temporary path beside ``path`` for the caller to create (file or folder), which
+    replaces ``path`` when the block ends without an error (a folder by two renames, the old
+    one put back if the second fails); ``durable`` fsyncs it and its folder (checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)

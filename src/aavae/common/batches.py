@@ -4,13 +4,9 @@ from __future__ import annotations
 
 
 def batch_shape(size: int, batch_size: int) -> tuple[int, int]:
-    """(batches per epoch, images per batch): full batches only, every batch the same size.
-
-    A constant shape is what lets a compiled step stay compiled and a CUDA graph replay; the
-    few images past the last full batch are seen in other epochs, in other orders. A dataset
-    smaller than one batch trains on all of it as one batch. The paper's loaders
-    (``drop_last=True``) cut the same way, its linear evaluation's test loader included.
-    """
+    """(batches per epoch, images per batch): full batches of one size, so a compiled step stays
+    compiled and a CUDA graph replays (the images past the last one are seen in other epochs);
+    fewer images than a batch are one batch. The paper's loaders (``drop_last=True``) cut so."""
     if size < 1:
         raise ValueError("there are no training images")
     if batch_size < 1:

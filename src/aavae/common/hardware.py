@@ -1,11 +1,6 @@
-"""Every ``auto`` choice of hardware, in one place: the device and the precision.
-
-Pretraining, feature extraction, evaluation, the embed pipeline and the served model all ask
-here, so ``auto`` means the same everywhere: the GPU when torch sees one; bf16 mixed precision
-where the hardware runs it fast (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), fp32
-otherwise. On a CPU without those units a bf16 convolution runs about a hundred times slower
-than fp32 (``benchmarks/pretrain_throughput.py`` measures both).
-"""
+"""Every ``auto`` choice of hardware, so ``auto`` means the same everywhere: the GPU when torch
+sees one; bf16 mixed precision where it runs fast (a CUDA GPU with bf16, a CPU with AMX or
+AVX512-BF16: without them a bf16 convolution is about a hundred times slower than fp32)."""
 
 from __future__ import annotations
 
@@ -13,13 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-#: Lightning's accelerator name -> torch's device type.
 DEVICE_KIND = {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu", "mps": "mps"}
 
 
 @dataclass(frozen=True)
 class Hardware:
-    """Where and how a run trains: Lightning's accelerator name, the device kind, precision."""
+    """Where and how a run trains."""
 
     accelerator: str  # "cpu", "gpu", "mps"
     device_kind: str  # "cpu", "cuda", "mps"
@@ -39,16 +33,14 @@ def choose_device(requested: str) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX or AVX512-BF16), where oneDNN runs
-    bf16 convolutions faster than fp32 (torch's CPU probe: any OS, any architecture)."""
+    """A CPU with AMX or AVX512-BF16, where oneDNN runs bf16 convolutions faster than fp32."""
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
 
 
 def choose_precision(requested: str, where: str | torch.device = "cpu") -> str:
-    """``auto``: bf16 mixed where the hardware has fast bf16, else 32-true; other values as they are.
-
-    ``where`` is an accelerator name (``cpu``, ``gpu``, ``cuda``, ``mps``) or a torch device."""
+    """``auto``: bf16 mixed where ``where`` (an accelerator name or a device) has fast bf16,
+    else 32-true; other values as they are."""
     if requested != "auto":
         return requested
     kind = where.type if isinstance(where, torch.device) else DEVICE_KIND.get(where, where)

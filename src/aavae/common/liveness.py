@@ -1,12 +1,8 @@
 """Is the process that opened an MLflow run or wrote a temporary file still running?
 
-A PID alone cannot say: after a crash the number is free, and the system may hand it to an
-unrelated process. So a process is recorded as (PID, host, start): ``start`` is the boot id
-and the process's start time in clock ticks since boot (Linux ``/proc``), which no later
-process with the same PID shares. Elsewhere ``start`` is None and only the PID is checked.
-
-Only a process on this host can be judged; one on another host (a shared data folder or
-MLflow store) is reported as unknown, never as gone.
+A PID alone cannot say (it is reused), so a process is (PID, host, start): the boot id and its
+start ticks (Linux ``/proc``; elsewhere None, and only the PID is checked). A process on another
+host (a shared data folder or store) is unknown, never gone.
 """
 
 from __future__ import annotations
@@ -29,29 +25,23 @@ class Liveness(Enum):
     UNKNOWN = "unknown"  # on another host: cannot be checked from here
 
 
-def host_name() -> str:
-    return socket.gethostname()
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and ')')."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def process_start(pid: int) -> str | None:
     """``<boot id>:<start ticks>`` of process ``pid``, or None where /proc cannot tell."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         boot = _BOOT_ID.read_text().strip()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return f"{boot}:{fields[19]}"  # field 22, starttime
-
-
-def _is_zombie(pid: int) -> bool:
-    """A killed child its parent has not yet reaped: still in the table, but not running."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].startswith("Z")
+    fields = _stat(pid)
+    return f"{boot}:{fields[19]}" if fields else None  # field 22, starttime
 
 
 @dataclass(frozen=True)
@@ -64,12 +54,11 @@ class ProcessRecord:
 
     @classmethod
     def current(cls) -> ProcessRecord:
-        return cls(os.getpid(), host_name(), process_start(os.getpid()))
+        return cls(os.getpid(), socket.gethostname(), process_start(os.getpid()))
 
     def liveness(self) -> Liveness:
-        """ALIVE, GONE (no such PID here, a zombie, or the PID now belongs to a later
-        process), or UNKNOWN (another host)."""
-        if self.host != host_name():
+        """GONE: no such PID here, a zombie, or a later process's PID; UNKNOWN: another host."""
+        if self.host != socket.gethostname():
             return Liveness.UNKNOWN
         try:
             os.kill(self.pid, 0)
@@ -77,7 +66,7 @@ class ProcessRecord:
             return Liveness.GONE
         except PermissionError:
             pass  # exists, owned by another user
-        if _is_zombie(self.pid):
+        if _stat(self.pid)[:1] == ["Z"]:  # killed, not yet reaped by its parent
             return Liveness.GONE
         now = process_start(self.pid)
         if self.start is not None and now is not None and now != self.start:
@@ -96,12 +85,11 @@ _LEGACY_CHECKPOINT = re.compile(r"^\.(?P<name>.+\.ckpt)\.(?P<pid>\d+)\.tmp$")
 
 
 def _host_token() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", host_name())
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
 
 
 def temporary_prefix(name: str) -> str:
-    """The start of the name of a temporary file or folder written on the way to ``name``:
-    ``.<name>.tmp-<pid>-<host>-``, so a later run can tell when its writer is gone."""
+    """``.<name>.tmp-<pid>-<host>-``: a temporary's name starts so, naming its writer."""
     return f".{name}.tmp-{os.getpid()}-{_host_token()}-"
 
 
@@ -111,9 +99,8 @@ def temporary_path(path: Path) -> Path:
 
 
 def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) -> list[Path]:
-    """Remove the temporary files and folders in ``folders`` whose writer was killed (a process
-    of this host that no longer runs); return what was removed. A live writer's, another host's
-    and files not named by :func:`temporary_prefix` (for ``only``, if given) are left alone."""
+    """Remove (and return) the temporaries in ``folders`` (those for ``only``, if given) whose
+    writer, a process of this host, is gone; a live writer's and another host's stay."""
     host, removed = _host_token(), []
     for folder in folders:
         try:
@@ -124,7 +111,8 @@ def remove_dead_temporaries(folders: Iterable[Path], only: str | None = None) ->
             match = _TEMPORARY.match(entry.name) or _LEGACY_CHECKPOINT.match(entry.name)
             if match is None or match.groupdict().get("host", host) != host or only not in (None, match["name"]):
                 continue
-            if ProcessRecord(int(match["pid"]), host_name(), None).liveness() is not Liveness.GONE:
+            writer = ProcessRecord(int(match["pid"]), socket.gethostname(), None)
+            if writer.liveness() is not Liveness.GONE:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

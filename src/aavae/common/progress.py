@@ -1,19 +1,11 @@
 """Progress of every long step: a bar in a terminal, a plain line every ~30 seconds elsewhere.
 
-A bar redraws one terminal line; written to a pipe, a CI log or nohup it shows nothing
-until the end (or hundreds of carriage returns). So where stdout is not a terminal, progress
-is logged as plain lines at a modest rate, such as ``raw_pixels: linear probe: fit 3/7,
-weight decay 0.001, iteration 240: 2 min elapsed``; a phase that ends before the first line
-is due logs nothing. In a terminal, a tqdm bar appears once a phase has run for a couple of
-seconds, so quick calls draw nothing.
-
-This is the one progress helper of the project: evaluation (feature extraction, the linear
-probe, kNN, the embedding map, the paper protocol), the embed pipeline, and training, whose
-Lightning callback (:class:`aavae.training.progress.PlainProgress`) takes its terminal check,
-its rate and its durations from here.
-
-:func:`progress_scope` names what a whole block works on (``raw_pixels``, ``model``), so the
-functions it calls need not be told: their lines start with the scope.
+A bar written to a pipe, a CI log or nohup shows nothing until the end (or hundreds of
+carriage returns), so there progress is logged as plain lines (``raw_pixels: linear probe: fit
+3/7, weight decay 0.001: 2 min elapsed``); in a terminal a tqdm bar appears after a couple of
+seconds. The one progress helper: evaluation, embed, and training's Lightning callback
+(:class:`aavae.training.progress.PlainProgress`) use it. :func:`progress_scope` names what a
+block works on, so the functions it calls need not be told.
 """
 
 from __future__ import annotations
@@ -29,12 +21,9 @@ from types import TracebackType
 
 log = logging.getLogger("aavae.common.progress")
 
-#: Seconds between two plain progress lines (and before the first).
-EVERY_SECONDS = 30.0
-#: Seconds a phase runs before its terminal bar appears.
-BAR_DELAY_SECONDS = 2.0
-#: Seconds between two heartbeats of a phase whose amount of work is unknown.
-HEARTBEAT_SECONDS = 1.0
+EVERY_SECONDS = 30.0  # between two plain progress lines (and before the first)
+BAR_DELAY_SECONDS = 2.0  # before a terminal bar appears
+HEARTBEAT_SECONDS = 1.0  # between two heartbeats of a phase of unknown length
 
 _scope: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("aavae_progress_scope", default=())
 
@@ -64,14 +53,9 @@ def progress_scope(label: str) -> Iterator[None]:
 
 
 class Progress:
-    """Progress of one phase: ``with Progress("kNN", total=10_000, unit="images") as p:``.
-
-    ``advance(n)`` counts work done; ``note(text)`` sets what is being done now (a fit's
-    weight decay, an epoch's loss). With ``total=None`` the amount of work is unknown (an
-    opaque library call such as t-SNE): a background heartbeat then reports the elapsed time,
-    since nothing else would. ``enabled=False`` shows nothing; ``terminal`` overrides the
-    check of stdout (None: :func:`output_is_terminal`).
-    """
+    """Progress of one phase: ``with Progress("kNN", total=10_000, unit="images") as p:``,
+    ``p.advance(n)``, ``p.note("weight decay 0.1")``. With ``total=None`` (an opaque call such
+    as t-SNE) a heartbeat reports the time elapsed. ``terminal`` overrides the stdout check."""
 
     def __init__(
         self,
@@ -80,12 +64,10 @@ class Progress:
         unit: str = "it",
         *,
         enabled: bool = True,
-        every_seconds: float | None = None,
         terminal: bool | None = None,
     ) -> None:
         self.what = ": ".join((*_scope.get(), what))
         self.total, self.unit, self.enabled = total, unit, enabled
-        self.every_seconds = EVERY_SECONDS if every_seconds is None else every_seconds
         self.terminal = output_is_terminal() if terminal is None else terminal
         self.done = 0
         self.detail = ""
@@ -139,7 +121,7 @@ class Progress:
             return
         now = time.monotonic()
         with self._lock:
-            if now - self._last_line < self.every_seconds:
+            if now - self._last_line < EVERY_SECONDS:
                 return
             self._last_line = now
             self.lines += 1

@@ -1,25 +1,13 @@
 """Where every artifact came from, and the one place that checks that artifacts belong together.
 
-Kedro's catalog knows artifacts by name, not by lineage: after a re-ingest of other images (or
-the same images at another size) the persisted model, view policy and features still load,
-and an evaluation would silently score a model on images it was not trained on. So each
-artifact records the fingerprints of what it was made from, and each node that reads several
-artifacts asks this module whether they belong together before it works:
-
-* **data** -- the dataset card's ``sha256`` (the decoded images and labels of every split:
-  other files, another ``image_size`` or resize policy change it; see
-  :func:`aavae.data.card.content_sha256`). Ingest stamps it on every image set it saves
-  (``ImageSet.fingerprint``, in ``meta.json``); the view policy and the validation views
-  record the images they were made from; a model bundle records the data it was trained on
-  (``bundle["data"]``: name, source, image shape, resize policy, sha256), and so does every
-  training checkpoint (``checkpoint[CHECKPOINT_DATA]``), so one given as ``evaluate.checkpoint``
-  is scored as its own data's or as a transfer, never as of unknown data.
-* **model** -- the sha256 of a bundle's weights (``bundle["weights_sha256"]``), which
-  features record, so features of one model are never scored as another's.
-
-A mismatch raises :class:`ProvenanceError`, naming both sides and the command that makes
-them agree again. Artifacts written before fingerprints were recorded cannot be checked:
-they load, with one warning saying so.
+Kedro's catalog knows artifacts by name, not lineage: after a re-ingest of other images the
+model, view policy and features still load, and an evaluation would score a model on images it
+was not trained on. So each artifact records what it was made from: the **data** fingerprint
+(the card's ``sha256``, :func:`aavae.data.card.content_sha256`; on image sets, the view policy,
+validation views, bundles' ``data`` and checkpoints' :data:`CHECKPOINT_DATA`) and the **model**
+fingerprint (a bundle's ``weights_sha256``, on features). A mismatch raises
+:class:`ProvenanceError` naming both sides and the command that fixes it; artifacts of older
+versions load with one warning.
 """
 
 from __future__ import annotations
@@ -35,13 +23,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: The entry of an ``.npz`` artifact that holds its provenance (a JSON string, no pickle).
-ARRAYS_KEY = "_provenance"
-#: The key of a view policy, a bundle's ``data`` and an array artifact's provenance that holds
-#: the data fingerprint.
-DATA_SHA256 = "data_sha256"
-#: The entry of a training checkpoint that holds :func:`data_identity` of its training data.
-CHECKPOINT_DATA = "aavae_data"
+ARRAYS_KEY = "_provenance"  # an .npz artifact's provenance entry (a JSON string, no pickle)
+DATA_SHA256 = "data_sha256"  # the data fingerprint's key in records and array provenance
+CHECKPOINT_DATA = "aavae_data"  # a training checkpoint's data_identity of its training data
 
 
 class ProvenanceError(ValueError):
@@ -89,8 +73,6 @@ def model_fingerprint(bundle: Mapping[str, Any]) -> str:
     return bundle.get("weights_sha256") or weights_sha256(bundle["state_dict"])
 
 
-# -- array artifacts (.npz): provenance as a JSON string entry ----------------------------------
-
 
 def stamp(arrays: Mapping[str, np.ndarray], **facts: Any) -> dict[str, np.ndarray]:
     """``arrays`` with their provenance (``facts``: fingerprints, settings) as one more entry."""
@@ -104,13 +86,6 @@ def stamp_of(arrays: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
     return json.loads(str(np.asarray(arrays[ARRAYS_KEY])))
 
 
-def unstamped(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays without their provenance entry."""
-    return {key: value for key, value in arrays.items() if key != ARRAYS_KEY}
-
-
-# -- the checks -----------------------------------------------------------------------------------
-
 _warned: set[str] = set()
 
 
@@ -123,12 +98,8 @@ def _unrecorded(artifact: str) -> None:
 
 
 def check_data(artifact: str, recorded: str | None, images: str | None, fix: str) -> None:
-    """Refuse when ``artifact`` was made from other data than the images ingested now.
-
-    ``recorded`` is the data fingerprint the artifact holds, ``images`` that of the ingested
-    images (``ImageSet.fingerprint``); ``fix`` the command that makes them agree. Either side
-    unrecorded (an artifact of an older version): a warning, once.
-    """
+    """Refuse ``artifact`` made from other data (``recorded``) than the images ingested now
+    (``images``), saying ``fix``; either side unrecorded (an older version): a warning, once."""
     if recorded is None or images is None:
         _unrecorded(artifact if recorded is None else "the ingested images (03_primary)")
         return
@@ -159,11 +130,7 @@ def same_images(*imagesets: Any) -> str | None:
 def check_features(
     artifact: str, arrays: Mapping[str, np.ndarray], model: str | None, data: str | None
 ) -> None:
-    """Refuse features (or baseline features) made by another model or from other images.
-
-    ``model`` is the evaluated bundle's :func:`model_fingerprint` (None: not compared, for
-    baselines, which depend on the architecture and seed only); ``data`` the images' fingerprint.
-    """
+    """Refuse features of another ``model`` (None: not compared, for baselines) or ``data``."""
     recorded = stamp_of(arrays)
     if recorded is None:
         _unrecorded(artifact)

@@ -1,11 +1,6 @@
-"""Validated records: strict on the way in, complete when read back.
-
-The parameter schemas (``aavae.config``), the augmentation policy and the model spec are
-pydantic models with :data:`STRICT`: a boolean is not a number, a string is not a number, no
-key is unknown and nothing is NaN or infinite. :func:`read_record` reads one back from a file
-(``view_policy.json``, a bundle's ``spec``): a key missing there is refused, not filled with
-a default the file never said.
-"""
+"""Validated records: strict on the way in (:data:`STRICT`: a boolean or string is not a number,
+no unknown key, no NaN), complete when read back (:func:`read_record`: a key missing from a file
+is refused, not filled with a default the file never said)."""
 
 from __future__ import annotations
 
@@ -15,7 +10,6 @@ from typing import Any, TypeVar
 
 from pydantic import ConfigDict, ValidationError
 
-#: The one configuration of every validated record.
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 R = TypeVar("R")
@@ -23,13 +17,9 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def read_record(record: type[R], values: Any, source: str, fix: str) -> R:
-    """``record`` from the stored ``values``, all of its keys present; otherwise a ValueError of
-    one line naming ``source``, every problem and ``fix`` (how to write the file again).
-
-    Only JSON's scalars and flat lists of them are read: a stored value nested deeper is
-    refused before validation, which would hash it (a tuple nested a million deep crashes
-    the interpreter there).
-    """
+    """``record`` from the stored ``values``, all of its keys present, or a one-line ValueError
+    naming ``source``, every problem and ``fix``. Values nested past a flat list are refused
+    before validation, which would hash them (a tuple nested 10^6 deep crashes it)."""
     if not isinstance(values, Mapping):
         raise ValueError(f"{source} must be a mapping of {', '.join(record.__pydantic_fields__)}, "  # type: ignore[attr-defined]
                          f"got {type(values).__name__}")

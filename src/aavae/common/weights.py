@@ -1,24 +1,14 @@
 """The one way this project reads a torch file: tensors and plain containers only, within bounds.
 
-``torch.load(weights_only=False)`` unpickles whatever the file names, which runs code; every
-bundle, checkpoint and registered model is read here instead, onto the CPU, with
-``weights_only=True``. That still builds whatever a file asks for, and a downloaded file may
-ask for anything, so each file is first checked against what it may ask for, before torch sees
-it and before anything is allocated:
-
-* a zip record must be stored as torch.save stores it, uncompressed and inside the file (a
-  deflated 1 MB record inflated to a 1 GiB tensor);
-* the pickle's opcodes are walked (:func:`pickletools.genops`; nothing is built): containers
-  may nest :data:`MAX_NESTING` deep (a tuple key nested 10^6 deep crashed the process as torch
-  hashed it), the storages it refers to may hold the file's size and :data:`MAX_TENSOR_BYTES`
-  in all (torch allocates a legacy file's storages at their claimed size before reading
-  them), a tensor must lie inside its storage, and only what torch.save writes may be named or
-  called (not ``bytearray(2**30)`` or ``torch.FloatTensor(2**28)``, which weights-only loading
-  allows).
-
-A read may allow classes beyond those (:mod:`aavae.models.checkpoint_reading`'s stand-ins for
-the paper's Lightning checkpoints). torch keeps its allow-list for the whole process, so they
-are checked here too: another read at the same moment, which did not allow them, refuses them.
+Every bundle, checkpoint and registered model is read with ``weights_only=True`` onto the CPU.
+That still builds whatever a downloaded file asks for, so the file is checked first, before
+anything is allocated: zip records stored as torch.save stores them (a deflated 1 MB record
+inflated to a 1 GiB tensor); the pickle's opcodes walked, nothing built: nesting at most
+:data:`MAX_NESTING` (a tuple nested 10^6 deep crashed torch's hashing), storages within the
+file's size and :data:`MAX_TENSOR_BYTES` (a legacy file's are allocated at their claimed size),
+each tensor inside its storage, and only what torch.save writes named or called (not
+``bytearray(2**30)``, which weights-only loading allows). Classes a read allows beyond those
+(:mod:`aavae.models.checkpoint_reading`) are checked here too: torch's allow-list is global.
 """
 
 from __future__ import annotations
@@ -62,8 +52,7 @@ _UNKNOWN = object()  # the value of a container that is no tuple of plain values
 
 
 class WeightsError(ValueError):
-    """A torch file refused or unreadable; the message names the file and why, in one line.
-    ``refused`` is the module.name a refused file named, if that is why."""
+    """A torch file refused or unreadable, named in one line; ``refused``: the name it asked for."""
 
     def __init__(self, message: str, refused: str | None = None) -> None:
         super().__init__(message)
@@ -94,7 +83,8 @@ def check_weights_file(path: Path, allowed: Mapping[str, Any]) -> None:
     with path.open("rb") as handle:
         head = handle.read(tarfile.BLOCKSIZE)
         if not head:
-            raise WeightsError(f"{path} is empty: copy or download it again")
+            raise WeightsError(f"{path} is empty, not a file torch.save wrote: copy or download "
+                               "it again")
         if head.startswith(ZIP_MAGIC):
             scan.pickle(io.BytesIO(_zip_pickle(path, size)))  # a read never returns more than is left
         elif _is_tar(head):  # torch's format before 0.4: tarfile would allocate what headers declare
@@ -153,8 +143,7 @@ class _Storage(int):
 
 
 class _Scan:
-    """One walk over a file's pickles: what it names, calls and nests, and the storages it
-    refers to (key -> bytes)."""
+    """One walk over a file's pickles: what it names, calls and nests, and its storages' bytes."""
 
     def __init__(self, path: Path, allowed: Mapping[str, Any]) -> None:
         self.path, self.allowed = path, allowed

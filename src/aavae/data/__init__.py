@@ -1,14 +1,11 @@
-"""Dataset readers. Each returns its splits as image sets of one form (see imageset.py).
-
-``read_dataset`` dispatches on a validated ``DatasetConfig`` and holds out the validation
-images (``dataset.val_holdout``, splits.py); the readers themselves take plain arguments so
-they can be used from a notebook or another project.
-"""
+"""Dataset readers, each giving its splits as image sets (imageset.py). ``read_dataset`` reads
+what a validated ``DatasetConfig`` names; the readers take plain arguments (notebooks)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from aavae.data import cifar10, stl10
 from aavae.data.card import ReadResult
 from aavae.data.errors import DatasetError
 from aavae.data.imageset import UNLABELED, ImageSet, load_imageset, save_imageset
@@ -35,17 +32,9 @@ DIGITS_SIDE = 16  # digits with dataset.image_size null
 
 
 def image_side(config: Any) -> int | None:
-    """The side of the images :func:`read_dataset` will give for a validated ``DatasetConfig``,
-    known before reading (None: an image folder at its own size)."""
-    if config.name == "cifar10":
-        from aavae.data.cifar10 import IMAGE_SIDE
-
-        return IMAGE_SIDE
-    if config.name == "stl10":
-        from aavae.data.stl10 import IMAGE_SIDE
-
-        return IMAGE_SIDE
-    return config.image_size or (DIGITS_SIDE if config.name == "digits" else None)
+    """The side of the images :func:`read_dataset` gives (None: an image folder's own size)."""
+    official = {"cifar10": cifar10.IMAGE_SIDE, "stl10": stl10.IMAGE_SIDE}.get(config.name)
+    return official or config.image_size or (DIGITS_SIDE if config.name == "digits" else None)
 
 
 def read_dataset(config: Any) -> ReadResult:
@@ -66,14 +55,10 @@ def _read(config: Any) -> ReadResult:
         )
     path = config.path or "data/01_raw"
     if config.name == "cifar10":
-        from aavae.data.cifar10 import read_cifar10
-
-        return read_cifar10(path, download=config.download)
+        return cifar10.read_cifar10(path, download=config.download)
     if config.name == "stl10":
-        from aavae.data.stl10 import read_stl10
-
         splits = ("train", "test", "unlabeled") if config.unlabeled else ("train", "test")
-        return read_stl10(path, splits=splits, download=config.download)
+        return stl10.read_stl10(path, splits=splits, download=config.download)
     from aavae.data.imagefolder import read_imagefolder
 
     return read_imagefolder(

@@ -1,21 +1,13 @@
 """Read the files of a folder, tar or zip archive in memory, treating archives as untrusted.
 
-Nothing is ever extracted to disk. Every archive member is checked before it is read:
-absolute paths, ``..`` components, links, devices, absurd declared sizes and a second file of
-one name (tools keep the last, silently) are refused with an error naming the archive and the
-member. Read failures of a truncated or corrupt archive (tar, gzip, bz2, xz, zip or EOF
-errors, and a compressed tar's checksum, read past the end marker) are re-raised as
-:class:`DatasetError` naming the file.
-
-Memory stays bounded whatever an archive declares: no single read asks the underlying file
-for more than :data:`MAX_SINGLE_READ` bytes (tarfile itself would allocate what a pax or GNU
-long-name header declares, before any member could be checked), members are read in chunks
-up to their declared size (a zip member's deflate stream cannot expand past it), zip members
-compressed with bzip2 or lzma are refused (their decompressors expand a chunk without
-bound), and an archive may hold at most :data:`DEFAULT_MAX_MEMBERS` members (tarfile keeps
-one object per member; an archive of empty members compresses about a thousandfold).
-:func:`file_digests` checksums a file; what the readers of official datasets share (the md5
-check, finding the archive or its extracted folder, downloading) is :mod:`aavae.data.official`.
+Nothing is extracted. Absolute paths, ``..``, links, devices, absurd sizes and a second file
+of one name (tools keep the last, silently) are refused, naming the archive and the member;
+a truncated or corrupt archive is a :class:`DatasetError` naming the file, never read in part.
+Memory stays bounded whatever an archive declares: no read asks for more than
+:data:`MAX_SINGLE_READ` bytes (tarfile would allocate what a pax or long-name header
+declares), members are read up to their declared size, bzip2/lzma zip members (whose
+decompressors expand without bound) are refused, and at most :data:`DEFAULT_MAX_MEMBERS`
+members are listed (tarfile keeps an object per member).
 """
 
 from __future__ import annotations
@@ -25,6 +17,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import lzma
 import os
 import re
 import stat
@@ -35,23 +28,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
 from typing import BinaryIO
 
 from aavae.data.errors import DatasetError
 
-try:  # lzma is optional in some Python builds
-    import lzma
-    from lzma import LZMAError
-except ImportError:  # pragma: no cover
-    lzma = None  # type: ignore[assignment]
-    LZMAError = OSError  # type: ignore[misc,assignment]
-
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024**2
 # ImageNet-1k holds 1.3 million files; a tar member costs tarfile about 500 bytes of memory.
 DEFAULT_MAX_MEMBERS = 4_000_000
-MAX_SINGLE_READ = 64 * 1024**2  # bytes one read may ask of an archive file (see module doc)
-READ_CHUNK = 1024**2  # bytes a whole member is read in at a time
+MAX_SINGLE_READ = 64 * 1024**2  # bytes one read may ask of an archive file
+READ_CHUNK = 1024**2
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ZIP_SUFFIXES = (".zip",)
 
@@ -62,7 +47,7 @@ _READ_ERRORS = (
     zipfile.LargeZipFile,
     EOFError,
     zlib.error,
-    LZMAError,
+    lzma.LZMAError,
     OSError,
     NotImplementedError,  # zip members with a compression method zipfile lacks
 )
@@ -101,11 +86,7 @@ class Source(ABC):
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
     ) -> Iterator[tuple[Entry, BinaryIO]]:
-        """Yield ``(entry, stream)`` for the wanted files in storage order.
-
-        A stream is valid until the next item is requested; reading from it raises
-        :class:`DatasetError` (naming the file and member) if the source is damaged.
-        """
+        """``(entry, stream)`` of the wanted files in storage order, each valid until the next."""
 
     def named_files(self, names: set[str], dataset: str) -> Iterator[tuple[str, Entry, BinaryIO]]:
         """Yield ``(base name, entry, stream)`` for files whose base name is in ``names``,
@@ -127,12 +108,7 @@ class Source(ABC):
     def __enter__(self) -> Source:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def describe(self, member: str | None = None) -> str:
@@ -143,7 +119,6 @@ class Source(ABC):
 
     @contextlib.contextmanager
     def _reading(self, member: str | None = None) -> Iterator[None]:
-        """Re-raise low-level read failures as a DatasetError that names the file."""
         try:
             yield
         except _READ_ERRORS as exc:
@@ -154,19 +129,12 @@ class Source(ABC):
 
 
 class _GuardedStream(io.RawIOBase):
-    """A member's byte stream whose read errors name the archive and the member.
-
-    ``read()`` of the whole member reads chunks up to the member's declared ``size``, so a
-    member whose content runs past what it declares (a file grown since it was listed, a
-    zip deflate stream longer than its header says) never costs more memory than declared.
-    """
+    """A member's bytes, read errors naming the member; reading it whole stops at its declared
+    size (a zip deflate stream longer than its header says costs no more memory)."""
 
     def __init__(self, raw: BinaryIO, source: Source, member: str, size: int) -> None:
         super().__init__()
         self._raw, self._source, self._member, self._size = raw, source, member, size
-
-    def readable(self) -> bool:
-        return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         with self._source._reading(self._member):
@@ -188,14 +156,13 @@ class _GuardedStream(io.RawIOBase):
 
 
 class DirectorySource(Source):
-    """A folder on the local disk (the user's own, so it is trusted like any local file)."""
+    """A folder on the local disk (the user's own, trusted like any local file)."""
 
     kind = "folder"
     _damage_hint = "Check that the file exists and is readable."
     _listing: list[Entry] | None = None
 
     def describe(self, member: str | None = None) -> str:
-        """A file of a folder is named by its whole path, ready to open or delete."""
         if member is None:
             return super().describe()
         return f"'{self.path / member}'"
@@ -233,18 +200,14 @@ class DirectorySource(Source):
 
 
 class TarSource(Source):
-    """A tar archive, plain or compressed with gzip, bz2 or xz, read member by member.
-
-    The decompressor is chosen from the file's first bytes and opened here, not by tarfile,
-    so that every read tarfile makes passes through :class:`_BoundedReads`.
-    """
+    """A tar archive, plain or gzip, bz2 or xz, read member by member. The decompressor is
+    opened here, not by tarfile, so every read tarfile makes passes :class:`_BoundedReads`."""
 
     kind = "archive"
 
-    def __init__(self, path: Path, max_member_bytes: int, max_members: int | None = None) -> None:
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
         super().__init__(path)
         self._max_member_bytes = max_member_bytes
-        self._max_members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
         self._end_checked = False
         with self._reading():
             self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -267,7 +230,7 @@ class TarSource(Source):
         with self._reading():
             for member in self._tar:  # lazily, so a flood of members is refused early
                 members.append(member)
-                check_member_count(len(members), self, self._max_members)
+                check_member_count(len(members), self)
             self._check_end()
         entries = [entry for entry in map(self._checked, members) if entry is not None]
         refuse_repeated_names(entries, self)
@@ -304,12 +267,11 @@ class TarSource(Source):
     def files(
         self, wanted: Callable[[Entry], bool] | None = None
     ) -> Iterator[tuple[Entry, BinaryIO]]:
-        # Iterating the TarFile reads headers lazily (or reuses those entries() loaded), so a
-        # compressed archive is decompressed front to back once, without seeking backwards.
+        # Headers are read lazily (or reused from entries()): decompressed front to back once.
         seen: set[str] = set()
         with self._reading():
             for count, member in enumerate(self._tar, 1):
-                check_member_count(count, self, self._max_members)
+                check_member_count(count, self)
                 entry = self._checked(member)
                 if entry is not None:
                     refuse_repeated_names([entry], self, seen)
@@ -344,14 +306,13 @@ class ZipSource(Source):
 
     kind = "archive"
 
-    def __init__(self, path: Path, max_member_bytes: int, max_members: int | None = None) -> None:
+    def __init__(self, path: Path, max_member_bytes: int) -> None:
         super().__init__(path)
         self._max_member_bytes = max_member_bytes
         with self._reading():
             self._zip = zipfile.ZipFile(path)
-        limit = DEFAULT_MAX_MEMBERS if max_members is None else max_members
         try:
-            check_member_count(len(self._zip.infolist()), self, limit)
+            check_member_count(len(self._zip.infolist()), self)
             refuse_repeated_names(self.entries(), self)
         except DatasetError:
             self._zip.close()
@@ -401,11 +362,8 @@ class ZipSource(Source):
 
 
 class _BoundedReads:
-    """The file object tarfile reads from: a read of more than MAX_SINGLE_READ is refused.
-
-    tarfile reads a pax or GNU long-name header's declared size in one call, and the file
-    object allocates that many bytes before reading; a header may declare terabytes.
-    """
+    """The file object tarfile reads from: a read of more than MAX_SINGLE_READ is refused
+    (tarfile reads a pax or long-name header's declared size, maybe terabytes, in one call)."""
 
     def __init__(self, raw: BinaryIO, source: Source) -> None:
         self._raw, self._source = raw, source
@@ -445,8 +403,6 @@ def _decompressed(file: BinaryIO) -> BinaryIO:
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(file)  # type: ignore[return-value]
     if magic.startswith(b"\xfd7zXZ\x00"):
-        if lzma is None:  # pragma: no cover
-            raise tarfile.ReadError("this Python lacks the lzma module needed for .xz files")
         return lzma.LZMAFile(file)  # type: ignore[return-value]
     return file
 
@@ -468,12 +424,12 @@ def safe_member_name(raw_name: str, source: Source) -> str:
     return "/".join(parts)
 
 
-def check_member_count(count: int, source: Source, limit: int) -> None:
-    if count > limit:
+def check_member_count(count: int, source: Source) -> None:
+    if count > DEFAULT_MAX_MEMBERS:
         raise DatasetError(
-            f"Refusing {source.describe()}: it holds more than {limit:,} members, more than "
-            "this reader holds in memory for one dataset. Split the dataset, or check that the "
-            "archive is what it claims to be."
+            f"Refusing {source.describe()}: it holds more than {DEFAULT_MAX_MEMBERS:,} members, "
+            "more than this reader holds in memory for one dataset. Split the dataset, or check "
+            "that the archive is what it claims to be."
         )
 
 
@@ -504,16 +460,9 @@ def is_archive_name(path: Path) -> bool:
 
 
 def open_source(
-    path: str | os.PathLike,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    max_members: int | None = None,
+    path: str | os.PathLike, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 ) -> Source:
-    """Open a folder, tar (optionally gz/bz2/xz) or zip archive for reading.
-
-    The kind is taken from the name (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``, ...), else
-    from the file's content. ``max_member_bytes`` caps the declared size of one member,
-    ``max_members`` (default :data:`DEFAULT_MAX_MEMBERS`) the number of members.
-    """
+    """A folder, tar (gz/bz2/xz) or zip archive, the kind by its name, else by its content."""
     path = Path(path)
     if path.is_dir():
         return DirectorySource(path)
@@ -523,13 +472,13 @@ def open_source(
         )
     lowered = path.name.lower()
     if lowered.endswith(ZIP_SUFFIXES):
-        return ZipSource(path, max_member_bytes, max_members)
+        return ZipSource(path, max_member_bytes)
     if lowered.endswith(TAR_SUFFIXES):
-        return TarSource(path, max_member_bytes, max_members)
+        return TarSource(path, max_member_bytes)
     if zipfile.is_zipfile(path):
-        return ZipSource(path, max_member_bytes, max_members)
+        return ZipSource(path, max_member_bytes)
     with contextlib.suppress(DatasetError):  # tarfile.is_tarfile would bypass the read bound
-        return TarSource(path, max_member_bytes, max_members)
+        return TarSource(path, max_member_bytes)
     raise DatasetError(
         f"'{path}' is neither a folder nor a readable archive: expected a folder, a .tar, "
         ".tar.gz/.tgz, .tar.bz2, .tar.xz or .zip file. If it is one of these, it is damaged: "
@@ -538,7 +487,7 @@ def open_source(
 
 
 def read_exactly(stream: BinaryIO, buffer: memoryview, what: str) -> None:
-    """Fill ``buffer`` from ``stream`` (streams may return short reads); error if it ends early."""
+    """Fill ``buffer`` from ``stream`` (which may return short reads); refuse one cut short."""
     filled = 0
     while filled < len(buffer):
         count = stream.readinto(buffer[filled:])  # type: ignore[attr-defined]
@@ -548,9 +497,6 @@ def read_exactly(stream: BinaryIO, buffer: memoryview, what: str) -> None:
                 "truncated. Download or create it again."
             )
         filled += count
-
-
-# -- checksums -------------------------------------------------------------------------------
 
 
 def file_digests(

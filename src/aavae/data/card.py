@@ -23,18 +23,11 @@ FINGERPRINT_VERSION = "aavae-imagesets-v1"
 def content_sha256(splits: dict[str, ImageSet]) -> str:
     """The sha256 of the images and labels exactly as ingested, split by split.
 
-    Pretraining keys its checkpoints on this (with the dataset name and split counts), so
-    it must change whenever the training data does: other files at the same counts, another
-    ``image_size`` or resize policy, other skipped files, labels or class names. Hashing the
-    decoded arrays rather than the files gives that for every reader and container alike (a
-    folder and its .tar.gz get the same fingerprint) and costs one pass over the output,
-    about 0.15 s for CIFAR-10's 184 MB.
-
-    For each split, in order: a JSON header (name, class names, shape), the C-order uint8
-    image bytes, then the labels as little-endian int64. Images that are a memory map of a
-    whole .npy file (staged on disk by the image-folder reader) are hashed by reading the
-    file in chunks, never through the map, so hashing a set larger than RAM costs no memory;
-    the bytes, and so the fingerprint, are the same either way.
+    Checkpoints and provenance key on it, so it changes whenever the training data does
+    (other files, ``image_size``, resize policy, skipped files, labels, class names); hashing
+    the decoded arrays gives a folder and its .tar.gz one fingerprint, for about 0.15 s per
+    CIFAR-10. Per split: a JSON header, the C-order image bytes, the labels as ``<i8``; a
+    staged .npy file is read in chunks, never through its map (no memory for a set over RAM).
     """
     hasher = hashlib.sha256(FINGERPRINT_VERSION.encode())
     for name, imageset in splits.items():
@@ -58,15 +51,9 @@ def content_sha256(splits: dict[str, ImageSet]) -> str:
 
 @dataclass(frozen=True)
 class ReadResult:
-    """Splits read from one source, with the provenance a dataset card records.
-
-    ``source`` is the resolved path that was read, ``format`` the dataset format
-    (``cifar10-python``, ``stl10-binary``, ``imagefolder``), ``archive_sha256`` the checksum
-    of the archive file as ``sha256sum`` prints it (``None`` when a folder was read) and
-    ``skipped`` the entries left out because they could not be decoded (only with
-    ``on_bad_image="skip"``). ``sha256`` is computed here from the splits
-    (:func:`content_sha256`), so no reader can forget it and folders have one too.
-    """
+    """Splits read from one source, with the provenance a dataset card records: the path read,
+    the format, the archive's ``sha256sum`` (None for a folder), the entries skipped as
+    undecodable, and ``sha256`` (:func:`content_sha256`, computed here so no reader forgets it)."""
 
     splits: dict[str, ImageSet]
     source: str
@@ -98,11 +85,9 @@ class ReadResult:
 
 
 def check_ingested(card: Mapping[str, Any], name: str, path: str | None, where: str) -> None:
-    """Refuse images ingested in ``where`` (their dataset ``card``) from another dataset than
-    the environment's ``dataset.name`` and, for an image folder, ``dataset.path``: the same
-    archive elsewhere (by its sha256) is the same. A path that does not exist here cannot be
-    compared, and CIFAR-10 and STL-10 are known by name (ingest checks their official archive).
-    """
+    """Refuse images ingested in ``where`` (their ``card``) from another dataset than ``name``
+    and, for an image folder, ``path`` (the same archive elsewhere, by sha256, is the same; a
+    path missing here cannot be compared)."""
     other = None
     if card.get("name") != name:
         other = f"dataset.name={name}"

@@ -1,16 +1,11 @@
 """CIFAR-10 from its official "python version": ``cifar-10-python.tar.gz`` or the extracted folder.
 
-Each batch file is a pickle of a dict with ``b"data"`` (uint8 ``N x 3072``: a row holds the
-1024 red, then 1024 green, then 1024 blue values of a 32 x 32 image in row-major order) and
-``b"labels"`` (a list of N ints in 0..9); ``batches.meta`` holds ``b"label_names"``.
-``data_batch_1`` .. ``data_batch_5`` make the 50,000 training images, ``test_batch`` the
-10,000 test images. Archive members are read in memory, never extracted.
-
-Pickles can run arbitrary code when loaded, so they are loaded by an unpickler that resolves
-only the few numpy globals an array needs; anything else stops the read with an error. Those
-globals are guarded too: ``numpy.ndarray`` can only be passed to ``_reconstruct``, which only
-builds the empty array numpy's own pickles start from, so a pickle cannot allocate an array
-larger than the bytes it carries.
+Each batch file pickles a dict of ``b"data"`` (uint8 ``N x 3072``: the red, green and blue
+planes of a 32 x 32 image, row-major) and ``b"labels"`` (N ints in 0..9); ``batches.meta``
+holds ``b"label_names"``. ``data_batch_1..5`` are the 50,000 training images, ``test_batch``
+the 10,000 test images. A pickle can run code when loaded, so only the few numpy globals an
+array needs are resolved, and those guarded: ``numpy.ndarray`` only reaches ``_reconstruct``,
+which only builds the empty array numpy's pickles start from (no allocation of a declared size).
 """
 
 from __future__ import annotations
@@ -54,17 +49,15 @@ ROW_LENGTH = 3 * IMAGE_SIDE * IMAGE_SIDE
 
 
 def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
-    """``_codecs.encode`` as numpy's pickles written by Python 3 (protocol 2) use it for bytes."""
+    """``_codecs.encode``, as Python 3's protocol-2 pickles of numpy arrays use it for bytes."""
     if not isinstance(text, str) or encoding != "latin1":
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r:.40} is not allowed "
                                      "(numpy's pickles encode a str with 'latin1')")
     return text.encode("latin1")
 
 
-# Pickled numpy state is not trusted either: a dtype's state sets numpy's internal flags (one
-# flipped bit in it made numpy 2.4 fail with SystemError and RuntimeError, and a hostile file
-# could choose them). So the pickle gets stand-ins, and only plain numeric dtypes, built afresh
-# from their names, reach numpy; numpy itself checks an array's shape against its bytes.
+# A pickled dtype state sets numpy's internal flags (one flipped bit made numpy 2.4 fail with
+# SystemError): only plain numeric dtypes, built afresh from their names, reach numpy.
 _DTYPE_NAMES = frozenset(
     f"{kind}{size}" for kind in "biuf" for size in (1, 2, 4, 8)
 ) - {"b2", "b4", "b8", "f1"}
@@ -133,24 +126,11 @@ def _reconstruct_empty(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
     return _reconstruct(_CheckedArray, (0,), b"b")
 
 
-def _frombuffer_checked(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    """numpy's ``_frombuffer`` (protocol 5 pickles) with a numeric dtype."""
-    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, _DtypeSpec):
-        raise pickle.UnpicklingError("_frombuffer takes bytes and a numeric dtype")
-    order = _text(order)
-    if order not in ("C", "F"):
-        raise pickle.UnpicklingError(f"_frombuffer order {order!r:.20} is not allowed")
-    data = bytes(buffer)  # a copy that nothing else in the pickle can alter
-    return np.frombuffer(data, dtype.resolve()).reshape(shape, order=order)
-
-
-# The globals a pickled uint8 array refers to, under the module names numpy 1 (the official
-# files) and numpy 2 write; nothing else may be constructed while unpickling.
+# The globals a pickled uint8 array refers to, under numpy 1's (the official files) and numpy
+# 2's module names; nothing else may be constructed while unpickling.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_empty,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer_checked,
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer_checked,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _DtypeSpec,
     ("_codecs", "encode"): _latin1_encode,
@@ -170,23 +150,12 @@ class _BatchUnpickler(pickle.Unpickler):
             ) from None
 
 
-def read_cifar10(
-    path: str | os.PathLike,
-    *,
-    download: bool = False,
-    expected_md5: str | None = CIFAR10.md5,
-) -> ReadResult:
-    """Read CIFAR-10 into ``{"train": 50,000 images, "test": 10,000 images}`` of 32 x 32 x 3.
-
-    Args:
-        path: ``cifar-10-python.tar.gz``, the extracted ``cifar-10-batches-py/`` folder, or a
-            folder holding either.
-        download: fetch the official archive into ``path`` when there is no local copy.
-        expected_md5: md5 an archive named ``cifar-10-python.tar.gz`` must have (the official
-            one's by default); ``None`` skips the check.
-    """
+def read_cifar10(path: str | os.PathLike, *, download: bool = False) -> ReadResult:
+    """CIFAR-10's ``train`` (50,000) and ``test`` (10,000) 32 x 32 images from
+    ``cifar-10-python.tar.gz``, its extracted folder or a folder holding either; ``download``
+    fetches the official archive into ``path`` when there is no local copy."""
     location = locate_official(path, CIFAR10, download)
-    file_sha256 = archive_sha256(location, CIFAR10, expected_md5)
+    file_sha256 = archive_sha256(location, CIFAR10)
     with open_source(location) as source:
         contents = _read_batch_files(source)
     class_names = _class_names(*contents[META_FILE])
@@ -198,7 +167,7 @@ def read_cifar10(
 
 
 def _read_batch_files(source: Source) -> dict[str, tuple[dict, str]]:
-    """Unpickle the batch files and the meta file: name -> (content, how errors name it)."""
+    """name -> (its unpickled content, how errors name it)."""
     needed = set(TRAIN_BATCHES + TEST_BATCHES + (META_FILE,))
     contents: dict[str, tuple[dict, str]] = {}
     for name, entry, stream in source.named_files(needed, "CIFAR-10"):

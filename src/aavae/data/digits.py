@@ -1,10 +1,6 @@
-"""scikit-learn's bundled handwritten digits: real data that ships with the install.
-
-1,797 grayscale 8 x 8 images of the digits 0-9 (UCI optical recognition set). They are
-scaled to 0-255, resized to ``image_size`` and repeated over three channels so every model
-and view sees the same RGB layout as the other datasets. The train/test split is stratified
-and fixed by the seed.
-"""
+"""scikit-learn's bundled handwritten digits (1,797 grey 8 x 8 images): real data that ships
+with the install, scaled to 0-255, resized and repeated over three channels (RGB like the
+other datasets), split stratified by the seed."""
 
 from __future__ import annotations
 

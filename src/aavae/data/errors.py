@@ -4,8 +4,4 @@ from __future__ import annotations
 
 
 class DatasetError(ValueError):
-    """A dataset source that cannot be read as asked.
-
-    The message names the offending file, archive member, key or argument, says what was
-    expected, and what to do about it.
-    """
+    """A dataset source that cannot be read as asked: the message names it and what to do."""

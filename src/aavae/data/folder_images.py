@@ -1,17 +1,9 @@
 """Every image of a folder or archive, in any layout, brought to one size in batches.
 
-The embed pipeline reads what a user points it at: a folder of holiday photos, a .tar.gz of
-a dataset's test split, a .zip of scans. No ``<split>/<class>`` structure is needed, so the
-image-folder reader (which plans splits and classes) does not fit; the parts it is built on
-do, and are used as they are:
-
-* :func:`aavae.data.archive.open_source` lists and streams a folder, tar or zip without
-  extracting anything, refusing absolute paths, ``..``, links and absurd sizes;
-* :func:`aavae.data.fit.fit_image` brings each image to the size exactly as ingest does
-  (Pillow, JPEG draft mode, EXIF orientation, RGB), so an embedded image matches an ingested one.
-
-Images come in batches (:func:`iter_image_batches`) so a folder larger than memory is
-embedded batch by batch; Pillow releases the GIL, so a batch decodes on a few threads.
+What the embed pipeline reads: holiday photos, a .tar.gz of a test split, a .zip of scans; no
+``<split>/<class>`` layout. Read as ingest reads (:func:`aavae.data.archive.open_source`,
+:func:`aavae.data.fit.fit_image`), so an embedded image matches an ingested one, in batches
+(a folder larger than memory is embedded batch by batch) decoded on a few threads.
 """
 
 from __future__ import annotations
@@ -27,15 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aavae.data.archive import Entry, open_source
+from aavae.data.archive import open_source
 from aavae.data.errors import DatasetError
 from aavae.data.fit import ResizePolicy, fit_image
 from aavae.data.imagefolder import PIL_FORMATS
-from aavae.data.layout import IMAGE_EXTENSIONS
+from aavae.data.layout import IMAGE_EXTENSIONS, is_ignored
 
 logger = logging.getLogger(__name__)
 
 DECODE_CHUNK = 64  # images per decoding task: amortises handing work to a thread
+Decoded = tuple[str, np.ndarray | None, str | None]  # name, image, or why it could not be decoded
 
 
 @dataclass
@@ -56,11 +49,8 @@ class FolderListing:
 
 
 def is_image_path(path: str) -> bool:
-    """An image by its extension, outside hidden folders and ``__MACOSX`` (as ingest decides)."""
-    parts = path.split("/")
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-        return False
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+    """An image by its extension, not passed over (as ingest decides)."""
+    return not is_ignored(path) and path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(path: str | os.PathLike) -> FolderListing:
@@ -93,23 +83,23 @@ def iter_image_batches(
     workers: int | None = None,
     skipped: list[str] | None = None,
 ) -> Iterator[ImageBatch]:
-    """Yield the images of ``path`` in storage order, ``batch_size`` at a time.
-
-    ``wanted`` selects paths (default: every image). Undecodable files stop the read with an
-    error naming the file, or with ``on_bad_image="skip"`` are left out and appended to
-    ``skipped``.
-    """
+    """The images of ``path`` (those ``wanted``, by default every one) in storage order,
+    ``batch_size`` at a time; an undecodable file stops the read naming it, or with
+    ``on_bad_image="skip"`` is appended to ``skipped``."""
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    select = (lambda name: is_image_path(name)) if wanted is None else wanted
+    select = is_image_path if wanted is None else wanted
     size = (image_size, image_size)
     workers = workers or min(4, os.cpu_count() or 1)
     with open_source(path) as source, ThreadPoolExecutor(workers, "embed-decode") as pool:
         pending: list[tuple[str, bytes]] = []
 
+        def decode(chunk: list[tuple[str, bytes]]) -> list[Decoded]:
+            return [_decode_one(name, data, size, resize) for name, data in chunk]
+
         def flush() -> ImageBatch:
             chunks = [pending[i : i + DECODE_CHUNK] for i in range(0, len(pending), DECODE_CHUNK)]
-            decoded = [item for chunk in pool.map(_decode_chunk(size, resize), chunks) for item in chunk]
+            decoded = [item for chunk in pool.map(decode, chunks) for item in chunk]
             pending.clear()
             kept: list[tuple[str, np.ndarray]] = []
             for name, image, error in decoded:
@@ -126,7 +116,7 @@ def iter_image_batches(
             images = np.stack([image for _, image in kept]) if kept else np.empty((0, *size, 3), np.uint8)
             return ImageBatch([name for name, _ in kept], images)
 
-        for entry, stream in source.files(lambda entry: _wanted(entry, select)):
+        for entry, stream in source.files(lambda entry: select(entry.name)):
             pending.append((entry.name, stream.read()))
             if len(pending) >= batch_size:
                 yield flush()
@@ -145,20 +135,7 @@ def read_image(path: str | os.PathLike, image_size: int, resize: ResizePolicy = 
     return image
 
 
-def _wanted(entry: Entry, select: Callable[[str], bool]) -> bool:
-    return select(entry.name)
-
-
-def _decode_chunk(size: tuple[int, int], resize: ResizePolicy):
-    def decode(chunk: list[tuple[str, bytes]]) -> list[tuple[str, np.ndarray | None, str | None]]:
-        return [_decode_one(name, data, size, resize) for name, data in chunk]
-
-    return decode
-
-
-def _decode_one(
-    name: str, data: bytes, size: tuple[int, int], resize: ResizePolicy
-) -> tuple[str, np.ndarray | None, str | None]:
+def _decode_one(name: str, data: bytes, size: tuple[int, int], resize: ResizePolicy) -> Decoded:
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as image:
             return name, fit_image(image, size, resize), None

@@ -1,29 +1,12 @@
 """Image folders: ``<split>/<class>/<image>`` in a folder, ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip``.
 
-The layout is that of torchvision's ``ImageFolder`` with one more level for the split
-(``train/cat/0001.jpg``, ``test/cat/0002.png``); an archive may hold it inside one top-level
-folder. Images (jpg, jpeg, png, bmp, webp, any case) of any size and mode become RGB of one
-size, each turned upright as its EXIF orientation says. Hidden files and folders and
-``__MACOSX`` are ignored.
-
-Reading has two steps. The listing is planned first (splits, classes, where each image
-goes), so a layout mistake is reported before anything is decoded and the output arrays are
-allocated once at their final size. Then the files are streamed in storage order (a
-compressed tar is decompressed front to back once) and decoded by a thread pool: Pillow
-releases the GIL while decoding and resizing, and large JPEGs are decoded at reduced scale
-(draft mode) when they are to be shrunk anyway.
-
-Memory does not grow with the number of images. Each decoded image is written at its row of
-a ``.npy`` file per split, created at its final size in a staging folder on disk
-(:mod:`aavae.data.staging`: under ``data/02_intermediate`` of a Kedro project), with plain
-positioned writes whose pages the kernel owns; the image sets returned are read-only memory
-maps of those files, which saving them to the catalog renames into place (no copy). Images
-left out as undecodable are squeezed out of the files chunk by chunk. What memory holds is
-the images in flight: encoded files waiting for a decoding thread, bounded by
-:data:`MAX_BYTES_IN_FLIGHT`, and about :data:`RUN_BYTES` of decoded images per thread.
-Pillow refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb)
-before decoding them. Disk space for every decoded image is checked before the first is
-decoded.
+torchvision's ``ImageFolder`` layout with a level for the split, maybe inside one top-level
+folder. The listing is planned first (:mod:`aavae.data.layout`), so a layout mistake is
+reported before anything is decoded; then the files are streamed in storage order (a
+compressed tar is decompressed once) and decoded by a thread pool (Pillow releases the GIL;
+JPEGs to be shrunk decode at reduced scale). Each image is written at its row of a staged
+``.npy`` file per split (:mod:`aavae.data.staging`), so memory holds only the images in flight
+(:data:`MAX_BYTES_IN_FLIGHT` encoded, an image decoded per thread), not the set.
 """
 
 from __future__ import annotations
@@ -31,9 +14,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +29,7 @@ from aavae.data.errors import DatasetError
 from aavae.data.fit import RESIZE_POLICIES, ResizePolicy, fit_image, upright_size
 from aavae.data.imageset import ImageSet
 from aavae.data.layout import EXPECTED_LAYOUT, FolderLayout, plan_layout
-from aavae.data.staging import NpyRows, map_npy, new_staging_folder, remove_folder, staging_root
+from aavae.data.staging import NpyRows, map_npy, new_staging_folder, staging_root
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +41,6 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 BATCH_SIZE = 256  # images per decoding task: amortises the cost of handing work to a thread
 BATCH_BYTES = 16 * 1024**2  # ... or fewer, once their encoded bytes reach this
 MAX_BYTES_IN_FLIGHT = 256 * 1024**2  # encoded bytes read but not yet decoded, at most (roughly)
-RUN_BYTES = 4 * 1024**2  # decoded bytes a thread holds before writing them to the staged file
-
-
 
 
 def read_imagefolder(
@@ -72,29 +52,14 @@ def read_imagefolder(
     workers: int | None = None,
     staging: str | os.PathLike | None = None,
 ) -> ReadResult:
-    """Read every split of an image folder tree into ImageSets of one image size.
+    """Every split of an image folder tree as ImageSets of one size, each a read-only map of
+    a staged .npy file (deleted unless ``save_imageset`` moves it into place).
 
-    The images of each split are decoded into a .npy file on disk and returned as a
-    read-only memory map of it (see the module docstring): ingesting takes the same memory
-    for a thousand images as for a million, and saving the sets with ``save_imageset``
-    moves the files into place. Files of a result that is never saved are deleted when its
-    image sets are garbage collected.
-
-    Args:
-        path: a folder, ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` laid out as
-            ``<split>/<class>/<image>``, possibly inside one top-level folder.
-        image_size: side of the square output images. ``None`` keeps the images as they
-            are, and then they must all have the size of the first one.
-        resize: ``"resize_crop"`` scales the shorter side to ``image_size`` and crops the
-            centre; ``"resize"`` scales both sides to ``image_size`` (distorting the aspect).
-            Images that already have the output size are not resampled.
-        on_bad_image: ``"error"`` stops at the first undecodable image, naming it;
-            ``"skip"`` leaves it out and lists it in ``ReadResult.skipped``.
-        workers: decoding threads (default: the CPUs this process may use).
-        staging: folder under which the decoded images are staged (default:
-            :func:`aavae.data.staging.staging_root`, ``data/02_intermediate`` in a Kedro
-            project). Put it on the filesystem the sets will be saved to, so saving is a
-            rename.
+    ``image_size``: the square side (None keeps the images' own size, which all must share);
+    ``resize``: :mod:`aavae.data.fit`'s policy; ``on_bad_image``: ``"error"`` stops at an
+    undecodable image, ``"skip"`` lists it in ``ReadResult.skipped``; ``workers``: decoding
+    threads (default: this process's CPUs); ``staging``: where files are staged (default
+    :func:`aavae.data.staging.staging_root`; on the filesystem saved to, saving is a rename).
     """
     _check_arguments(image_size, resize, on_bad_image, workers)
     path = Path(path)
@@ -122,7 +87,7 @@ def read_imagefolder(
 def _check_arguments(
     image_size: object, resize: object, on_bad_image: object, workers: object
 ) -> None:
-    """Check the arguments (the pipeline's come validated from ``dataset.*``; a notebook's not)."""
+    """The pipeline's arguments come validated from ``dataset.*``; a notebook's do not."""
     if image_size is not None and (
         not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1
     ):
@@ -151,23 +116,6 @@ def _available_cpus() -> int:
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
-
-# -- planning: from a listing to splits, classes and labels -----------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -- decoding ---------------------------------------------------------------------------------
 
 
 class _Decoder:
@@ -235,7 +183,6 @@ class _Decoder:
         self.size = size
 
     def decode_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        run = _Run()  # decoded images of consecutive rows, written with one call
         for name, data in batch:
             split, index = self.slots[name]
             try:
@@ -251,17 +198,9 @@ class _Decoder:
                     ) from exc
                 self.skipped.append(name)
                 continue
-            if not run.extends(split, index) or run.nbytes >= RUN_BYTES:
-                self._write(run)
-                run = _Run(split, index)
-            run.images.append(image)
-            run.nbytes += image.nbytes
-        self._write(run)
-
-    def _write(self, run: _Run) -> None:
-        if run.images:
-            self.files[run.split].write(run.start, run.images)
-            self.decoded[run.split][run.start : run.start + len(run.images)] = True
+            # one write per image: a system call costs little beside decoding the image
+            self.files[split].write(index, image)
+            self.decoded[split][index] = True
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         assert self.size is not None, "batches are decoded only once the size is known"
@@ -305,30 +244,11 @@ class _Decoder:
         for rows in self.files.values():
             rows.close()
         if self.folder is not None:
-            remove_folder(self.folder)
-
-
-@dataclass
-class _Run:
-    """Decoded images bound for consecutive rows of one split's file, from ``start``.
-
-    Files are read in storage order, which for a folder or an archive of sorted names is
-    row order, so most of a batch is one run: one write instead of one per image. A run is
-    written once it holds RUN_BYTES, so a batch of large images is never all in memory.
-    """
-
-    split: str = ""
-    start: int = 0
-    images: list[np.ndarray] = field(default_factory=list)
-    nbytes: int = 0
-
-    def extends(self, split: str, index: int) -> bool:
-        return split == self.split and index == self.start + len(self.images)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class _SizeMismatch(DatasetError):
-    """An image whose size differs from the first one's while sizes are kept: a setting to
-    change (``dataset.image_size``), not a bad file to skip."""
+    """An image of another size than the first while sizes are kept: a setting, not a bad file."""
 
 
 def _reason(exc: Exception) -> str:
@@ -344,12 +264,9 @@ def _reason(exc: Exception) -> str:
 
 
 def _stream_and_decode(source: Source, decoder: _Decoder, workers: int) -> None:
-    """Read files in storage order on this thread while ``workers`` threads decode batches.
-
-    A batch is handed over at BATCH_SIZE images or BATCH_BYTES encoded bytes; reading waits
-    while more than 2 x ``workers`` batches or MAX_BYTES_IN_FLIGHT bytes are undecoded, so
-    memory holds at most about MAX_BYTES_IN_FLIGHT + BATCH_BYTES + one file of encoded bytes.
-    """
+    """Read files in storage order here while ``workers`` threads decode batches (of
+    BATCH_SIZE images or BATCH_BYTES); reading waits while more than 2 x ``workers`` batches or
+    MAX_BYTES_IN_FLIGHT bytes are undecoded."""
     pending: deque[tuple[Future[None], int]] = deque()
     in_flight = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:

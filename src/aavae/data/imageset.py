@@ -17,13 +17,9 @@ UNLABELED = -1  # label of images that have none (STL-10's unlabeled split)
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images of one split: uint8 ``N x H x W x C`` (C = 3), int64 labels, class names.
-
-    ``fingerprint`` is the data fingerprint of the ingest that made it (the dataset card's
-    ``sha256``, shared by all its splits; None before ingest stamps it, or in sets saved by an
-    older version): how later artifacts prove which images they were made from
-    (:mod:`aavae.common.provenance`).
-    """
+    """Images of one split: uint8 ``N x H x W x C`` (C = 3), int64 labels, class names, and
+    the ``fingerprint`` of the ingest that made it (the card's ``sha256``; None before ingest
+    stamps it, or from an older version), which later artifacts are checked against."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -64,22 +60,14 @@ class ImageSet:
 
 
 def save_imageset(imageset: ImageSet, folder: str | os.PathLike) -> None:
-    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` into ``folder`` atomically.
-
-    The files are written into a sibling temporary folder that is renamed into place
-    (:func:`aavae.common.atomic.replaced_atomically`), so an interrupted write never leaves a
-    half artifact and never destroys the previous one.
-
-    Images that are a memory map of a whole .npy file (what the image-folder reader stages
-    on disk, or what :func:`load_imageset` maps) are not copied through memory: a staged
-    file is renamed into place, another file hard-linked (or copied by the kernel across
-    filesystems), so saving a set larger than RAM costs no memory and, from the staging
-    folder, no disk copy either. Other images are written with ``np.save``.
-    """
+    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` into ``folder``, whole or not at
+    all (:func:`aavae.common.atomic.replaced_atomically`). Images mapping a whole .npy file
+    are moved or linked into place (:func:`aavae.data.staging.place_npy`), never copied
+    through memory."""
     folder = Path(folder)
     with replaced_atomically(folder) as staging:
         staging.mkdir()
-        if place_npy(imageset.images, staging / "images.npy") is None:
+        if not place_npy(imageset.images, staging / "images.npy"):
             np.save(staging / "images.npy", np.ascontiguousarray(imageset.images))
         np.save(staging / "labels.npy", imageset.labels.astype(np.int64))
         meta = {"split": imageset.split, "class_names": list(imageset.class_names),

@@ -1,11 +1,6 @@
-"""The layout of an image folder or archive: ``<split>/<class>/<image>``, read from its listing.
-
-:func:`plan_layout` turns the listing of a folder or an archive into class names and, per
-split, the image files with their labels, refusing a layout that cannot be trained or
-evaluated on (no ``train`` split, a class with no images, classes that differ between splits)
-with an error naming the source and what was expected. Decoding the files is
-:mod:`aavae.data.imagefolder`'s.
-"""
+"""The layout of an image folder or archive, ``<split>/<class>/<image>``, from its listing:
+class names and each split's files and labels, or a refusal of a layout that cannot be trained
+or evaluated on (no ``train``, an empty class, classes differing between splits)."""
 
 from __future__ import annotations
 
@@ -36,7 +31,7 @@ class FolderLayout:
 
 def plan_layout(entries: Iterable[Entry], source: Source) -> FolderLayout:
     """Find splits and classes in a listing and check them; nothing is read or decoded."""
-    visible = [entry for entry in entries if not _is_ignored(entry.parts)]
+    visible = [entry for entry in entries if not is_ignored(entry.name)]
     root = _single_top_folder(visible)
     classes: dict[str, set[str]] = {}  # split -> class folders (empty or not)
     images: dict[str, dict[str, list[str]]] = {}  # split -> class -> entry names
@@ -45,7 +40,7 @@ def plan_layout(entries: Iterable[Entry], source: Source) -> FolderLayout:
         parts = entry.parts[len(root) :]
         if not parts:
             continue
-        if not entry.is_dir and not _is_image(entry.name):
+        if not entry.is_dir and not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append(entry.name)
             continue
         split_classes = classes.setdefault(parts[0], set())
@@ -87,12 +82,9 @@ def _split_order(splits: Iterable[str]) -> list[str]:
     return ["train", *sorted(set(splits) - {"train"})]
 
 
-def _is_ignored(parts: tuple[str, ...]) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def is_ignored(name: str) -> bool:
+    """In a hidden file or folder or ``__MACOSX``, which ingest and embed pass over."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
 def _single_top_folder(entries: list[Entry]) -> tuple[str, ...]:

@@ -1,9 +1,5 @@
-"""Official dataset archives (CIFAR-10, STL-10): an archive, its extracted folder, or a folder
-holding either; its md5 check; and torchvision's downloader for users with internet access.
-
-The members of what is found are read by :mod:`aavae.data.archive`, which treats every archive
-as untrusted.
-"""
+"""Official dataset archives (CIFAR-10, STL-10): finding the archive or its extracted folder,
+the md5 check, and torchvision's downloader."""
 
 from __future__ import annotations
 
@@ -42,12 +38,8 @@ class OfficialArchive:
 
 
 def locate_official(path: str | os.PathLike, archive: OfficialArchive, download: bool) -> Path:
-    """Resolve ``path`` to the official archive file or its extracted folder.
-
-    ``path`` may be the archive, the extracted folder, or a folder holding either (like
-    torchvision's ``root``). With ``download=True`` and no local copy, the archive is
-    downloaded (and its md5 checked) into that folder, or to ``path`` if it names an archive.
-    """
+    """The official archive or its extracted folder: ``path`` itself or in the folder
+    ``path``; with ``download``, and no local copy, downloaded (md5 checked) there."""
     path = Path(path)
     if path.is_file():
         return path
@@ -76,19 +68,16 @@ def locate_official(path: str | os.PathLike, archive: OfficialArchive, download:
     )
 
 
-def archive_sha256(path: Path, archive: OfficialArchive, expected_md5: str | None) -> str | None:
-    """The sha256 of an archive file (``None`` for a folder), checking the official one's md5.
-
-    The md5 is checked only for a file named like the official archive: a re-packed archive
-    under another name is read as it is.
-    """
+def archive_sha256(path: Path, archive: OfficialArchive) -> str | None:
+    """The sha256 of an archive file (``None`` for a folder), checking the md5 of a file named
+    like the official archive (a re-packed one under another name is read as it is)."""
     if path.is_dir():
         return None
-    check_md5 = expected_md5 is not None and path.name == archive.archive_name
+    check_md5 = path.name == archive.archive_name
     digests = file_digests(path, ("sha256", "md5") if check_md5 else ("sha256",))
-    if check_md5 and digests["md5"] != expected_md5:
+    if check_md5 and digests["md5"] != archive.md5:
         raise DatasetError(
-            f"'{path}' has md5 {digests['md5']}, expected {expected_md5} for the official "
+            f"'{path}' has md5 {digests['md5']}, expected {archive.md5} for the official "
             f"{archive.dataset} archive. The file is incomplete or not the official one: delete "
             f"it and download it again (--params dataset.download=true, or from {archive.url}). "
             f"To read a re-packed archive as it is, give it another name than "
@@ -98,7 +87,6 @@ def archive_sha256(path: Path, archive: OfficialArchive, expected_md5: str | Non
 
 
 def download_archive(archive: OfficialArchive, destination: Path) -> None:
-    """Download the official archive to ``destination`` with torchvision, checking its md5."""
     from torchvision.datasets.utils import download_url  # heavy import, only when needed
 
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -1,26 +1,15 @@
 """Images held out of training the way the paper's data modules hold them out, image for image.
 
-The paper's CIFAR-10 module keeps 45,000 of the 50,000 training images and validates on the
-other 5,000; its STL-10 module keeps 95,000 of the 100,000 unlabeled images and 4,500 of the
-5,000 labelled training images (its linear evaluation trains on those 4,500). Each split is
-``torch.utils.data.random_split(dataset, [kept, held_out],
-generator=torch.Generator().manual_seed(42))``: a ``torch.randperm`` of the whole split drawn
-from seed 42, the first ``kept`` positions kept and the rest held out. CPU ``randperm`` has
-drawn the same permutation for a given seed since torch 1.8 (its algorithm is kept for sizes
-below 2^32 / 20), so :func:`paper_random_split` holds out the very images the paper's runs did.
+The paper's CIFAR-10 module validates on 5,000 of the 50,000 training images, its STL-10 one
+on 5,000 of the 100,000 unlabeled and 500 of the 5,000 labelled ones, each by
+``random_split(..., generator=torch.Generator().manual_seed(42))``: a CPU ``randperm`` from
+seed 42, the same permutation since torch 1.8, so :func:`paper_random_split` holds out the very
+images its runs did. ``dataset.val_holdout`` holds a training split's images out at ingest
+(:func:`hold_out_validation`; at most a tenth), unless the dataset has a validation split of
+its own; ``pretrain.unlabeled_holdout`` the unlabeled split's (:mod:`aavae.training.data`).
 
-``dataset.val_holdout`` applies this to a dataset's labelled training split when it is read
-(:func:`hold_out_validation`), unless the dataset brings a validation split of its own (an image
-folder's ``val/`` beside its ``test/``): the rest of the project then sees the paper's training
-images everywhere (pretraining, the online probe, both linear evaluations, kNN), and the
-held-out images become the dataset's validation split, which validates pretraining and which
-nothing trains on. The digits and image folders are held out the same way (seed 42), at most a
-tenth of their training images. ``pretrain.unlabeled_holdout`` applies it to the unlabeled
-split, which only pretraining reads (:mod:`aavae.training.data`).
-
-Roles by split name: the test split is ``test``, else a ``val``-like split (a folder of
-``train/`` and ``val/`` is evaluated on ``val/``); the validation split is another ``val``-like
-split, or the images held out of training. The test split never validates.
+Roles by split name: the test split is ``test``, else a ``val``-like one; the validation split
+is another ``val``-like split, or the images held out. The test split never validates.
 """
 
 from __future__ import annotations
@@ -56,8 +45,7 @@ def validation_split_name(splits: Mapping[str, object]) -> str | None:
 
 def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions kept and held out of ``count`` images, as the paper's ``random_split`` draws
-    them (see the module docstring); each sorted ascending, which keeps reads of a memory map
-    in file order (training shuffles anyway)."""
+    them; sorted, so reads of a memory map stay in file order (training shuffles anyway)."""
     if not 0 <= held_out < count:
         raise ValueError(f"cannot hold out {held_out} of {count} images: hold out fewer than there are")
     import torch  # imported here: reading a dataset does not otherwise need torch
@@ -67,10 +55,8 @@ def paper_random_split(count: int, held_out: int) -> tuple[np.ndarray, np.ndarra
 
 
 def hold_out_validation(result: ReadResult, count: int) -> ReadResult:
-    """``result`` with ``count`` of its ``train`` images moved to a validation split, as the
-    paper's data modules hold them out (:func:`paper_random_split`), but never more than a
-    tenth of them. Unchanged where ``count`` is 0 or the result has a validation split already.
-    """
+    """``result`` with ``count`` (at most a tenth) of its ``train`` images moved to a validation
+    split, as the paper holds them out; unchanged if the result has a validation split."""
     if validation_split_name(result.splits) or not count:
         return result
     train = result.splits["train"]

@@ -1,28 +1,16 @@
-"""Images decoded straight into .npy files on disk, so ingesting never holds a whole set in RAM.
+"""Images decoded straight into .npy files on disk, so ingesting never holds a whole set in RAM
+(200,000 images of 96 px are 5.5 GB).
 
-Why: one ``N x H x W x 3`` array allocated in memory makes ingest's peak memory grow with the
-dataset (200,000 images of 96 px are 5.5 GB), and ``np.save`` then wrote it out once more.
-Here a reader writes each decoded image at its row of a ``.npy`` file whose header was written
-first, for the final shape, with positioned writes (``os.pwrite``): written pages go to the
-kernel's page cache, which writes them back and reclaims them under memory pressure, and are
-no part of the process's resident set. (Pages dirtied through a memory map would be, until
-written back.) Memory holds only the images in flight.
+Each decoded image is written at its row of a ``.npy`` file made at its final shape, with
+positioned writes (``os.pwrite``): the kernel owns the written pages, which are no part of the
+process's resident set, as pages dirtied through a memory map would be. The files are staged
+under ``data/02_intermediate`` (the project root's, where ``kedro run`` starts): on the
+catalog's filesystem, so saving is a rename, and out of ``/tmp``, often a RAM-backed tmpfs.
 
-Where (:func:`staging_root`): under ``data/02_intermediate`` of the working directory, which
-for ``kedro run`` is the project root, the folder the catalog's relative paths start from.
-(Not beside the destination: the reader runs inside the ingest node and never learns where
-the catalog will save what it returns.) There the staged files lie on the same filesystem as the catalog's ``data/03_primary``, so
-saving them is a rename, not a copy; they stay out of ``/tmp``, often a RAM-backed tmpfs
-where a 5 GB file would take the very memory this module saves; and Kedro's layer convention
-files data that is no longer raw but not yet primary under "intermediate". Each reader
-stages in a fresh hidden folder (``.aavae-staging.tmp-<pid>-<host>-...``) of its own.
-
-Lifetime: a staged file belongs to the read-only memory map the reader returns over it
-(:func:`map_npy`). :func:`place_npy` moves it into the catalog's folder when the image set is
-saved; a staged file never saved is deleted when its map is garbage collected or the
-interpreter exits; a reader that fails deletes its folder at once; and a folder left by a
-process that was killed is removed by the next reader that stages beside it, or the next
-``kedro run`` (:func:`aavae.common.liveness.remove_dead_temporaries`).
+A staged file belongs to the read-only memory map the reader returns (:func:`map_npy`):
+:func:`place_npy` moves it into place when the set is saved, and it is deleted when its map is
+collected unsaved; a failed reader deletes its folder, and a killed one's is removed by the
+next reader or ``kedro run`` (:func:`aavae.common.liveness.remove_dead_temporaries`).
 """
 
 from __future__ import annotations
@@ -32,7 +20,6 @@ import errno
 import io
 import os
 import shutil
-import struct
 import tempfile
 import threading
 import weakref
@@ -53,24 +40,16 @@ GiB = 1024**3
 
 
 def staging_root() -> Path:
-    """Where readers stage decoded images by default (see the module docstring for why).
-
-    ``data/02_intermediate`` when the working directory holds a ``data`` folder, as a Kedro
-    project's root does; elsewhere (a notebook in another folder) the system's temporary
-    folder, so that reading a folder never creates ``data/`` where nobody asked for it.
-    """
+    """``data/02_intermediate`` in a Kedro project's root; elsewhere (a notebook) the system's
+    temporary folder, so reading never creates ``data/`` where nobody asked for it."""
     if Path("data").is_dir():
         return STAGING_LAYER
     return Path(tempfile.gettempdir())
 
 
 def new_staging_folder(root: Path, needed_bytes: int, what: str) -> Path:
-    """Create a fresh staging folder under ``root`` with room for ``needed_bytes``.
-
-    Folders that earlier processes of this host left behind when they were killed are
-    removed first (their files would otherwise fill the disk unseen). ``what`` says what
-    needs the space, for the error raised when the disk lacks it.
-    """
+    """A fresh staging folder under ``root`` with room for ``needed_bytes`` (``what`` needs it),
+    once killed processes' folders there are removed (they would fill the disk unseen)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_dead_temporaries([root], only=STAGING_NAME)  # root may be the system's /tmp
@@ -100,42 +79,23 @@ def readable_size(size: int) -> str:
     return f"{size / 1024:,.1f} kB" if size >= 1024 else f"{size} B"
 
 
-def remove_folder(folder: Path) -> None:
-    """Delete a staging folder and whatever it still holds (on failure)."""
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 # -- writing rows -------------------------------------------------------------------------------
 
 
-def npy_header(shape: tuple[int, ...], dtype: npt.DTypeLike, length: int | None = None) -> bytes:
-    """The .npy header (format 1.0) of a C-order array, padded to ``length`` bytes if given.
-
-    Padding lets a file's shape shrink in place (:meth:`NpyRows.compact`) without moving
-    its data; NumPy reads the padded header like its own (spaces before the final newline).
-    """
+def npy_header(shape: tuple[int, ...], dtype: npt.DTypeLike) -> bytes:
+    """The .npy header (format 1.0) of a C-order array. numpy pads it for any length of the
+    first axis, so a file's shape can shrink in place (:meth:`NpyRows.compact`)."""
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
     np.lib.format.write_array_header_1_0(
         buffer, {"descr": descr, "fortran_order": False, "shape": tuple(shape)}
     )
-    header = buffer.getvalue()
-    if length is None or length == len(header):
-        return header
-    if length < len(header) or length - 10 > 0xFFFF:
-        raise ValueError(f"a .npy header for shape {shape} cannot be {length} bytes long")
-    text = header[10:-1] + b" " * (length - len(header)) + b"\n"
-    return header[:8] + struct.pack("<H", len(text)) + text
+    return buffer.getvalue()
 
 
 class NpyRows:
-    """A .npy file of a known final shape, written row by row with positioned writes.
-
-    The file is created at its full size at once (sparse: no disk blocks until written) and
-    rows may be written in any order and from several threads: ``os.pwrite`` takes its own
-    offset, so threads need no lock and no shared file position. (POSIX only: Windows has
-    no ``os.pwrite``.)
-    """
+    """A .npy file of a known final shape (sparse until written), written row by row in any
+    order from several threads: ``os.pwrite`` takes its own offset, so they need no lock."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8) -> None:
         self.path = path
@@ -146,31 +106,18 @@ class NpyRows:
         self.header_bytes = len(header)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)  # as open() would
         try:
-            self._write_at(0, [header])
+            self._write_at(0, header)
             os.ftruncate(self._fd, self.header_bytes + self.shape[0] * self.row_bytes)
         except BaseException:
             self.close()
             raise
 
-    def write(self, start: int, rows: list[np.ndarray]) -> None:
-        """Write consecutive rows (each one C-contiguous row of the file's shape) from ``start``."""
-        if start < 0 or start + len(rows) > self.shape[0]:
-            raise IndexError(f"rows {start}..{start + len(rows)} outside 0..{self.shape[0]}")
-        for row in rows:
-            if row.shape != self.shape[1:] or row.dtype != self.dtype:
-                raise ValueError(f"a row of {self.path.name} must be {self.shape[1:]} {self.dtype}")
-        self._write_at(self.header_bytes + start * self.row_bytes, rows)
+    def write(self, index: int, row: np.ndarray) -> None:
+        self._write_at(self.header_bytes + index * self.row_bytes, np.ascontiguousarray(row))
 
-    def _write_at(self, offset: int, buffers: list) -> None:
-        views = [memoryview(np.ascontiguousarray(b) if isinstance(b, np.ndarray) else b).cast("B")
-                 for b in buffers]
+    def _write_at(self, offset: int, buffer: bytes | np.ndarray) -> None:
+        data = memoryview(buffer).cast("B")
         try:
-            # one system call for a run of rows (IOV_MAX is 1024 on Linux; macOS has no pwritev)
-            use_vector = hasattr(os, "pwritev") and 1 < len(views) <= 1024
-            done = os.pwritev(self._fd, views, offset) if use_vector else 0
-            data = views[0] if len(views) == 1 else memoryview(b"".join(views))
-            data = data[done:]
-            offset += done
             while len(data):  # a short write is legal: write the rest
                 count = os.pwrite(self._fd, data, offset)
                 data, offset = data[count:], offset + count
@@ -189,16 +136,9 @@ class NpyRows:
         )
 
     def compact(self, kept: np.ndarray) -> None:
-        """Keep only the rows where ``kept`` is true, in order, chunk by chunk on disk.
-
-        Rows only ever move towards the start, and each chunk is read before it is written,
-        so moving in ascending order never overwrites a row still to be moved. The file is
-        then cut to the kept rows and its header rewritten for the new shape, padded to the
-        old header's length so the data need not move.
-        """
-        kept = np.asarray(kept, dtype=bool)
-        if kept.shape != (self.shape[0],):
-            raise ValueError(f"kept must have {self.shape[0]} entries, not {kept.shape}")
+        """Keep only the rows where ``kept`` is true, in order, moving them chunk by chunk on
+        disk (towards the start only, each chunk read before it is written), then cut the file
+        and rewrite its header (of the same length)."""
         chunk_rows = max(1, CHUNK_BYTES // max(1, self.row_bytes))
         rows = np.flatnonzero(kept)
         # runs of consecutive kept rows: (first source row, count)
@@ -214,13 +154,13 @@ class NpyRows:
                             self._fd, n * self.row_bytes,
                             self.header_bytes + (first + offset) * self.row_bytes,
                         )
-                        self._write_at(self.header_bytes + (target + offset) * self.row_bytes, [data])
+                        self._write_at(self.header_bytes + (target + offset) * self.row_bytes, data)
                 target += count
             os.ftruncate(self._fd, self.header_bytes + target * self.row_bytes)
         except OSError as exc:
             raise self._write_error(exc) from exc
         self.shape = (target, *self.shape[1:])
-        self._write_at(0, [npy_header(self.shape, self.dtype, self.header_bytes)])
+        self._write_at(0, npy_header(self.shape, self.dtype))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -233,7 +173,6 @@ class NpyRows:
 
 @dataclass
 class _Mapped:
-    """What is known about a memory map made by :func:`map_npy`."""
 
     path: Path
     identity: tuple[int, int]  # (st_dev, st_ino) of the file mapped
@@ -247,14 +186,10 @@ _MAPPED_LOCK = threading.Lock()
 
 
 def map_npy(path: Path, *, staged: bool) -> np.memmap:
-    """A read-only memory map of the whole .npy file at ``path``, remembered as such.
-
-    Remembering which file (device and inode) a map covers lets :func:`npy_file_of` tell
-    that a path still holds the very bytes mapped, even if another file has been renamed
-    over it since. With ``staged=True`` the map owns the file: it is deleted (and its
-    staging folder once empty) when the map is garbage collected or at exit, unless
-    :func:`place_npy` has moved it into place first.
-    """
+    """A read-only memory map of the whole .npy file at ``path``, remembered with the file's
+    device and inode, so :func:`npy_file_of` can tell the path still holds the bytes mapped.
+    With ``staged=True`` the map owns the file: it is deleted (and its staging folder once
+    empty) when the map is collected, unless :func:`place_npy` moved it into place first."""
     before = os.stat(path)
     images = np.load(path, mmap_mode="r")
     after = os.stat(path)
@@ -293,11 +228,8 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def npy_file_of(array: np.ndarray) -> Path | None:
-    """The .npy file ``array`` maps whole and that still holds the bytes mapped, or None.
-
-    Only maps made by :func:`map_npy` qualify, with the shape they were made with: of any
-    other array nothing is known for sure (a view of part of a file, a file replaced since).
-    """
+    """The .npy file a :func:`map_npy` map ``array`` covers whole and that still holds the
+    bytes mapped, or None (a view of part of a file, a file replaced since, another array)."""
     record = _MAPPED.get(id(array))
     if record is None or not isinstance(array, np.memmap) or array.shape != record.shape:
         return None
@@ -306,16 +238,13 @@ def npy_file_of(array: np.ndarray) -> Path | None:
     return record.path
 
 
-def place_npy(array: np.ndarray, destination: Path) -> str | None:
-    """Put the .npy file that ``array`` maps whole at ``destination``, without copying it
-    through memory. Returns how: ``"moved"`` (a staged file, renamed), ``"linked"`` (someone
-    else's file, hard-linked, so it stays where it is), ``"copied"`` (by the kernel, across
-    filesystems or where links are refused), or None when ``array`` maps no whole .npy file
-    and the caller must write it.
-    """
+def place_npy(array: np.ndarray, destination: Path) -> bool:
+    """Put the .npy file ``array`` maps whole at ``destination`` without copying it through
+    memory: a staged file is moved, another's linked (copied across filesystems); False when
+    ``array`` maps no whole .npy file and the caller must write it."""
     source = npy_file_of(array)
     if source is None:
-        return None
+        return False
     record = _MAPPED[id(array)]
     if record.staged:
         try:
@@ -323,19 +252,15 @@ def place_npy(array: np.ndarray, destination: Path) -> str | None:
         except OSError:  # another filesystem: copy, then drop the staged file
             shutil.copyfile(source, destination)
             source.unlink()
-            how = "copied"
-        else:
-            how = "moved"
         record.staged = False  # no longer ours to delete
         record.path, record.identity = destination, _identity(destination) or record.identity
         _remove_if_empty(source.parent)
-        return how
+        return True
     try:
         os.link(source, destination)
     except OSError:
         shutil.copyfile(source, destination)
-        return "copied"
-    return "linked"
+    return True
 
 
 def relocated(array: np.ndarray, path: Path) -> None:
@@ -346,11 +271,8 @@ def relocated(array: np.ndarray, path: Path) -> None:
 
 
 def file_chunks(path: Path, offset: int, size: int) -> Iterator[memoryview]:
-    """``size`` bytes of the file at ``path`` from ``offset``, read in chunks of CHUNK_BYTES.
-
-    Plain reads into one reused buffer: reading through the memory map instead would make
-    every page of the file part of this process's resident memory.
-    """
+    """``size`` bytes of the file at ``path`` from ``offset``, in chunks read into one buffer
+    (reading through the memory map would make every page part of the resident memory)."""
     buffer = memoryview(bytearray(min(CHUNK_BYTES, max(size, 1))))
     with open(path, "rb", buffering=0) as stream:
         stream.seek(offset)

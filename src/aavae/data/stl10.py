@@ -1,12 +1,9 @@
 """STL-10 from its official binary release: ``stl10_binary.tar.gz`` or the extracted folder.
 
-``<split>_X.bin`` holds uint8 images of 3 x 96 x 96, each channel plane stored column-major
-(the transpose of the usual row-major order); ``<split>_y.bin`` holds one uint8 label in
-1..10 per image; ``class_names.txt`` one class name per line. The splits are ``train``
-(5,000 labelled), ``test`` (8,000 labelled) and ``unlabeled`` (100,000, labels
-:data:`UNLABELED`). The unlabeled split alone is 2.8 GB, so images are streamed in chunks
-into the final N x 96 x 96 x 3 array: memory holds the result plus one chunk, never two
-copies of a split.
+``<split>_X.bin`` holds uint8 3 x 96 x 96 images, each plane column-major; ``<split>_y.bin``
+a uint8 label in 1..10 per image; ``class_names.txt`` a name per line. Splits: ``train``
+(5,000), ``test`` (8,000), ``unlabeled`` (100,000, labels :data:`UNLABELED`, 2.8 GB: streamed
+in chunks into the final array, never two copies of a split in memory).
 """
 
 from __future__ import annotations
@@ -54,26 +51,14 @@ def labels_file(split: str) -> str:
 
 
 def read_stl10(
-    path: str | os.PathLike,
-    *,
-    splits: Sequence[str] = SPLITS,
-    download: bool = False,
-    expected_md5: str | None = STL10.md5,
+    path: str | os.PathLike, *, splits: Sequence[str] = SPLITS, download: bool = False
 ) -> ReadResult:
-    """Read the chosen STL-10 splits into ImageSets of 96 x 96 x 3 images.
-
-    Args:
-        path: ``stl10_binary.tar.gz``, the extracted ``stl10_binary/`` folder, or a folder
-            holding either.
-        splits: which of ``train``, ``test``, ``unlabeled`` to read; leaving out
-            ``unlabeled`` saves 2.8 GB of memory when only evaluating.
-        download: fetch the official archive (2.6 GB) into ``path`` when there is no local copy.
-        expected_md5: md5 an archive named ``stl10_binary.tar.gz`` must have (the official
-            one's by default); ``None`` skips the check.
-    """
+    """The chosen STL-10 ``splits`` (without ``unlabeled``: 2.8 GB less memory) of 96 x 96
+    images from ``stl10_binary.tar.gz``, its extracted folder or a folder holding either;
+    ``download`` fetches the official archive (2.6 GB) when there is no local copy."""
     wanted_splits = _checked_splits(splits)
     location = locate_official(path, STL10, download)
-    file_sha256 = archive_sha256(location, STL10, expected_md5)
+    file_sha256 = archive_sha256(location, STL10)
     with open_source(location, max_member_bytes=MAX_IMAGES_PER_FILE * IMAGE_BYTES) as source:
         images, labels, class_names = _read_files(source, wanted_splits)
     result = {
@@ -103,7 +88,7 @@ def _checked_splits(splits: Sequence[str]) -> tuple[str, ...]:
 def _read_files(
     source: Source, splits: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
-    """Stream the needed files in storage order; check that the splits are complete."""
+    """Stream the needed files in storage order; refuse incomplete splits."""
     needed = {CLASS_NAMES_FILE}
     needed.update(images_file(split) for split in splits)
     needed.update(labels_file(split) for split in splits if split in LABELED_SPLITS)

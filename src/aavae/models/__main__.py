@@ -1,11 +1,6 @@
-"""Print a Markdown table of parameter counts for every encoder x stem.
-
-    python -m aavae.models
-
-Counts are at width 64, latent 128 and the default h_dim (the encoder's output size), at each
-stem's usual image size. The total is encoder + decoder + head; the single log-scale
-parameter is left out, as in the paper's count (it is frozen by default).
-"""
+"""``python -m aavae.models``: a Markdown table of parameter counts for every encoder x stem, at
+width 64, latent 128, the default h_dim and each stem's usual image size; the total leaves out
+the one log-scale parameter, as the paper's count does."""
 
 from __future__ import annotations
 

@@ -1,25 +1,12 @@
 """Checkpoint files read without running their code, whoever wrote them: this project, the paper, any Lightning.
 
-``torch.load(weights_only=False)`` rebuilds a file's objects by importing and calling whatever
-its pickle names, so a checkpoint from elsewhere could run any code; ``weights_only=True``
-refuses every Python object beyond tensors and plain containers. Neither reads the paper's
-released checkpoints as they were written: its code (torch 1.8, Lightning's master of spring
-2021) saved with Lightning 1.x, which keyed callback states by the callback *class* (the
-pickle holds ``GLOBAL pytorch_lightning.callbacks.model_checkpoint ModelCheckpoint`` as a
-dict key), and whose hyper-parameters may be an ``AttributeDict`` or an ``argparse.Namespace``.
-
-So files are read by torch's own weights-only unpickler with its allow-list extended, by
-name, to the classes such checkpoints are known to name (:data:`KNOWN_CLASSES`). Each is
-mapped to an inert stand-in: a class that remembers its name and what the file gave it and
-does nothing else (:class:`ForeignObject`); an ``AttributeDict`` becomes a plain dict. Nothing
-of Lightning 1.x or of the paper's package is imported, or needs to be installed. Any other
-name is refused before anything is built from it, and the error names it. The stand-ins are
-allowed for that read alone (:func:`aavae.common.weights.load_weights`, which also bounds what
-the file may ask for): other reads of the process refuse them as before.
-
-Both of torch's formats load: the zip archive ``torch.save`` writes since torch 1.6 and the
-plain pickle stream before it. Lightning 2.x files (callback states under string keys) and this
-project's own checkpoints hold nothing beyond tensors and need no stand-in.
+``weights_only=True`` alone cannot read the paper's released checkpoints: Lightning 1.x keyed
+callback states by the callback *class* (a ``GLOBAL`` in the pickle) and saved hyper-parameters
+as an ``AttributeDict`` or ``argparse.Namespace``. So the weights-only reader
+(:func:`aavae.common.weights.load_weights`) is allowed, for that read alone, the classes such
+checkpoints are known to name (:data:`KNOWN_CLASSES`), each as an inert stand-in
+(:class:`ForeignObject`; an ``AttributeDict`` as a dict): nothing of Lightning 1.x or the
+paper is imported, and any other name is refused by name.
 """
 
 from __future__ import annotations
@@ -32,14 +19,13 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from aavae.common.weights import ZIP_MAGIC, WeightsError, load_weights
+from aavae.common.weights import WeightsError, load_weights
 
 from .net import LOG_SCALE_KEY, MODEL_PREFIXES, AAVAENet, ModelSpec, build_model
 
 MAX_KEYS_LISTED = 10
 
-#: Class references a Lightning or a paper checkpoint is known to hold, and why. They are
-#: read as :class:`ForeignObject` stand-ins (``AttributeDict`` as a dict); nothing else is.
+#: Class references a Lightning or a paper checkpoint is known to hold, and why.
 KNOWN_CLASSES: dict[str, str] = {
     **{
         f"pytorch_lightning.callbacks.{module}.{name}": "Lightning 1.0-1.4 keys callback states by class"
@@ -66,9 +52,8 @@ KNOWN_CLASSES: dict[str, str] = {
     "pathlib.PosixPath": "checkpoint folders saved as paths",
     "pathlib.WindowsPath": "checkpoint folders saved as paths",
 }
-#: ``AttributeDict`` (a dict with attribute access) under the names Lightning gave it: Lightning
-#: 1.x versions that saved ``model.hparams`` itself when omegaconf was installed wrote
-#: ``hyper_parameters`` as one. Read as a plain dict.
+#: ``AttributeDict`` under Lightning's names for it (``hyper_parameters`` of 1.x files where
+#: omegaconf was installed), read as a plain dict.
 ATTRIBUTE_DICTS = (
     "pytorch_lightning.utilities.parsing.AttributeDict",
     "lightning.pytorch.utilities.parsing.AttributeDict",
@@ -78,13 +63,8 @@ ATTRIBUTE_DICTS = (
 
 
 class ForeignObject:
-    """An inert stand-in for an object of a class a checkpoint names but this project never imports.
-
-    The class is made once per name in :data:`KNOWN_CLASSES` (``qualified_name``). An instance
-    keeps what the file passed to it, as data: ``args`` (its constructor arguments) and
-    ``state`` (what unpickling would have set on it). Used as a dict key (Lightning 1.x's
-    callback states), the stand-in class itself is the key.
-    """
+    """An inert stand-in for an object of a class a checkpoint names (one subclass per name in
+    :data:`KNOWN_CLASSES`), keeping what the file gave it as data: ``args`` and ``state``."""
 
     qualified_name: ClassVar[str] = ""
 
@@ -110,31 +90,13 @@ STAND_INS: dict[str, type[ForeignObject]] = {name: _stand_in(name) for name in K
 _ALLOWED: dict[str, Any] = {**STAND_INS, **dict.fromkeys(ATTRIBUTE_DICTS, dict)}
 
 
-def _looks_like_torch_file(head: bytes) -> bool:
-    """A zip archive, or a pickle stream (protocol 2 to 5) as torch.save wrote before 1.6."""
-    return head.startswith(ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Everything a checkpoint file holds, its known Python objects as inert stand-ins.
-
-    Never runs code from the file (see the module docstring). Raises FileNotFoundError for a
-    missing file and ValueError, naming the file, for one that is not a torch file, is
-    damaged, asks for more than it may (:mod:`aavae.common.weights`), or names a class outside
-    :data:`KNOWN_CLASSES` (the error names it).
-    """
+    """Everything a checkpoint file holds, its known Python objects as inert stand-ins; a
+    ValueError naming the file for one that is damaged, no torch file, asks for more than it
+    may (:mod:`aavae.common.weights`) or names a class outside :data:`KNOWN_CLASSES`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if not _looks_like_torch_file(head):
-        found = "it is empty" if not head else f"it starts with the bytes {head!r}"
-        raise ValueError(
-            f"checkpoint {path} is not a checkpoint: torch.save writes a zip archive (a pickle "
-            f"before torch 1.6), and {found}. Give the path of a .ckpt or .pt file written by "
-            f"torch.save, such as data/06_models/aavae_model.pt or a last.ckpt"
-        )
     try:
         return load_weights(path, allowed=_ALLOWED)
     except WeightsError as error:
@@ -146,8 +108,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
 
 
 def state_dict_of(content: Any, path: str | os.PathLike) -> Mapping[str, Any]:
-    """The tensors of a checkpoint's content: a Lightning checkpoint's ``state_dict`` entry, or
-    the content itself when it is a bare state_dict."""
+    """A Lightning checkpoint's ``state_dict``, or the content itself if it is a state_dict."""
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         content = content["state_dict"]
     if not isinstance(content, Mapping) or not all(isinstance(k, str) for k in content):
@@ -163,14 +124,9 @@ def _is_model_key(key: str) -> bool:
 
 
 def model_entries(state: Mapping[str, Any], path: Path) -> tuple[dict[str, Any], str]:
-    """The model's entries of a checkpoint's state_dict, without their prefix; and the prefix.
-
-    The paper's module holds the model's parts at the top (``encoder.``, ...); this project's
-    training module under ``net.`` (beside ``online_probe.``); wrappers add others
-    (``module.``). The prefix under which most model keys sit is taken; everything else
-    (probes, optimiser state, ...) is left out. A file with no model keys under any prefix is
-    refused as what it is, not as an architecture mismatch.
-    """
+    """The model's entries of a checkpoint's state_dict without their prefix, and the prefix:
+    the one most model keys sit under (none for the paper's, ``net.`` for this project's
+    training module, ``module.`` for wrappers). A file with none is refused as what it is."""
     counts: dict[str, int] = {}
     for key in state:
         for part in (LOG_SCALE_KEY, *MODEL_PREFIXES):
@@ -232,17 +188,10 @@ def _mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Any]) -> lis
 
 
 def load_paper_checkpoint(path: str | os.PathLike, spec: ModelSpec, *, content: Any = None) -> AAVAENet:
-    """An AAVAENet built from ``spec`` holding the weights of a checkpoint file.
-
-    Reads the paper's Lightning checkpoints (any Lightning version, see the module docstring)
-    and this project's own (``last.ckpt``, ``epochNNNN.ckpt``, whose model sits under
-    ``net.``): the ``encoder.``, ``decoder.``, ``projection.`` and ``log_scale`` entries, under
-    whichever prefix they are (see :func:`model_entries`); the rest (online probe, optimizer
-    state, ...) is ignored. The head (``vae`` or ``ae``) is the one the file holds: it follows
-    from the training objective, not from the ``model.*`` architecture. A checkpoint that does
-    not fit ``spec`` raises a ValueError listing the mismatched keys. ``content`` is what
-    :func:`read_checkpoint` returned for ``path``, when the caller has read it already.
-    """
+    """An AAVAENet of ``spec`` holding a checkpoint's model weights (:func:`model_entries`),
+    the paper's or this project's; the head is the file's (it follows from the objective, not
+    from ``model.*``). A ValueError lists the keys that do not fit ``spec``. ``content``: what
+    :func:`read_checkpoint` returned for ``path``, if the caller read it already."""
     path = Path(path)
     if content is None:
         content = read_checkpoint(path)
@@ -264,8 +213,7 @@ def load_paper_checkpoint(path: str | os.PathLike, spec: ModelSpec, *, content: 
 
 
 def _trained_with(content: Any) -> str:
-    """What a Lightning checkpoint's hyper-parameters say about its architecture, if anything
-    (the paper's scripts save ``encoder_name``, ``h_dim``, ``latent_dim``, ``first_conv3x3``)."""
+    """What a Lightning checkpoint's hyper-parameters say about its architecture, if anything."""
     hparams = content.get("hyper_parameters") if isinstance(content, Mapping) else None
     if isinstance(hparams, ForeignObject):  # an argparse.Namespace
         hparams = hparams.state

@@ -1,16 +1,8 @@
-"""Mirror decoders: latent vector -> image, the encoder's ResNet run backwards.
-
-As in the paper's final decoder: no batch norm, convolutions with bias, and every stride-2
-convolution of the encoder replaced by nearest-neighbour upsampling followed by a stride-1
-convolution. The latent goes through two Linear layers to ``h_dim``, is viewed as a
-``(h_dim // 16) x 4 x 4`` map, widened to ``h_dim`` channels by a 1x1 convolution, then four
-residual stages grow it back to the input size; the stem's downsampling is undone at the end.
-
-Channel counts: the paper's decoder starts from ``8 * width`` (512 at width 64) channels and
-halves them before every stage, so the stages have ``4w, 2w, w, w/2`` planes (x widen).
-Submodule names (``linear_projection1/2``, ``conv1``, ``layer1``..``layer4``, ``upsample``,
-``conv2``, ``final_conv``) follow the paper's code so its checkpoints load by key.
-"""
+"""Mirror decoders: latent vector -> image, the encoder's ResNet run backwards, as the paper's
+final decoder: no batch norm, biased convolutions, nearest-neighbour upsampling for every
+stride. Two Linear layers to ``h_dim``, viewed as a ``(h_dim // 16) x 4 x 4`` map, then four
+stages of ``4w, 2w, w, w/2`` planes (x widen) back to the input size. Submodule names follow the
+paper's code, so its checkpoints load by key."""
 
 from __future__ import annotations
 
@@ -18,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoder import Architecture, Stem, get_architecture, get_stem
+from .encoder import Architecture, Stem, get_architecture, get_stem, stage
 
 SEED_SIDE = 4  # side of the first feature map the latent is reshaped into
 DECODER_WIDTH_FACTOR = 8  # the paper's decoder width_per_group (512) over the encoder's (64)
@@ -37,9 +29,6 @@ class Upscale(nn.Module):
         if x.shape[-2:] == (self.size, self.size):
             return x  # nearest-neighbour resize to the same size is the identity
         return F.interpolate(x, size=(self.size, self.size), mode="nearest")
-
-    def extra_repr(self) -> str:
-        return "scale_factor=2" if self.size is None else f"size={self.size}"
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -107,16 +96,6 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def _stage(
-    block: type[nn.Module], in_channels: int, planes: int, blocks: int, upscale: Upscale
-) -> nn.Sequential:
-    """One resolution stage: the first block upscales, the rest keep size and channels."""
-    out_channels = planes * block.expansion
-    layers = [block(in_channels, planes, upscale)]
-    layers += [block(out_channels, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-
 def check_input_size(input_size: int, stem_name: str) -> None:
     """The decoder rebuilds ``input_size`` exactly only when the stem's downsampling divides it."""
     factor = get_stem(stem_name).downsampling
@@ -157,7 +136,7 @@ class ResNetDecoder(nn.Module):
         for index, blocks in enumerate(arch.decoder_blocks):
             planes = max(1, channels // 2 ** (index + 1))
             upscale = Upscale(input_size // stem.downsampling) if index == 0 else Upscale()
-            setattr(self, f"layer{index + 1}", _stage(block, in_channels, planes, blocks, upscale))
+            setattr(self, f"layer{index + 1}", stage(block, in_channels, planes, blocks, upscale))
             in_channels = planes * block.expansion
 
         self.conv2 = _conv3x3(in_channels, width)
@@ -188,8 +167,7 @@ def build_decoder(
     h_dim: int,
     width: int = 64,
 ) -> ResNetDecoder:
-    """The mirror decoder of encoder ``name`` for images of side ``input_size`` (the other sizes
-    are :class:`aavae.models.ModelSpec`'s to check)."""
+    """The mirror decoder of encoder ``name`` (sizes are :class:`ModelSpec`'s to check)."""
     arch = get_architecture(name)
     check_input_size(input_size, stem)
     return ResNetDecoder(arch, get_stem(stem), input_size, latent_dim, h_dim, width)

@@ -1,13 +1,7 @@
-"""ResNet encoders (18/34/50/50w2/50w4) with the three stems the AAVAE paper uses.
-
-A stem is how the network first meets the image: ``cifar`` keeps full resolution (3x3 conv,
-stride 1, no max-pool), ``stl10`` halves it once (7x7 conv, stride 2, no max-pool) and
-``imagenet`` is the standard ResNet stem (7x7 conv, stride 2, then a 3x3 max-pool).
-
-Submodule names (``conv1``, ``bn1``, ``layer1``..``layer4``, ``downsample``) follow the paper's
-code, so its checkpoints load by state_dict key. ``width`` is the base channel count (the
-paper's is 64); every channel count scales with it.
-"""
+"""ResNet encoders (18/34/50/50w2/50w4) with the paper's three stems: ``cifar`` (3x3 conv,
+stride 1), ``stl10`` (7x7, stride 2) and ``imagenet`` (7x7, stride 2, max-pool). Submodule names
+follow the paper's code, so its checkpoints load by key; ``width`` (the paper's 64) scales
+every channel count."""
 
 from __future__ import annotations
 
@@ -149,12 +143,12 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-def _stage(
-    block: type[nn.Module], in_channels: int, planes: int, blocks: int, stride: int
+def stage(
+    block: type[nn.Module], in_channels: int, planes: int, blocks: int, first: object
 ) -> nn.Sequential:
-    """One resolution stage: the first block changes stride/channels, the rest keep them."""
+    """One resolution stage: the first block takes ``first`` (stride or upscale)."""
     out_channels = planes * block.expansion
-    layers = [block(in_channels, planes, stride)]
+    layers = [block(in_channels, planes, first)]
     layers += [block(out_channels, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
@@ -182,7 +176,7 @@ class ResNetEncoder(nn.Module):
         for index, blocks in enumerate(arch.encoder_blocks):
             planes = channels * 2**index
             stride = 1 if index == 0 else 2
-            setattr(self, f"layer{index + 1}", _stage(block, in_channels, planes, blocks, stride))
+            setattr(self, f"layer{index + 1}", stage(block, in_channels, planes, blocks, stride))
             in_channels = planes * block.expansion
 
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -207,6 +201,5 @@ class ResNetEncoder(nn.Module):
 
 
 def build_encoder(name: str, stem: str = "cifar", width: int = 64) -> ResNetEncoder:
-    """Encoder ``name`` (one of ENCODERS) with stem ``stem`` (one of STEMS); the sizes are
-    :class:`aavae.models.ModelSpec`'s to check."""
+    """Encoder ``name`` with stem ``stem`` (sizes are :class:`ModelSpec`'s to check)."""
     return ResNetEncoder(get_architecture(name), get_stem(stem), width)

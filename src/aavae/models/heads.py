@@ -1,15 +1,9 @@
-"""The heads that turn encoder features into the latent the decoder reads.
-
-``ProjectionHead`` (the paper's ``ProjectionHeadVAE``) gives a Gaussian posterior q(z | x);
-``AEProjectionHead`` (the paper's ``ProjectionHeadAE``) gives a deterministic latent. Attribute
-names follow the paper's code, so its checkpoints load by key.
-"""
+"""The heads from encoder features to the latent: the paper's ``ProjectionHeadVAE`` (a Gaussian
+posterior) and ``ProjectionHeadAE`` (a deterministic latent), named as its code names them."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-
-HEADS = ("vae", "ae")
 
 
 class ProjectionHead(nn.Module):
@@ -46,9 +40,4 @@ class AEProjectionHead(nn.Module):
         return self.projection_head(features)
 
 
-def build_head(kind: str, input_dim: int, hidden_dim: int, latent_dim: int) -> nn.Module:
-    if kind == "vae":
-        return ProjectionHead(input_dim, hidden_dim, latent_dim)
-    if kind == "ae":
-        return AEProjectionHead(input_dim, hidden_dim, latent_dim)
-    raise ValueError(f"head '{kind}' is unknown; choose one of {HEADS}")
+HEADS: dict[str, type[nn.Module]] = {"vae": ProjectionHead, "ae": AEProjectionHead}

@@ -1,10 +1,5 @@
-"""The whole AAVAE network (encoder, posterior head, decoder, likelihood scale) and its config.
-
-``AAVAENet`` keeps the attribute names of the paper's Lightning module (``encoder``,
-``decoder``, ``projection``, ``log_scale``), so the paper's checkpoints load with
-:func:`aavae.models.checkpoint_reading.load_paper_checkpoint` after dropping the entries that
-are not part of the model.
-"""
+"""The whole AAVAE network (encoder, posterior head, decoder, likelihood scale) and its spec,
+with the paper's attribute names, so its checkpoints load by key."""
 
 from __future__ import annotations
 
@@ -22,19 +17,15 @@ from aavae.common.records import STRICT, read_record
 
 from .decoder import ResNetDecoder, build_decoder, check_input_size
 from .encoder import ENCODERS, STEMS, ResNetEncoder, build_encoder, encoder_out_dim, get_stem
-from .heads import HEADS, build_head
+from .heads import HEADS
 
-# The state_dict names of the model's parts, the paper's: what a checkpoint is read by.
 MODEL_PREFIXES = ("encoder.", "decoder.", "projection.")
 LOG_SCALE_KEY = "log_scale"
 
-# The bounds of the architecture's fields: one definition, which the ``model`` parameters
-# (aavae.config.ModelConfig) and every stored spec (bundles, checkpoints) are validated by.
-#: A network's parameters, in float32, may take at most this: the paper's largest (ResNet-50w4
-#: with its decoder, 2.6 GB) three times over. Training holds four copies (weights, gradients,
-#: Adam's two moments); a bundle's spec asking for more is refused before anything is built.
+# The bounds of the architecture's fields, for the ``model`` parameters and every stored spec.
+#: The paper's largest network (ResNet-50w4 with its decoder, 2.6 GB in float32) three times over;
+#: training holds four copies, and a stored spec asking for more is refused before it is built.
 MAX_PARAMETER_BYTES = 8 * 2**30
-#: The largest image side a model is built for (and ingest brings images to).
 MAX_IMAGE_SIDE = 1024
 EncoderName = Literal[ENCODERS]  # type: ignore[valid-type]
 StemName = Literal[STEMS]  # type: ignore[valid-type]
@@ -50,9 +41,8 @@ LogScale = Annotated[float, Field(ge=-80.0, le=80.0)]
 
 def check_architecture(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: int,
                        head: str = "vae") -> None:
-    """Raise the ValueError of an architecture no field bound catches alone: a default ``h_dim``
-    the decoder cannot take, or parameters over :data:`MAX_PARAMETER_BYTES` (the ``vae`` head
-    is the larger one)."""
+    """Refuse what no field bound catches alone: a default ``h_dim`` the decoder cannot take, or
+    parameters over :data:`MAX_PARAMETER_BYTES`."""
     if h_dim is None and encoder_out_dim(encoder, width) % 16:
         raise ValueError(
             f"the default h_dim (the encoder's output size, {encoder_out_dim(encoder, width)} for "
@@ -78,25 +68,19 @@ def _parameter_count(encoder: str, stem: str, width: int, h_dim: int | None, lat
 
 def _parts(encoder: str, stem: str, width: int, h_dim: int | None, latent_dim: int, head: str,
            input_size: int) -> tuple[ResNetEncoder, ResNetDecoder, nn.Module]:
-    """The encoder, decoder and head of an AAVAENet (the decoder's size does not change its
-    parameters)."""
+    """The encoder, decoder and head of an AAVAENet."""
     hidden = encoder_out_dim(encoder, width) if h_dim is None else h_dim
     trunk = build_encoder(encoder, stem, width)
     return (trunk, build_decoder(encoder, stem, input_size, latent_dim, hidden, width),
-            build_head(head, trunk.out_dim, hidden, latent_dim))
+            HEADS[head](trunk.out_dim, hidden, latent_dim))
 
 
 @dataclass(config=STRICT)
 class ModelSpec:
-    """Everything needed to rebuild an AAVAENet; persisted next to its weights.
-
-    ``h_dim`` (projection hidden size and decoder width at the bottleneck) defaults to the
-    encoder's feature size, as in the paper. ``input_size`` is the image side the decoder
-    reconstructs. ``head`` is ``vae`` (a posterior mean and log-variance) or ``ae`` (the paper's
-    deterministic AE latent). ``log_scale`` starts the Gaussian likelihood's log-variance,
-    which is trained only when ``learn_scale`` is set. Every field is validated on
-    construction, and a spec whose parameters would not fit is refused with its size.
-    """
+    """Everything needed to rebuild an AAVAENet, persisted next to its weights. ``h_dim`` (the
+    projection's hidden size and the decoder's bottleneck) defaults to the encoder's feature
+    size, as in the paper; ``log_scale`` starts the likelihood's log-variance, trained only
+    with ``learn_scale``."""
 
     encoder: EncoderName = "resnet18"
     stem: StemName = "cifar"
@@ -106,7 +90,7 @@ class ModelSpec:
     input_size: ImageSide = 32
     log_scale: LogScale = 0.0
     learn_scale: bool = False
-    head: Literal[HEADS] = "vae"  # type: ignore[valid-type]
+    head: Literal[tuple(HEADS)] = "vae"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelSpec:
@@ -124,8 +108,7 @@ class ModelSpec:
         return self.feature_dim if self.h_dim is None else self.h_dim
 
     def architecture(self) -> dict[str, Any]:
-        """The fields that decide the network's shapes, ``h_dim`` resolved: what an evaluation
-        compares against ``model.*`` and records as the architecture it evaluated."""
+        """The fields that decide the network's shapes, ``h_dim`` resolved."""
         return {"encoder": self.encoder, "stem": self.stem, "width": self.width,
                 "h_dim": self.resolved_h_dim, "latent_dim": self.latent_dim,
                 "input_size": self.input_size, "head": self.head}

@@ -234,7 +234,7 @@ class PretrainModule(pl.LightningModule):
         return fits_on_device(self._train_source, self.device) if wanted == "auto" else bool(wanted)
 
     def _build_step(self) -> TrainStep:
-        mean, std = channel_tensors(self.preprocessing.mean, self.preprocessing.std, 3, self.device)
+        mean, std = channel_tensors(self.preprocessing.mean, self.preprocessing.std, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
         total, warmup = self.schedule_lengths()
         if self._pacer is not None and self._pacer.fitting:

@@ -1,32 +1,8 @@
-"""Views: the augmentation policy, batched augmentation on the training device, and the
-preprocessing of originals. ``from aavae.views import X`` is the public way in.
+"""Views: the augmentation policy (:mod:`.policy`), batched augmentation on the training device
+(:mod:`.augment`) and the preprocessing of originals (:mod:`.preprocessing`)."""
 
-* :mod:`.policy` -- :class:`ViewPolicy`, the one definition of the view fields, and the
-  stored policy's format (:func:`split_view_policy`).
-* :mod:`.augment` -- :func:`sample_view_params` and :func:`apply_view_params` (together
-  :func:`make_views`): SimCLR-style views of a whole uint8 batch at once, with torchvision's
-  distributions and math.
-* :mod:`.preprocessing` -- originals as the model sees them (:func:`original_view`,
-  :func:`normalize`; together the value :class:`Preprocessing`) and the statistics they are normalised with (:func:`channel_stats`,
-  :func:`resolve_preprocessing`).
-"""
-
-from aavae.views.augment import (
-    BRIGHTNESS,
-    CONTRAST,
-    HUE,
-    SATURATION,
-    ViewParams,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    apply_view_params,
-    make_views,
-    sample_view_params,
-    subset_by_index,
-)
-from aavae.views.policy import PREPROCESSING_KEYS, PROVENANCE_KEYS, ViewPolicy, split_view_policy
+from aavae.views.augment import ViewParams, apply_view_params, make_views, sample_view_params
+from aavae.views.policy import PROVENANCE_KEYS, ViewPolicy, split_view_policy
 from aavae.views.preprocessing import (
     Preprocessing,
     channel_stats,
@@ -38,19 +14,10 @@ from aavae.views.preprocessing import (
 )
 
 __all__ = [
-    "BRIGHTNESS",
-    "CONTRAST",
-    "HUE",
-    "PREPROCESSING_KEYS",
     "PROVENANCE_KEYS",
     "Preprocessing",
-    "SATURATION",
     "ViewParams",
     "ViewPolicy",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
     "apply_view_params",
     "channel_stats",
     "channel_tensors",
@@ -60,6 +27,5 @@ __all__ = [
     "resolve_preprocessing",
     "sample_view_params",
     "split_view_policy",
-    "subset_by_index",
     "to_float",
 ]

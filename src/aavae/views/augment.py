@@ -1,24 +1,14 @@
 """Batched SimCLR-style augmentation of uint8 image tensors, on the training device.
 
-The paper's code augments one PIL image at a time in DataLoader workers with torchvision's
-``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter, p) -> RandomGrayscale
--> GaussianBlur``. Here the whole batch is augmented at once, on whatever device holds the
-images, with one random draw per image and no per-image Python loop:
-
-1. :func:`sample_view_params` draws every image's parameters with the same distributions as
-   torchvision (``RandomResizedCrop.get_params`` with its ten tries and central fallback,
-   ``ColorJitter``'s factors and random op order, the apply probabilities).
-2. :func:`apply_view_params` applies them: crop + bilinear resize + flip as two batched
-   matrix products with per-image interpolation weights (exactly torchvision's antialiased
-   bilinear resize of the cropped region), then the colour ops on float tensors with the
-   math of ``torchvision.transforms.v2.functional``, each only on the images that draw it.
-
-Splitting the two keeps the distributions testable and lets a fixed set of parameters be
-replayed (e.g. seeded validation views).
-
-Differences from torchvision on uint8 images are rounding only: torchvision rounds back to
-uint8 after every op, here everything stays float32 (within about 1/255 per op). With TF32
-matmuls enabled on CUDA the resize carries TF32 rounding (seen: at most 0.0026).
+The paper augments one PIL image at a time in DataLoader workers (torchvision's
+``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter) -> RandomGrayscale ->
+GaussianBlur``); here the whole batch at once, with no per-image Python loop.
+:func:`sample_view_params` draws each image's parameters from torchvision's distributions
+(kept apart, so they are testable and replayable, e.g. seeded validation views);
+:func:`apply_view_params` applies them: crop, antialiased bilinear resize and flip as two
+batched matrix products, then the colour ops with ``torchvision.transforms.v2``'s math. The
+values differ from torchvision's only by rounding (it rounds to uint8 after every op; with
+TF32 matmuls on CUDA the resize differs by at most 0.0026).
 """
 
 from __future__ import annotations
@@ -34,13 +24,9 @@ from torch.nn import functional as F
 from aavae.views.policy import ViewPolicy
 from aavae.views.preprocessing import _check_images, _resize_weights
 
-# ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
-_LUMA = (0.2989, 0.587, 0.114)
-# Op ids of the colour-jitter order, as torchvision's ColorJitter numbers them.
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-# Tries of RandomResizedCrop.get_params before it falls back to a central crop.
-_CROP_TRIES = 10
-
+_LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's op ids
+_CROP_TRIES = 10  # RandomResizedCrop.get_params's, before its central fallback
 
 
 @dataclass
@@ -60,18 +46,17 @@ class ViewParams:
     def __len__(self) -> int:
         return len(self.flip)
 
+    def _map(self, change: Callable[[Tensor], Tensor]) -> ViewParams:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewParams(**{k: change(v) if isinstance(v, Tensor) else v
+                             for k, v in values.items()})
+
     def slice(self, start: int, stop: int) -> ViewParams:
         """The parameters of images ``start:stop``: one rank's share of a global batch."""
-        parts = {f.name: getattr(self, f.name) for f in fields(self)}
-        return ViewParams(**{name: value[start:stop] if isinstance(value, Tensor) else value
-                             for name, value in parts.items()})
+        return self._map(lambda values: values[start:stop])
 
     def to(self, device: torch.device | str) -> ViewParams:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
-            if isinstance(value, Tensor):
-                moved[name] = value.to(device)
-        return ViewParams(**moved)
+        return self._map(lambda values: values.to(device))
 
 
 def sample_view_params(
@@ -82,17 +67,9 @@ def sample_view_params(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
 ) -> ViewParams:
-    """Draw the parameters of ``n`` views of ``height x width`` images.
-
-    Everything is drawn on the generator's device (use a CPU generator: the same seed then
-    gives the same views on every device) in a fixed order, whatever the probabilities, and
-    the result is moved to ``device``.
-    """
-    if n < 0 or height < 1 or width < 1:
-        raise ValueError(
-            f"sample_view_params needs n >= 0 and a positive image size, got {n}, {height}x{width}"
-        )
-
+    """The parameters of ``n`` views of ``height x width`` images, drawn in a fixed order on
+    the generator's device (a CPU generator gives the same views on every device), then moved
+    to ``device``."""
     def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
         return torch.empty(shape, device=generator.device).uniform_(low, high, generator=generator)
 
@@ -171,11 +148,8 @@ def apply_view_params(
     policy: ViewPolicy,
     out_size: int | None = None,
 ) -> Tensor:
-    """Augment a uint8 ``N x 3 x H x W`` batch with drawn parameters.
-
-    Returns float32 ``N x 3 x S x S`` in [0, 1] (``S = out_size``; by default the input
-    size), in channels_last memory format for the convolutional model that follows.
-    """
+    """A uint8 ``N x 3 x H x W`` batch augmented with drawn parameters: float32 in [0, 1],
+    ``out_size`` (default the input's) a side, channels_last for the model that follows."""
     images = _check_images(images_uint8_nchw, "apply_view_params")
     height, width = images.shape[-2:]
     if len(params) != len(images) or tuple(params.image_size) != (height, width):
@@ -186,8 +160,6 @@ def apply_view_params(
         )
     params = params.to(images.device)
     out_h, out_w = (height, width) if out_size is None else (int(out_size), int(out_size))
-    if out_h < 1:
-        raise ValueError(f"apply_view_params: out_size must be positive, got {out_size}")
 
     views = _crop_resize_flip(images, params.crop_boxes, params.flip, out_h, out_w)
     _color_jitter_(views, params)
@@ -207,18 +179,12 @@ def make_views(images: Tensor, policy: ViewPolicy, generator: torch.Generator) -
 
 
 
-# --- crop, resize and flip -------------------------------------------------------------------
-
 
 def _crop_resize_flip(
     images: Tensor, boxes: Tensor, flip: Tensor, out_h: int, out_w: int
 ) -> Tensor:
-    """Crop each image to its box, resize bilinearly to out_h x out_w, mirror where flip.
-
-    Resizing is linear in the pixels, so per image it is ``Wy @ crop @ Wx^T`` with one
-    interpolation matrix per axis; the crop and the flip fold into those matrices (zero
-    weight outside the box, reversed rows), leaving two batched matmuls for the whole batch.
-    """
+    """Crop each image to its box, resize bilinearly to out_h x out_w, mirror where flip: per
+    image ``Wy @ crop @ Wx^T``, the crop and flip folded into the weights (two batched matmuls)."""
     n, channels, height, width = images.shape
     x = images.to(torch.float32, memory_format=torch.contiguous_format)
     top, left, box_h, box_w = boxes.to(torch.float32).unbind(dim=1)
@@ -226,8 +192,6 @@ def _crop_resize_flip(
     cols = _resize_weights(left, box_w, width, out_w, mirror=flip)
     x = torch.bmm(x.view(n, channels * height, width), cols.transpose(1, 2))
     return torch.matmul(rows.unsqueeze(1), x.view(n, channels, height, out_w))
-
-
 
 
 # --- colour ops (float images in [0, 1], math of torchvision.transforms.v2.functional) --------
@@ -247,24 +211,8 @@ def _blend(x: Tensor, target: Tensor, factor: Tensor) -> Tensor:
     return torch.lerp(target, x, _per_image(factor)).clamp_(0.0, 1.0)
 
 
-def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Scale by a per-image factor (a blend with black)."""
-    return (x * _per_image(factor)).clamp_(0.0, 1.0)
-
-
-def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with the mean of its grayscale version."""
-    return _blend(x, _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
-
-
-def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend each image with its grayscale version."""
-    return _blend(x, _grayscale(x), factor)
-
-
 def _adjust_brightness_contrast_or_saturation(x: Tensor, op_ids: Tensor, factor: Tensor) -> Tensor:
-    """One of the three blends per image, all in one pass: each image's target is black,
-    its mean gray or its gray version, as its op id says."""
+    """The three blends in one pass: each image's target (black, its mean or its grey) by op id."""
     gray = _grayscale(x)
     contrast = _per_image((op_ids == CONTRAST).to(x.dtype))
     saturation = _per_image((op_ids == SATURATION).to(x.dtype))
@@ -273,14 +221,12 @@ def _adjust_brightness_contrast_or_saturation(x: Tensor, op_ids: Tensor, factor:
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the HSV hue by a per-image shift in [-0.5, 0.5] (fraction of a turn).
+    """Rotate the HSV hue by a per-image shift in [-0.5, 0.5] of a turn.
 
-    Saturation and value stay, so the largest and smallest channel stay; only where the
-    colour sits between them moves. The hue is torchvision's (_rgb_to_hsv, in sixths of a
-    turn, ties resolved r, g, b); the way back is the closed form of HSV -> RGB: a channel
-    sits at the max within 1/6 turn of its own hue (0, 2, 4 sixths for r, g, b), at the min
-    beyond 2/6, on a ramp between. Masks are multiplied in rather than torch.where'd, and
-    the wrap is floor arithmetic rather than remainder: both several times faster on CPU.
+    Saturation and value, so the largest and smallest channel, stay. The hue is torchvision's
+    (in sixths of a turn, ties resolved r, g, b); back to RGB in closed form: a channel sits at
+    the max within 1/6 turn of its own hue (0, 2, 4 sixths), at the min beyond 2/6, on a ramp
+    between. Masks multiplied in and a floor wrap: several times faster on CPU than where/%.
     """
     r, g, b = x.unbind(dim=-3)
     maxc = torch.maximum(torch.maximum(r, g), b)
@@ -307,10 +253,9 @@ def _update_where_(
 ) -> None:
     """``views[i] = op(views[i], *(a[i] for a in per_image))`` for every image ``i`` in ``mask``.
 
-    On the CPU only the masked images are computed (gathered by index). Elsewhere the op runs
-    on the whole batch and ``torch.where`` keeps the result where masked: gathering by a mask
-    needs its count on the host, a device-to-host round trip that stalls the launch queue at
-    every op, while the extra arithmetic on a GPU is nearly free. Both give the same values.
+    On the CPU only the masked images are computed; elsewhere the op runs on the whole batch
+    and ``torch.where`` keeps it where masked: gathering needs the mask's count on the host, a
+    round trip that stalls the launch queue, while a GPU's extra arithmetic is nearly free.
     """
     if not subset_by_index(views.device):
         views.copy_(torch.where(_per_image(mask), op(views, *per_image), views))
@@ -326,11 +271,8 @@ def subset_by_index(device: torch.device) -> bool:
 
 
 def _color_jitter_(views: Tensor, params: ViewParams) -> None:
-    """Apply each jittered image's four ops in its own order, each op only to its images.
-
-    At each of the four steps the images due for brightness, contrast or saturation take one
-    shared pass (all three are blends), those due for hue another.
-    """
+    """Each jittered image's four ops in its own order: at each step the images due for a
+    blend (brightness, contrast, saturation) take one shared pass, those due for hue another."""
     for step in range(4):
         op_ids = params.jitter_order[:, step]
         due_hue = op_ids == HUE

@@ -1,12 +1,7 @@
-"""The augmentation policy: what views are drawn from, as a frozen, JSON-able value.
-
-:class:`ViewPolicy` is the one definition of the view fields: their names, types, defaults
-(``conf/base``'s, the digits run), meanings and bounds, as a pydantic model. ``conf``'s
-``views`` group is validated by a schema that extends it (:class:`aavae.config.ViewsConfig`),
-so the two cannot drift. A resolved policy, as ``view_policy.json`` stores it, carries the
-preprocessing of originals (:data:`PREPROCESSING_KEYS`) and the images it was resolved from
-(:data:`PROVENANCE_KEYS`) beside it: :func:`split_view_policy` separates them.
-"""
+"""The augmentation policy: the one definition of the view fields (names, types, defaults,
+meanings, bounds), which ``aavae.config.ViewsConfig`` extends so the two cannot drift. A
+resolved ``view_policy.json`` also holds the preprocessing of originals and the images it was
+resolved from: :func:`split_view_policy` separates them."""
 
 from __future__ import annotations
 
@@ -29,22 +24,16 @@ def _low_to_high(pair: tuple[float, float]) -> tuple[float, float]:
 
 
 def _range(**bounds: float) -> Any:
-    """A (low, high) pair, ``low <= high``, both ends within ``bounds``. A YAML or JSON list is
-    taken for the pair (``strict=False`` on the pair only: each end must still be a number)."""
+    """A (low, high) pair within ``bounds``; a YAML or JSON list is taken for it (``strict=False``
+    on the pair only: each end must still be a number)."""
     end = Annotated[float, Field(**bounds)]
     return Annotated[tuple[end, end], Field(strict=False, json_schema_extra={"ordered": True}),
                      AfterValidator(_low_to_high)]
 
 
 class ViewPolicy(BaseModel):
-    """The augmentation recipe. Defaults are the project's default run's (digits: no flip,
-    crops of at least 20 % of the image); the paper's CIFAR-10 recipe (``conf/cifar10``) crops
-    from 8 % and flips half the views, its STL-10 one (``conf/stl10``) also has jitter 1 and
-    blur 0.5.
-
-    Colour-jitter strength ``s`` gives brightness/contrast/saturation ``0.8 s`` and hue
-    ``0.2 s``, as in SimCLR. ``blur_p = 0`` turns the Gaussian blur off.
-    """
+    """The augmentation recipe; defaults are the digits run's (no flip, crops from 20 %), the
+    paper's recipes are ``conf/cifar10`` and ``conf/stl10``."""
 
     model_config = STRICT
 
@@ -87,15 +76,12 @@ class ViewPolicy(BaseModel):
                            "Run `kedro run --pipeline views` (or `--pipeline pretrain`) to resolve it again.")
 
 
-#: The keys of the preprocessing of originals in a resolved view policy.
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
-#: What a resolved view policy records of the images it was resolved from (aavae.common.provenance).
-PROVENANCE_KEYS = ("data_sha256",)
+PROVENANCE_KEYS = ("data_sha256",)  # the images it was resolved from (aavae.common.provenance)
 
 
 def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, Preprocessing]:
-    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing of
-    originals)."""
+    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing)."""
     policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items()
                                    if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
     return policy, Preprocessing.from_dict(view_policy, source="the view policy (view_policy.json)")

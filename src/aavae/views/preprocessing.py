@@ -1,12 +1,7 @@
-"""The original images as the model sees them: floats in [0, 1], optionally the paper's
-STL-10 zoom (``Resize(105)`` + ``CenterCrop(96)``), normalised per channel with the training
-images' (or the recipe's) mean and std; and the computation of those statistics.
-
-:class:`Preprocessing` is that rule as one value, the same from the view policy
-(``view_policy.json``'s ``mean``, ``std`` and ``original_resize``) through the model bundle (its
-``normalization``) to serving (:class:`aavae.serving.inference.ServingPreprocessing` adds the
-fit of any image to the model's size).
-"""
+"""The original images as the model sees them: floats in [0, 1], optionally the paper's STL-10
+zoom (``Resize(105)`` + ``CenterCrop(96)``), normalised per channel with the training images'
+(or the recipe's) mean and std. :class:`Preprocessing` is that rule as one value, from the view
+policy through the model bundle to serving."""
 
 from __future__ import annotations
 
@@ -23,9 +18,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an original image becomes the network's input: floats in [0, 1], zoomed by
-    ``Resize(original_resize)`` + ``CenterCrop`` when given, then ``(x - mean) / std`` per
-    channel (``mean`` and ``std`` on the [0, 1] scale, three channels)."""
+    """Floats in [0, 1], zoomed by ``Resize(original_resize)`` + ``CenterCrop`` when given, then
+    ``(x - mean) / std`` per channel (on the [0, 1] scale)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -51,14 +45,13 @@ class Preprocessing:
             object.__setattr__(self, "original_resize", int(resize))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values, as view_policy.json, a bundle's ``normalization`` and the MLflow
-        model's metadata store them."""
+        """Plain JSON values, as view_policy.json, bundles and MLflow models store them."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "the stored preprocessing") -> Preprocessing:
-        """The preprocessing ``values`` store (other keys are ignored; ``original_resize`` may be
-        absent, as in files written before it existed); ``source`` names them in errors."""
+        """The preprocessing ``values`` store (``source`` in errors); other keys are ignored, and
+        ``original_resize`` may be absent (files written before it existed)."""
         if not isinstance(values, Mapping):
             raise ValueError(f"{source} is not a mapping of mean, std and original_resize: "
                              f"got {type(values).__name__}")
@@ -75,13 +68,12 @@ class Preprocessing:
 
     def apply(self, images: Tensor) -> Tensor:
         """Originals, uint8 ``N x 3 x H x W`` -> the network's float32 input (channels_last)."""
-        mean, std = channel_tensors(self.mean, self.std, 3, images.device)
+        mean, std = channel_tensors(self.mean, self.std, images.device)
         return normalize(original_view(images, self.original_resize), mean, std)
 
     def apply_to_views(self, views: Tensor) -> Tensor:
-        """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (a view is
-        already cropped to the image size)."""
-        mean, std = channel_tensors(self.mean, self.std, 3, views.device)
+        """Augmented views, uint8 ``N x 3 x H x W``: normalised, never zoomed (already cropped)."""
+        mean, std = channel_tensors(self.mean, self.std, views.device)
         return normalize(to_float(views), mean, std)
 
 
@@ -92,13 +84,9 @@ def to_float(images: Tensor) -> Tensor:
 
 
 def original_view(images: Tensor, original_resize: int | None = None) -> Tensor:
-    """The original as the network sees it: :func:`to_float`, or with ``original_resize``
-    torchvision's ``Resize(original_resize)`` then ``CenterCrop`` back to the image size.
-
-    The paper's STL-10 recipe reconstructs (and evaluates on) such a zoomed original:
-    Resize(105) + CenterCrop(96), a 1.09x centre zoom. Here it is the same bilinear resize
-    as the views' (two matrix products), restricted to the centre rows and columns.
-    """
+    """:func:`to_float`, or with ``original_resize`` torchvision's ``Resize`` then ``CenterCrop``
+    back to the image size (the paper's STL-10 originals), as the views' resize (two matrix
+    products) restricted to the centre rows and columns."""
     if original_resize is None:
         return to_float(images)
     images = _check_images(images, "original_view")
@@ -117,56 +105,35 @@ def original_view(images: Tensor, original_resize: int | None = None) -> Tensor:
 
 
 def _zoom_weights(size: int, resized: int, device: torch.device) -> Tensor:
-    """(size, size): resize ``size`` -> ``resized`` pixels, keep the centre ``size`` of them.
-
-    torchvision's Resize scales the shorter side, so a square image scales by the same
-    factor both ways; CenterCrop's offset is ``int(round((resized - size) / 2))``.
-    """
+    """(size, size): resize ``size`` -> ``resized`` pixels and keep the centre ``size``."""
     zero = torch.zeros(1, device=device)
     full = _resize_weights(zero, zero + size, size, resized)[0]  # (resized, size)
     offset = int(round((resized - size) / 2.0))
     return full[offset : offset + size]
 
 
-def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch.
-
-    Pass ``mean`` and ``std`` as tensors on ``x``'s device (see :func:`channel_tensors`) in a
-    hot loop: numbers would be copied to the device, and checked on the host, at every call.
-    """
-    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
-        mean, std = channel_tensors(mean, std, x.shape[-3], x.device)
+def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(x - mean) / std`` per channel of an ``N x C x H x W`` float batch; ``mean`` and ``std``
+    are tensors on ``x``'s device (:func:`channel_tensors`), made once, not at every step."""
     mean_t = mean.to(dtype=x.dtype).view(-1, 1, 1)
     std_t = std.to(dtype=x.dtype).view(-1, 1, 1)
     return (x - mean_t) / std_t
 
 
 def channel_tensors(
-    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device | str
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str
 ) -> tuple[Tensor, Tensor]:
-    """Checked per-channel mean and std as float32 tensors on ``device``."""
-    mean, std = [float(v) for v in mean], [float(v) for v in std]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"normalize: need one mean and std per channel ({channels}), got {mean}, {std}"
-        )
-    if min(std) <= 0:
-        raise ValueError(f"normalize: std must be positive, got {std}")
-    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
-    return as_tensor(mean), as_tensor(std)
+    """Per-channel mean and std (a :class:`Preprocessing`'s, checked there) as float32 tensors."""
+    return tuple(torch.tensor(values, dtype=torch.float32, device=device) for values in (mean, std))
 
 
 def resolve_preprocessing(
     mean: Sequence[float] | None, std: Sequence[float] | None, original_resize: int | None,
     images: np.ndarray,
 ) -> Preprocessing:
-    """How an original becomes the network's input (``mean``, ``std``, ``original_resize``):
-    the recipe's fixed constants when given (the paper's CIFAR-10 and STL-10), else the
-    per-channel statistics of ``images`` (uint8 ``N x H x W x C``, the training split).
-
-    The one rule behind both a trained model's view policy and a checkpoint of the paper read
-    for evaluation, so both are scored with the preprocessing the recipe prescribes.
-    """
+    """The recipe's ``mean`` and ``std`` when given (the paper's), else the statistics of
+    ``images`` (the training split): one rule for a trained model's view policy and a paper
+    checkpoint read for evaluation."""
     if mean is None or std is None:
         mean, std = channel_stats(np.asarray(images))
     side = min(images.shape[1:3])
@@ -179,14 +146,10 @@ def resolve_preprocessing(
 
 
 def channel_stats(
-    images: np.ndarray | Tensor, chunk: int = 4096
+    images: np.ndarray, chunk: int = 4096
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units.
-
-    Accumulated in float64 over chunks, so a whole dataset never needs a float copy.
-    """
-    if isinstance(images, Tensor):
-        images = images.detach().cpu().numpy()
+    """Per-channel mean and (population) std of uint8 ``N x H x W x C`` images, in [0, 1] units,
+    accumulated in float64 over chunks (a whole dataset never needs a float copy)."""
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise ValueError(
             f"channel_stats expects a non-empty uint8 N x H x W x C array, got {images.dtype} {images.shape}"
@@ -222,13 +185,9 @@ def _check_images(images: Tensor, caller: str) -> Tensor:
 def _resize_weights(
     start: Tensor, length: Tensor, in_size: int, out_size: int, mirror: Tensor | None = None
 ) -> Tensor:
-    """(N, out_size, in_size) weights of torchvision's antialiased bilinear resize of a window.
-
-    Output pixel ``o`` is centred at ``start + (o + 0.5) * scale`` on the input; the triangle
-    filter is widened by the scale when shrinking (antialias) and normalised over the pixels
-    inside the window, which equals edge clamping when enlarging. Where ``mirror``, output
-    pixel ``o`` takes the place of ``out_size - 1 - o`` (a horizontal flip after the resize).
-    """
+    """(N, out_size, in_size) weights of torchvision's antialiased bilinear resize of a window:
+    a triangle filter around ``start + (o + 0.5) * scale``, widened when shrinking, normalised
+    inside the window (edge clamping when enlarging); ``mirror`` flips the output."""
     device = start.device
     start, length = start.view(-1, 1, 1), length.view(-1, 1, 1)
     scale = length / out_size
