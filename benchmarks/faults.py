@@ -15,16 +15,16 @@ What it checks (docs/reliability.md), in a throw-away copy of the project
    reference's (resume is exact: the differences found are 0; the tolerance only absorbs
    summation order), the accuracies of ``metrics.json`` are within 1e-6 of the reference's,
    and no lock record is left;
-3. input trials, in the trained reference once the kill trials are done (and a fresh copy for
-   the odd batch): the cases of issue 29, each through the command a user runs (``kedro run``,
-   ``python -m aavae.serving.serve`` and an HTTP request), and the reference's own logs: a
-   normal pretrain + evaluate logs no warning that does not apply. One *survived* when it got the right
-   answer, or a refusal: exit status 1 (never a signal), an ``Error:`` message of at most
-   four lines naming what it must name, no traceback and no advice to load with
-   ``weights_only=False``, and every file of ``data/`` as it was before. The hostile files of
-   issue 29 §4 are read within a memory bound: the command's peak resident memory (its own,
-   from ``wait4``) stays under the reference evaluation's plus 512 MiB, where the file asks
-   for 1 GiB or more.
+3. input trials, in the trained reference while the kill trials run (each ``kedro run`` takes
+   one core; a fresh copy for the odd batch): the cases of issue 29 (``input_trials``), each
+   through the command a user runs (``kedro run``, ``python -m aavae.serving.serve`` and an
+   HTTP request), and the reference's own logs: a normal pretrain + evaluate logs no warning
+   that does not apply. One *survived* when it got the right answer, or a refusal: exit status
+   1 (never a signal), an ``Error:`` message of at most four lines naming what it must name, no
+   traceback and no advice to load with ``weights_only=False``, and every file of ``data/`` as
+   it was before. The hostile files of issue 29 §4 are read within a memory bound: the
+   command's peak resident memory (its own, from ``wait4``) stays under the reference
+   evaluation's plus 512 MiB, where the file asks for 1 GiB or more.
 
 Runs use ``pretrain.compile=false`` (``auto`` times compiled against eager steps on the CPU
 and may pick differently in a rerun, which changes the floating-point path) and one OpenMP
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import http.client
 import io
 import json
@@ -119,17 +118,17 @@ def process_env(threads: int) -> dict[str, str]:
             "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def start(project: Path, command: list[str], log: Path, threads: int, extra_env: dict[str, str] | None = None,
-          **options) -> subprocess.Popen:
+def start(project: Path, command: list[str], log: Path, threads: int,
+          extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:  # the child keeps its own descriptor
         return subprocess.Popen(command, cwd=project, env={**process_env(threads), **(extra_env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, **options)
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def execute(project: Path, command: list[str], log: Path, threads: int, timeout: float = 1800, **options) -> Ran:
+def execute(project: Path, command: list[str], log: Path, threads: int, timeout: float = 1800) -> Ran:
     """Run ``command`` to its end (its process group is killed after ``timeout`` seconds)."""
-    process = start(project, command, log, threads, **options)
+    process = start(project, command, log, threads)
     timer = threading.Timer(timeout, _kill_group, (process.pid,))
     timer.start()
     try:  # wait4, not Popen.wait: it gives the child's peak resident memory
@@ -239,14 +238,27 @@ def running_runs(project: Path) -> int:
     return len(client.search_runs(experiments, "attributes.status = 'RUNNING'")) if experiments else 0
 
 
-def compare(project: Path, reference: Path, trial: Trial) -> None:
-    """Fill ``trial``'s weight difference and problems against the reference project (its
+@dataclass
+class Uninterrupted:
+    """What the reference's uninterrupted runs ended with, read before the input trials change it."""
+
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict
+
+    @classmethod
+    def read(cls, reference: Path) -> Uninterrupted:
+        return cls(torch.load(reference / ARTIFACTS / "06_models/aavae_model.pt", weights_only=True)["state_dict"],
+                   json.loads((reference / ARTIFACTS / "08_reporting/metrics.json").read_text()))
+
+
+def compare(project: Path, uninterrupted: Uninterrupted, trial: Trial) -> None:
+    """Fill ``trial``'s weight difference and problems against the uninterrupted runs (their
     metrics too, where the trial evaluated)."""
     model = project / ARTIFACTS / "06_models/aavae_model.pt"
     if not model.is_file():
         trial.problems.append("no aavae_model.pt")
         return
-    expected = torch.load(reference / ARTIFACTS / "06_models/aavae_model.pt", weights_only=True)["state_dict"]
+    expected = uninterrupted.state_dict
     got = torch.load(model, weights_only=True)["state_dict"]
     if expected.keys() != got.keys():
         trial.problems.append("the model's keys differ from the reference's")
@@ -268,7 +280,7 @@ def compare(project: Path, reference: Path, trial: Trial) -> None:
     if not metrics.is_file():
         trial.problems.append("no metrics.json")
         return
-    ours, theirs = json.loads(metrics.read_text()), json.loads((reference / ARTIFACTS / "08_reporting/metrics.json").read_text())
+    ours, theirs = json.loads(metrics.read_text()), uninterrupted.metrics
     for key in METRIC_KEYS:
         if abs(ours[key] - theirs[key]) > METRIC_TOLERANCE:
             trial.problems.append(f"{key} {ours[key]:.6f} vs {theirs[key]:.6f}")
@@ -281,7 +293,7 @@ def describe(trial: Trial) -> str:
                  else f"killed at {phase.killed_at:.1f} s" + (f" ({phase.state_at_kill})" if phase.state_at_kill else ""))
         done = f"{phase.reruns} rerun{'' if phase.reruns == 1 else 's'}" + ("" if phase.completed else ", never completed")
         parts.append(f"{phase.name} {where}, {done}")
-    difference = "" if trial.max_weight_difference is None else f"; max |dw| {trial.max_weight_difference:.2e}"
+    difference = "" if trial.max_weight_difference is None else f"; largest weight difference {trial.max_weight_difference:.2e}"
     return "; ".join(parts) + difference
 
 
@@ -302,9 +314,10 @@ class Bench:
     def artifacts(self) -> Path:
         return self.project / ARTIFACTS
 
-    def kedro(self, log: str, pipeline: str, params: str = "", env: str | None = None, **options) -> Ran:
-        return execute(self.project, kedro_command(pipeline, env or self.env, self.epochs, params),
-                       self.project / "logs" / f"{log}.log", self.threads, **options)
+    def kedro(self, log: str, pipeline: str, params: str = "", env: str | None = None,
+              prefix: tuple[str, ...] = ()) -> Ran:
+        return execute(self.project, [*prefix, *kedro_command(pipeline, env or self.env, self.epochs, params)],
+                       self.project / "logs" / f"{log}.log", self.threads)
 
 
 @dataclass
@@ -363,10 +376,11 @@ def destroyed(before: dict[str, tuple[int, int]], folder: Path) -> list[str]:
 
 
 def refused_safely(bench: Bench, log: str, pipeline: str, params: str, names: tuple[str, ...],
-                   env: str | None = None, before_any_node: bool = False, **options) -> tuple[Ran, list[str]]:
+                   env: str | None = None, before_any_node: bool = False,
+                   prefix: tuple[str, ...] = ()) -> tuple[Ran, list[str]]:
     """Run a command that must be refused, naming ``names``, with ``data/`` left as it was."""
     before = files_of(bench.project / "data")
-    ran = bench.kedro(log, pipeline, params, env, **options)
+    ran = bench.kedro(log, pipeline, params, env, prefix)
     problems = refusal_problems(ran, *names)
     if before_any_node and "Running node:" in ran.output:
         problems.append("a node ran before the refusal")
@@ -449,7 +463,7 @@ def checkpoint_of_other_data(bench: Bench) -> tuple[str, list[str]]:
 
 def parameter_refused(params: str, key: str, *also: str) -> Callable[[Bench], tuple[str, list[str]]]:
     def check(bench: Bench) -> tuple[str, list[str]]:
-        ran, problems = refused_safely(bench, "params-" + key, "pretrain", params, (f"'{key}'", *also),
+        ran, problems = refused_safely(bench, "params-" + params, "pretrain", params, (f"'{key}'", *also),
                                        before_any_node=True)
         return ran.said(), problems
     return check
@@ -489,7 +503,7 @@ def exif_rotated_jpeg(bench: Bench) -> tuple[str, list[str]]:
     ran = bench.kedro("exif", "ingest", f"dataset.path={folder},dataset.image_size=16", env="imagefolder")
     if ran.status != 0:
         return ran.said(), [f"ingest failed ({ran.said()})"]
-    images = np.load(artifact_root(bench.project, "imagefolder") / "03_primary/images_train/images.npy")
+    images = np.load(root_of(bench.project, "imagefolder") / "03_primary/images_train/images.npy")
     corners = images[0][[4, 4, 12, 12], [4, 12, 4, 12]].astype(int)  # the quadrants' centres
     off = int(np.abs(corners - QUADRANTS.reshape(4, 3)).max())
     return (f"exit 0, quadrants within {off} of upright's colours",
@@ -520,9 +534,9 @@ def read_only_data(bench: Bench) -> tuple[str, list[str]]:
     for folder in folders:
         folder.chmod(0o555)
     try:
-        options = {"preexec_fn": _drop_permission_override} if os.geteuid() == 0 else {}
+        prefix = (sys.executable, "-c", WITHOUT_ROOT_OVERRIDES) if os.geteuid() == 0 else ()
         ran, problems = refused_safely(bench, "read-only", "pretrain", "", ("Cannot write", "Permission denied"),
-                                       **options)
+                                       prefix=prefix)
     finally:
         for folder, mode in modes.items():
             folder.chmod(mode)
@@ -531,13 +545,16 @@ def read_only_data(bench: Bench) -> tuple[str, list[str]]:
     return ran.said(), problems
 
 
-def _drop_permission_override() -> None:
-    """In the child, before exec: drop CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from
-    the bounding set (prctl PR_CAPBSET_DROP), so that a root process obeys file modes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2, 3):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+#: ``python -c WITHOUT_ROOT_OVERRIDES COMMAND...`` runs COMMAND without the capabilities that let
+#: root ignore file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER): it drops them from
+#: the bounding set (prctl PR_CAPBSET_DROP), which the exec then applies.
+WITHOUT_ROOT_OVERRIDES = """import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2, 3):
+    if libc.prctl(24, capability, 0, 0, 0):
+        sys.exit(f"prctl(PR_CAPBSET_DROP) failed: {os.strerror(ctypes.get_errno())}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
 
 
 class _Payload:
@@ -613,7 +630,7 @@ def deeply_nested(bench: Bench, folder: Path) -> Path:
 
 
 def oversized_spec(bench: Bench, folder: Path) -> Path:
-    """The trained bundle, its spec's h_dim set to 60,000: one 14.4 GB tensor."""
+    """The trained bundle, its spec's h_dim set to 60,000 (15 GB of parameters at width 8)."""
     bundle = torch.load(bench.artifacts / "06_models/aavae_model.pt", weights_only=True)
     bundle["spec"] = {**bundle["spec"], "h_dim": 60_000}
     torch.save(bundle, folder / "oversized-spec.pt")
@@ -686,6 +703,7 @@ class ServedModel:
         if self.process is not None:
             _kill_group(self.process.pid)
             self.process.wait()
+            self.process = None
 
 
 SERVER = ServedModel()
@@ -808,7 +826,7 @@ def input_trials() -> list[InputTrial]:
                    hostile_checkpoint(deflated_record, "compressed")),
         InputTrial("pickle nested 10^6 deep", refused + f"the file; no crash; memory < normal + {MEMORY_MARGIN >> 20} MB",
                    hostile_checkpoint(deeply_nested, "nest")),
-        InputTrial("bundle spec of 14.4 GB", refused + f"the size; memory < normal + {MEMORY_MARGIN >> 20} MB",
+        InputTrial("bundle spec with h_dim 60000", refused + f"the size; memory < normal + {MEMORY_MARGIN >> 20} MB",
                    hostile_checkpoint(oversized_spec, "GB in float32")),
         InputTrial("one-class dataset", "ingested; ingest names it as one class evaluate will refuse", one_class_dataset),
         InputTrial("EXIF-rotated JPEG", "ingested upright", exif_rotated_jpeg),
@@ -864,6 +882,13 @@ def _add_png(tar: tarfile.TarFile, name: str, pixels: np.ndarray) -> None:
     tar.addfile(member, data)
 
 
+def root_of(project: Path, env: str) -> Path:
+    """``artifact_root``, without OmegaConf's deprecation warning about what Kedro calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return artifact_root(project, env)
+
+
 def _fresh(folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -890,9 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     global ARTIFACTS
-    with warnings.catch_warnings():  # OmegaConf's deprecation of what Kedro calls: not ours to fix
-        warnings.simplefilter("ignore", UserWarning)
-        ARTIFACTS = artifact_root(PROJECT_ROOT, args.env).relative_to(PROJECT_ROOT)
+    ARTIFACTS = root_of(PROJECT_ROOT, args.env).relative_to(PROJECT_ROOT)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="aavae-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     wanted = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -905,46 +928,66 @@ def main(argv: list[str] | None = None) -> int:
     normal = {name: run_to_end(reference, kedro_command(name, args.env, args.epochs), reference / "logs" / f"{name}.log",
                                args.threads) for name in ("pretrain", "evaluate")}
     progress("reference: " + ", ".join(f"{name} {seconds:.1f} s" for name, (seconds, _) in normal.items()))
+    uninterrupted = Uninterrupted.read(reference)
 
+    # The input trials run in the reference beside the kill trials (one core each): each kedro
+    # run is single-threaded, and the kill trials compare with what was read above.
+    bench = Bench(reference, args.env, args.epochs, args.threads,
+                  {name: ran.output for name, (_, ran) in normal.items()}, normal["evaluate"][1].peak_rss)
+    input_rows: list[Row] = []
+    beside = threading.Thread(target=run_input_trials, args=(inputs, bench, input_rows), daemon=True)
     rng = random.Random(args.seed)
-    rows, left_running = [], 0
-    for index in range(1, args.trials + 1):
-        project = copy_project(_fresh(workdir / f"trial{index:02d}"))
-        trial = Trial(index)
-        for name in phases:
-            moment = rng.uniform(0.05, 0.95) * normal[name][0]
-            phase = faulted_phase(project, name, kedro_command(name, args.env, args.epochs), moment,
-                                  args.threads, args.max_reruns)
-            trial.phases.append(phase)
-            if not phase.completed:
-                trial.problems.append(f"{name} did not complete in {args.max_reruns} reruns (see {project / 'logs'})")
-                break
-        if trial.survived:
-            compare(project, reference, trial)
-        left_running += _count_running(project, trial.problems)
-        rows.append(Row(f"kill {index}", "kill", "reruns reach the uninterrupted weights and metrics",
-                        describe(trial), trial.problems))
-        progress(f"kill {index}: {describe(trial)} -> " + ("survived" if trial.survived else "LOST: " + "; ".join(trial.problems)))
-        if trial.survived:
-            shutil.rmtree(project, ignore_errors=True)
+    kill_rows, left_running = [], 0
+    try:
+        beside.start()
+        for index in range(1, args.trials + 1):
+            moments = {name: rng.uniform(0.05, 0.95) * normal[name][0] for name in phases}
+            row, running = kill_trial(index, workdir, args, moments, uninterrupted)
+            kill_rows.append(row)
+            left_running += running
+        beside.join()
+    finally:
+        SERVER.stop()
+    left_running += _count_running(reference, [])
 
-    if inputs:  # in the reference itself, which the kill trials no longer need
-        bench = Bench(reference, args.env, args.epochs, args.threads,
-                      {name: ran.output for name, (_, ran) in normal.items()}, normal["evaluate"][1].peak_rss)
-        try:
-            for trial in inputs:
-                rows.append(run_input_trial(trial, bench))
-                progress(f"{trial.name}: {rows[-1].happened}" + ("" if rows[-1].survived else " -- LOST: " + "; ".join(rows[-1].problems)))
-        finally:
-            SERVER.stop()
-        problems: list[str] = []
-        left_running += _count_running(reference, problems)
-        rows.extend(Row("input trials' MLflow store", "input", "no run left RUNNING", problem, [problem]) for problem in problems)
-
+    rows = kill_rows + input_rows
     print(table(rows))
     survived = sum(row.survived for row in rows)
     print(f"trials: {len(rows)} survived: {survived} lost: {len(rows) - survived} left_running: {left_running}")
     return 0 if survived == len(rows) and not left_running else 1
+
+
+def kill_trial(index: int, workdir: Path, args: argparse.Namespace, moments: dict[str, float],
+               uninterrupted: Uninterrupted) -> tuple[Row, int]:
+    """A fresh copy, each command killed at its moment and rerun; the row and its RUNNING runs."""
+    project = copy_project(_fresh(workdir / f"trial{index:02d}"))
+    trial = Trial(index)
+    for name, moment in moments.items():
+        phase = faulted_phase(project, name, kedro_command(name, args.env, args.epochs), moment,
+                              args.threads, args.max_reruns)
+        trial.phases.append(phase)
+        if not phase.completed:
+            trial.problems.append(f"{name} did not complete in {args.max_reruns} reruns (see {project / 'logs'})")
+            break
+    if trial.survived:
+        compare(project, uninterrupted, trial)
+    running = _count_running(project, trial.problems)
+    progress(f"kill {index}: {describe(trial)} -> " + ("survived" if trial.survived else "LOST: " + "; ".join(trial.problems)))
+    if trial.survived:
+        shutil.rmtree(project, ignore_errors=True)
+    return Row(f"kill {index}", "kill", "reruns reach the uninterrupted weights and metrics", describe(trial),
+               trial.problems), running
+
+
+def run_input_trials(inputs: list[InputTrial], bench: Bench, rows: list[Row]) -> None:
+    """Each input trial in turn, then a row for runs the refusals left RUNNING, if any."""
+    for trial in inputs:
+        rows.append(run_input_trial(trial, bench))
+        progress(f"{trial.name}: {rows[-1].happened}" + ("" if rows[-1].survived else " -- LOST: " + "; ".join(rows[-1].problems)))
+    SERVER.stop()
+    problems: list[str] = []
+    _count_running(bench.project, problems)
+    rows.extend(Row("input trials' MLflow store", "input", "no run left RUNNING", problem, [problem]) for problem in problems)
 
 
 def _count_running(project: Path, problems: list[str]) -> int:
