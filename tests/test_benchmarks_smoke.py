@@ -1,8 +1,10 @@
-"""The pretraining throughput and evaluation benchmarks run end to end with the smallest settings."""
+"""The pretraining throughput, evaluation and fault benchmarks run end to end with the smallest settings."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from tests.helpers.benchmarks import run_benchmark
 from tests.helpers.project import PROJECT_ROOT
@@ -65,3 +67,22 @@ def test_evaluate_benchmark_times_fp32_and_auto_features_and_their_difference():
     difference = next(line for line in lines if line.startswith("features: relative difference from fp32 "))
     assert re.search(r" \d+\.\d\d%$", difference), difference
     assert re.fullmatch(r"seconds: \d+\.\d", lines[-1]), lines[-1]
+
+
+@pytest.mark.slow
+def test_faults_reports_kill_and_input_trials_in_one_table(tmp_path):
+    """One kill of pretraining, one parameter refused before any node, one hostile request to the
+    served model: one row each, the verdict last."""
+    result = run_benchmark("--trials", "1", "--no-evaluate", "--epochs", "1", "--only",
+                           "pretrain.seed=-5,unknown params", "--workdir", str(tmp_path),
+                           script=PROJECT_ROOT / "benchmarks" / "faults.py", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "| trial | kind | expected | what happened | survived |"
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:-1]]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        ("kill 1", "kill", "yes"), ("pretrain.seed=-5", "input", "yes"),
+        ("server: unknown params key", "input", "yes")], lines
+    assert rows[1][3].startswith("exit 1: Error: Invalid parameters: - 'pretrain.seed'"), rows[1]
+    assert rows[2][3].startswith("400: params has 'retrun_mu'"), rows[2]
+    assert lines[-1] == "trials: 3 survived: 3 lost: 0 left_running: 0"

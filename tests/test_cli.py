@@ -131,13 +131,14 @@ def test_evaluate_in_the_imagefolder_env_needs_no_dataset_path(project):
 def test_a_file_where_a_data_folder_belongs_is_one_line_naming_the_path(tmp_path):
     """Kedro's catalog meets the OSError inside pathlib: it was a 60-line traceback."""
     project = copy_project(tmp_path)
-    (project / "data" / "03_primary").rmdir()
-    (project / "data" / "03_primary").write_text("not a folder")
+    primary = project / "data" / "test" / "03_primary"  # under the test env's root (conf/test/globals.yml)
+    primary.parent.mkdir()
+    primary.write_text("not a folder")
     result = kedro(project, "--pipeline", "ingest", "--env", "test", check=False, timeout=300)
     text = output(result)
     assert result.returncode != 0 and "Traceback" not in text, text[-3000:]
     error = text[text.index("Error: "):].strip().splitlines()
-    assert error[0] == f"Error: Cannot write '{project / 'data' / '03_primary'}': File exists. Make it a folder " \
+    assert error[0] == f"Error: Cannot write '{primary}': File exists. Make it a folder " \
         "you may write (data/ and its layers are written to), then run the same command again."
     assert len(error) == 2 and "last_error.log" in error[1]
 
@@ -181,6 +182,10 @@ def test_every_refused_write_is_named_by_path_and_cause_wherever_it_was_met(numb
         assert "\n" not in message
     assert refused_file(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None, "a missing file: a bug"
     assert refused_file(OSError(number, "no path")) is None
+    # A writer's temporary beside its artifact (a read-only data/ refuses it first): the folder
+    # is what the user fixes, not a file named '..pretrain.lock.json.tmp-<pid>-<host>-...'.
+    temporary = OSError(number, os.strerror(number), "/data/06_models/..pretrain.lock.json.tmp-7-host-x1")
+    assert refused_file(temporary).startswith(f"Cannot write '/data/06_models': {os.strerror(number)}. ")
 
 
 def raised(function, *args):

@@ -145,9 +145,10 @@ def refused_file(error: BaseException) -> str | None:
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in REFUSED_WRITES and seen.filename is not None:
+            path = Path(seen.filename)  # a writer's temporary (.<name>.tmp-*): its folder is what to fix
             advice = ("Free space on that disk" if seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
                       else "Make it a folder you may write (data/ and its layers are written to)")
-            return f"Cannot write '{seen.filename}': {seen.strerror}. {advice}, then run the same command again."
+            return f"Cannot write '{path.parent if '.tmp-' in path.name else path}': {seen.strerror}. {advice}, then run the same command again."
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -12,7 +12,7 @@ from tests.helpers.project import PROJECT_ROOT
 SCRIPT = PROJECT_ROOT / "benchmarks" / "pretrain_throughput.py"
 
 
-def run_benchmark(*flags: str, script: Path = SCRIPT) -> subprocess.CompletedProcess:
+def run_benchmark(*flags: str, script: Path = SCRIPT, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -25,5 +25,5 @@ def run_benchmark(*flags: str, script: Path = SCRIPT) -> subprocess.CompletedPro
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
