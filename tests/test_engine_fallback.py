@@ -239,13 +239,12 @@ def _fresh_step(module: PretrainModule):
     from aavae.training.optim import build_optimizer
     from aavae.views import channel_tensors
 
-    lr = torch.zeros(())
     modules = torch.nn.ModuleList([module.net, module.online_probe])
-    optimizer = build_optimizer(modules, "adam", lr, 0.0, False, capturable=False)
+    optimizer = build_optimizer(modules, "adam", 1e-3, 0.0, False, capturable=False)
     mean, std = channel_tensors(module.preprocessing.mean, module.preprocessing.std, 3, "cpu")
     images = torch.from_numpy(module._train_source)
     labels = torch.from_numpy(module._train_labels_host)
-    step = TrainStep(module.net, module.online_probe, optimizer, lr, module.settings, images, labels, mean, std,
+    step = TrainStep(module.net, module.online_probe, optimizer, module.settings, images, labels, mean, std,
                      module.batches, torch.Generator().manual_seed(0), warmup_steps=2, total_steps=10)
     step.start_epoch(epoch_order(256, 128, seed=0, epoch=0), 0, 0)
     return step

@@ -90,6 +90,19 @@ def test_lamb_trust_ratio_is_one_for_a_zero_weight():
     torch.testing.assert_close(weight.detach(), torch.full((3,), -0.1), atol=1e-4, rtol=0)
 
 
+def test_the_update_reads_the_scheduled_rate_not_the_rate_the_optimizer_was_built_with():
+    """A warm-up of two steps: step 0 trains at rate 0 (Adam's moments still take its gradient),
+    step 1 at half the peak, which is ``pretrain.learning_rate`` as the optimizer was built with it."""
+    step = small_step(Objective("aavae", 0.0), warmup_steps=2, probe=False)
+    weights = lambda: torch.cat([p.detach().flatten() for p in step.params])  # noqa: E731
+    before = weights()
+    step()
+    assert torch.equal(weights(), before), "the first step of the warm-up trains at rate 0"
+    step()
+    assert not torch.equal(weights(), before)
+    assert step.lr.item() == pytest.approx(0.5 * step.optimizer.defaults["lr"])
+
+
 def test_frozen_batchnorm_statistics_leave_running_statistics_alone():
     net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16)).train()
     before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}
@@ -114,12 +127,6 @@ class CountSteps(pl.Callback):
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         self.steps += 1
-
-
-
-
-
-
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -287,10 +294,9 @@ def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
         step.probe.cuda()
         device_step = TrainStep(
             step.net, step.probe, build_optimizer(torch.nn.ModuleList([step.net, step.probe]), "adam",
-                                                  torch.zeros((), device="cuda"), 0.0, False, capturable=True),
-            None, step.settings, step.images.cuda(), step.labels.cuda(), step.mean.cuda(), step.std.cuda(),
+                                                  1e-3, 0.0, False, capturable=True),
+            step.settings, step.images.cuda(), step.labels.cuda(), step.mean.cuda(), step.std.cuda(),
             (2, 128), torch.Generator(device="cuda").manual_seed(0), 2, 10)
-        device_step.lr = device_step.optimizer.param_groups[0]["lr"]
         device_step.start_epoch(epoch_order(256, 128, 0, 0).cuda(), 0, 0)
         run = CudaGraphed(device_step, device_step.generator) if graphed else device_step
         for index in range(6):

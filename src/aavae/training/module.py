@@ -42,7 +42,7 @@ from aavae.training.data import (
     step_loader,
     to_device,
 )
-from aavae.training.distributed import all_reduce_mean, die_with_parent, gradient_reducer
+from aavae.training.distributed import all_reduce_mean, die_with_parent
 from aavae.training.fallback import FallbackStep
 from aavae.training.layout import check_batch_norm_values
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
@@ -155,7 +155,7 @@ class PretrainModule(pl.LightningModule):
             objective=self.objective, policy=self.policy, encode_original=cfg.encode_original,
             online_probe=self.online_probe is not None, autocast_dtype=self.autocast_dtype,
             gradient_clip_val=cfg.gradient_clip_val, channels_last=cfg.channels_last,
-            learning_rate=cfg.learning_rate, schedule=cfg.schedule,
+            schedule=cfg.schedule,
             original_resize=self.preprocessing.original_resize,
         )
 
@@ -205,10 +205,8 @@ class PretrainModule(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> WholeStepOptimizer:
         cfg = self.config
-        self._lr = torch.zeros((), device=self.device)  # the step writes the scheduled rate here
-        optimizer = build_optimizer(self, cfg.optimizer, self._lr, cfg.effective_weight_decay,
-                                    cfg.exclude_bn_bias, capturable=self.graph_mode)
-        return WholeStepOptimizer(optimizer)
+        return WholeStepOptimizer(build_optimizer(self, cfg.optimizer, cfg.learning_rate, cfg.effective_weight_decay,
+                                                  cfg.exclude_bn_bias, capturable=self.graph_mode))
 
     def planned_steps(self) -> int:
         """The step count the schedule spans: max_steps, or max_epochs of full batches."""
@@ -242,11 +240,9 @@ class PretrainModule(pl.LightningModule):
             # learning rate near 0) and keep the decay far away.
             total, warmup = UNFITTED_STEPS, UNFITTED_STEPS if self.config.warmup_fraction else warmup
         step = TrainStep(
-            self.net, self.online_probe, facade.optimizer, self._lr, self.settings,
+            self.net, self.online_probe, facade.optimizer, self.settings,
             self._train_images, self._train_labels, mean, std, self.batches, self.generator,
-            warmup_steps=warmup, total_steps=total,
-            reduce_gradients=gradient_reducer(facade.optimizer_parameters()) if self.world > 1 else None,
-            shard=(self.rank, self.world),
+            warmup_steps=warmup, total_steps=total, shard=(self.rank, self.world),
             staged=(self._host.images, self._host.labels) if self._host is not None else None,
         )
         # Graph, compiled or eager: the best that works (a failure falls back, and says so).

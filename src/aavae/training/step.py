@@ -40,6 +40,7 @@ from aavae.objective import (
     sample_posterior,
 )
 from aavae.training.batchnorm import frozen_batchnorm_statistics
+from aavae.training.distributed import all_reduce_mean
 from aavae.training.layout import use_channels_last
 from aavae.training.schedule import schedule_factor
 from aavae.views import ViewPolicy, apply_view_params, normalize, original_view, sample_view_params
@@ -58,7 +59,6 @@ class StepSettings:
     autocast_dtype: torch.dtype | None = None
     gradient_clip_val: float | None = None
     channels_last: bool = True
-    learning_rate: float = 1e-3
     schedule: str = "constant"
     original_resize: int | None = None  # the paper's STL-10 zoom of originals (views.original_resize)
 
@@ -92,8 +92,9 @@ def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Ten
 class TrainStep:
     """The whole training step over device-resident state; call it once per step.
 
-    ``images``/``labels`` live on the training device; ``optimizer`` reads its learning rate
-    from ``lr`` (a 0-dim device tensor this step rewrites from the schedule).
+    ``images``/``labels`` live on the training device. The learning rate: ``optimizer`` was
+    built with the peak (``pretrain.learning_rate``); each call writes the scheduled rate into
+    :attr:`lr`, the one device tensor every group's ``lr`` is.
     """
 
     def __init__(
@@ -101,7 +102,6 @@ class TrainStep:
         net: AAVAENet,
         probe: nn.Module | None,
         optimizer: torch.optim.Optimizer,
-        lr: Tensor,
         settings: StepSettings,
         images: Tensor | None,
         labels: Tensor | None,
@@ -111,22 +111,27 @@ class TrainStep:
         generator: torch.Generator,
         warmup_steps: int,
         total_steps: int,
-        reduce_gradients: Callable[[], None] | None = None,
         shard: tuple[int, int] = (0, 1),
         staged: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """``batches`` is (steps per epoch, global batch); ``shard`` is (rank, world): this
-        process trains on its contiguous share of every global batch. ``staged`` replaces
-        ``images``/``labels`` when batches are streamed from the host: device buffers that
-        are filled with this rank's batch before each step."""
+        process trains on its contiguous share of every global batch and, with others, averages
+        the gradients. ``staged`` replaces ``images``/``labels`` when batches are streamed from
+        the host: device buffers filled with this rank's batch before each step."""
         device = mean.device
-        self.net, self.probe, self.optimizer, self.lr = net, probe, optimizer, lr
+        self.net, self.probe, self.optimizer = net, probe, optimizer
         self.settings, self.generator = settings, generator
         self.images, self.labels, self.mean, self.std = images, labels, mean, std
         self.staged = staged
         self.device = device
-        self.reduce_gradients = reduce_gradients
+        self.peak_lr = optimizer.defaults["lr"]
+        # The groups' lr is this tensor from now on (fixed, as a captured graph needs). The step is
+        # built after Lightning restores a checkpoint, whose groups come back with CPU copies.
+        self.lr = torch.zeros((), device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
         rank, world = shard
+        self.distributed = world > 1
         if batches[1] % world:
             raise ValueError(f"a global batch of {batches[1]} images does not split over {world} processes")
         self.global_batch = batches[1]
@@ -163,12 +168,12 @@ class TrainStep:
                             enabled=settings.autocast_dtype is not None, cache_enabled=False):
             loss, metrics = self.loss_fn(x_in, target, labels, noise)
         loss.backward()
-        if self.reduce_gradients is not None:
-            self.reduce_gradients()
+        if self.distributed:
+            all_reduce_mean([p.grad for p in self.params if p.grad is not None])
         if settings.gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_(self.params, settings.gradient_clip_val, foreach=True)
         factor = schedule_factor(self.step, self.warmup_steps, self.total_steps, settings.schedule)
-        self.lr.copy_(factor * settings.learning_rate)
+        self.lr.copy_(factor * self.peak_lr)
         self.optimizer.step()
         self.sums += metrics
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
