@@ -23,8 +23,10 @@ from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import NonFiniteLoss, PretrainModule, TrainingImages, build_trainer, fit, pacing
+from aavae.training.data import epoch_order
 from aavae.training.fallback import FallbackStep
-from aavae.training.step import CudaGraphed
+from aavae.training.optim import build_optimizer
+from aavae.training.step import CudaGraphed, TrainStep
 from aavae.views import Preprocessing, ViewPolicy
 from tests.helpers.training import assert_same_weights, weights_of
 
@@ -235,8 +237,6 @@ class _CpuGraph:
 
 def _fresh_step(module: PretrainModule):
     """The module's TrainStep, built as fit would, without a Trainer."""
-    from aavae.training import TrainStep, epoch_order
-    from aavae.training.optim import build_optimizer
     from aavae.views import channel_tensors
 
     modules = torch.nn.ModuleList([module.net, module.online_probe])

@@ -9,15 +9,10 @@ from aavae.config import PretrainConfig
 from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
-from aavae.training import (
-    PretrainModule,
-    StepSettings,
-    TrainingImages,
-    TrainStep,
-    ValidationViews,
-    build_optimizer,
-    epoch_order,
-)
+from aavae.training import PretrainModule, TrainingImages, ValidationViews
+from aavae.training.data import epoch_order
+from aavae.training.optim import build_optimizer
+from aavae.training.step import StepSettings, TrainStep
 from aavae.views import Preprocessing, ViewPolicy, channel_tensors
 
 
