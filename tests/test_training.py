@@ -12,13 +12,12 @@ from aavae.common.batches import batch_shape
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import NonFiniteLoss, build_trainer, fit
-from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.checkpoints import checkpoint_dir_for
 from aavae.training.data import epoch_order
 from aavae.training.module import resolve_switch
 from aavae.training.optim import Lamb, build_optimizer, parameter_groups
 from aavae.training.schedule import schedule_factor
-from aavae.training.step import CudaGraphed, TrainStep
+from aavae.training.step import CudaGraphed, TrainStep, frozen_batchnorm_statistics
 from tests.helpers.interrupts import InterruptAt
 from tests.helpers.training import assert_same_weights, small_module, small_step, weights_of
 

@@ -9,6 +9,7 @@ RUNNING closed, this run's tags; training; the bundle, with what a time limit cu
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,10 @@ from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
 from aavae.models import ModelSpec, build_model, count_parameters
 from aavae.objective import Objective
-from aavae.training.checkpoints import (
-    RecordTrainingData,
-    checkpoint_dir_for,
-    finished_training,
-    newest_loadable_checkpoint,
-    previous_run,
-    remember_run,
-    set_aside_checkpoints,
-)
+from aavae.training import checkpoints
+from aavae.training.checkpoints import RecordTrainingData, finished_training
 from aavae.training.data import ValidationViews, training_images
-from aavae.training.engine import COMPILE_CACHE, TrainedLength, build_trainer, choose_hardware, fit
+from aavae.training.engine import TrainedLength, build_trainer, choose_hardware, fit
 from aavae.training.module import PretrainModule
 from aavae.training.snapshots import ReconstructionSnapshots, reconstruction_grid
 from aavae.views import PROVENANCE_KEYS, split_view_policy
@@ -42,6 +36,7 @@ from aavae.views import PROVENANCE_KEYS, split_view_policy
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "06_models/checkpoints"  # under the environment's artifact_root: one folder per configuration
+COMPILE_CACHE = Path("data/02_intermediate/inductor_cache")  # relative to the project, as kedro runs
 SHOWN = slice(0, 8)  # the validation images the reconstruction grids show
 
 
@@ -68,9 +63,9 @@ def train(
     tracking.log_params_once({"model.num_parameters": num_parameters})
     policy, preprocessing = split_view_policy(view_policy)
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
-    checkpoint_dir = checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
-                                        cfg.model_dump(), learned_views)
-    previous = previous_run(checkpoint_dir)
+    checkpoint_dir = checkpoints.checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
+                                                    cfg.model_dump(), learned_views)
+    previous = checkpoints.previous_run(checkpoint_dir)
     tracking.close_if_stale(previous)
     resume_from = _resume_point(checkpoint_dir, cfg.resume, dataset_card)
     val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
@@ -92,7 +87,7 @@ def train(
         module.load_state_dict(done["state_dict"])
         return _finish(module, images_train, dataset_card, val, TrainedLength.of_checkpoint(done, module),
                        run_id=previous)
-    remember_run(checkpoint_dir, tracking.active_run_id())
+    checkpoints.remember_run(checkpoint_dir, tracking.active_run_id())
     tracking.set_tags({**tags, "objective": objective.name, "seed": cfg.seed,
                        **({"resumed_from_run": previous} if resume_from and previous else {})})
     log.info("%s %s/%s: %s parameters; checkpoints in %s", objective.name, spec.encoder, spec.stem,
@@ -104,12 +99,12 @@ def train(
 def _resume_point(checkpoint_dir: Path, resume: bool, dataset_card: dict[str, Any]) -> Path | None:
     """The checkpoint to resume from, checked to be of this data; or None, the earlier
     checkpoints moved aside so that no later resume picks them up."""
-    found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
+    found = checkpoints.newest_loadable_checkpoint(checkpoint_dir) if resume else None
     if found:  # the folder is keyed by the data: a checkpoint of other data was copied in
         trained_on = load_weights(found, mmap=True).get(provenance.CHECKPOINT_DATA) or {}
         provenance.check_data(str(found), trained_on.get("sha256"), dataset_card.get("sha256"),
                               f"Move it out of {checkpoint_dir}, whose name is a hash of the data it trains on.")
-    elif moved := set_aside_checkpoints(checkpoint_dir):
+    elif moved := checkpoints.set_aside_checkpoints(checkpoint_dir):
         log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s", moved)
     return found
 
@@ -124,9 +119,10 @@ def _fit_in_run(module: PretrainModule, checkpoint_dir: Path, val: ValidationVie
         callbacks.append(ReconstructionSnapshots(val.originals[SHOWN], val.views[SHOWN],
                                                  cfg.reconstruction_every_n_epochs, tracking.FigureToRun(logger)))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
+    if cfg.compile is not False:
+        use_compile_cache(COMPILE_CACHE)
     try:
-        trained = fit(module, trainer, checkpoint_dir, resume=cfg.resume,
-                      compile_cache=None if cfg.compile is False else COMPILE_CACHE)
+        trained = fit(module, trainer, checkpoint_dir, resume=cfg.resume)
     except Exception:
         raise  # kedro-mlflow marks the run FAILED
     except BaseException:
@@ -166,14 +162,13 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
                                  view_policy: dict[str, Any], dataset_card: dict[str, Any], root: str) -> None:
     """Refuse to train on images, views and a policy of different ingests (say, a re-ingest
     followed by ``--pipeline train`` without ``prepare``)."""
-    data = dataset_card.get("sha256")
     fix = ("Run `kedro run --pipeline pretrain` (ingest + views + pretrain), or "
            "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
-    for imageset in (images_train, images_unlabeled):
-        provenance.check_data(f"{root}/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
-    provenance.check_data(f"{root}/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
     stamp = provenance.stamp_of(val_views) or {}
-    provenance.check_data(f"{root}/05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256), data, fix)
+    for path, made_from in [*((f"03_primary/images_{s.split}", s.fingerprint) for s in (images_train, images_unlabeled)),
+                            ("05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256)),
+                            ("05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256))]:
+        provenance.check_data(f"{root}/{path}", made_from, dataset_card.get("sha256"), fix)
     if "validation_split" not in stamp:  # written when validation views were drawn from the test split
         raise provenance.ProvenanceError(
             f"{root}/05_model_input/val_views.npz records no validation split: it was made by an "
@@ -187,3 +182,14 @@ def _data_tags(dataset_card: dict[str, Any], val_views: dict[str, np.ndarray]) -
     return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
             "data.source": dataset_card.get("source"),
             "data.validation_split": validation.get("validation_split", "unrecorded")}
+
+
+def use_compile_cache(folder: Path) -> None:
+    """Keep torch.compile's caches (Inductor's kernels, AOTAutograd's graphs) in ``folder``, so a
+    resumed or repeated run loads in seconds what an earlier one compiled in minutes, whether or
+    not /tmp survived in between. Set before anything compiles (Inductor's workers and spawned
+    ranks inherit it); a folder the user named in ``TORCHINDUCTOR_CACHE_DIR`` is kept. One folder
+    serves every configuration: what is cached is keyed by the graph, torch and the machine."""
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.absolute())

@@ -1,29 +1,22 @@
 """One training step, wholly on the device: gather, views, forward, loss, backward, update.
 
-The step reads every input from device tensors it owns and writes every output into them:
-the epoch's batch table and the position in it, the step count that drives the learning
-rate, the metric sums. Nothing in it waits for the host and no shape depends on the data,
-so the same body runs three ways, chosen once per run:
+The step reads every input from device tensors it owns and writes every output into them (the
+epoch's batch table and the position in it, the step count that drives the learning rate, the
+metric sums): nothing in it waits for the host and no shape depends on the data, so the same
+body runs eagerly, with its loss function compiled by ``torch.compile`` (views, noise and the
+update stay eager: they draw from the step's generator or are its optimizer), or captured once
+as a CUDA graph and replayed (:class:`CudaGraphed`: one launch per step, the host free to run
+ahead); :mod:`aavae.training.fallback` picks the fastest that works.
 
-* eagerly (CPU, or any device with the switches off);
-* with its loss function compiled by ``torch.compile`` (kernels fused; views, noise and the
-  optimizer update stay eager because they draw from or are the step's generator and
-  optimizer);
-* captured once as a CUDA graph and replayed (:class:`CudaGraphed`, CUDA only): one launch
-  per step, the host free to run ahead.
-
-If compiling or capturing fails, the run goes on with the next way down the list
-(:mod:`aavae.training.fallback`, which verifies the first steps of each).
-
-Random numbers come from one generator per run, saved in checkpoints, so a resumed run
-draws what the uninterrupted one would (on CUDA the generator is registered with the graph,
-so each replay draws new numbers).
+Random numbers come from one generator per run, saved in checkpoints, so a resumed run draws
+what the uninterrupted one would (registered with the graph, so each replay draws anew).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +32,6 @@ from aavae.objective import (
     reconstruction_terms,
     sample_posterior,
 )
-from aavae.training.batchnorm import frozen_batchnorm_statistics
 from aavae.training.distributed import all_reduce_mean
 from aavae.training.layout import use_channels_last
 from aavae.training.schedule import schedule_factor
@@ -87,6 +79,22 @@ def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Ten
     loss = F.cross_entropy(logits, labels.clamp(min=0), reduction="none").mul(known).sum() / count
     accuracy = ((logits.argmax(1) == labels).float() * known).sum() / count
     return loss, accuracy.detach()
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch statistics as in training, the running ones left alone: a side pass (the
+    diagnostics) must not move the statistics evaluation normalises clean images with."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 class TrainStep:
