@@ -37,10 +37,11 @@ from pretrain_throughput import (  # noqa: E402
     synchronize,
 )
 
+from aavae.common.hardware import choose_accelerator, choose_precision  # noqa: E402
 from aavae.config import PretrainConfig  # noqa: E402
 from aavae.models import build_model  # noqa: E402
 from aavae.objective import Objective  # noqa: E402
-from aavae.training import PretrainModule, TrainingImages, choose_accelerator, choose_precision  # noqa: E402
+from aavae.training import PretrainModule, TrainingImages  # noqa: E402
 from aavae.views import Preprocessing, ViewPolicy  # noqa: E402
 
 

@@ -77,6 +77,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
+from aavae.common.hardware import choose_accelerator, choose_precision
 from aavae.config import PretrainConfig
 from aavae.models import AAVAENet, ModelSpec, build_model
 from aavae.objective import (
@@ -87,13 +88,8 @@ from aavae.objective import (
     log_normal,
     posterior_std,
 )
-from aavae.training import (
-    PretrainModule,
-    TrainingImages,
-    choose_accelerator,
-    choose_precision,
-    warmup_then_decay,
-)
+from aavae.training import PretrainModule, TrainingImages
+from aavae.training.schedule import schedule_factor
 from aavae.views import Preprocessing, ViewPolicy
 
 PAPER_CIFAR10_VIEWS = ViewPolicy(crop_scale=(0.08, 1.0), flip_p=0.5)  # conf/cifar10
@@ -290,9 +286,9 @@ class PaperRecipe(pl.LightningModule):
         optimizer = torch.optim.Adam(
             self.parameters(), lr=cfg.learning_rate, weight_decay=cfg.effective_weight_decay
         )
-        steps_per_epoch = len(self.dataset) // cfg.batch_size
-        schedule = warmup_then_decay(0, steps_per_epoch * cfg.max_epochs, cfg.schedule)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        total = torch.tensor(len(self.dataset) // cfg.batch_size * cfg.max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(  # the same schedule, computed on the host
+            optimizer, lambda step: schedule_factor(torch.tensor(step), torch.tensor(0), total, cfg.schedule).item())
         return [optimizer], [{"scheduler": scheduler, "interval": "step", "frequency": 1}]
 
 

@@ -10,7 +10,7 @@ Needs a run with a checkpoint every epoch, e.g. the default digits run (seed 0 s
 third epoch, right after the warm-up, when the learning rate peaks):
 
     .venv/bin/kedro run --pipeline pretrain --params pretrain.checkpoint_every_n_epochs=1,pretrain.resume=false,registry.enabled=false
-    PYTHONPATH=src .venv/bin/python benchmarks/validation_spike.py [--checkpoints data/06_models/checkpoints/<hash>] [--epochs 1 2 3 4 5]
+    PYTHONPATH=src .venv/bin/python benchmarks/validation_spike.py [--root data/<env>] [--checkpoints <root>/06_models/checkpoints/<hash>] [--epochs 1 2 3 4 5]
 
 Prints one line per epoch: the three losses and the KL of the posterior (large when the
 latent means and variances blow up under the stale statistics).
@@ -55,15 +55,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=Path, default=None)
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--bundle", type=Path, default=Path("data/06_models/aavae_model.pt"),
-                        help="the run's model bundle: the architecture the checkpoints hold")
+    parser.add_argument("--root", type=Path, default=Path("data"),
+                        help="the environment's artifact root: data for base, data/<env> otherwise")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="the run's model bundle, the architecture the checkpoints hold "
+                             "(default <root>/06_models/aavae_model.pt)")
     args = parser.parse_args()
-    folder = args.checkpoints or newest_per_epoch_folder(Path("data/06_models/checkpoints"))
-    val = np.load("data/05_model_input/val_views.npz")
-    _, preprocessing = split_view_policy(json.loads(Path("data/05_model_input/view_policy.json").read_text()))
+    folder = args.checkpoints or newest_per_epoch_folder(args.root / "06_models/checkpoints")
+    val = np.load(args.root / "05_model_input/val_views.npz")
+    _, preprocessing = split_view_policy(json.loads((args.root / "05_model_input/view_policy.json").read_text()))
     views = preprocessing.apply_to_views(torch.from_numpy(val["views"]).permute(0, 3, 1, 2))
     originals = preprocessing.apply(torch.from_numpy(val["originals"]).permute(0, 3, 1, 2))
-    spec = ModelSpec.from_dict(load_weights(args.bundle)["spec"])
+    spec = ModelSpec.from_dict(load_weights(args.bundle or args.root / "06_models/aavae_model.pt")["spec"])
     noise = torch.randn(1, len(views), spec.latent_dim, generator=torch.Generator().manual_seed(0))
     print(f"checkpoints: {folder}; {len(views)} validation views")
     print("epoch | eval, running stats | batch stats | eval, stats re-estimated | KL (running stats)")

@@ -105,7 +105,8 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint_and_fails_clearly(tm
 
     # Space freed, the same command resumes from it to the uninterrupted weights.
     resumed = _module(max_epochs=2)
-    assert fit(resumed, build_trainer(resumed.config, folder), folder) == (2, 4)
+    trained = fit(resumed, build_trainer(resumed.config, folder), folder)
+    assert (trained.epochs, trained.steps) == (2, 4)
     assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
@@ -131,7 +132,8 @@ def test_a_truncated_last_checkpoint_resumes_from_the_intact_periodic_one(tmp_pa
 
     resumed = _module(max_epochs=4)
     with caplog.at_level(logging.WARNING, logger="aavae.training.checkpoints"):
-        assert fit(resumed, build_trainer(resumed.config, folder), folder) == (4, 8)
+        trained = fit(resumed, build_trainer(resumed.config, folder), folder)
+        assert (trained.epochs, trained.steps) == (4, 8)
 
     assert "Using checkpoint epoch0002.ckpt (step 4) instead of the unreadable last.ckpt" in caplog.text
     assert_same_weights(weights_of(straight), weights_of(resumed))

@@ -10,12 +10,15 @@ sign rounding flips moves its weight the other way.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
 from aavae.training import build_trainer, fit
 from aavae.training.data import ImageArrays
+from aavae.training.streaming import HostBatches
 from tests.helpers.training import assert_same_weights, small_module, weights_of
 
 
@@ -42,6 +45,31 @@ def test_host_streamed_batches_train_exactly_as_device_resident_ones(tmp_path):
         runs[on_device] = (weights_of(module), module.epoch_metrics)
     assert_same_weights(runs[True][0], runs[False][0])
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
+
+
+class _Unreadable(ImageArrays):
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        raise OSError("Input/output error (forced by the test)")
+
+
+def test_a_host_batch_that_cannot_be_read_stops_the_step_with_its_error():
+    """The gathering thread's error reaches the step (it used to die alone, the step waiting forever)."""
+    images = _Unreadable([(np.zeros((8, 2, 2, 3), np.uint8), None)])
+    batches = HostBatches(images, np.zeros(8, np.int64), slice(0, 4), (4, 2, 2, 3), torch.device("cpu"))
+    batches.start_epoch(torch.arange(8).view(2, 4), 0)
+    raised: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            batches.next()
+        except BaseException as error:  # noqa: BLE001 - what the step sees
+            raised.append(error)
+
+    waiting = threading.Thread(target=step, daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)
+    assert not waiting.is_alive(), "the step still waits for a batch that will never come"
+    assert "Input/output error" in str(raised[0])
 
 
 def _flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -23,8 +23,10 @@ from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
 from aavae.training import NonFiniteLoss, PretrainModule, TrainingImages, build_trainer, fit, pacing
+from aavae.training.data import epoch_order
 from aavae.training.fallback import FallbackStep
-from aavae.training.step import CudaGraphed
+from aavae.training.optim import build_optimizer
+from aavae.training.step import CudaGraphed, TrainStep
 from aavae.views import Preprocessing, ViewPolicy
 from tests.helpers.training import assert_same_weights, weights_of
 
@@ -235,17 +237,14 @@ class _CpuGraph:
 
 def _fresh_step(module: PretrainModule):
     """The module's TrainStep, built as fit would, without a Trainer."""
-    from aavae.training import TrainStep, epoch_order
-    from aavae.training.optim import build_optimizer
     from aavae.views import channel_tensors
 
-    lr = torch.zeros(())
     modules = torch.nn.ModuleList([module.net, module.online_probe])
-    optimizer = build_optimizer(modules, "adam", lr, 0.0, False, capturable=False)
+    optimizer = build_optimizer(modules, "adam", 1e-3, 0.0, False, capturable=False)
     mean, std = channel_tensors(module.preprocessing.mean, module.preprocessing.std, "cpu")
     images = torch.from_numpy(module._train_source)
     labels = torch.from_numpy(module._train_labels_host)
-    step = TrainStep(module.net, module.online_probe, optimizer, lr, module.settings, images, labels, mean, std,
+    step = TrainStep(module.net, module.online_probe, optimizer, module.settings, images, labels, mean, std,
                      module.batches, torch.Generator().manual_seed(0), warmup_steps=2, total_steps=10)
     step.start_epoch(epoch_order(256, 128, seed=0, epoch=0), 0, 0)
     return step

@@ -134,7 +134,7 @@ def test_resuming_from_a_checkpoint_of_other_data_is_refused(artifacts, tmp_path
     """Checkpoint folders are keyed by the data; one copied into another's is refused, not resumed."""
     import torch
 
-    from aavae.pipelines.pretrain import nodes
+    from aavae.training import run
 
     monkeypatch.chdir(tmp_path)
     _pretrain(artifacts)  # trains one epoch and checkpoints it under data/env/06_models/checkpoints
@@ -142,7 +142,7 @@ def test_resuming_from_a_checkpoint_of_other_data_is_refused(artifacts, tmp_path
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint[provenance.CHECKPOINT_DATA] == provenance.data_identity(CARD), "checkpoints record their data"
     torch.save({**checkpoint, provenance.CHECKPOINT_DATA: {**CARD, "sha256": OTHER}}, last)
-    monkeypatch.setattr(nodes, "finished_training", lambda *args: None)
+    monkeypatch.setattr(run, "finished_training", lambda *args: None)
     with pytest.raises(provenance.ProvenanceError, match=r"last.ckpt was made from other images"):
         _pretrain(artifacts)
 

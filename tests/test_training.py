@@ -8,46 +8,31 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from aavae.common.batches import batch_shape
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
-from aavae.training import (
-    Lamb,
-    NonFiniteLoss,
-    TrainStep,
-    batch_shape,
-    build_optimizer,
-    build_trainer,
-    epoch_order,
-    fit,
-    frozen_batchnorm_statistics,
-    parameter_groups,
-    schedule_factor,
-    warmup_then_decay,
-)
+from aavae.training import NonFiniteLoss, build_trainer, fit
+from aavae.training.checkpoints import checkpoint_dir_for
+from aavae.training.data import epoch_order
 from aavae.training.module import resolve_switch
+from aavae.training.optim import Lamb, build_optimizer, parameter_groups
+from aavae.training.schedule import schedule_factor
+from aavae.training.step import CudaGraphed, TrainStep, frozen_batchnorm_statistics
 from tests.helpers.interrupts import InterruptAt
 from tests.helpers.training import assert_same_weights, small_module, small_step, weights_of
 
 
 def test_warmup_then_cosine():
-    factor = warmup_then_decay(warmup_steps=10, total_steps=110, schedule="cosine")
+    def factor(step: int, warmup: int = 10, total: int = 110, schedule: str = "cosine") -> float:
+        return schedule_factor(torch.tensor(step), torch.tensor(warmup), torch.tensor(total), schedule).item()
+
     assert factor(0) == 0.0  # the paper's step / W: the first step trains at rate 0
     assert factor(9) == pytest.approx(0.9)
     assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.5)
     assert factor(110) == pytest.approx(0.0)
-    linear = warmup_then_decay(0, 100, "linear")
-    assert linear(50) == pytest.approx(0.5)
-    assert warmup_then_decay(5, 100, "constant")(80) == 1.0
-
-
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
-@pytest.mark.parametrize("warmup", [0, 7])
-def test_the_device_schedule_is_the_python_one(schedule: str, warmup: int):
-    python = warmup_then_decay(warmup, 50, schedule)
-    for step in range(0, 60, 3):
-        got = schedule_factor(torch.tensor(step), torch.tensor(warmup), torch.tensor(50), schedule)
-        assert got.item() == pytest.approx(python(step), abs=1e-6), step
+    assert factor(50, 0, 100, "linear") == pytest.approx(0.5)
+    assert factor(80, 5, 100, "constant") == 1.0
 
 
 def test_epoch_order_is_full_batches_of_a_seeded_permutation():
@@ -90,6 +75,19 @@ def test_lamb_trust_ratio_is_one_for_a_zero_weight():
     torch.testing.assert_close(weight.detach(), torch.full((3,), -0.1), atol=1e-4, rtol=0)
 
 
+def test_the_update_reads_the_scheduled_rate_not_the_rate_the_optimizer_was_built_with():
+    """A warm-up of two steps: step 0 trains at rate 0 (Adam's moments still take its gradient),
+    step 1 at half the peak, which is ``pretrain.learning_rate`` as the optimizer was built with it."""
+    step = small_step(Objective("aavae", 0.0), warmup_steps=2, probe=False)
+    weights = lambda: torch.cat([p.detach().flatten() for p in step.params])  # noqa: E731
+    before = weights()
+    step()
+    assert torch.equal(weights(), before), "the first step of the warm-up trains at rate 0"
+    step()
+    assert not torch.equal(weights(), before)
+    assert step.lr.item() == pytest.approx(0.5 * step.optimizer.defaults["lr"])
+
+
 def test_frozen_batchnorm_statistics_leave_running_statistics_alone():
     net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16)).train()
     before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}
@@ -114,12 +112,6 @@ class CountSteps(pl.Callback):
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         self.steps += 1
-
-
-
-
-
-
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
@@ -278,8 +270,6 @@ def test_the_cuda_graph_switch_is_off_on_the_cpu(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
     """N graphed steps give N eager steps' weights; the replay never waits for the host."""
-    from aavae.training import CudaGraphed
-
     results = {}
     for graphed in (False, True):
         step = _step("aavae")
@@ -287,10 +277,9 @@ def test_graph_replayed_steps_equal_eager_steps_and_never_sync():
         step.probe.cuda()
         device_step = TrainStep(
             step.net, step.probe, build_optimizer(torch.nn.ModuleList([step.net, step.probe]), "adam",
-                                                  torch.zeros((), device="cuda"), 0.0, False, capturable=True),
-            None, step.settings, step.images.cuda(), step.labels.cuda(), step.mean.cuda(), step.std.cuda(),
+                                                  1e-3, 0.0, False, capturable=True),
+            step.settings, step.images.cuda(), step.labels.cuda(), step.mean.cuda(), step.std.cuda(),
             (2, 128), torch.Generator(device="cuda").manual_seed(0), 2, 10)
-        device_step.lr = device_step.optimizer.param_groups[0]["lr"]
         device_step.start_epoch(epoch_order(256, 128, 0, 0).cuda(), 0, 0)
         run = CudaGraphed(device_step, device_step.generator) if graphed else device_step
         for index in range(6):
@@ -394,8 +383,6 @@ def test_a_run_the_time_limit_cut_short_says_so_and_one_that_ended_its_schedule_
 
 
 def test_the_checkpoint_folder_is_keyed_by_what_is_learned_and_keeps_its_old_name(tmp_path):
-    from aavae.training import checkpoint_dir_for
-
     card = {"name": "digits", "sha256": "ab12", "splits": {"train": {"count": 10}}, "source": "anywhere"}
     spec, policy = {"width": 8}, {"flip_p": 0.5}
     folder = checkpoint_dir_for(tmp_path, card, spec, {"learning_rate": 1e-3, "resume": True}, policy)

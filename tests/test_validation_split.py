@@ -21,8 +21,8 @@ from aavae.data import ReadResult, pipeline_splits, validation_split
 from aavae.data.imageset import UNLABELED, ImageSet
 from aavae.data.splits import hold_out_validation, paper_random_split
 from aavae.pipelines import ingest, views
-from aavae.pipelines.pretrain.nodes import _check_inputs_belong_together
 from aavae.training.data import validation_images
+from aavae.training.run import check_inputs_belong_together
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ENVS = sorted(path.name for path in CONF.iterdir() if (path / "parameters.yml").is_file())
@@ -149,7 +149,7 @@ def test_validation_views_of_an_older_version_are_refused_before_training():
     policy, card = {provenance.DATA_SHA256: data}, {"sha256": data}
     arrays = {"views": images.images, "originals": images.images, "labels": images.labels}
     current = provenance.stamp(arrays, **{provenance.DATA_SHA256: data, "validation_split": "val"})
-    _check_inputs_belong_together(images, unlabeled, current, policy, card, "data")
+    check_inputs_belong_together(images, unlabeled, current, policy, card, "data/test")
     older = provenance.stamp(arrays, **{provenance.DATA_SHA256: data})  # drawn from the test split
     with pytest.raises(provenance.ProvenanceError, match="val_views.npz records no validation split"):
-        _check_inputs_belong_together(images, unlabeled, older, policy, card, "data")
+        check_inputs_belong_together(images, unlabeled, older, policy, card, "data/test")

@@ -9,15 +9,10 @@ from aavae.config import PretrainConfig
 from aavae.data.digits import read_digits
 from aavae.models import ModelSpec, build_model
 from aavae.objective import Objective
-from aavae.training import (
-    PretrainModule,
-    StepSettings,
-    TrainingImages,
-    TrainStep,
-    ValidationViews,
-    build_optimizer,
-    epoch_order,
-)
+from aavae.training import PretrainModule, TrainingImages, ValidationViews
+from aavae.training.data import epoch_order
+from aavae.training.optim import build_optimizer
+from aavae.training.step import StepSettings, TrainStep
 from aavae.views import Preprocessing, ViewPolicy, channel_tensors
 
 
@@ -43,13 +38,12 @@ def small_step(objective: Objective, images: int = 256, batch: int = 128, probe:
     torch.manual_seed(0)
     net = build_model(ModelSpec(width=4, latent_dim=8, input_size=16, head="ae" if objective.kind == "ae" else "vae"))
     linear = torch.nn.Linear(net.encoder.out_dim, 10) if probe else None
-    lr = torch.zeros(())
     trained = torch.nn.ModuleList([net, linear]) if linear is not None else net
-    optimizer = build_optimizer(trained, "adam", lr, 0.0, False, capturable=False)
+    optimizer = build_optimizer(trained, "adam", 1e-3, 0.0, False, capturable=False)
     settings = StepSettings(objective, ViewPolicy(), encode_original="every_step", online_probe=probe,
                             autocast_dtype=autocast_dtype)
     mean, std = channel_tensors([0.3] * 3, [0.4] * 3, "cpu")
-    step = TrainStep(net, linear, optimizer, lr, settings, torch.from_numpy(digits.images[:images]),
+    step = TrainStep(net, linear, optimizer, settings, torch.from_numpy(digits.images[:images]),
                      torch.from_numpy(digits.labels[:images]).long(), mean, std, (images // batch, batch),
                      torch.Generator().manual_seed(0), warmup_steps=warmup_steps, total_steps=10)
     step.start_epoch(epoch_order(images, batch, seed=0, epoch=0), 0, 0)

@@ -1,18 +1,9 @@
-"""Checkpoints that survive crashes and full disks, and resume that finds the newest good one.
+"""Checkpoints that survive kills and full disks, one folder per configuration, and resume
+from the newest one that loads.
 
-* Every write goes to a temporary file in the checkpoint's own folder, is fsynced, then
-  renamed over the final name (:class:`AtomicCheckpointIO`): a kill or a full disk leaves
-  the previous file intact, never a half-written one under the real name. (A temporary file
-  in /tmp, as fsspec's transaction uses, is *copied* across filesystems, not renamed.)
-* ``last.ckpt`` after every epoch and ``epochNNNN.ckpt`` every N epochs
-  (:class:`EpochCheckpoints`), on SIGTERM or Ctrl+C ``last.ckpt`` mid-epoch
-  (:class:`CheckpointOnInterrupt`).
-* Resume takes the newest checkpoint that loads (:func:`newest_loadable_checkpoint`), saying
-  which and why when it passes over a damaged one.
-* One folder per configuration (:func:`checkpoint_dir_for`: a hash of what decides what is
-  learned), with a marker naming the MLflow run that trains into it (:func:`remember_run`).
-* Every checkpoint records the data it was trained on (:class:`RecordTrainingData`), as a
-  model bundle does (:mod:`aavae.common.provenance`).
+Each is written to a temporary in its own folder, fsynced and renamed into place (a temporary
+in /tmp, as fsspec's transaction uses, is *copied* across filesystems): a kill or a full disk
+leaves the previous file whole. Each records the data it trained on, as a model bundle does.
 """
 
 from __future__ import annotations
@@ -80,17 +71,20 @@ def remember_run(checkpoint_dir: Path, run_id: str | None) -> None:
         (checkpoint_dir / RUN_MARKER).write_text(json.dumps({"run_id": run_id}))
 
 
-def atomic_torch_save(content: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, rename over ``path``."""
-    try:
-        with replaced_atomically(path, durable=True) as temporary, open(temporary, "wb") as handle:
-            torch.save(content, handle)
-    except BaseException as error:  # the temporary is gone: a full disk leaves no debris
-        if (full := _disk_full(error)) is not None:
-            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-            raise OSError(full.errno, f"{full.strerror} while writing checkpoint {path}: {kept}. "
-                          "Free space on that disk, then rerun the same command to resume") from error
-        raise
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer: ``torch.save`` to a temporary beside the file, fsync, rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        try:
+            with replaced_atomically(path, durable=True) as temporary, open(temporary, "wb") as handle:
+                torch.save(checkpoint, handle)
+        except BaseException as error:  # the temporary is gone: a full disk leaves no debris
+            if (full := _disk_full(error)) is not None:
+                kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+                raise OSError(full.errno, f"{full.strerror} while writing checkpoint {path}: {kept}. "
+                              "Free space on that disk, then rerun the same command to resume") from error
+            raise
 
 
 def _disk_full(error: BaseException) -> OSError | None:
@@ -102,13 +96,6 @@ def _disk_full(error: BaseException) -> OSError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, writing through :func:`atomic_torch_save`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        atomic_torch_save(checkpoint, Path(path))
 
 
 class EpochCheckpoints(pl.Callback):
@@ -202,11 +189,9 @@ def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
 def finished_training(
     checkpoint: Path, planned_steps: int, max_time_minutes: float | None
 ) -> dict[str, Any] | None:
-    """The checkpoint's content if its run already trained to the end, else None.
-
-    The end is the planned step count (max_epochs or max_steps, or the step count a
-    time-limited schedule was fitted to), or the time limit as Lightning's timer recorded it.
-    """
+    """The checkpoint's content if its run already trained to the end (the planned step count,
+    the one a time-limited schedule was fitted to, or the time limit as Lightning's timer
+    recorded it), else None."""
     content = load_weights(checkpoint)
     steps = int(content.get("global_step", 0))
     fitted = content.get("aavae_fitted_steps")

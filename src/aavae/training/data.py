@@ -55,16 +55,6 @@ def epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
     return order[: batches * per_batch].view(batches, per_batch)
 
 
-def step_loader(steps: int) -> torch.utils.data.DataLoader:
-    """What Lightning iterates: one item per step, carrying nothing.
-
-    The step reads its batch from the epoch's order table on the device; a batch of indices
-    built on the host and copied over would cost a host-to-device copy (and, from pageable
-    memory, a stream synchronisation) on every step.
-    """
-    return torch.utils.data.DataLoader(range(steps), batch_size=None)
-
-
 class ImageArrays:
     """Several uint8 ``N x H x W x C`` arrays (memory-mapped .npy files, say), each with an
     optional selection of its rows, addressed as one sequence of images.
@@ -115,10 +105,6 @@ class ImageArrays:
         return out
 
 
-def nbytes(images: np.ndarray | Tensor | ImageArrays) -> int:
-    return int(images.nbytes) if hasattr(images, "nbytes") else int(np.prod(images.shape))
-
-
 def available_ram() -> int:
     """Bytes of memory the system could hand out now (MemAvailable), 8 GiB where unknown."""
     try:
@@ -135,7 +121,7 @@ def fits_on_device(images: np.ndarray | Tensor | ImageArrays, device: torch.devi
     """Whether the training images should live on ``device``: under half its free memory (a
     quarter of the free RAM on a CPU, where 'on the device' means a copy of the memory-mapped
     files in RAM)."""
-    size = nbytes(images)
+    size = images.nbytes
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return size < free / 2
@@ -144,11 +130,9 @@ def fits_on_device(images: np.ndarray | Tensor | ImageArrays, device: torch.devi
 
 def to_device(images: np.ndarray | Tensor | ImageArrays, device: torch.device) -> Tensor:
     """All training images as one uint8 tensor on ``device`` (chunked from memory maps)."""
-    if isinstance(images, ImageArrays):
-        return images.to_device(device)
     if isinstance(images, Tensor):
         return images.to(device)
-    return ImageArrays([(np.asarray(images), None)]).to_device(device)
+    return (images if isinstance(images, ImageArrays) else ImageArrays([(np.asarray(images), None)])).to_device(device)
 
 
 def gather_host(images: np.ndarray | ImageArrays, rows: np.ndarray) -> np.ndarray:

@@ -79,15 +79,6 @@ def all_reduce_mean(tensors: list[Tensor]) -> None:
         tensor.copy_(reduced)
 
 
-def gradient_reducer(params: list[torch.nn.Parameter]):
-    """A callable that averages the gradients of ``params`` over all processes."""
-
-    def reduce() -> None:
-        all_reduce_mean([p.grad for p in params if p.grad is not None])
-
-    return reduce
-
-
 def die_with_parent() -> None:
     """Ask Linux to end this process when its parent dies (a spawned rank whose parent was
     killed must not train on, writing checkpoints beside the rerun). Best effort elsewhere."""

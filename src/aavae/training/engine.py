@@ -1,16 +1,8 @@
-"""The Trainer around the module: device and precision choice, checkpoints, resume, signals.
-
-Compiled code outlives the process: :func:`fit` can keep torch.compile's caches (Inductor's
-FX graphs and kernels, AOTAutograd's graphs) in a folder of the project
-(:data:`COMPILE_CACHE`), so a resumed or repeated run loads what an earlier one compiled
-(seconds) instead of compiling again (minutes on a CPU), whether or not /tmp, torch's default,
-survived in between.
-"""
+"""The Trainer around the module: device and precision choice, checkpoints, resume, signals."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import warnings
 from collections.abc import Sequence
@@ -21,13 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aavae.common.hardware import (  # noqa: F401 - re-exported: training's names for them
-    Hardware,
-    choose_accelerator,
-    choose_precision,
-    cpu_has_fast_bf16,
-)
+from aavae.common.hardware import Hardware
 from aavae.common.hardware import choose_hardware as hardware_for
+from aavae.common.progress import output_is_terminal
 from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
 from aavae.training.checkpoints import (
@@ -38,14 +26,10 @@ from aavae.training.checkpoints import (
 )
 from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
 from aavae.training.module import FITTED_STEPS_KEY, PretrainModule
-from aavae.training.progress import PlainProgress, output_is_terminal
+from aavae.training.progress import PlainProgress
 from aavae.training.syncbn import PooledBatchNormSync
 
 log = logging.getLogger(__name__)
-
-COMPILE_CACHE = Path("data/02_intermediate/inductor_cache")  # relative to the project, as kedro runs
-COMPILE_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"  # torch's: a folder set there is kept
-
 
 def choose_hardware(config: PretrainConfig) -> Hardware:
     """What ``pretrain.accelerator`` and ``pretrain.precision`` choose (:mod:`aavae.common.hardware`)."""
@@ -53,10 +37,8 @@ def choose_hardware(config: PretrainConfig) -> Hardware:
 
 
 def quiet_known_warnings() -> None:
-    """Silence Lightning's warnings that do not apply to this project's runs.
-
-    Installed on import and again by :func:`fit` (a test runner resets filters between tests).
-    """
+    """Silence Lightning's warnings that do not apply here: on import, and in :func:`fit` again
+    (a test runner resets filters between tests)."""
     # Harmless here: the checkpoint folder is ours and is meant to be reused for resuming.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -159,33 +141,22 @@ class TrainedLength:
                 "planned_epochs": round(self.planned_steps / self.steps_per_epoch, 3)}
 
 
-def fit(
-    module: PretrainModule,
-    trainer: pl.Trainer,
-    checkpoint_dir: Path,
-    resume: bool = True,
-    compile_cache: Path | None = None,
-) -> TrainedLength:
+def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resume: bool = True) -> TrainedLength:
     """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
 
-    ``compile_cache``: the folder for torch.compile's caches (:func:`use_compile_cache`);
-    None leaves torch's own choice. Returns how far training got in total, as the last
-    checkpoint records it: with ranks spawned inside this process, the Trainer here never
-    sees the loop. A run the time limit cut short says so in a warning.
+    Returns how far training got in total, as the last checkpoint records it (ranks spawned
+    inside this process train where this Trainer never sees the loop); a run the time limit
+    cut short says so in a warning.
     """
     quiet_known_warnings()
-    if compile_cache is not None:
-        use_compile_cache(compile_cache)
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
-    ckpt_path = str(found) if found else None
     if found is not None:
-        log.info("Resuming pretraining from %s", ckpt_path)
-        resumed_at = load_weights(found, mmap=True)
-        statement = mid_epoch_statement(int(resumed_at.get("global_step", 0)), module.steps_per_epoch)
-        if statement:
+        log.info("Resuming pretraining from %s", found)
+        if statement := mid_epoch_statement(int(load_weights(found, mmap=True).get("global_step", 0)),
+                                            module.steps_per_epoch):
             log.info(statement)
     try:
-        trainer.fit(module, ckpt_path=ckpt_path)
+        trainer.fit(module, ckpt_path=str(found) if found else None)
     except SIGTERMException as exc:
         # Lightning's SIGTERM exit carries status 0; a terminated run must not look successful.
         raise SystemExit(128 + signal.SIGTERM) from exc
@@ -207,34 +178,13 @@ def fit(
     return trained
 
 
-def mid_epoch_statement(global_step: int, steps_per_epoch: int | None) -> str | None:
-    """What a resume from the middle of an epoch guarantees, in one line (None at an epoch's end).
-
-    In place of Lightning's warning: the epoch's batch order is a function of the seed and the
-    epoch, the position in it of the step count, and the checkpoint holds the random stream,
-    so the resumed run trains on what the uninterrupted one would have (tests/test_training.py
-    compares their weights).
-    """
-    if not steps_per_epoch or global_step % steps_per_epoch == 0:
+def mid_epoch_statement(global_step: int, steps_per_epoch: int) -> str | None:
+    """What a resume from the middle of an epoch guarantees, in place of Lightning's warning
+    (None at an epoch's end): the batches follow from the seed, the epoch and the step count,
+    and the checkpoint holds the random stream (tests/test_training.py compares the weights)."""
+    if global_step % steps_per_epoch == 0:
         return None
     epoch, done = divmod(global_step, steps_per_epoch)
     return (f"Resuming in the middle of epoch {epoch + 1}, after {done:,} of its {steps_per_epoch:,} "
             "steps: the batches, views, noise and learning rate go on exactly as in the "
             "uninterrupted run, and so do the weights (resume is exact; the test suite checks it).")
-
-
-def use_compile_cache(folder: Path) -> Path:
-    """Point torch.compile's caches at ``folder`` (made if missing) and return the folder used.
-
-    A folder already named in ``TORCHINDUCTOR_CACHE_DIR`` (by the user, or by an earlier
-    compile in this process) is kept. Set before anything compiles, so Inductor's compile
-    workers and spawned ranks inherit it. What is cached is keyed by the graph, the torch
-    version and the machine, so one folder serves every configuration.
-    """
-    chosen = os.environ.get(COMPILE_CACHE_VARIABLE)
-    if chosen:
-        return Path(chosen)
-    folder = Path(folder).absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ[COMPILE_CACHE_VARIABLE] = str(folder)
-    return folder

@@ -1,26 +1,18 @@
 """The training step on the best engine that works: CUDA graph, then compiled, then eager.
 
-Compiling (``torch.compile``) and capturing (CUDA graphs) make the step fast and are its
-fragile parts: a new card, driver or torch version can break either, in ways no test on
-another machine shows. A run must not end in such an exception, so :class:`FallbackStep`
-*verifies* the first steps of every engine above eager:
+Compiling and capturing make the step fast and are its fragile parts: a new card, driver or
+torch version can break either, in ways no test on another machine shows, and a run must not
+end in such an exception. So :class:`FallbackStep` verifies the first :data:`VERIFIED_STEPS`
+steps of every engine above eager: it copies what a step changes (:class:`StepSnapshot`) and
+runs it; if compiling or capturing raises, or the loss is not finite where the engine below
+gives a finite one, the copy is put back, one warning names what failed, and the same step
+runs on the next engine down (a compile error inside a graph drops only the compiling). A
+failed attempt leaves no trace, so a run that fell back resumes to the uninterrupted weights.
 
-* it copies what a step changes (:class:`StepSnapshot`: weights, batch-norm statistics,
-  optimizer state, the random stream, the step's counters) and runs the step;
-* if compiling or capturing raises, or the loss comes out NaN or infinite where the engine
-  below gives a finite one, the copy is put back, so the failed attempt leaves no trace, one
-  warning names what failed, and the same step runs on the next engine down
-  (graph -> compiled -> eager; a compile error inside a graph drops only the compiling);
-* after :data:`VERIFIED_STEPS` good steps the engine is trusted and the step runs bare.
-
-Because a failed attempt changes nothing, a run that fell back resumes to the weights of
-the uninterrupted run, which fell back too. :attr:`FallbackStep.engine` names the engine
-that trains ("cuda_graph", "compiled" or "eager") for the run's records.
-
-Verified steps are also where compiling happens (minutes on a CPU), so they stop at once when
-interrupted: Ctrl+C raises in Python anyway, and a SIGTERM, which Lightning only notes for its
-loop to read between steps, raises too (:func:`sigterm_stops_at_once`). The copy is put back
-first, so the checkpoint written on the way out is that of the last finished step.
+Verified steps are where compiling happens (minutes on a CPU), so they stop at once when
+interrupted: a SIGTERM, which Lightning only notes for its loop, raises too
+(:func:`sigterm_stops_at_once`), after the copy is put back, so the checkpoint written on the
+way out is that of the last finished step.
 """
 
 from __future__ import annotations
@@ -101,11 +93,9 @@ class StepSnapshot:
 
 
 class FallbackStep:
-    """Call it once per step, as the step itself; it runs on :attr:`engine`.
-
-    ``compiled``/``graph`` are the engines asked for; a failure turns one off for the rest of
-    the run. :meth:`use_compiled` switches to the compiled step mid-run (``compile: auto``).
-    """
+    """Call it once per step, as the step itself; it runs on :attr:`engine` ("cuda_graph",
+    "compiled" or "eager": the run's records name it). ``compiled``/``graph`` are the engines asked
+    for; a failure turns one off for the rest of the run."""
 
     def __init__(self, step: TrainStep, compiled: bool, graph: bool, graph_warmup: int = GRAPH_WARMUP) -> None:
         self.step = step
@@ -123,14 +113,12 @@ class FallbackStep:
         """The engine that trains now: "cuda_graph", "compiled" or "eager"."""
         return GRAPH if self.graph else COMPILED if self.compiled else EAGER
 
-    def describe(self) -> str:
+    def describe(self, after_kind: str = "") -> str:
         """"compiled", "eager", or either ", replayed as a CUDA graph"."""
-        kind = COMPILED if self.compiled else EAGER
-        return f"{kind}, replayed as a CUDA graph" if self.graph else kind
+        return (COMPILED if self.compiled else EAGER) + after_kind + (", replayed as a CUDA graph" if self.graph else "")
 
     def _going_on(self) -> str:
-        kind = COMPILED if self.compiled else EAGER
-        return f"with the {kind} step" + (", replayed as a CUDA graph" if self.graph else "")
+        return f"with the {self.describe(' step')}"
 
     def use_compiled(self) -> None:
         """Compile the step from the next call on (it is verified like any new engine)."""

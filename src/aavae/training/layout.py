@@ -1,17 +1,5 @@
-"""The batch rules of the training step, and the memory layout it runs a batch in.
-
-The rules, in the order they apply (docs/performance.md's "Batch sizes" says the same):
-
-* every step trains on a full batch of ``pretrain.batch_size`` images, and an epoch is the
-  full batches that fit in the training set; the images past the last full batch are seen in
-  other epochs, in other orders (:func:`aavae.training.data.batch_shape`);
-* a training set smaller than one batch trains on all of it as one batch (the batch is
-  clamped to the set);
-* with several devices each trains on its share of every global batch;
-* batch norm needs two values per channel, and the projection head normalises over the
-  images of a batch: a device trains on at least two images a step (:func:`check_batch_norm_values`);
-* on the CPU the step runs in channels_last only where PyTorch's CPU kernels are safe in it
-  (:func:`use_channels_last`), else in the contiguous layout.
+"""The batch a device trains on per step (at least two images: :func:`check_batch_norm_values`),
+and the memory layout it runs in. docs/performance.md's "Batch sizes" states all the batch rules.
 
 channels_last is the layout oneDNN and cuDNN convolve fastest, and the step uses it by default
 (``pretrain.channels_last``). PyTorch 2.14's CPU backward pass of a 1 x 1 convolution with

@@ -38,20 +38,14 @@ from aavae.training.data import (
     epoch_order,
     fits_on_device,
     gather_host,
-    nbytes,
-    step_loader,
     to_device,
 )
-from aavae.training.distributed import all_reduce_mean, die_with_parent, gradient_reducer
+from aavae.training.distributed import all_reduce_mean, die_with_parent
 from aavae.training.fallback import FallbackStep
 from aavae.training.layout import check_batch_norm_values
 from aavae.training.optim import WholeStepOptimizer, build_optimizer
 from aavae.training.pacing import CompileDecision, Pacer, ScheduleFit
-from aavae.training.step import (
-    StepSettings,
-    TrainStep,
-    probe_terms,
-)
+from aavae.training.step import StepSettings, TrainStep, probe_terms
 from aavae.training.streaming import HostBatches
 from aavae.views import Preprocessing, ViewPolicy, channel_tensors
 
@@ -155,7 +149,7 @@ class PretrainModule(pl.LightningModule):
             objective=self.objective, policy=self.policy, encode_original=cfg.encode_original,
             online_probe=self.online_probe is not None, autocast_dtype=self.autocast_dtype,
             gradient_clip_val=cfg.gradient_clip_val, channels_last=cfg.channels_last,
-            learning_rate=cfg.learning_rate, schedule=cfg.schedule,
+            schedule=cfg.schedule,
             original_resize=self.preprocessing.original_resize,
         )
 
@@ -166,22 +160,21 @@ class PretrainModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.rank, self.world = self.trainer.global_rank, self.trainer.world_size
-        device_batch = self.batches[1] // self.world
-        check_batch_norm_values(device_batch)
+        share = self.batches[1] // self.world  # the images this device trains on per step
+        check_batch_norm_values(share)
         if self.world > 1:
             log.info("Rank %d of %d trains on its %d images of every global batch of %d",
-                     self.rank, self.world, self.batches[1] // self.world, self.batches[1])
-        if self.data_on_device():
+                     self.rank, self.world, share, self.batches[1])
+        wanted = self.config.data_on_device
+        if fits_on_device(self._train_source, self.device) if wanted == "auto" else wanted:
             self._train_images = to_device(self._train_source, self.device)
             self._train_labels = torch.from_numpy(self._train_labels_host).to(self.device)
         else:
-            share = self.batches[1] // self.world
-            self._host = HostBatches(
-                self._train_source, self._train_labels_host,
-                slice(self.rank * share, (self.rank + 1) * share),
-                (share, *self._train_source.shape[1:]), self.device)
+            self._host = HostBatches(self._train_source, self._train_labels_host,
+                                     slice(self.rank * share, (self.rank + 1) * share),
+                                     (share, *self._train_source.shape[1:]), self.device)
             log.info("Training images (%.1f GB) stay in host memory; batches are streamed to %s",
-                     nbytes(self._train_source) / 1e9, self.device)
+                     self._train_source.nbytes / 1e9, self.device)
         if self._val is not None:
             self._val_tensors = tuple(  # type: ignore[assignment]
                 as_tensor(a).to(self.device) for a in (self._val.views, self._val.originals, self._val.labels)
@@ -191,24 +184,21 @@ class PretrainModule(pl.LightningModule):
             self.generator.set_state(self._restored_generator)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return step_loader(self.steps_per_epoch)
+        # One empty item per step: the step gathers its batch by the epoch's order on the device
+        # (indices made on the host would cost a host-to-device copy every step).
+        return torch.utils.data.DataLoader(range(self.steps_per_epoch), batch_size=None)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         if self._val is None:
             return []
-        batches = torch.utils.data.BatchSampler(
-            torch.utils.data.SequentialSampler(range(len(self._val.views))), self.config.batch_size, drop_last=False
-        )
-        return torch.utils.data.DataLoader(range(len(self._val.views)), batch_sampler=batches,
+        return torch.utils.data.DataLoader(range(len(self._val.views)), batch_size=self.config.batch_size,
                                            collate_fn=torch.as_tensor)
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> WholeStepOptimizer:
         cfg = self.config
-        self._lr = torch.zeros((), device=self.device)  # the step writes the scheduled rate here
-        optimizer = build_optimizer(self, cfg.optimizer, self._lr, cfg.effective_weight_decay,
-                                    cfg.exclude_bn_bias, capturable=self.graph_mode)
-        return WholeStepOptimizer(optimizer)
+        return WholeStepOptimizer(build_optimizer(self, cfg.optimizer, cfg.learning_rate, cfg.effective_weight_decay,
+                                                  cfg.exclude_bn_bias, capturable=self.graph_mode))
 
     def planned_steps(self) -> int:
         """The step count the schedule spans: max_steps, or max_epochs of full batches."""
@@ -228,11 +218,6 @@ class PretrainModule(pl.LightningModule):
         warmup = self._fitted_warmup if self._fitted_warmup is not None else self.warmup_for(total)
         return total, warmup
 
-    def data_on_device(self) -> bool:
-        """``pretrain.data_on_device``; ``auto``: :func:`fits_on_device`."""
-        wanted = self.config.data_on_device
-        return fits_on_device(self._train_source, self.device) if wanted == "auto" else bool(wanted)
-
     def _build_step(self) -> TrainStep:
         mean, std = channel_tensors(self.preprocessing.mean, self.preprocessing.std, self.device)
         facade: WholeStepOptimizer = self.optimizers().optimizer  # type: ignore[assignment]
@@ -242,11 +227,9 @@ class PretrainModule(pl.LightningModule):
             # learning rate near 0) and keep the decay far away.
             total, warmup = UNFITTED_STEPS, UNFITTED_STEPS if self.config.warmup_fraction else warmup
         step = TrainStep(
-            self.net, self.online_probe, facade.optimizer, self._lr, self.settings,
+            self.net, self.online_probe, facade.optimizer, self.settings,
             self._train_images, self._train_labels, mean, std, self.batches, self.generator,
-            warmup_steps=warmup, total_steps=total,
-            reduce_gradients=gradient_reducer(facade.optimizer_parameters()) if self.world > 1 else None,
-            shard=(self.rank, self.world),
+            warmup_steps=warmup, total_steps=total, shard=(self.rank, self.world),
             staged=(self._host.images, self._host.labels) if self._host is not None else None,
         )
         # Graph, compiled or eager: the best that works (a failure falls back, and says so).
@@ -260,12 +243,9 @@ class PretrainModule(pl.LightningModule):
                             fit_schedule=cfg.schedule_to_time_limit and self._fitted_steps is None,
                             time_limit_minutes=cfg.max_time_minutes, planned_steps=self.planned_steps())
 
-    def on_train_epoch_start(self) -> None:
-        self._start_epoch()
-
     def _start_epoch(self) -> None:
-        """Load this epoch's batches; Lightning skips the epoch-start hook when it resumes a
-        checkpoint written mid-epoch, so the first step of a run calls this too."""
+        """Load this epoch's batches, at its first step (Lightning skips the epoch-start hook when
+        it resumes a checkpoint written mid-epoch)."""
         if self.step_fn is None:
             self.step_fn = self._build_step()
         epoch, steps_done = self.current_epoch, self.global_step
@@ -300,7 +280,6 @@ class PretrainModule(pl.LightningModule):
         """Apply what the pacer decides from the first steps' timing (nothing once settled)."""
         decision = self._pacer.before_step(step_number) if self._pacer is not None else None
         if isinstance(decision, CompileDecision):
-            self.compile_mode = decision.compile
             log.info(decision.describe())
             if decision.compile:
                 assert self._run_step is not None
@@ -457,11 +436,10 @@ class PretrainModule(pl.LightningModule):
 
 def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...],
                          noise: Tensor, original_noise: Tensor) -> Tensor:
-    """The paper's validation cos_sim: its ``VAE.step`` draws, for each of the S importance
-    samples, z from q(z | view) and z' from q(z | original), and averages cos(z', z) over samples
-    and images. ``noise`` (S x N x latent) gives the samples of z (those of the log p(x)
-    estimate), ``original_noise`` (S x N x latent) those of z'; ``latent`` is (mu, logvar, ...)
-    of the view. With S = 1 it is the training diagnostic's cos_sim."""
+    """The paper's validation cos_sim (its ``VAE.step``): for each of S importance samples, z from
+    q(z | view) (``noise``, S x N x latent, those of the log p(x) estimate; ``latent`` is the view's
+    (mu, logvar, ...)) and z' from q(z | original) (``original_noise``); cos(z', z) averaged over
+    samples and images. With S = 1 it is the training diagnostic's cos_sim."""
     mu, logvar = latent[0], latent[1]
     mu_o, logvar_o = (t.float() for t in net.projection(original_features))
     z = sample_posterior(mu, logvar, noise)

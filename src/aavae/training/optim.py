@@ -1,10 +1,11 @@
 """Optimizers the training step can run without a host round trip.
 
-The learning rate is a device tensor that the step rewrites from its schedule, so the update
-reads it from the device instead of baking a Python number into a compiled step or a CUDA
-graph. Adam is torch's fused (and, on CUDA, capturable) implementation; LAMB is written here
-with tensor arithmetic only (its trust ratio never visits the host), one parameter at a time:
-slower on the host than fused Adam, and as fast as any other kernel once graph-replayed.
+Built with the schema's learning rate, as any torch program builds one; the step's schedule
+then rewrites each group's ``lr`` as a device tensor (:class:`aavae.training.step.TrainStep`),
+so the update never bakes a host number into a compiled step or a CUDA graph. Adam is torch's
+fused (and, on CUDA, capturable) implementation; LAMB is written here with tensor arithmetic
+only (its trust ratio never visits the host), one parameter at a time: slower on the host than
+fused Adam, and as fast as any other kernel once graph-replayed.
 """
 
 from __future__ import annotations
@@ -84,64 +85,37 @@ class Lamb(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    module: nn.Module, name: str, lr: Tensor, weight_decay: float, exclude_bn_bias: bool,
+    module: nn.Module, name: str, learning_rate: float, weight_decay: float, exclude_bn_bias: bool,
     capturable: bool,
 ) -> torch.optim.Optimizer:
-    """Adam (fused where torch has it for the device) or LAMB, reading ``lr`` from the device.
-
-    ``capturable`` keeps Adam's step counts on the device, which a CUDA graph needs.
-    """
+    """Adam (fused where torch has it for the device) or LAMB at ``learning_rate``, the peak of
+    the schedule. ``capturable`` keeps Adam's step counts on the device, which a CUDA graph needs."""
     groups = parameter_groups(module, weight_decay, exclude_bn_bias)
     if name == "lamb":
-        return Lamb(groups, lr=lr, weight_decay=weight_decay)
+        return Lamb(groups, lr=learning_rate, weight_decay=weight_decay)
     for group in groups:
         group.pop("exclude_from_layer_adaptation", None)
-    device = lr.device
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused,
-                            capturable=capturable and device.type == "cuda")
+    device = next(module.parameters()).device
+    return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay,
+                            fused=device.type in ("cuda", "cpu"), capturable=capturable and device.type == "cuda")
 
 
 class WholeStepOptimizer:
-    """What Lightning drives: the real optimizer's groups and state, and a ``step`` that only
-    runs its closure, because the closure is the whole training step, update included.
+    """The optimizer as Lightning sees it: the real one (groups, state, ``state_dict``), except a
+    ``step`` that only runs its closure, because the closure is the whole training step.
 
-    Handing Lightning the real optimizer would make it run the update itself, after the
-    closure, outside the step that a CUDA graph captures. Through this facade Lightning still
-    counts steps, checkpoints and restores the real optimizer's state.
+    Handed the real optimizer, Lightning would run the update itself after the closure, outside
+    the step that a CUDA graph captures; through this it still counts steps and checkpoints and
+    restores the real optimizer's state.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self._lr_tensors = [group["lr"] for group in optimizer.param_groups]
 
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @property
-    def state(self):
-        return self.optimizer.state
+    def __getattr__(self, name: str) -> Any:
+        if name == "optimizer":  # not set yet: an object being copied or unpickled
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         return closure() if closure is not None else None
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict)
-        # Loading replaces each group's lr with the saved one; the step writes the learning
-        # rate into its own tensor, so point the groups back at it.
-        for group, lr in zip(self.optimizer.param_groups, self._lr_tensors, strict=True):
-            group["lr"] = lr
-
-    def optimizer_parameters(self) -> list[Tensor]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]

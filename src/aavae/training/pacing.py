@@ -1,26 +1,17 @@
 """Decisions that depend on the step rate, taken by timing the first steps of a run.
 
-Two of them: ``compile: auto`` on a CPU (compile the step when eager training would last long
-enough to pay for compiling), and ``schedule_to_time_limit`` (end the warm-up and decay with
-the time limit, at the step count that fills it). :class:`Pacer` only times and decides;
-the module applies what it decides. Nothing is timed once both are settled.
+``compile: auto`` on a CPU compiles the step when the eager steps left outlast compiling plus
+running them compiled (:data:`AUTO_COMPILE_MINUTES`); ``schedule_to_time_limit`` ends the
+warm-up and decay at the step count that fills the time limit. :class:`Pacer` only times and
+decides; the module applies it. Nothing is timed once both are settled.
 
-The compile decision is taken on the steady eager step, not on the first ones: the first bf16
-steps of the default run on an AVX512-BF16 CPU took ~16 s each against ~2 s later (one-off
-kernel set-up), and threads of a busy 2-core machine spin while they wait for a core, which
-stretches a step's CPU time as well as its wall time (steps of 0.2 s took 1-17 s). So it times :data:`COMPILE_DECISION_STEPS` steps after the first
-and takes the lower quartile of their times (:func:`steady_step_seconds`): warm-up steps and
-steps that other processes slowed are the slow ones. Each step's time is its CPU time spread over
-torch's threads, never more than its wall time (:func:`idle_seconds_per_step`), so load that
-only delays the step does not count. It compiles when the eager steps left take longer than
-compiling and then running them faster would (:data:`AUTO_COMPILE_MINUTES`), and logs the
-measurement, the choice and how to override it (:meth:`CompileDecision.describe`).
-
-The first steps of a run are a poor sample of its step rate (on the 2-core CPU, steps 3-7 ran
-at 1.3-1.5 s against a steady 1.0 s in one run, and at 1.03 s against a steady 1.45 s in
-another), so a schedule fitted on them alone ends minutes early or is cut by the limit before
-its decay ends. The fit is therefore refined at :data:`REFIT_AT` of the time limit from the
-rate since the first fit; only the end of the cosine moves (the warm-up is over by then).
+The compile decision times the steady eager step, not the first ones: the first bf16 steps of
+the default run on an AVX512-BF16 CPU took ~16 s against ~2 s later (one-off kernel set-up),
+and on a busy 2-core machine steps of 0.2 s took 1-17 s (threads spin while they wait for a
+core). The first steps are a poor sample for the schedule's fit too (steps 3-7 ran at 1.3-1.5 s
+against a steady 1.0 s in one run, at 1.03 s against 1.45 s in another): a fit on them alone
+ended minutes early or was cut before its decay ended, so the fit is refined at
+:data:`REFIT_AT` of the limit from the rate since the first fit (only the end of the decay moves).
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """Progress where no terminal shows a bar: one plain line per epoch and every ~30 seconds.
 
-Lightning's progress bar redraws one terminal line; written to a pipe, a CI log or nohup it
-shows nothing until the end. When stdout is not a terminal, :class:`PlainProgress` logs
-lines such as ``epoch 3/10, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``.
-The bounds are where the run ends: the steps its schedule spans and the epochs that holds, or,
-when ``pretrain.max_time_minutes`` comes first, about where the clock stops it
-(``epoch 1/~3, step 5/~480 (1.0%, where pretrain.max_time_minutes stops it)``).
-
-The rate leaves out the seconds the step spent compiling or being captured (the module's
-``engine_setup_seconds``): counted in, a 90-second compile over a few steps made the first
-estimate hours where the run took minutes.
-
-The terminal check, the rate of lines and the durations are the project's one progress
-helper's (:mod:`aavae.common.progress`), which evaluation and the embed pipeline use too.
+Lightning's bar redraws one terminal line, which shows nothing in a pipe, a CI log or nohup.
+Lines such as ``epoch 3/10, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``,
+bounded by where the run ends: its schedule, or about where ``pretrain.max_time_minutes``
+stops it (``step 5/~480``). The rate leaves out the seconds spent compiling or capturing
+(``engine_setup_seconds``): counted in, a 90-second compile made the first estimate hours
+where the run took minutes. Terminal check and durations: :mod:`aavae.common.progress`.
 """
 
 from __future__ import annotations
@@ -24,12 +17,10 @@ from typing import TYPE_CHECKING
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Timer
 
-from aavae.common.progress import EVERY_SECONDS, duration, log, output_is_terminal
+from aavae.common.progress import EVERY_SECONDS, duration, log
 
 if TYPE_CHECKING:
     from aavae.training.module import PretrainModule
-
-__all__ = ["EVERY_SECONDS", "PlainProgress", "output_is_terminal"]
 
 
 class PlainProgress(pl.Callback):

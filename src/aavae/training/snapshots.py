@@ -8,45 +8,31 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor
 
-from aavae.models import AAVAENet
 from aavae.training.data import as_tensor
-from aavae.views import Preprocessing
 
 
 @torch.no_grad()
-def reconstruct(
-    net: AAVAENet, images_nhwc: np.ndarray | Tensor, preprocessing: Preprocessing, *, originals: bool = True,
-) -> np.ndarray:
-    """Decode the latent mean of each image; uint8 N x H x W x C back in pixel space.
+def reconstruction_grid(module, originals: np.ndarray, views: np.ndarray) -> Figure:
+    """original | input view | reconstruction (AAVAE), or original | reconstruction: the decoded
+    latent mean of what the network encodes (originals as the recipe presents them, its zoom
+    included; views only normalised), back in pixels."""
+    from aavae.reporting.plots import image_grid
 
-    ``originals`` are preprocessed as the recipe presents them (its zoom included); views
-    (``originals=False``) are only normalised.
-    """
+    net, preprocessing, augmented = module.net, module.preprocessing, module.objective.uses_augmented_input
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    images = as_tensor(images_nhwc).to(device).permute(0, 3, 1, 2)
-    x = preprocessing.apply(images) if originals else preprocessing.apply_to_views(images)
+    images = as_tensor(views if augmented else originals).to(device).permute(0, 3, 1, 2)
+    x = preprocessing.apply_to_views(images) if augmented else preprocessing.apply(images)
     x_hat = net.decode(net.latent_mean(net.encode(x))).float()
-    m = torch.tensor(preprocessing.mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(preprocessing.std, device=device).view(1, -1, 1, 1)
-    pixels = ((x_hat * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (preprocessing.mean, preprocessing.std))
+    recon = ((x_hat * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     net.train(was_training)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def reconstruction_grid(module, originals: np.ndarray, views: np.ndarray) -> Figure:
-    """original | input view | reconstruction (AAVAE), or original | reconstruction."""
-    from aavae.reporting.plots import image_grid
-
-    if module.objective.uses_augmented_input:
-        recon = reconstruct(module.net, views, module.preprocessing, originals=False)
+    if augmented:
+        columns, titles = [originals, views, recon], ["original", "input view", "reconstruction"]
     else:
-        recon = reconstruct(module.net, originals, module.preprocessing)
-    columns = [originals, views, recon] if module.objective.uses_augmented_input else [originals, recon]
-    titles = ["original", "input view", "reconstruction"] if len(columns) == 3 else ["original", "reconstruction"]
+        columns, titles = [originals, recon], ["original", "reconstruction"]
     return image_grid(columns, titles, title=f"{module.objective.kind}: reconstructions of held-out images")
 
 

@@ -1,29 +1,22 @@
 """One training step, wholly on the device: gather, views, forward, loss, backward, update.
 
-The step reads every input from device tensors it owns and writes every output into them:
-the epoch's batch table and the position in it, the step count that drives the learning
-rate, the metric sums. Nothing in it waits for the host and no shape depends on the data,
-so the same body runs three ways, chosen once per run:
+The step reads every input from device tensors it owns and writes every output into them (the
+epoch's batch table and the position in it, the step count that drives the learning rate, the
+metric sums): nothing in it waits for the host and no shape depends on the data, so the same
+body runs eagerly, with its loss function compiled by ``torch.compile`` (views, noise and the
+update stay eager: they draw from the step's generator or are its optimizer), or captured once
+as a CUDA graph and replayed (:class:`CudaGraphed`: one launch per step, the host free to run
+ahead); :mod:`aavae.training.fallback` picks the fastest that works.
 
-* eagerly (CPU, or any device with the switches off);
-* with its loss function compiled by ``torch.compile`` (kernels fused; views, noise and the
-  optimizer update stay eager because they draw from or are the step's generator and
-  optimizer);
-* captured once as a CUDA graph and replayed (:class:`CudaGraphed`, CUDA only): one launch
-  per step, the host free to run ahead.
-
-If compiling or capturing fails, the run goes on with the next way down the list
-(:mod:`aavae.training.fallback`, which verifies the first steps of each).
-
-Random numbers come from one generator per run, saved in checkpoints, so a resumed run
-draws what the uninterrupted one would (on CUDA the generator is registered with the graph,
-so each replay draws new numbers).
+Random numbers come from one generator per run, saved in checkpoints, so a resumed run draws
+what the uninterrupted one would (registered with the graph, so each replay draws anew).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +32,7 @@ from aavae.objective import (
     reconstruction_terms,
     sample_posterior,
 )
-from aavae.training.batchnorm import frozen_batchnorm_statistics
+from aavae.training.distributed import all_reduce_mean
 from aavae.training.layout import use_channels_last
 from aavae.training.schedule import schedule_factor
 from aavae.views import ViewPolicy, apply_view_params, normalize, original_view, sample_view_params
@@ -58,7 +51,6 @@ class StepSettings:
     autocast_dtype: torch.dtype | None = None
     gradient_clip_val: float | None = None
     channels_last: bool = True
-    learning_rate: float = 1e-3
     schedule: str = "constant"
     original_resize: int | None = None  # the paper's STL-10 zoom of originals (views.original_resize)
 
@@ -89,11 +81,28 @@ def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Ten
     return loss, accuracy.detach()
 
 
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch statistics as in training, the running ones left alone: a side pass (the
+    diagnostics) must not move the statistics evaluation normalises clean images with."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
 class TrainStep:
     """The whole training step over device-resident state; call it once per step.
 
-    ``images``/``labels`` live on the training device; ``optimizer`` reads its learning rate
-    from ``lr`` (a 0-dim device tensor this step rewrites from the schedule).
+    ``images``/``labels`` live on the training device. The learning rate: ``optimizer`` was
+    built with the peak (``pretrain.learning_rate``); each call writes the scheduled rate into
+    :attr:`lr`, the one device tensor every group's ``lr`` is.
     """
 
     def __init__(
@@ -101,7 +110,6 @@ class TrainStep:
         net: AAVAENet,
         probe: nn.Module | None,
         optimizer: torch.optim.Optimizer,
-        lr: Tensor,
         settings: StepSettings,
         images: Tensor | None,
         labels: Tensor | None,
@@ -111,22 +119,27 @@ class TrainStep:
         generator: torch.Generator,
         warmup_steps: int,
         total_steps: int,
-        reduce_gradients: Callable[[], None] | None = None,
         shard: tuple[int, int] = (0, 1),
         staged: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """``batches`` is (steps per epoch, global batch); ``shard`` is (rank, world): this
-        process trains on its contiguous share of every global batch. ``staged`` replaces
-        ``images``/``labels`` when batches are streamed from the host: device buffers that
-        are filled with this rank's batch before each step."""
+        process trains on its contiguous share of every global batch and, with others, averages
+        the gradients. ``staged`` replaces ``images``/``labels`` when batches are streamed from
+        the host: device buffers filled with this rank's batch before each step."""
         device = mean.device
-        self.net, self.probe, self.optimizer, self.lr = net, probe, optimizer, lr
+        self.net, self.probe, self.optimizer = net, probe, optimizer
         self.settings, self.generator = settings, generator
         self.images, self.labels, self.mean, self.std = images, labels, mean, std
         self.staged = staged
         self.device = device
-        self.reduce_gradients = reduce_gradients
+        self.peak_lr = optimizer.defaults["lr"]
+        # The groups' lr is this tensor from now on (fixed, as a captured graph needs). The step is
+        # built after Lightning restores a checkpoint, whose groups come back with CPU copies.
+        self.lr = torch.zeros((), device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
         rank, world = shard
+        self.distributed = world > 1
         if batches[1] % world:
             raise ValueError(f"a global batch of {batches[1]} images does not split over {world} processes")
         self.global_batch = batches[1]
@@ -163,12 +176,12 @@ class TrainStep:
                             enabled=settings.autocast_dtype is not None, cache_enabled=False):
             loss, metrics = self.loss_fn(x_in, target, labels, noise)
         loss.backward()
-        if self.reduce_gradients is not None:
-            self.reduce_gradients()
+        if self.distributed:
+            all_reduce_mean([p.grad for p in self.params if p.grad is not None])
         if settings.gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_(self.params, settings.gradient_clip_val, foreach=True)
         factor = schedule_factor(self.step, self.warmup_steps, self.total_steps, settings.schedule)
-        self.lr.copy_(factor * settings.learning_rate)
+        self.lr.copy_(factor * self.peak_lr)
         self.optimizer.step()
         self.sums += metrics
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)

@@ -2,46 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 from matplotlib.figure import Figure
 
-from aavae import tracking
-from aavae.common import provenance
-from aavae.common.weights import load_weights
-from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
-from aavae.evaluation import make_bundle
-from aavae.models import ModelSpec, build_model, count_parameters
-from aavae.objective import Objective
-from aavae.training import (
-    PretrainModule,
-    ReconstructionSnapshots,
-    ValidationViews,
-    build_trainer,
-    checkpoint_dir_for,
-    choose_hardware,
-    finished_training,
-    fit,
-    newest_loadable_checkpoint,
-    previous_run,
-    reconstruction_grid,
-    remember_run,
-    set_aside_checkpoints,
-    training_images,
-)
-from aavae.training.checkpoints import RecordTrainingData
-from aavae.training.engine import COMPILE_CACHE, TrainedLength
-from aavae.views import PROVENANCE_KEYS, split_view_policy
-
-log = logging.getLogger(__name__)
-
-#: Under the environment's ``artifact_root``: one folder per configuration.
-CHECKPOINTS = "06_models/checkpoints"
+from aavae.training import train
 
 
 def pretrain(
@@ -54,131 +21,7 @@ def pretrain(
     pretrain: dict[str, Any],
     artifact_root: str,
 ) -> tuple[dict[str, Any], Figure]:
-    """Train the model; return the model bundle and a reconstruction grid. Checkpoints go
-    under ``artifact_root`` (the environment's data folder)."""
-    _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card, artifact_root)
-    cfg = parse("pretrain", pretrain, PretrainConfig)
-    objective = Objective.from_config(cfg)
-    spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0],
-                     log_scale=cfg.log_scale, learn_scale=cfg.learn_scale, head=objective.head)
-    pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    net = build_model(spec)
-    num_parameters = count_parameters(net)
-    policy, preprocessing = split_view_policy(view_policy)
-
-    learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
-    checkpoint_dir = checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
-                                        cfg.model_dump(), learned_views)
-    previous = previous_run(checkpoint_dir)
-    tracking.close_if_stale(previous)
-    resume_from = newest_loadable_checkpoint(checkpoint_dir) if cfg.resume else None
-    if resume_from:  # the folder is keyed by the data: a checkpoint of other data was copied in
-        trained_on = load_weights(resume_from, mmap=True).get(provenance.CHECKPOINT_DATA) or {}
-        provenance.check_data(str(resume_from), trained_on.get("sha256"), dataset_card.get("sha256"),
-                              f"Move it out of {checkpoint_dir}, whose name is a hash of the data it trains on.")
-    resumed_from = previous if resume_from else None
-    if not resume_from and (moved := set_aside_checkpoints(checkpoint_dir)):
-        log.warning("Not resuming: the earlier checkpoints of this configuration were moved to %s",
-                    moved)
-
-    val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
-    hardware = choose_hardware(cfg)
-    module = PretrainModule(
-        net, objective, policy, cfg,
-        training_images(images_train, images_unlabeled, cfg.training_split, cfg.unlabeled_holdout),
-        val, preprocessing, num_classes=len(images_train.class_names),
-        precision=hardware.precision, device_kind=hardware.device_kind,
-    )
-    done = resume_from and finished_training(resume_from, module.planned_steps(), cfg.max_time_minutes)
-    tracking.log_params_once({"model.num_parameters": num_parameters})
-    if done:
-        # Nothing to train: rebuild the bundle from the finished run's checkpoint and point
-        # it (and the evaluation after it) at the run that trained it, not at this empty one.
-        log.warning("Already trained: this configuration finished in MLflow run %s (%s). "
-                    "Nothing to train; the model bundle is rewritten from that checkpoint. "
-                    "pretrain.resume=false trains again from scratch.", previous or "?", resume_from)
-        tracking.set_tags({"already_trained_in_run": previous or "unknown", "checkpoint_dir": checkpoint_dir,
-                           **_data_tags(dataset_card, val_views)})
-        module.load_state_dict(done["state_dict"])
-        return _finish(module, cfg, preprocessing, images_train, dataset_card, val,
-                       TrainedLength.of_checkpoint(done, module), run_id=previous)
-    remember_run(checkpoint_dir, tracking.active_run_id())
-    tracking.set_tags({"checkpoint_dir": checkpoint_dir, "objective": objective.name, "seed": cfg.seed,
-                       **_data_tags(dataset_card, val_views),
-                       **({"resumed_from_run": resumed_from} if resumed_from else {})})
-    log.info("%s %s/%s: %s parameters; checkpoints in %s", objective.name, spec.encoder, spec.stem,
-             f"{num_parameters:,}", checkpoint_dir)
-    logger = tracking.live_logger()
-    shown = slice(0, 8)
-    callbacks: list[pl.Callback] = [RecordTrainingData(provenance.data_identity(dataset_card))]
-    if logger is not None and cfg.reconstruction_every_n_epochs:
-        callbacks.append(ReconstructionSnapshots(
-            val.originals[shown], val.views[shown], cfg.reconstruction_every_n_epochs,
-            tracking.FigureToRun(logger),
-        ))
-    trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
-    try:
-        trained = fit(module, trainer, checkpoint_dir, resume=cfg.resume,
-                      compile_cache=None if cfg.compile is False else COMPILE_CACHE)
-    except Exception:
-        raise  # kedro-mlflow marks the run FAILED
-    except BaseException:
-        tracking.end_active_run_killed()  # SIGTERM / Ctrl+C: the run must not stay RUNNING
-        raise
-
-    # which engine trained (after any fall back), so a run says what its speed came from
-    tracking.set_tags({"training.engine": module.engine,
-                       **({"training.engine_failures": " | ".join(module.engine_failures)}
-                          if module.engine_failures else {})})
-    return _finish(module, cfg, preprocessing, images_train, dataset_card, val, trained,
-                   run_id=tracking.active_run_id())
-
-
-def _finish(module, cfg, preprocessing, images_train, dataset_card, val, trained, run_id):
-    """The model bundle and the final reconstruction grid of a trained module."""
-    if cfg.recompute_bn_stats:
-        used = module.recompute_encoder_statistics()
-        log.info("Re-estimated the encoder's batch-norm statistics on %d un-augmented training images", used)
-    if cut := trained.cut_by_time_limit(cfg.max_time_minutes):
-        tracking.set_tags({"training.cut_by_time_limit": f"{trained.steps} of {cut['planned_steps']} steps"})
-    net = module.net.cpu().eval()
-    shown = slice(0, 8)
-    figure = reconstruction_grid(module, val.originals[shown], val.views[shown])
-    bundle = make_bundle(
-        net, preprocessing, class_names=list(images_train.class_names), dataset=dataset_card.get("name"),
-        data=provenance.data_identity(dataset_card),
-        objective=module.objective.name, kl_coeff=module.objective.kl_coeff,
-        # the epochs actually trained, as a fraction (Lightning counts an epoch cut short by
-        # max_time_minutes as done: 0.44 of an epoch would read "1")
-        epochs=round(trained.steps / module.steps_per_epoch, 3) if trained.steps else trained.epochs,
-        steps=trained.steps, mlflow_run_id=run_id,  # the run that trained these weights
-        cut_by_time_limit=cut,  # None, or the limit and the steps and epochs the schedule spanned
-    )
-    return bundle, figure
-
-
-def _check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card,
-                                  root: str) -> None:
-    """Refuse to train on images, views and a policy of different ingests (say, a re-ingest
-    followed by ``--pipeline train`` without ``prepare``)."""
-    data = dataset_card.get("sha256")
-    fix = ("Run `kedro run --pipeline pretrain` (ingest + views + pretrain), or "
-           "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
-    for imageset in (images_train, images_unlabeled):
-        provenance.check_data(f"{root}/03_primary/images_{imageset.split}", imageset.fingerprint, data, fix)
-    provenance.check_data(f"{root}/05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256), data, fix)
-    stamp = provenance.stamp_of(val_views) or {}
-    provenance.check_data(f"{root}/05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256), data, fix)
-    if "validation_split" not in stamp:  # written when validation views were drawn from the test split
-        raise provenance.ProvenanceError(
-            f"{root}/05_model_input/val_views.npz records no validation split: it was made by an "
-            "older version, from the test images. Run `kedro run --pipeline views` to draw it "
-            "from the validation split.")
-
-
-def _data_tags(dataset_card: dict[str, Any], val_views: dict[str, np.ndarray]) -> dict[str, Any]:
-    """What the MLflow run records of the data it trained on, and of the split it validated on."""
-    validation = provenance.stamp_of(val_views) or {}
-    return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
-            "data.source": dataset_card.get("source"),
-            "data.validation_split": validation.get("validation_split", "unrecorded")}
+    """The model bundle and a reconstruction grid of one pretraining run, which
+    :func:`aavae.training.train` owns (resume, checkpoints, the MLflow run's tags)."""
+    return train(images_train, images_unlabeled, val_views, view_policy, dataset_card, model, pretrain,
+                 artifact_root)
