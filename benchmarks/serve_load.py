@@ -11,12 +11,13 @@ memory of the server and all its processes every 50 ms, and checks what docs/ser
   ``RSS_PER_IN_FLIGHT_BYTE`` times ``--max-in-flight-mb`` plus ``PARSER_MB`` (a parsing process's
   own interpreter).
 
-The model is the project's registered encoder (``data/06_models/registered_model.json``, tracked
-in ``sqlite:///mlflow.db``, both under the current folder: run it from the project root after
+The model is the project's registered encoder (``<root>/06_models/registered_model.json``, with
+``--root`` the environment's artifact root, ``data`` for base and ``data/<env>`` otherwise; tracked
+in ``sqlite:///mlflow.db``; both under the current folder: run it from the project root after
 ``kedro run --pipeline pretrain``), or ``--model-uri``. Its size does not matter: the requests'
 parse does.
 
-    python benchmarks/serve_load.py [--requests 8] [--max-request-mb 64] [--max-in-flight-mb 64]
+    python benchmarks/serve_load.py [--root data] [--requests 8] [--max-request-mb 64] [--max-in-flight-mb 64]
 
 Output: one line per request (status, seconds), idle and peak memory, and as the last line exactly
 ``peak_rss_mb: <peak> bound_mb: <bound> slowest_s: <seconds> statuses: 200x1,503x7``. Exit 1 if a
@@ -41,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.helpers.serving import Server, free_port, tree_rss, wait_until_serving  # noqa: E402 - one owner
+from benchmarks.model_server import Server, free_port, tree_rss, wait_until_serving  # noqa: E402 - one owner
 
 RSS_PER_IN_FLIGHT_BYTE = 40  # grey images of zeros parse at about 36 times their JSON's size
 PARSER_MB = 100
@@ -73,14 +74,16 @@ def post(port: int, body: bytes, deadline: float) -> tuple[int | str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-uri", help="default: data/06_models/registered_model.json's")
+    parser.add_argument("--root", type=Path, default=Path("data"),
+                        help="the environment's artifact root: data (base) or data/<env>")
+    parser.add_argument("--model-uri", help="default: <root>/06_models/registered_model.json's")
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--max-request-mb", type=float, default=64.0)
     parser.add_argument("--max-in-flight-mb", type=float, default=None, help="default: --max-request-mb")
     parser.add_argument("--deadline-s", type=float, default=120.0)
     args = parser.parse_args(argv)
     in_flight_mb = args.max_in_flight_mb or args.max_request_mb
-    record = Path("data/06_models/registered_model.json")
+    record = args.root / "06_models" / "registered_model.json"
     if args.model_uri is None and not record.is_file():
         sys.exit(f"No {record} here: run from the project root after `kedro run --pipeline pretrain`, "
                  "or pass --model-uri.")

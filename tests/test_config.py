@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from aavae.config import SCHEMAS, ConfigError, PretrainConfig, parse, validate_all
-from tests.conftest import copy_project, kedro
+from tests.helpers.project import artifact_root, copy_project, kedro
 
 
 def test_defaults_validate():
@@ -267,7 +267,7 @@ def test_kedro_run_takes_typed_values_and_refuses_others_before_ingest(tmp_path)
     typed = ",".join(line for line in TYPED_ON_THE_COMMAND_LINE if "," not in line and not line.startswith("dataset.path"))
     ran = kedro(project, "--pipeline", "ingest", "--env", "test", "--params", typed, timeout=300)
     assert "completed successfully" in ran.stdout + ran.stderr
-    card = project / "data" / "03_primary" / "dataset_card.json"
+    card = artifact_root(project, "test") / "03_primary" / "dataset_card.json"
     card.unlink()
     refused = kedro(project, "--pipeline", "ingest", "--env", "test", "--params",
                     "model.width=true,pretrain.seed=-5,views=5", check=False, timeout=300)

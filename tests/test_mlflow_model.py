@@ -40,7 +40,7 @@ from aavae.serving.mlflow_model import (
     RegisteredEncoder,
     log_encoder_model,
 )
-from tests.helpers.serving import Server, free_port, tree_rss, wait_until_serving
+from benchmarks.model_server import Server, free_port, tree_rss, wait_until_serving
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 MODEL_NAME = "digits-aavae-encoder"  # conf/base: "{dataset}-{objective}-encoder"

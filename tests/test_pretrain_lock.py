@@ -121,25 +121,31 @@ def test_a_lock_taken_a_moment_ago_refuses_before_its_record_is_written(tmp_path
 def test_the_hook_locks_pipelines_with_the_pretrain_node_on_rank_zero_only(tmp_path, monkeypatch):
     pipelines = register_pipelines()
     hooks = PretrainLockHooks()
-    record = tmp_path / "data" / "06_models" / f"{LOCK_NAME}.json"
+    from kedro.io import DataCatalog, MemoryDataset
+
+    record = tmp_path / "data" / "test" / "06_models" / f"{LOCK_NAME}.json"
     params = {"project_path": str(tmp_path)}
+    catalog = DataCatalog({"artifact_root": MemoryDataset("data/test")})  # the env's root
 
     hooks.before_pipeline_run(params, pipelines["evaluate"], None)
     assert not record.exists(), "evaluate does not train"
     hooks.after_pipeline_run()
 
-    hooks.before_pipeline_run(params, pipelines["pretrain"], None)
+    hooks.before_pipeline_run(params, pipelines["pretrain"], catalog)
     assert json.loads(record.read_text())["pid"] == os.getpid()
     with pytest.raises(PretrainLocked):
-        PretrainLock.for_project(tmp_path).acquire()
+        PretrainLock.for_root(tmp_path / "data/test").acquire()
+    other_environment = PretrainLock.for_root(tmp_path / "data")
+    other_environment.acquire()  # each environment's checkpoints have a lock of their own
+    other_environment.release()
     hooks.on_pipeline_error()
     assert not record.exists(), "a failed run releases the lock"
-    again = PretrainLock.for_project(tmp_path)
+    again = PretrainLock.for_root(tmp_path / "data/test")
     again.acquire()  # free again
     again.release()
 
     monkeypatch.setenv("RANK", "1")  # torchrun's other ranks run the same pipeline with rank 0
-    hooks.before_pipeline_run(params, pipelines["pretrain"], None)
+    hooks.before_pipeline_run(params, pipelines["pretrain"], catalog)
     assert not record.exists()
 
 

@@ -29,7 +29,7 @@ from aavae.serving import contract, serve
 from aavae.serving.contract import InputLimits
 from aavae.serving.serve import EncoderServer
 from tests.helpers.project import PROJECT_ROOT
-from tests.helpers.serving import (
+from benchmarks.model_server import (
     CountingModel,
     Server,
     asgi_post,
@@ -223,7 +223,7 @@ def test_another_content_type_or_an_in_flight_bound_below_the_request_limit_is_r
 def test_the_load_benchmark_runs_and_keeps_its_promises(digits_project):
     """`benchmarks/serve_load.py` at a toy size: a burst of requests at the size limit."""
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "benchmarks/serve_load.py"), "--requests", "4",
+        [sys.executable, str(PROJECT_ROOT / "benchmarks/serve_load.py"), "--root", "data/test", "--requests", "4",
          "--max-request-mb", "1", "--deadline-s", "120"],
         cwd=digits_project, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)])})

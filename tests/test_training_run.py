@@ -37,6 +37,7 @@ def _images(split: str) -> ImageSet:
 def inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # checkpoints go under ROOT, relative to the project
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("training-run")  # not the experiment id an earlier test left active
     train_images = _images("train")
     policy = resolve_view_policy({}, train_images)
     val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {})

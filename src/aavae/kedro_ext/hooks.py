@@ -97,7 +97,7 @@ class ResultsTableHooks:
 
 
 class PretrainLockHooks:
-    """One pretraining per project data folder: a second is refused before anything runs.
+    """One pretraining per environment's artifact root at a time: a second is refused before anything runs.
 
     Taken before kedro-mlflow opens its run (``tryfirst``), so a refused run leaves no trace
     in MLflow; the run id is added to the holder's record when the first node starts. Only in pipelines
@@ -114,7 +114,7 @@ class PretrainLockHooks:
         self.lock, self._run_recorded = None, False
         if launched_rank() > 0 or not any(node.name == PRETRAIN_NODE for node in pipeline.nodes):
             return
-        lock = PretrainLock.for_project(run_params.get("project_path") or ".")
+        lock = PretrainLock.for_root(Path(run_params.get("project_path") or ".") / catalog.load("artifact_root"))
         lock.acquire()
         self.lock = lock
 

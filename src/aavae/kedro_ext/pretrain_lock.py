@@ -2,7 +2,7 @@
 
 Two pretrainings of the same configuration would write the same checkpoint folder, each
 resuming from and overwriting the other's ``last.ckpt``. So a pretraining holds an OS file lock
-(:mod:`filelock`, ``flock``) on ``data/06_models/.pretrain.lock`` while it runs: a second is
+(:mod:`filelock`, ``flock``) on ``<artifact root>/06_models/.pretrain.lock`` while it runs: a second is
 refused at once. The OS releases the lock when its process ends, however it ends (a SIGKILL
 too), so a lock is never left stale and nothing has to judge whether its holder lives.
 
@@ -45,9 +45,10 @@ class PretrainLock:
         self._record: dict[str, Any] = {}
 
     @classmethod
-    def for_project(cls, project_path: str | os.PathLike) -> PretrainLock:
-        """The lock beside the checkpoints of the project at ``project_path``."""
-        return cls(Path(project_path) / "data" / "06_models" / LOCK_NAME)
+    def for_root(cls, artifact_root: str | os.PathLike) -> PretrainLock:
+        """The lock beside the checkpoints under an environment's artifact root (``data/``,
+        ``data/<env>/``): environments train side by side, each one at a time."""
+        return cls(Path(artifact_root) / "06_models" / LOCK_NAME)
 
     @property
     def held(self) -> bool:

@@ -1,4 +1,5 @@
-"""A model server started by a test, and what it costs: shared by the serving tests."""
+"""A model server started by a benchmark or a test, and what it costs: shared by
+benchmarks/serve_load.py and the serving tests."""
 
 from __future__ import annotations
 
