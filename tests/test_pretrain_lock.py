@@ -19,6 +19,7 @@ from aavae.kedro_ext.hooks import PretrainLockHooks
 from aavae.kedro_ext.pretrain_lock import LOCK_NAME, PretrainLock, PretrainLocked
 from aavae.pipeline_registry import register_pipelines
 from tests.conftest import copy_project, kedro, project_runs
+from tests.helpers.project import artifact_root
 from tests.helpers.interrupts import wait_for_new_checkpoint
 
 LONG = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=60,pretrain.compile=false"]
@@ -149,10 +150,9 @@ def test_the_hook_locks_pipelines_with_the_pretrain_node_on_rank_zero_only(tmp_p
     assert not record.exists()
 
 
-
 def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path):
     project = copy_project(tmp_path)
-    lock = project / "data" / "06_models" / LOCK_NAME
+    lock = artifact_root(project, "test") / "06_models" / LOCK_NAME
 
     first = _start(project, LONG)
     wait_for_new_checkpoint(project, first, after=0)
