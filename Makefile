@@ -58,4 +58,4 @@ lint: install-test
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf data/0[2-8]_*/* mlflow.db mlartifacts mlruns
+	rm -rf data/0[2-8]_*/* data/[a-z]*/0[2-8]_* mlflow.db mlartifacts mlruns  # base's layers and each environment's (data/<env>/)
