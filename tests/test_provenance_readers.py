@@ -10,6 +10,7 @@ before evaluation extracts anything.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,20 @@ def test_a_one_class_dataset_is_named_at_ingest_and_refused_before_evaluation_ex
                  for split in ("images_train", "images_test")}
     with pytest.raises(ValueError, match=r"imagefolder from here \(16 x 16 px, sha256 aaaaaaaaaaaa\) has 1 class \(x\)"):
         _resolve({**artifacts, **one_class})
+
+
+@pytest.mark.parametrize("baseline", ["random_init", "raw_pixels"])
+def test_the_evaluate_log_writes_every_accuracy_alike(artifacts, baseline, caplog):
+    """``linear top-1 0.6250 (random init 0.5000), kNN top-1 0.3750``: no bare float, no None."""
+    from aavae.pipelines.evaluate.nodes import evaluate
+
+    features = {split: artifacts[f"features_{split}"]["features"] for split in ("train", "test")}
+    baselines = provenance.stamp({f"{baseline}_{split}": features[split][:, ::-1].copy() for split in features},
+                                 data_sha256=OURS)
+    settings = {"probe_weight_decays": [1e-4], "few_labels": [], "baselines": [baseline], "knn_k": 3}
+    with caplog.at_level("INFO", logger="aavae.pipelines.evaluate.nodes"):
+        evaluate(artifacts["features_train"], artifacts["features_test"], baselines, artifacts["evaluation_model"],
+                 artifacts["images_train"], artifacts["images_test"], settings, ROOT)
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("linear top-1")]
+    random_init = r"\d\.\d{4}" if baseline == "random_init" else "not scored"
+    assert re.fullmatch(rf"linear top-1 \d\.\d{{4}} \(random init {random_init}\), kNN top-1 \d\.\d{{4}}", line), line
