@@ -32,10 +32,23 @@ def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet) ->
     for imageset in imagesets:
         provenance.check_data("the evaluated model's data (evaluation_model)", evaluated_on.get("sha256"),
                               imageset.fingerprint, fix)
+    if (resize := _resize(evaluation_model, imagesets)) is None:
+        return list(imagesets)
+    return [replace(imageset, images=fit_images(imageset.images, *resize)) for imageset in imagesets]
+
+
+def say_resize(evaluation_model: dict[str, Any], *imagesets: ImageSet) -> None:
+    """Log how :func:`evaluation_images` brings these images to the model's input size, if it
+    does: once, where the model is resolved, not in each of the three nodes that bring them."""
+    if resize := _resize(evaluation_model, imagesets):
+        log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
+                 " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], *resize)
+
+
+def _resize(evaluation_model: dict[str, Any], imagesets) -> tuple[int, str] | None:
+    """The model's input side and how images are brought to it; None when they have that side."""
     side = ModelSpec.from_dict(evaluation_model["spec"]).input_size
     if all(imageset.image_shape[0] == side for imageset in imagesets):
-        return list(imagesets)
-    resize = (evaluation_model.get("data") or {}).get("resize") or evaluated_on.get("resize") or "resize_crop"
-    log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
-             " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], side, resize)
-    return [replace(imageset, images=fit_images(imageset.images, side, resize)) for imageset in imagesets]
+        return None
+    evaluated_on = evaluation_model.get("evaluated_on") or {}
+    return side, (evaluation_model.get("data") or {}).get("resize") or evaluated_on.get("resize") or "resize_crop"

@@ -22,7 +22,13 @@ from aavae.evaluation import (
     extract_features,
     model_from_bundle,
 )
-from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
+from aavae.evaluation.transfer import (
+    DATA_UNRECORDED,
+    SAME_DATA,
+    TRANSFER,
+    evaluation_images,
+    say_resize,
+)
 from aavae.models import ModelSpec
 from aavae.views import resolve_preprocessing
 
@@ -87,7 +93,9 @@ def resolve_model(
             raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
     kind = _evaluation_kind(bundle, images, source)
     _record_evaluated_model(bundle, source, kind, images)
-    return {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
+    evaluation_model = {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
+    say_resize(evaluation_model, images_train, images_test)
+    return evaluation_model
 
 
 def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any], trained_model: str) -> None:
