@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from aavae.evaluation import DEFAULT_WEIGHT_DECAYS, linear_probe, stratified_split
+from aavae.evaluation import linear_probe
 from aavae.evaluation import probe as probe_module
+from aavae.evaluation.probe import DEFAULT_WEIGHT_DECAYS, stratified_split
 from tests.evaluation.helpers import GOOD, gaussian_clusters
 
 
