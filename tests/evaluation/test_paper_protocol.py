@@ -155,7 +155,7 @@ def test_paper_linear_eval_rejects_bad_options(options, message):
 
 def test_paper_linear_eval_names_the_bad_image_argument():
     train, test = colour_images(10, 0, size=8), colour_images(5, 1, size=8)
-    with pytest.raises(ValueError, match="test_images: images must be uint8"):
+    with pytest.raises(ValueError, match="test_images must be uint8"):
         ev.paper_linear_eval(mean_colour_encoder(), *train, test[0].astype(np.float32), test[1],
                              MEAN, STD, 3)
     with pytest.raises(ValueError, match="train_labels must be 1-D"):

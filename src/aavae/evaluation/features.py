@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from aavae.common.progress import Progress
-from aavae.views import original_view
+from aavae.views import normalize, original_view
 
 ArrayLike = np.ndarray | Tensor
 
@@ -52,8 +52,7 @@ def extract_features(
     target = torch.device(device) if device is not None else home
     if autocast_bf16 is None:
         autocast_bf16 = target.type == "cuda" and torch.cuda.is_bf16_supported()
-    mean_t = mean_t.to(target).view(1, -1, 1, 1)
-    std_t = std_t.to(target).view(1, -1, 1, 1)
+    mean_t, std_t = mean_t.to(target), std_t.to(target)
 
     was_training = encoder.training
     encoder.to(target).eval()
@@ -66,28 +65,27 @@ def extract_features(
                 x = original_view(batch.permute(0, 3, 1, 2), original_resize)
                 if not channels_last:
                     x = x.contiguous()
-                x = (x - mean_t) / std_t
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    out = encoder(x)
-                chunks.append(_flat_features(out, len(batch)))
+                    out = encoder(normalize(x, mean_t, std_t))
+                chunks.append(_flat_features(out, len(batch)).float().cpu().numpy())
                 bar.advance(len(batch))
     finally:
         encoder.to(home).train(was_training)
     return np.concatenate(chunks, axis=0)
 
 
-def _check_images(images: ArrayLike) -> None:
+def _check_images(images: ArrayLike, name: str = "images") -> None:
     if not isinstance(images, (np.ndarray, Tensor)):
         raise TypeError(
-            f"images must be a numpy array or torch tensor, got {type(images).__name__}"
+            f"{name} must be a numpy array or torch tensor, got {type(images).__name__}"
         )
     if images.dtype not in (np.uint8, torch.uint8) or images.ndim != 4:
         raise ValueError(
-            f"images must be uint8 N x H x W x C (channels last), got {images.dtype} "
+            f"{name} must be uint8 N x H x W x C (channels last), got {images.dtype} "
             f"with shape {tuple(images.shape)}"
         )
     if len(images) == 0:
-        raise ValueError("images is empty: there is nothing to extract features from")
+        raise ValueError(f"{name} is empty: there is nothing to extract features from")
 
 
 def _channel_stats(
@@ -123,7 +121,7 @@ def _as_uint8_batch(images: ArrayLike, start: int, stop: int) -> Tensor:
     return torch.from_numpy(np.array(images[start:stop], copy=True))
 
 
-def _flat_features(out: object, batch_len: int) -> np.ndarray:
+def _flat_features(out: object, batch_len: int) -> Tensor:
     if not isinstance(out, Tensor):
         raise TypeError(
             f"the encoder must return a tensor of features, got {type(out).__name__}; "
@@ -133,5 +131,5 @@ def _flat_features(out: object, batch_len: int) -> np.ndarray:
         raise ValueError(
             f"the encoder returned {out.shape[0]} rows for a batch of {batch_len} images"
         )
-    return out.reshape(batch_len, -1).float().cpu().numpy()
+    return out.reshape(batch_len, -1)
 
