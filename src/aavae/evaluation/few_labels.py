@@ -31,7 +31,7 @@ import torch
 from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
 from aavae.evaluation.inputs import _checked_inputs
-from aavae.evaluation.probe import _fit_softmax_regression, _Standardizer
+from aavae.evaluation.probe import _fit_softmax_regression, _standardizer, _top1
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def few_label_probe(
         logger.warning("few-label probe: the smallest class has %d training images, so %s labels per "
                        "class cannot be drawn; skipped", smallest, too_many)
     counts = [int(k) for k in labels_per_class if int(k) <= smallest]
-    scaler = _Standardizer.fit(xtr)
+    scaler = _standardizer(xtr)
     xtr, xte = scaler(xtr), scaler(xte)
     scores = []
     shown = Progress("few-label probe", len(counts) * draws, "fits", enabled=progress)
@@ -104,14 +104,12 @@ def few_label_probe(
         for k in counts:
             # One generator per count: adding a count leaves the other counts' draws alone.
             rng = np.random.default_rng([seed, k])
-            top1 = []
+            accuracies = []
             for _ in range(draws):
                 rows = torch.from_numpy(labelled_draw(labels, k, rng))
-                weight, bias = _fit_softmax_regression(xtr[rows], ytr[rows], num_classes,
-                                                       weight_decay=1.0 / len(rows), max_iter=500)
-                with torch.no_grad():
-                    predicted = torch.addmm(bias, xte, weight.T).argmax(1)
-                top1.append(float((predicted == yte).float().mean()))
+                params = _fit_softmax_regression(xtr[rows], ytr[rows], num_classes,
+                                                 weight_decay=1.0 / len(rows), max_iter=500)
+                accuracies.append(_top1(params, xte, yte))
                 shown.advance()
-            scores.append(FewLabelScore(k, float(np.mean(top1)), float(np.std(top1)), draws))
+            scores.append(FewLabelScore(k, float(np.mean(accuracies)), float(np.std(accuracies)), draws))
     return scores

@@ -1,16 +1,11 @@
 """The linear probe: multinomial logistic regression on frozen features, tuned without the test split.
 
-The fit is full-batch L-BFGS on standardised features (:func:`_fit_softmax_regression`);
-the L2 strength is chosen on a stratified validation part of the training split
-(:func:`stratified_split`), the model is refit on the whole training split, and the test
-split is touched exactly once, for the final prediction.
-
 Preconditioned: correlated features (raw pixels above all: neighbouring pixels move
 together) make the problem ill-conditioned, and plain L-BFGS then spent its whole
 ``max_iter`` on every weak weight decay without converging. CIFAR-10's raw-pixel baseline
 (3,072 features) took 7 fits of 1,000 to 2,000 evaluations of 50,000 x 3,072 products: the
 20 silent minutes of issue #24. The fit now runs in coordinates where the penalised
-problem's curvature is about the identity (:class:`_Preconditioner`: a Cholesky factor of
+problem's curvature is about the identity (:func:`_preconditioner`: a Cholesky factor of
 ``CURVATURE * covariance + weight_decay``, a linear change of variables, so the optimum is
 the same one), which it reaches in about a tenth of the evaluations.
 """
@@ -19,8 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -108,12 +102,15 @@ def linear_probe(
                     grid,
                 )
 
-        scaler = _Standardizer.fit(xtr)
+        scaler = _standardizer(xtr)
         x_all = scaler(xtr)
         weight, bias = _fit_softmax_regression(
             x_all, ytr, num_classes, chosen["weight_decay"], warm, max_iter, tolerance,
-            _Preconditioner.of(x_all) if precondition else None, _FitProgress(shown, fits, fits),
+            _preconditioner(x_all) if precondition else None,
+            _noting(shown, f"refit on all training rows {fits}/{fits}" if fits > 1 else "fit 1/1",
+                    chosen["weight_decay"]),
         )
+        shown.advance()
     with torch.inference_mode():
         probabilities = torch.softmax(torch.addmm(bias, scaler(xte), weight.T), dim=1)
     return _result(probabilities, yte, names, chosen)
@@ -156,46 +153,35 @@ def stratified_split(
 
 
 def _select_weight_decay(xtr, ytr, fit_idx, val_idx, num_classes, grid, max_iter, tolerance,
-                         precondition=True, shown=None):
+                         precondition, shown):
     fit_t = torch.as_tensor(fit_idx, device=xtr.device)
     val_t = torch.as_tensor(val_idx, device=xtr.device)
-    scaler = _Standardizer.fit(xtr[fit_t])
+    scaler = _standardizer(xtr[fit_t])
     x_fit, y_fit = scaler(xtr[fit_t]), ytr[fit_t]
     x_val, y_val = scaler(xtr[val_t]), ytr[val_t]
-    preconditioner = _Preconditioner.of(x_fit) if precondition else None
-
-    val_top1: dict[str, float] = {}
-    best: tuple[float, float, tuple[Tensor, Tensor]] | None = None
-    params = None
+    preconditioner = _preconditioner(x_fit) if precondition else None
+    fits, params = {}, None
     for number, wd in enumerate(grid, 1):  # strongest first: each solution starts the next, weaker one
         params = _fit_softmax_regression(x_fit, y_fit, num_classes, wd, params, max_iter, tolerance,
-                                         preconditioner, _FitProgress(shown, number, len(grid) + 1))
-        with torch.no_grad():
-            accuracy = float(
-                (torch.addmm(params[1], x_val, params[0].T).argmax(1) == y_val).float().mean()
-            )
-        val_top1[repr(wd)] = accuracy
-        if best is None or accuracy > best[1]:  # strict: ties keep the stronger regularisation
-            best = (wd, accuracy, params)
-    assert best is not None
-    return best[0], val_top1, best[2]
+                                         preconditioner, _noting(shown, f"fit {number}/{len(grid) + 1}", wd))
+        shown.advance()
+        fits[wd] = (_top1(params, x_val, y_val), params)
+    best = max(fits, key=lambda wd: fits[wd][0])  # the first maximum: ties keep the stronger regularisation
+    return best, {repr(wd): accuracy for wd, (accuracy, _) in fits.items()}, fits[best][1]
 
 
-@dataclass(frozen=True)
-class _Standardizer:
-    mean: Tensor
-    std: Tensor
+def _top1(params: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> float:
+    """The top-1 accuracy of the softmax regression ``params = (weight, bias)`` on rows ``x``."""
+    with torch.no_grad():
+        return float((torch.addmm(params[1], x, params[0].T).argmax(1) == y).float().mean())
 
-    @classmethod
-    def fit(cls, x: Tensor) -> _Standardizer:
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False)
-        # A constant column carries no information; dividing by 1 maps it to zero.
-        std = torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
-        return cls(mean, std)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+def _standardizer(x: Tensor) -> Callable[[Tensor], Tensor]:
+    """Standardise rows with the mean and (population) std of the columns of ``x``."""
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    # A constant column carries no information; dividing by 1 maps it to zero.
+    std = torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
+    return lambda rows: (rows - mean) / std
 
 
 #: The Hessian of the mean cross-entropy in ``W`` is about ``CURVATURE * covariance`` of the
@@ -211,48 +197,30 @@ MAX_PRECONDITIONED_FEATURES = 4096
 COVARIANCE_ROWS = 10_000
 
 
-@dataclass(frozen=True)
-class _Preconditioner:
-    """A change of variables ``W = W' L^-1`` with ``L L^T = CURVATURE * cov + weight_decay I``.
+def _preconditioner(x: Tensor) -> Callable[[float], Tensor]:
+    """``weight_decay -> L`` (lower triangular, float32) with ``L L^T = CURVATURE * cov(x) + weight_decay I``.
 
-    The penalised objective's Hessian in ``W`` is about ``L L^T``, so in ``W'`` it is about
-    the identity, where L-BFGS converges in few steps. It is a reparametrisation: the optimum
-    in ``W`` is the same whatever ``L`` is, an estimate of the covariance is enough.
+    In ``W' = W L`` the penalised objective's Hessian, about ``L L^T`` in ``W``, is about the
+    identity, where L-BFGS converges in few steps. It is a reparametrisation: the optimum in
+    ``W`` is the same whatever ``L`` is, an estimate of the covariance is enough. A small floor
+    keeps ``L`` defined at ``weight_decay=0``.
     """
+    rows = x[:: max(1, len(x) // COVARIANCE_ROWS)]
+    with torch.no_grad():
+        covariance = (rows.T @ rows).double() / len(rows)
+    eye = torch.eye(len(covariance), dtype=torch.float64, device=covariance.device)
+    floor = 1e-6 * float(covariance.diagonal().mean().clamp_min(1e-12))
 
-    covariance: Tensor  # float64 (d, d)
+    def factor(weight_decay: float) -> Tensor:
+        factor, info = torch.linalg.cholesky_ex(CURVATURE * covariance + max(weight_decay, floor) * eye)
+        return eye.float() if int(info) else factor.float()  # not positive definite: give up preconditioning, not the fit
 
-    @classmethod
-    def of(cls, x: Tensor) -> _Preconditioner:
-        rows = x[:: max(1, len(x) // COVARIANCE_ROWS)]
-        with torch.no_grad():
-            return cls((rows.T @ rows).double() / len(rows))
-
-    def factor(self, weight_decay: float) -> Tensor:
-        """``L`` (lower triangular, float32); a small floor keeps it defined at ``weight_decay=0``."""
-        eye = torch.eye(len(self.covariance), dtype=torch.float64, device=self.covariance.device)
-        floor = 1e-6 * float(self.covariance.diagonal().mean().clamp_min(1e-12))
-        factor, info = torch.linalg.cholesky_ex(CURVATURE * self.covariance + max(weight_decay, floor) * eye)
-        if int(info):  # not positive definite in float64: give up preconditioning, not the fit
-            return eye.float()
-        return factor.float()
+    return factor
 
 
-class _FitProgress:
+def _noting(shown: Progress, fit: str, weight_decay: float) -> Callable[[int], None]:
     """Say which fit of how many runs, at which weight decay, and how many evaluations in."""
-
-    def __init__(self, shown: Progress | None, number: int, fits: int) -> None:
-        self.shown, self.number, self.fits = shown, number, fits
-
-    def evaluation(self, weight_decay: float, count: int) -> None:
-        if self.shown is not None:
-            what = "refit on all training rows" if self.number == self.fits and self.fits > 1 else "fit"
-            self.shown.note(f"{what} {self.number}/{self.fits}, weight decay {weight_decay:g}, "
-                            f"evaluation {count}")
-
-    def done(self) -> None:
-        if self.shown is not None:
-            self.shown.advance()
+    return lambda count: shown.note(f"{fit}, weight decay {weight_decay:g}, evaluation {count}")
 
 
 def _fit_softmax_regression(
@@ -263,8 +231,8 @@ def _fit_softmax_regression(
     init: tuple[Tensor, Tensor] | None = None,
     max_iter: int = 1000,
     tolerance: float = 1e-4,
-    preconditioner: _Preconditioner | None = None,
-    progress: _FitProgress | None = None,
+    preconditioner: Callable[[float], Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Minimise ``mean CE(x W^T + b, y) + 0.5 * weight_decay * ||W||^2`` with full-batch L-BFGS.
 
@@ -279,7 +247,7 @@ def _fit_softmax_regression(
         bias = torch.zeros(num_classes, device=x.device)
     else:
         weight, bias = init[0].detach().clone(), init[1].detach().clone()
-    factor = preconditioner.factor(weight_decay) if preconditioner is not None else None
+    factor = preconditioner(weight_decay) if preconditioner is not None else None
     if factor is None:
         moved, tolerance_grad = weight, tolerance * weight_decay
     else:
@@ -313,11 +281,9 @@ def _fit_softmax_regression(
         loss.backward()
         evaluations += 1
         if progress is not None:
-            progress.evaluation(weight_decay, evaluations)
+            progress(evaluations)
         return loss
 
     optimizer.step(objective)
-    if progress is not None:
-        progress.done()
     with torch.no_grad():
         return weights().detach(), bias.detach()
