@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from aavae.common.progress import Progress
 from aavae.evaluation.features import ArrayLike
@@ -49,15 +50,11 @@ def knn_classify(
     k = min(k, len(xtr))
 
     with torch.inference_mode(), Progress("kNN", len(xte), "test rows", enabled=progress) as shown:
-        bank = F.normalize(xtr, dim=1)
         score_chunks = []
-        for start in range(0, len(xte), batch_size):
-            query = F.normalize(xte[start : start + batch_size], dim=1)
-            similarity, neighbour = (query @ bank.T).topk(k, dim=1)
-            votes = torch.zeros(len(query), num_classes, device=dev)
-            votes.scatter_add_(1, ytr[neighbour], (similarity / temperature).exp())
-            score_chunks.append(votes)
-            shown.advance(len(query))
+        for similarity, neighbour in _most_similar(xtr, xte, k, batch_size):
+            votes = torch.zeros(len(neighbour), num_classes, device=dev)
+            score_chunks.append(votes.scatter_add_(1, ytr[neighbour], (similarity / temperature).exp()))
+            shown.advance(len(neighbour))
         scores = torch.cat(score_chunks)
     return _result(scores, yte, names, {"k": k, "temperature": float(temperature)})
 
@@ -72,17 +69,19 @@ def nearest_neighbours(
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     cpu = torch.device("cpu")
-    bank_t = F.normalize(_features(bank, "bank", cpu), dim=1)
-    query_t = F.normalize(_features(queries, "queries", cpu), dim=1)
+    bank_t, query_t = _features(bank, "bank", cpu), _features(queries, "queries", cpu)
     if bank_t.shape[1] != query_t.shape[1]:
         raise ValueError(
             f"bank has {bank_t.shape[1]} feature columns but queries have {query_t.shape[1]}"
         )
-    k = min(k, len(bank_t))
-    indices, similarities = [], []
     with torch.inference_mode():
-        for start in range(0, len(query_t), batch_size):
-            similarity, index = (query_t[start : start + batch_size] @ bank_t.T).topk(k, dim=1)
-            indices.append(index)
-            similarities.append(similarity)
+        similarities, indices = zip(*_most_similar(bank_t, query_t, min(k, len(bank_t)), batch_size), strict=True)
     return torch.cat(indices).numpy(), torch.cat(similarities).numpy()
+
+
+def _most_similar(bank: Tensor, queries: Tensor, k: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(similarities, indices)`` of the ``k`` rows of ``bank`` most cosine-similar to each query,
+    ``batch_size`` queries at a time (memory stays at ``batch_size x len(bank)``)."""
+    bank = F.normalize(bank, dim=1)
+    for start in range(0, len(queries), batch_size):
+        yield (F.normalize(queries[start : start + batch_size], dim=1) @ bank.T).topk(k, dim=1)
