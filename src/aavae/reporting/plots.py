@@ -18,19 +18,35 @@ def image_grid(
     columns: Sequence[np.ndarray], column_titles: Sequence[str], title: str | None = None
 ) -> Figure:
     """One row per image, one column per variant; each array is uint8 N x H x W x C."""
-    rows = len(columns[0])
-    cols = len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
-    for c, (images, name) in enumerate(zip(columns, column_titles, strict=True)):
-        for r in range(rows):
-            ax = axes[r][c]
-            ax.imshow(images[r], interpolation="nearest")
+    rows = [[(images[r], name if r == 0 else "", None, 0) for images, name in zip(columns, column_titles, strict=True)]
+            for r in range(len(columns[0]))]
+    return _image_rows(rows, (1.3, 1.3, 0.4), title, (8, 10))
+
+
+def _image_rows(rows: list[list[tuple]], size: tuple[float, float, float], title: str | None,
+                fontsize: tuple[int, int]) -> Figure:
+    """A grid of images: each row a list of ``(image, caption, frame colour or None, frame
+    width)`` cells, a row shorter than the longest ending in blank cells. ``size`` is the width
+    and height of a cell and the room for the title, in inches; ``fontsize`` the captions' and
+    the title's."""
+    cols = max(len(row) for row in rows)
+    figsize = (size[0] * cols, size[1] * len(rows) + size[2])
+    fig, axes = plt.subplots(len(rows), cols, figsize=figsize, squeeze=False)
+    for row, row_axes in zip(rows, axes, strict=True):
+        for c, ax in enumerate(row_axes):
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=8)
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            image, caption, colour, width = row[c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption, fontsize=fontsize[0], color=colour or "black")
+            for spine in ax.spines.values() if colour else ():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(width)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=fontsize[1])
     fig.tight_layout()
     return fig
 
@@ -64,19 +80,14 @@ def figure_png(figure: Figure, dpi: int = 120) -> bytes:
     return buffer.getvalue()
 
 
-def _class_colours(num_classes: int):
-    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
-    if num_classes <= 20:
-        return [cmap(i) for i in range(num_classes)]
-    return [cmap(i / max(1, num_classes - 1)) for i in range(num_classes)]
-
-
 def embedding_figure(
     coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str
 ) -> Figure:
     """A 2-D scatter of embedded samples, one colour per class, with a legend."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    colours = _class_colours(len(class_names))
+    n = len(class_names)  # a qualitative map's own colours up to 20 classes, then spread over turbo
+    colours = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")(
+        np.arange(n) if n <= 20 else np.linspace(0, 1, n))
     for index, name in enumerate(class_names):
         chosen = labels == index
         if chosen.any():
@@ -234,27 +245,14 @@ def retrieval_figure(
     ``neighbours`` is ``(Q, K, H, W, C)``; a neighbour of the query's class is framed green,
     another class red.
     """
-    rows, k = neighbours.shape[:2]
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.5 * rows + 0.4), squeeze=False)
-    for r in range(rows):
-        cells = [(queries[r], f"query: {class_names[query_labels[r]]}", "black")]
-        for j in range(k):
-            same = neighbour_labels[r, j] == query_labels[r]
-            caption = str(class_names[neighbour_labels[r, j]])
-            if similarities is not None:
-                caption += f" {similarities[r, j]:.2f}"
-            cells.append((neighbours[r, j], caption, "tab:green" if same else "tab:red"))
-        for ax, (image, caption, colour) in zip(axes[r], cells, strict=True):
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(caption, fontsize=7, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2 if colour != "black" else 1)
-    fig.suptitle("Nearest training images by cosine similarity of the learned features", fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = []
+    for r, labels in enumerate(neighbour_labels):
+        rows.append([(queries[r], f"query: {class_names[query_labels[r]]}", "black", 1)])
+        for j, label in enumerate(labels):
+            caption = str(class_names[label]) + (f" {similarities[r, j]:.2f}" if similarities is not None else "")
+            rows[-1].append((neighbours[r, j], caption, "tab:green" if label == query_labels[r] else "tab:red", 2))
+    title = "Nearest training images by cosine similarity of the learned features"
+    return _image_rows(rows, (1.4, 1.5, 0.4), title, (7, 9))
 
 
 def neighbour_grid_figure(
@@ -269,25 +267,7 @@ def neighbour_grid_figure(
     Unlike :func:`retrieval_figure` nothing here needs classes: the captions are whatever the
     caller gives (file names, similarities), so it shows neighbours in any image folder.
     """
-    rows = len(queries)
-    k = max((len(found) for found in neighbours), default=0)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.55 * rows + 0.5), squeeze=False)
-    for r in range(rows):
-        cells = [(queries[r], query_titles[r], "black")]
-        cells += [(image, caption, "tab:blue")
-                  for image, caption in zip(neighbours[r], neighbour_titles[r], strict=True)]
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(cells):
-                ax.axis("off")
-                continue
-            image, caption, colour = cells[c]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_title(caption[:18], fontsize=7, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2 if c == 0 else 1)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = [[(query, name[:18], "black", 2),
+             *((image, caption[:18], "tab:blue", 1) for image, caption in zip(found, captions, strict=True))]
+            for query, name, found, captions in zip(queries, query_titles, neighbours, neighbour_titles, strict=True)]
+    return _image_rows(rows, (1.4, 1.55, 0.5), title, (7, 9))
