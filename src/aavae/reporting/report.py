@@ -14,27 +14,25 @@ FULL_LABEL_COLUMNS = (("linear_top1", "linear top-1 (all labels)"), ("linear_top
                       ("knn_top1", "kNN top-1"))
 
 
-def few_label_counts(metrics: dict[str, Any]) -> list[int]:
-    """The labels-per-class counts the few-label probe scored, smallest first."""
-    counts = {int(key.split("_")[2]) for key in metrics
-              if key.startswith("few_label_") and key.endswith("_top1")}
-    return sorted(counts)
-
-
 def accuracy_columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, heading) of every accuracy column, led by the few-label probe's smallest count.
 
     The printed table and report.html show the same columns in the same order."""
-    few = [(f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class")
-           for k in few_label_counts(metrics)]
-    return [*few, *FULL_LABEL_COLUMNS]
+    counts = sorted({int(key.split("_")[2]) for key in metrics if key.startswith("few_label_") and key.endswith("_top1")})
+    return [*((f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class") for k in counts), *FULL_LABEL_COLUMNS]
+
+
+def score_rows(metrics: dict[str, Any], baseline_suffix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(name, scores) of every row of the table: the pretrained model, then each baseline."""
+    baselines = (metrics.get("baselines") or {}).items()
+    return [(f"{metrics.get('objective') or 'model'} (pretrained)", metrics),
+            *((f"{name}{baseline_suffix}", scores) for name, scores in baselines)]
 
 
 def saturated(metrics: dict[str, Any], key: str) -> bool:
     """Whether every row that has the score scored 100 % (top-5 on ten classes): such a
     column separates nothing, so it never leads, is never the best and comes last."""
-    scores = [s.get(key) for s in (metrics, *(metrics.get("baselines") or {}).values())]
-    scored = [value for value in scores if isinstance(value, (int, float))]
+    scored = [s[key] for _, s in score_rows(metrics) if isinstance(s.get(key), (int, float))]
     return bool(scored) and min(scored) >= 1.0
 
 
@@ -109,22 +107,19 @@ def evaluation_note(metrics: dict[str, Any]) -> str | None:
 
 def results_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: the learned features beside each baseline."""
-    rows = [(f"{metrics.get('objective', 'model')} (pretrained)", metrics)]
-    rows += [(name, scores) for name, scores in metrics.get("baselines", {}).items()]
     columns = accuracy_columns(metrics)
     lines = ["| features | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for name, scores in rows:
+    for name, scores in score_rows(metrics):
         lines.append(f"| {name} | " + " | ".join(percent_cell(scores, k) for k, _ in columns) + " |")
     return "\n".join(lines)
 
 
-def percent_cell(scores: dict[str, Any], key: str) -> str:
-    """``66.50%``, ``66.50% ± 4.0`` where the score has a spread over draws, ``-`` when absent."""
-    value = scores.get(key)
+def percent_cell(scores: dict[str, Any], key: str, missing: str = "-", plus_minus: str = "±") -> str:
+    """``66.50%``, ``66.50% ± 4.0`` where the score has a spread over draws, ``missing`` when absent."""
+    value, sd = scores.get(key), scores.get(f"{key}_sd")
     if not isinstance(value, (int, float)):
-        return "-"
-    sd = scores.get(f"{key}_sd")
-    return f"{100 * value:.2f}%" + (f" ± {100 * sd:.1f}" if isinstance(sd, (int, float)) else "")
+        return missing
+    return f"{100 * value:.2f}%" + (f" {plus_minus} {100 * sd:.1f}" if isinstance(sd, (int, float)) else "")
 
 
 def results_text(metrics: dict[str, Any], report: Path, store: Path = Path("mlflow.db")) -> str:

@@ -18,7 +18,9 @@ from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
     evaluation_note,
+    percent_cell,
     saturated,
+    score_rows,
     training_notes,
 )
 
@@ -170,11 +172,7 @@ def render_report(
     or nested); ``images`` are shown in order; ``notes`` are short remarks under the title
     (e.g. where the parameters came from).
     """
-    if not isinstance(metrics, Mapping):
-        raise TypeError(
-            f"metrics must be a mapping (metrics.json content), got {type(metrics).__name__}"
-        )
-    rows = _accuracy_rows(metrics)
+    rows = score_rows(dict(metrics), " (baseline)")
     columns = [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]
     flat = [key for key, _ in columns if saturated(dict(metrics), key)]
     columns = sorted(columns, key=lambda column: column[0] in flat)  # the flat ones last
@@ -214,14 +212,6 @@ def _percent(value: Any) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "&ndash;"
 
 
-def _accuracy_rows(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    model_name = f"{metrics.get('objective') or 'model'} (pretrained)"
-    rows: list[tuple[str, Mapping[str, Any]]] = [(model_name, metrics)]
-    baselines = metrics.get("baselines") or {}
-    rows += [(f"{name} (baseline)", scores) for name, scores in baselines.items()]
-    return rows
-
-
 def _summary(metrics: Mapping[str, Any]) -> str:
     items = [
         f"<dt>{_e(label)}</dt><dd>{_e(metrics[key])}</dd>"
@@ -249,9 +239,7 @@ def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tup
             value = scores.get(key)
             is_best = value is not None and value == best[key] and len(rows) > 1
             cls = "num best" if is_best else "num"
-            sd = scores.get(f"{key}_sd")
-            spread = f" &plusmn; {100 * sd:.1f}" if isinstance(sd, (int, float)) and value is not None else ""
-            cells.append(f'<td class="{cls}">{_percent(value)}{spread}</td>')
+            cells.append(f'<td class="{cls}">{percent_cell(scores, key, "&ndash;", "&plusmn;")}</td>')
         lines.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
     return "<table>" + "".join(lines) + "</table>"
 
