@@ -12,13 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aavae.common.hardware import choose_device
 from aavae.evaluation.features import ArrayLike
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return choose_device("auto") if device is None else torch.device(device)
 
 
 def _features(x: ArrayLike, name: str, device: torch.device) -> Tensor:
@@ -84,6 +83,4 @@ def _checked_inputs(train_x, train_y, test_x, test_y, num_classes, class_names, 
 
 
 def _class_name_list(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
-    if class_names is not None:
-        return [str(n) for n in class_names]
-    return [str(i) for i in range(num_classes)]
+    return [str(name) for name in (range(num_classes) if class_names is None else class_names)]

@@ -177,8 +177,10 @@ def paper_linear_eval(
                 with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=autocast_bf16):
                     return _flat_features(encoder(normalize(views, mean_t, std_t)), len(views)).float()
 
-            probe_input = images[:2].permute(0, 3, 1, 2).float().div(255.0)
-            layer = _seeded_linear(features(probe_input).shape[1], num_classes, seed).to(dev)
+            width = features(images[:2].permute(0, 3, 1, 2).float().div(255.0)).shape[1]
+            with torch.random.fork_rng(devices=[]):  # PyTorch's initialisation, drawn from seed alone
+                torch.manual_seed(seed)
+                layer = nn.Linear(width, num_classes).to(dev)
             steps = epochs * batch_shape(len(images), batch_size)[0]
             with Progress("paper linear eval", steps, "steps") as shown:
                 losses = _train_linear_layer(
@@ -193,8 +195,7 @@ def paper_linear_eval(
         encoder.to(home).train(was_training)
     scored = paper_test_count(len(test_features), batch_size) if drop_last_test else len(test_features)
     with torch.inference_mode():
-        logits = layer(torch.from_numpy(test_features[:scored]).to(dev))
-        probabilities = torch.softmax(logits, dim=1)
+        probabilities = torch.softmax(layer(torch.from_numpy(test_features[:scored]).to(dev)), dim=1)
     chosen = {
         "protocol": "paper", "epochs": epochs, "batch_size": batch_size, "learning_rate": lr,
         "momentum": momentum, "nesterov": momentum > 0, "weight_decay": weight_decay,
@@ -206,10 +207,7 @@ def paper_linear_eval(
 def paper_test_count(count: int, batch_size: int) -> int:
     """How many of ``count`` test images the paper's loader scores: its full batches (all of
     them when there are fewer than one batch, where the paper's would score none)."""
-    if count < 1:
-        return 0
-    batches, per_batch = batch_shape(count, batch_size)
-    return batches * per_batch
+    return math.prod(batch_shape(count, batch_size)) if count else 0
 
 
 def _check_paper_options(epochs, batch_size, learning_rate, momentum):
@@ -224,13 +222,6 @@ def _check_paper_options(epochs, batch_size, learning_rate, momentum):
         )
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-
-
-def _seeded_linear(in_features: int, num_classes: int, seed: int) -> nn.Linear:
-    """PyTorch's default initialisation, drawn from ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Linear(in_features, num_classes)
 
 
 def _train_linear_layer(

@@ -242,11 +242,8 @@ def _fit_softmax_regression(
     ``W``'s distance is at most ``W'``'s divided by ``sqrt(weight_decay)``: the tolerance on
     the gradient in ``W'`` is ``tolerance * sqrt(weight_decay)``, the same bound on ``W``.
     """
-    if init is None:
-        weight = torch.zeros(num_classes, x.shape[1], device=x.device)
-        bias = torch.zeros(num_classes, device=x.device)
-    else:
-        weight, bias = init[0].detach().clone(), init[1].detach().clone()
+    zeros = (torch.zeros(num_classes, x.shape[1], device=x.device), torch.zeros(num_classes, device=x.device))
+    weight, bias = (t.detach().clone() for t in init or zeros)
     factor = preconditioner(weight_decay) if preconditioner is not None else None
     if factor is None:
         moved, tolerance_grad = weight, tolerance * weight_decay
