@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from aavae.common.progress import Progress
-from aavae.evaluation.features import ArrayLike
-from aavae.evaluation.inputs import _features
+from aavae.evaluation.features import ArrayLike, _features
 
 EMBEDDING_METHODS = ("tsne", "pca")
 

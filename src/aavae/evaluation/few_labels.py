@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from aavae.common.progress import Progress
-from aavae.evaluation.features import ArrayLike
-from aavae.evaluation.inputs import _checked_inputs
+from aavae.evaluation.features import ArrayLike, _checked_inputs
 from aavae.evaluation.probe import _fit_softmax_regression, _standardizer, _top1
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aavae.common.progress import Progress
-from aavae.evaluation.features import ArrayLike
-from aavae.evaluation.inputs import _checked_inputs, _default_device, _features
+from aavae.evaluation.features import ArrayLike, _checked_inputs, _default_device, _features
 from aavae.evaluation.scoring import ClassifierResult, _result
 
 

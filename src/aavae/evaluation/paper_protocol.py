@@ -30,12 +30,15 @@ from aavae.evaluation.features import (
     ArrayLike,
     _as_uint8_batch,
     _channel_stats,
+    _check_classes,
     _check_images,
+    _class_name_list,
+    _default_device,
     _flat_features,
+    _labels,
     _module_device,
     extract_features,
 )
-from aavae.evaluation.inputs import _check_classes, _class_name_list, _default_device, _labels
 from aavae.evaluation.scoring import ClassifierResult, _result
 from aavae.views import ViewPolicy, apply_view_params, normalize, sample_view_params
 

@@ -23,8 +23,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from aavae.common.progress import Progress
-from aavae.evaluation.features import ArrayLike
-from aavae.evaluation.inputs import _checked_inputs, _default_device
+from aavae.evaluation.features import ArrayLike, _checked_inputs, _default_device
 from aavae.evaluation.scoring import ClassifierResult, _result
 
 logger = logging.getLogger(__name__)

@@ -109,14 +109,12 @@ def curves_figure(
 ) -> Figure:
     """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss).
 
-    One bad point must not flatten the others: a point more than :data:`SPIKE_FACTOR` times
-    the median of its neighbours (:func:`off_scale_points`; a CIFAR-10 run's one validation
-    loss of 15,515 among values of 900 to 1,000) is left above the axis, drawn as a triangle at
-    its top edge with its value written beside it. Then ``yscale="auto"`` picks a log axis
-    when the remaining values span more than :data:`LOG_SPAN` (symlog when some are zero or
-    negative), so a steep but genuine descent keeps its start in view; otherwise the axis
-    stays linear. ``"linear"``, ``"log"`` and ``"symlog"`` force one (and keep every point
-    on the axis).
+    One bad point must not flatten the others (a CIFAR-10 run's one validation loss of 15,515
+    among values of 900 to 1,000): :func:`off_scale_points` are left above the axis, each a
+    triangle at its top edge with its value beside it. Then ``yscale="auto"`` picks a log axis
+    when the rest span more than :data:`LOG_SPAN` (symlog with zero or negative values), so a
+    steep but genuine descent keeps its start in view. ``"linear"``, ``"log"`` and ``"symlog"``
+    force one (and keep every point on the axis).
     """
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     off_scale = off_scale_points(series) if yscale == "auto" else {}

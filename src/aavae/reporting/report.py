@@ -57,12 +57,9 @@ def conclusion(metrics: dict[str, Any]) -> str | None:
         return None
     heading, lead, best = found[0]
     model = metrics.get("objective") or "model"
-    spread = ""
-    key = accuracy_columns(metrics)[0][0]
-    if f"{key}_sd" in metrics:
-        draws = metrics.get("few_label_draws")
-        spread = (f" (sd over {draws} draws of the labelled images: {100 * metrics[f'{key}_sd']:.1f}; "
-                  "every row sees the same draws)" if draws else "")
+    key, draws = accuracy_columns(metrics)[0][0], metrics.get("few_label_draws")
+    spread = (f" (sd over {draws} draws of the labelled images: {100 * metrics[f'{key}_sd']:.1f}; "
+              "every row sees the same draws)" if draws and f"{key}_sd" in metrics else "")
     verdict = f"ahead of the best baseline ({best}) by {lead:.1f}" if lead > 0 else (
         f"behind the best baseline ({best}) by {-lead:.1f}" if lead < 0 else f"level with the best baseline ({best})")
     others = ", ".join(f"{h}: {value:+.1f}" for h, value, _ in found[1:])

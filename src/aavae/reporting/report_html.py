@@ -225,19 +225,14 @@ def _summary(metrics: Mapping[str, Any]) -> str:
 
 def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]],
                     unmarked: list[str]) -> str:
-    best = {}
-    for key, _ in columns:
-        values = [s.get(key) for _, s in rows if isinstance(s.get(key), (int, float))]
-        best[key] = max(values) if values and key not in unmarked else None
-    head = "<tr><th>features</th>" + "".join(
-        f'<th class="num">{_e(label)}</th>' for _, label in columns
-    ) + "</tr>"
-    lines = [head]
+    best = {key: max((s[key] for _, s in rows if isinstance(s.get(key), (int, float))), default=None)
+            for key, _ in columns if key not in unmarked}
+    lines = ["<tr><th>features</th>" + "".join(f'<th class="num">{_e(label)}</th>' for _, label in columns) + "</tr>"]
     for name, scores in rows:
         cells = []
         for key, _ in columns:
             value = scores.get(key)
-            is_best = value is not None and value == best[key] and len(rows) > 1
+            is_best = value is not None and value == best.get(key) and len(rows) > 1
             cls = "num best" if is_best else "num"
             cells.append(f'<td class="{cls}">{percent_cell(scores, key, "&ndash;", "&plusmn;")}</td>')
         lines.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
@@ -245,11 +240,7 @@ def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tup
 
 
 def _per_class_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
-    classes: list[str] = []
-    for _, scores in rows:
-        for name in scores.get("per_class") or {}:
-            if name not in classes:
-                classes.append(name)
+    classes = list(dict.fromkeys(name for _, scores in rows for name in scores.get("per_class") or {}))
     if not classes:
         return '<p class="muted">No per-class scores.</p>'
     head = "<tr><th>class</th>" + "".join(f'<th class="num">{_e(n)}</th>' for n, _ in rows) + "</tr>"
