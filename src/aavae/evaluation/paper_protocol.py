@@ -44,10 +44,6 @@ from aavae.views import ViewPolicy, apply_view_params, normalize, sample_view_pa
 
 logger = logging.getLogger(__name__)
 
-#: Images up to this side get the paper's CIFAR-10 augmentation (reflect-padded random crop);
-#: larger ones its STL-10 augmentation (random resized crop).
-PAPER_CROP_MAX_SIZE = 32
-PAPER_CROP_PADDING = 4
 # torchvision's RandomResizedCrop defaults plus a horizontal flip; no colour change.
 _RESIZED_CROP = ViewPolicy(
     crop_scale=(0.08, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0
@@ -56,11 +52,11 @@ _RESIZED_CROP = ViewPolicy(
 
 def paper_augmentation_for(image_size: int) -> str:
     """``crop`` for CIFAR-sized images (side <= 32), ``resized_crop`` for larger ones."""
-    return "crop" if image_size <= PAPER_CROP_MAX_SIZE else "resized_crop"
+    return "crop" if image_size <= 32 else "resized_crop"
 
 
 def padded_random_crop(
-    images: Tensor, generator: torch.Generator, padding: int = PAPER_CROP_PADDING
+    images: Tensor, generator: torch.Generator, padding: int = 4
 ) -> Tensor:
     """``RandomCrop(size, padding, padding_mode="reflect")`` + ``RandomHorizontalFlip``, batched.
 
@@ -213,9 +209,7 @@ def paper_test_count(count: int, batch_size: int) -> int:
     return math.prod(batch_shape(count, batch_size)) if count else 0
 
 
-def _check_paper_options(epochs, batch_size, learning_rate, momentum):
-    """What torch's SGD would let through; it refuses a negative weight decay itself, and
-    :func:`paper_train_views` an unknown augmentation."""
+def _check_paper_options(epochs, batch_size, learning_rate, momentum):  # what torch's SGD lets through
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -80,11 +80,8 @@ def accuracy_report(result: ClassifierResult) -> dict:
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
-        if isinstance(value, (float, np.floating)):
-            return None if math.isnan(value) else float(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        return value
+        value = value.item() if isinstance(value, np.generic) else value  # numpy scalars as Python's
+        return None if isinstance(value, float) and math.isnan(value) else value
 
     return {
         "top1": float(result.top1),

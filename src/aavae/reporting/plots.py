@@ -164,17 +164,14 @@ def off_scale_points(
     found: dict[str, list[tuple[float, float]]] = {}
     for name, points in series.items():
         ys = np.array([y for _, y in points], dtype=float)
-        spikes = []
-        for index, point in enumerate(points):
+        for index, point in enumerate(points if len(ys) >= 3 else ()):
             around = np.concatenate([ys[max(0, index - 2):index], ys[index + 1:index + 3]])
             around = around[np.isfinite(around)]
-            if len(ys) < 3 or not len(around):
+            if not len(around):
                 continue
             middle = float(np.median(around))
             if np.isposinf(ys[index]) or (middle > 0 and ys[index] > SPIKE_FACTOR * middle):
-                spikes.append(tuple(point))
-        if spikes:
-            found[name] = spikes
+                found.setdefault(name, []).append(tuple(point))
     kept = [(name, tuple(point)) for name, points in series.items() for point in points
             if tuple(point) not in found.get(name, ()) and np.isfinite(point[1])]
     for name, point in _squeezing_tops(kept):
