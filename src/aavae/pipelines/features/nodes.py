@@ -22,13 +22,7 @@ from aavae.evaluation import (
     extract_features,
     model_from_bundle,
 )
-from aavae.evaluation.transfer import (
-    DATA_UNRECORDED,
-    SAME_DATA,
-    TRANSFER,
-    evaluation_images,
-    say_resize,
-)
+from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
 from aavae.views import resolve_preprocessing
 
@@ -93,9 +87,7 @@ def resolve_model(
             raise ValueError(f"evaluate.checkpoint={config.checkpoint!r}: {error}") from error
     kind = _evaluation_kind(bundle, images, source)
     _record_evaluated_model(bundle, source, kind, images)
-    evaluation_model = {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
-    say_resize(evaluation_model, images_train, images_test)
-    return evaluation_model
+    return {**bundle, "evaluated_on": {**images, "kind": kind, "class_names": list(images_train.class_names)}}
 
 
 def _refuse_other_data(bundle: dict[str, Any], images: dict[str, Any], trained_model: str) -> None:
@@ -167,7 +159,7 @@ def extract_model_features(
     """Features of the evaluated encoder for the labelled train split and the test split, each
     recording the model's and the images' fingerprints and the settings that made them."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
+    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test, say=True)
     encoder = model_from_bundle(evaluation_model).encoder
     if config.recompute_bn_stats:
         used = recompute_statistics_on(encoder, images_train, evaluation_model, config)
