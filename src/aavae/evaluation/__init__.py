@@ -14,10 +14,9 @@ from aavae.evaluation.bundles import (
 )
 from aavae.evaluation.embedding import embed_2d
 from aavae.evaluation.features import extract_features
-from aavae.evaluation.few_labels import few_label_probe
 from aavae.evaluation.knn import knn_classify, nearest_neighbours
 from aavae.evaluation.paper_protocol import paper_linear_eval
-from aavae.evaluation.probe import linear_probe
+from aavae.evaluation.probe import few_label_probe, linear_probe
 from aavae.evaluation.scoring import ClassifierResult, accuracy_report
 
 __all__ = [
