@@ -58,7 +58,7 @@ def test_padded_random_crop_is_seeded_and_refuses_a_padding_wider_than_the_image
 
 def test_random_resized_crop_keeps_the_size_and_the_pixel_range():
     images = uint8_batch(16, 12)
-    views = paper_protocol.random_resized_crop(images, torch.Generator().manual_seed(0))
+    views = paper_protocol.paper_train_views(images, "resized_crop", torch.Generator().manual_seed(0))
     assert views.shape == (16, 3, 12, 12)
     assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
     assert not torch.allclose(views, images.float() / 255.0)

@@ -82,22 +82,14 @@ def padded_random_crop(
     return crops.permute(0, 3, 1, 2)
 
 
-def random_resized_crop(images: Tensor, generator: torch.Generator) -> Tensor:
-    """``RandomResizedCrop(size)`` + ``RandomHorizontalFlip`` of uint8 ``N x 3 x H x W``, batched.
-
-    Returns float32 in [0, 1], channels_last (see :mod:`aavae.views`).
-    """
-    n, _, height, width = images.shape
-    params = sample_view_params(n, height, width, _RESIZED_CROP, generator, images.device)
-    return apply_view_params(images, params, _RESIZED_CROP)
-
-
 def paper_train_views(images: Tensor, augmentation: str, generator: torch.Generator) -> Tensor:
-    """The linear-eval training input: uint8 ``N x C x H x W`` -> float32 [0, 1]."""
+    """The linear-eval training input: uint8 ``N x C x H x W`` -> float32 [0, 1] (channels_last
+    but for ``none``); ``resized_crop`` is ``RandomResizedCrop(size)`` + ``RandomHorizontalFlip``."""
     if augmentation == "crop":
         return padded_random_crop(images, generator)
     if augmentation == "resized_crop":
-        return random_resized_crop(images, generator)
+        params = sample_view_params(len(images), *images.shape[2:], _RESIZED_CROP, generator, images.device)
+        return apply_view_params(images, params, _RESIZED_CROP)
     if augmentation == "none":
         return images.float().div(255.0)
     raise ValueError(

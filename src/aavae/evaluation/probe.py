@@ -62,15 +62,13 @@ def linear_probe(
        test split once.
 
     Each fit minimises ``mean cross-entropy + 0.5 * wd * ||W||^2`` (bias unpenalised) with
-    full-batch L-BFGS in float32 until the largest gradient entry is below ``tolerance * wd``
-    (scikit-learn's ``tol`` on its equivalent objective with ``C = 1 / (wd * n)``), the loss
-    stops changing at float32 resolution, or ``max_iter`` iterations pass. With a single
-    weight decay there is nothing to choose: step 2 is skipped.
+    full-batch L-BFGS in float32 to ``tolerance`` (scikit-learn's ``tol`` on its equivalent
+    objective with ``C = 1 / (wd * n)``) or ``max_iter`` iterations. With a single weight
+    decay there is nothing to choose: step 2 is skipped.
 
     ``precondition`` (default) solves in well-conditioned coordinates (see the module
-    docstring): the same optimum in a tenth of the evaluations on correlated features; with
-    more than :data:`MAX_PRECONDITIONED_FEATURES` columns it is skipped (its ``d x d``
-    factor would cost more than it saves). ``False`` is the plain L-BFGS of earlier
+    docstring): the same optimum in a tenth of the evaluations on correlated features, up to
+    :data:`MAX_PRECONDITIONED_FEATURES` columns. ``False`` is the plain L-BFGS of earlier
     versions, kept for comparison (``benchmarks/evaluate.py --raw-pixels``). ``progress``
     shows the fits (:class:`aavae.common.progress.Progress`).
     """
@@ -78,7 +76,13 @@ def linear_probe(
     xtr, ytr, xte, yte, names = _checked_inputs(
         train_x, train_y, test_x, test_y, num_classes, class_names, dev
     )
-    grid = _weight_decay_grid(weight_decays)
+    grid = sorted({float(wd) for wd in weight_decays}, reverse=True)
+    if not grid:
+        raise ValueError("weight_decays is empty: give at least one L2 strength")
+    if any(not math.isfinite(wd) or wd < 0 for wd in grid):
+        raise ValueError(
+            f"weight_decays must be finite and non-negative, got {list(weight_decays)}"
+        )
     fits = len(grid) + 1 if len(grid) > 1 else 1
     precondition = precondition and xtr.shape[1] <= MAX_PRECONDITIONED_FEATURES
     shown = Progress("linear probe", fits, "fits", enabled=progress)
@@ -115,17 +119,6 @@ def linear_probe(
     with torch.inference_mode():
         probabilities = torch.softmax(torch.addmm(bias, scaler(xte), weight.T), dim=1)
     return _result(probabilities, yte, names, chosen)
-
-
-def _weight_decay_grid(weight_decays: Sequence[float]) -> list[float]:
-    grid = sorted({float(wd) for wd in weight_decays}, reverse=True)
-    if not grid:
-        raise ValueError("weight_decays is empty: give at least one L2 strength")
-    if any(not math.isfinite(wd) or wd < 0 for wd in grid):
-        raise ValueError(
-            f"weight_decays must be finite and non-negative, got {list(weight_decays)}"
-        )
-    return grid
 
 
 def stratified_split(
