@@ -220,14 +220,11 @@ def _train_linear_layer(
     """SGD on ``layer`` over augmented batches; returns the mean loss of every epoch."""
     n = len(images)
     steps_per_epoch, batch_size = batch_shape(n, batch_size)
-    total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.SGD(
         layer.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
         weight_decay=weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     layer.train()
