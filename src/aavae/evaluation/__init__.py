@@ -12,8 +12,7 @@ from aavae.evaluation.bundles import (
     make_bundle,
     model_from_bundle,
 )
-from aavae.evaluation.embedding import embed_2d
-from aavae.evaluation.features import extract_features
+from aavae.evaluation.features import embed_2d, extract_features
 from aavae.evaluation.knn import knn_classify, nearest_neighbours
 from aavae.evaluation.paper_protocol import paper_linear_eval
 from aavae.evaluation.probe import few_label_probe, linear_probe

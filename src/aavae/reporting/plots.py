@@ -63,11 +63,9 @@ def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str], t
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                share = confusion[i, j] / totals[i, 0]
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share > 0.5 else "black")
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7,
+                    color="white" if count / totals[i, 0] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -165,15 +165,14 @@ def experiment_address(experiment: str | None, host: str = "127.0.0.1", port: in
 
 def runs_address(run_id: str | None, store: Path = Path("mlflow.db")) -> str:
     """:func:`experiment_address` of the experiment of ``run_id`` in the SQLite ``store``."""
-    experiment = None
+    row = None
     if run_id and store.is_file():
         try:
             with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as connection:
                 row = connection.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-            experiment = row[0] if row else None
         except sqlite3.Error:  # not an MLflow store, or one being migrated: the generic address
-            experiment = None
-    return experiment_address(experiment)
+            row = None
+    return experiment_address(row[0] if row else None)
 
 
 if __name__ == "__main__":

@@ -105,11 +105,9 @@ def _curves_note(curves: Mapping[str, Sequence[tuple[float, float]]], scale: str
     """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
     off_scale = off_scale_points(curves)
     spikes = [f"{name} {value_text(value)} at step {step:,}" for name, points in off_scale.items() for step, value in points]
-    note = ""
-    if spikes:
-        note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
-                 f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
-                 f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
+    their, s = ("their", "s") if len(spikes) > 1 else ("its", "")
+    note = (f" {len(spikes)} point{s} far above {their} neighbours lie above the axis, marked with a triangle"
+            f" and {their} value ({'; '.join(spikes)}), so they do not flatten the rest." if spikes else "")
     if off_scale and set(off_scale) <= {"val_loss"}:
         note += VALIDATION_SPIKE_NOTE
     if scale != "linear":
