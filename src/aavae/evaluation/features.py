@@ -208,9 +208,6 @@ def _class_name_list(num_classes: int, class_names: Sequence[str] | None) -> lis
     return [str(name) for name in (range(num_classes) if class_names is None else class_names)]
 
 
-EMBEDDING_METHODS = ("tsne", "pca")
-
-
 def embed_2d(
     features: ArrayLike,
     labels: ArrayLike,
@@ -228,8 +225,8 @@ def embed_2d(
     scikit-learn reports nothing while it works, so ``progress`` shows the time elapsed
     (t-SNE of 2,000 points: tens of seconds on a small CPU).
     """
-    if method not in EMBEDDING_METHODS:
-        raise ValueError(f"method must be one of {', '.join(EMBEDDING_METHODS)}, got {method!r}")
+    if method not in ("tsne", "pca"):
+        raise ValueError(f"method must be one of tsne, pca, got {method!r}")
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points}")
     x = _features(features, "features", torch.device("cpu")).numpy().astype(np.float64)

@@ -94,9 +94,9 @@ def linear_probe(
         chosen: dict = {"weight_decay": grid[0]}
         warm: tuple[Tensor, Tensor] | None = None
         if len(grid) > 1:
-            fit_idx, val_idx = stratified_split(ytr.cpu().numpy(), val_fraction, seed)
+            split = stratified_split(ytr.cpu().numpy(), val_fraction, seed)
             best_wd, val_top1, warm = _select_weight_decay(
-                xtr, ytr, fit_idx, val_idx, num_classes, grid, max_iter, tolerance, precondition, shown
+                xtr, ytr, split, num_classes, grid, max_iter, tolerance, precondition, shown
             )
             chosen = {"weight_decay": best_wd, "validation_top1": val_top1}
             if len(grid) > 2 and best_wd in (grid[0], grid[-1]):
@@ -146,10 +146,8 @@ def stratified_split(
     return np.sort(np.concatenate([fit, rows[~shared]])), np.sort(val)
 
 
-def _select_weight_decay(xtr, ytr, fit_idx, val_idx, num_classes, grid, max_iter, tolerance,
-                         precondition, shown):
-    fit_t = torch.as_tensor(fit_idx, device=xtr.device)
-    val_t = torch.as_tensor(val_idx, device=xtr.device)
+def _select_weight_decay(xtr, ytr, split, num_classes, grid, max_iter, tolerance, precondition, shown):
+    fit_t, val_t = (torch.as_tensor(rows, device=xtr.device) for rows in split)
     scaler = _standardizer(xtr[fit_t])
     x_fit, y_fit = scaler(xtr[fit_t]), ytr[fit_t]
     x_val, y_val = scaler(xtr[val_t]), ytr[val_t]
@@ -192,13 +190,10 @@ COVARIANCE_ROWS = 10_000
 
 
 def _preconditioner(x: Tensor) -> Callable[[float], Tensor]:
-    """``weight_decay -> L`` (lower triangular, float32) with ``L L^T = CURVATURE * cov(x) + weight_decay I``.
-
-    In ``W' = W L`` the penalised objective's Hessian, about ``L L^T`` in ``W``, is about the
-    identity, where L-BFGS converges in few steps. It is a reparametrisation: the optimum in
-    ``W`` is the same whatever ``L`` is, an estimate of the covariance is enough. A small floor
-    keeps ``L`` defined at ``weight_decay=0``.
-    """
+    """``weight_decay -> L`` (lower triangular, float32) with ``L L^T = CURVATURE * cov(x) + weight_decay I``,
+    about the penalised objective's Hessian in ``W``: in ``W' = W L`` it is about the identity. Any
+    ``L`` leaves the optimum where it is, so an estimate of the covariance is enough; a small
+    floor keeps ``L`` defined at ``weight_decay=0``."""
     rows = x[:: max(1, len(x) // COVARIANCE_ROWS)]
     with torch.no_grad():
         covariance = (rows.T @ rows).double() / len(rows)

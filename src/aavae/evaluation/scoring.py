@@ -19,8 +19,6 @@ import torch
 from sklearn.metrics import confusion_matrix, recall_score
 from torch import Tensor
 
-TOP_K = 5
-
 
 @dataclass
 class ClassifierResult:
@@ -55,7 +53,7 @@ def _result(
         (scores == true_score) & (class_index[None, :] < labels[:, None])
     ).sum(1)
     top1 = float((predictions == labels).float().mean())
-    top5 = float((ranked_ahead < min(TOP_K, num_classes)).float().mean())
+    top5 = float((ranked_ahead < min(5, num_classes)).float().mean())
 
     y_true, y_pred, classes = labels.cpu().numpy(), predictions.cpu().numpy(), np.arange(num_classes)
     confusion = confusion_matrix(y_true, y_pred, labels=classes)

@@ -25,10 +25,9 @@ def image_grid(
 
 def _image_rows(rows: list[list[tuple]], size: tuple[float, float, float], title: str | None,
                 fontsize: tuple[int, int]) -> Figure:
-    """A grid of images: each row a list of ``(image, caption, frame colour or None, frame
-    width)`` cells, a row shorter than the longest ending in blank cells. ``size`` is the width
-    and height of a cell and the room for the title, in inches; ``fontsize`` the captions' and
-    the title's."""
+    """A grid of images, each row a list of ``(image, caption, frame colour or None, frame width)``
+    cells (blank cells end a shorter row); ``size``: a cell's width and height and the title's
+    room, in inches; ``fontsize``: the captions' and the title's."""
     cols = max(len(row) for row in rows)
     figsize = (size[0] * cols, size[1] * len(rows) + size[2])
     fig, axes = plt.subplots(len(rows), cols, figsize=figsize, squeeze=False)

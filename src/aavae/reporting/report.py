@@ -9,17 +9,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-#: Columns after the few-label ones: (metrics key, heading).
-FULL_LABEL_COLUMNS = (("linear_top1", "linear top-1 (all labels)"), ("linear_top5", "linear top-5"),
-                      ("knn_top1", "kNN top-1"))
-
 
 def accuracy_columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, heading) of every accuracy column, led by the few-label probe's smallest count.
 
     The printed table and report.html show the same columns in the same order."""
     counts = sorted({int(key.split("_")[2]) for key in metrics if key.startswith("few_label_") and key.endswith("_top1")})
-    return [*((f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class") for k in counts), *FULL_LABEL_COLUMNS]
+    return [*((f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class") for k in counts),
+            ("linear_top1", "linear top-1 (all labels)"), ("linear_top5", "linear top-5"), ("knn_top1", "kNN top-1")]
 
 
 def score_rows(metrics: dict[str, Any], baseline_suffix: str = "") -> list[tuple[str, dict[str, Any]]]:
