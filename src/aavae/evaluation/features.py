@@ -48,15 +48,13 @@ def extract_features(
     for a call that ends within seconds).
     """
     _check_images(images)
-    mean_t, std_t = _channel_stats(mean, std, channels=images.shape[3])
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-
     home = _module_device(encoder)
     target = torch.device(device) if device is not None else home
+    mean_t, std_t = (t.to(target) for t in _channel_stats(mean, std, channels=images.shape[3]))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if autocast_bf16 is None:
         autocast_bf16 = target.type == "cuda" and torch.cuda.is_bf16_supported()
-    mean_t, std_t = mean_t.to(target), std_t.to(target)
 
     was_training = encoder.training
     encoder.to(target).eval()

@@ -29,12 +29,10 @@ def knn_classify(
 ) -> ClassifierResult:
     """Weighted kNN on cosine similarity (the InstDisc/DINO/solo-learn convention).
 
-    Features are L2-normalised; each test row takes its ``k`` most similar training rows
-    (``k`` capped at the training size), and each neighbour votes ``exp(similarity /
-    temperature)`` for its class. The summed votes are the class scores. Test rows are
-    processed ``batch_size`` at a time so memory stays at ``batch_size x len(train_x)``;
-    ``progress`` counts them (CIFAR-10's raw pixels: 10,000 x 50,000 similarities of 3,072
-    values, minutes on a small CPU).
+    Each test row's ``k`` most similar training rows (``k`` capped at the training size) vote
+    ``exp(similarity / temperature)`` for their class; the summed votes are the class scores.
+    Test rows go ``batch_size`` at a time (memory: ``batch_size x len(train_x)``), and
+    ``progress`` counts them (CIFAR-10's raw pixels: minutes on a small CPU).
     """
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
@@ -61,10 +59,8 @@ def knn_classify(
 def nearest_neighbours(
     bank: ArrayLike, queries: ArrayLike, k: int = 5, batch_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` rows of ``bank`` most cosine-similar to each query: ``(indices, similarities)``.
-
-    Both are ``(len(queries), k)``, most similar first; ``k`` is capped at ``len(bank)``.
-    """
+    """The ``k`` rows of ``bank`` most cosine-similar to each query: ``(indices, similarities)``,
+    both ``(len(queries), k)``, most similar first (``k`` capped at ``len(bank)``)."""
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     cpu = torch.device("cpu")

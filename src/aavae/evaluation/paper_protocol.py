@@ -130,9 +130,8 @@ def paper_linear_eval(
     Each batch is augmented on ``device``: ``crop`` = reflect-padded (4) random crop + flip
     (CIFAR-10), ``resized_crop`` = random resized crop + flip (STL-10); ``auto`` picks by the
     image side (<= 32: crop). Test images are scored un-augmented, zoomed as the recipe's
-    originals when ``original_resize`` is given (the paper's STL-10 scores ``Resize(105)`` +
-    ``CenterCrop(96)`` of every test image; as released, its probe also trained on such
-    unshuffled zooms, which is left out: see the module docstring).
+    originals when ``original_resize`` is given (the paper's STL-10: ``Resize(105)`` +
+    ``CenterCrop(96)``; the module docstring says why its training images are not).
 
     The score is the paper's: its test loader (``drop_last=True``, unshuffled) scores full
     batches only, the first ``n - n % batch_size`` test images (CIFAR-10: 9,984 of 10,000;

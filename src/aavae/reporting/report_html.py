@@ -156,13 +156,9 @@ def render_report(
     title: str = "AAVAE evaluation report",
     notes: Sequence[str] = (),
 ) -> str:
-    """The report as one HTML document.
-
-    ``metrics`` is the evaluate pipeline's ``metrics.json`` content (``linear_top1``, ...,
-    ``per_class`` and the same under ``baselines``); ``params`` the training parameters (flat
-    or nested); ``images`` are shown in order; ``notes`` are short remarks under the title
-    (e.g. where the parameters came from).
-    """
+    """The report as one HTML document: ``metrics`` (``metrics.json``'s content), the training
+    ``params`` (flat or nested), the ``images`` in order and short ``notes`` under the title
+    (e.g. where the parameters came from)."""
     rows = score_rows(dict(metrics), " (baseline)")
     columns = [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]
     flat = [key for key, _ in columns if saturated(dict(metrics), key)]
