@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aavae.reporting.plots import curves_figure, figure_png, neighbour_grid_figure, off_scale_points
-from aavae.reporting.report_html import PNG_SIGNATURE, VALIDATION_SPIKE_NOTE, _curves_note
+from aavae.reporting.report_html import VALIDATION_SPIKE_NOTE, _curves_note
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A real shape: the first validation loss of a digits run was about 37,000, later ones ~100.
 SPIKED = {

@@ -108,6 +108,7 @@ def test_a_training_checkpoint_of_other_data_is_a_transfer_said_in_the_table_rep
                    f"evaluate.checkpoint={given},{FAST_EVALUATION}")
     assert f"Transfer evaluation: {given} was trained on digits" in _said(result)
     assert "images brought from 24 to 16 px" in _said(result)
+    assert _said(result).count("Bringing the train and test images from 24 to 16 px") == 1, "once, not per node"
     metrics = json.loads((trained / "data/test/08_reporting/metrics.json").read_text())
     assert (metrics["evaluation"], metrics["objective"]) == ("transfer", "project checkpoint")
     assert project_runs(trained)[-1].data.tags["evaluation.kind"] == "transfer"

@@ -10,6 +10,7 @@ before evaluation extracts anything.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -195,3 +196,48 @@ def test_a_one_class_dataset_is_named_at_ingest_and_refused_before_evaluation_ex
                  for split in ("images_train", "images_test")}
     with pytest.raises(ValueError, match=r"imagefolder from here \(16 x 16 px, sha256 aaaaaaaaaaaa\) has 1 class \(x\)"):
         _resolve({**artifacts, **one_class})
+
+
+def test_a_transfer_evaluation_says_once_that_its_images_are_brought_to_the_models_size(
+        artifacts, tmp_path, monkeypatch, caplog):
+    """Both feature nodes and evaluate bring the images to the model's input size; the log says so once."""
+    import torch
+
+    from aavae.pipelines.evaluate.nodes import evaluate
+    from aavae.pipelines.features.nodes import (
+        extract_baseline_features,
+        extract_model_features,
+        resolve_model,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(_of_other_data("aavae_model", artifacts["aavae_model"]), tmp_path / "other.pt")
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
+    train, test = (ImageSet(pixels, np.array([0, 1] * 4), ("x", "y"), split, OURS) for split in ("train", "test"))
+    settings = {"checkpoint": "other.pt", "probe_weight_decays": [1e-4], "few_labels": [], "baselines": ["raw_pixels"],
+                "knn_k": 3}
+    with caplog.at_level("INFO"):
+        model = resolve_model(None, train, test, {**CARD, "image_shape": [24, 24, 3]}, {"name": "imagefolder"},
+                              settings, MODEL, {}, ROOT)
+        features = extract_model_features(model, train, test, settings)
+        baselines = extract_baseline_features(model, train, test, settings)
+        evaluate(*features, baselines, model, train, test, settings, ROOT)
+    assert model["evaluated_on"]["kind"] == "transfer"
+    assert caplog.text.count("Bringing the train and test images from 24 to 16 px") == 1
+
+
+@pytest.mark.parametrize("baseline", ["random_init", "raw_pixels"])
+def test_the_evaluate_log_writes_every_accuracy_alike(artifacts, baseline, caplog):
+    """``linear top-1 0.6250 (random init 0.5000), kNN top-1 0.3750``: no bare float, no None."""
+    from aavae.pipelines.evaluate.nodes import evaluate
+
+    features = {split: artifacts[f"features_{split}"]["features"] for split in ("train", "test")}
+    baselines = provenance.stamp({f"{baseline}_{split}": features[split][:, ::-1].copy() for split in features},
+                                 data_sha256=OURS)
+    settings = {"probe_weight_decays": [1e-4], "few_labels": [], "baselines": [baseline], "knn_k": 3}
+    with caplog.at_level("INFO", logger="aavae.pipelines.evaluate.nodes"):
+        evaluate(artifacts["features_train"], artifacts["features_test"], baselines, artifacts["evaluation_model"],
+                 artifacts["images_train"], artifacts["images_test"], settings, ROOT)
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("linear top-1")]
+    random_init = r"\d\.\d{4}" if baseline == "random_init" else "not scored"
+    assert re.fullmatch(rf"linear top-1 \d\.\d{{4}} \(random init {random_init}\), kNN top-1 \d\.\d{{4}}", line), line

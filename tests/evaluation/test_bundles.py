@@ -9,6 +9,7 @@ from torch import nn
 
 from aavae import evaluation as ev
 from aavae.evaluation import extract_features
+from aavae.evaluation.bundles import BUNDLE_KEYS
 from aavae.models import AAVAENet, ModelSpec, build_model
 from aavae.views import Preprocessing, channel_stats
 from tests.evaluation.helpers import MEAN, STD, random_images
@@ -32,7 +33,7 @@ def encoder_output(net: AAVAENet, images: np.ndarray, mean, std) -> np.ndarray:
 def test_make_bundle_holds_what_rebuilds_the_network_and_the_facts_given():
     net = trained_looking_model()
     bundle = ev.make_bundle(net, Preprocessing([0.2, 0.3, 0.4], [0.3, 0.3, 0.3]), objective="aavae", epochs=3)
-    assert set(ev.BUNDLE_KEYS) <= set(bundle) and bundle["spec"] == SPEC.to_dict()
+    assert set(BUNDLE_KEYS) <= set(bundle) and bundle["spec"] == SPEC.to_dict()
     assert bundle["objective"] == "aavae" and bundle["epochs"] == 3
     assert bundle["num_parameters"] == sum(p.numel() for p in net.parameters())
     assert all(tensor.device.type == "cpu" and not tensor.requires_grad for tensor in bundle["state_dict"].values())

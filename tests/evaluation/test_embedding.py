@@ -1,4 +1,4 @@
-"""Tests of aavae.evaluation.embedding: the 2-D map of features."""
+"""Tests of aavae.evaluation.features.embed_2d: the 2-D map of features."""
 
 from __future__ import annotations
 

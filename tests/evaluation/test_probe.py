@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from aavae.evaluation import DEFAULT_WEIGHT_DECAYS, linear_probe, stratified_split
+from aavae.evaluation import linear_probe
 from aavae.evaluation import probe as probe_module
+from aavae.evaluation.probe import DEFAULT_WEIGHT_DECAYS, stratified_split
 from tests.evaluation.helpers import GOOD, gaussian_clusters
 
 
@@ -34,7 +35,7 @@ def test_linear_probe_separates_separable_features():
 @pytest.mark.parametrize("weight_decay", [1e-1, 1e-3])
 def test_softmax_regression_reaches_the_scikit_learn_optimum(weight_decay):
     x, y = gaussian_clusters(300, 10, 3, spread=4.0, seed=1)  # overlapping: a finite optimum
-    xs = probe_module._Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    xs = probe_module._standardizer(torch.from_numpy(x))(torch.from_numpy(x))
     weight, bias = probe_module._fit_softmax_regression(xs, torch.from_numpy(y), 3, weight_decay)
 
     # scikit-learn's objective 0.5 ||W||^2 + C * sum(CE) is ours times 1 / (wd * n).
@@ -79,7 +80,7 @@ def test_linear_probe_fits_and_standardises_without_test_features(monkeypatch):
     test_x = np.full((40, 6), marker, dtype=np.float32)
     fits, scalers = [], []
 
-    real_fit, real_scaler = probe_module._fit_softmax_regression, probe_module._Standardizer.fit
+    real_fit, real_scaler = probe_module._fit_softmax_regression, probe_module._standardizer
 
     def spy_fit(features, *args, **kwargs):
         fits.append(float(features.abs().max()))
@@ -90,7 +91,7 @@ def test_linear_probe_fits_and_standardises_without_test_features(monkeypatch):
         return real_scaler(features)
 
     monkeypatch.setattr(probe_module, "_fit_softmax_regression", spy_fit)
-    monkeypatch.setattr(probe_module._Standardizer, "fit", staticmethod(spy_scaler))
+    monkeypatch.setattr(probe_module, "_standardizer", spy_scaler)
     linear_probe(x, y, test_x, np.zeros(40, dtype=np.int64), 3, weight_decays=(1e-2, 1e-4))
 
     assert len(fits) == 3 and len(scalers) == 2  # two candidates + refit; fit part + full train
@@ -166,15 +167,9 @@ def correlated_clusters(n: int, dim: int, num_classes: int, seed: int):
 
 def fit_counting(xs, y, weight_decay, precondition):
     counts = []
-
-    class Count(probe_module._FitProgress):
-        def evaluation(self, weight_decay, count):
-            counts.append(count)
-
-    preconditioner = probe_module._Preconditioner.of(xs) if precondition else None
+    preconditioner = probe_module._preconditioner(xs) if precondition else None
     weight, bias = probe_module._fit_softmax_regression(
-        xs, torch.from_numpy(y), 3, weight_decay, preconditioner=preconditioner,
-        progress=Count(None, 1, 1))
+        xs, torch.from_numpy(y), 3, weight_decay, preconditioner=preconditioner, progress=counts.append)
     return weight, bias, max(counts)
 
 
@@ -187,7 +182,7 @@ def objective(xs, y, weight, bias, weight_decay):
 @pytest.mark.parametrize("weight_decay", [1e-1, 1e-3, 1e-5])
 def test_the_preconditioned_fit_reaches_the_scikit_learn_optimum(weight_decay):
     x, y = gaussian_clusters(300, 10, 3, spread=4.0, seed=1)
-    xs = probe_module._Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    xs = probe_module._standardizer(torch.from_numpy(x))(torch.from_numpy(x))
     weight, bias, _ = fit_counting(xs, y, weight_decay, precondition=True)
 
     reference = LogisticRegression(C=1 / (weight_decay * len(x)), tol=1e-10, max_iter=10_000)
@@ -199,7 +194,7 @@ def test_the_preconditioned_fit_reaches_the_scikit_learn_optimum(weight_decay):
 
 def test_preconditioning_reaches_the_same_optimum_in_a_fraction_of_the_evaluations():
     x, y = correlated_clusters(1500, 128, 3, seed=4)
-    xs = probe_module._Standardizer.fit(torch.from_numpy(x))(torch.from_numpy(x))
+    xs = probe_module._standardizer(torch.from_numpy(x))(torch.from_numpy(x))
     plain = fit_counting(xs, y, 1e-4, precondition=False)
     preconditioned = fit_counting(xs, y, 1e-4, precondition=True)
 
@@ -221,6 +216,6 @@ def test_the_probe_scores_the_same_with_and_without_preconditioning():
 def test_a_probe_too_wide_to_precondition_is_fitted_plainly(monkeypatch):
     monkeypatch.setattr(probe_module, "MAX_PRECONDITIONED_FEATURES", 3)
     built = []
-    monkeypatch.setattr(probe_module._Preconditioner, "of", classmethod(lambda cls, x: built.append(x)))
+    monkeypatch.setattr(probe_module, "_preconditioner", built.append)
     result = linear_probe(*GOOD, GOOD[0], GOOD[1], 3, weight_decays=(1e-2, 1e-4))
     assert built == [] and result.top1 > 0.5

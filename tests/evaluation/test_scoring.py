@@ -1,4 +1,4 @@
-"""Tests of aavae.evaluation.scoring and inputs: rankings, confusion matrices, reports, bad input."""
+"""Tests of aavae.evaluation.scoring and the input checks of aavae.evaluation.features: rankings, confusion matrices, reports, bad input."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Models to evaluate: rebuild a model bundle, read a checkpoint file into one, the baselines.
 
-A model bundle is what the pretrain node writes (``aavae_model.pt``): weights plus the
-plain config needed to rebuild them. :func:`make_bundle` is the one function that assembles
-one (the pretrain node, a paper checkpoint read for evaluation); :func:`model_from_bundle` the
-one that rebuilds its network, for the features pipeline, the embed pipeline and the MLflow model.
+A model bundle is what the pretrain node writes (``aavae_model.pt``): weights plus the plain
+config needed to rebuild them. :func:`make_bundle` is the one function that assembles one and
+:func:`model_from_bundle` the one that rebuilds its network.
 """
 
 from __future__ import annotations
@@ -82,18 +81,15 @@ def bundle_from_checkpoint(
     preprocessing: Preprocessing,
     class_names: Sequence[str],
 ) -> dict[str, Any]:
-    """A model bundle, in the format pretrain writes, for a checkpoint file given by path.
+    """A model bundle, in the format pretrain writes, of the checkpoint file at ``path``.
 
-    ``path`` holds either a bundle of this project (``aavae_model.pt``; its own spec and
-    normalisation are used, and a warning says where they differ from ``spec``) or a training
-    checkpoint (one of this project's ``last.ckpt`` / ``epochNNNN.ckpt``, which records the
-    data it was trained on, one of the paper's Lightning ``.ckpt`` or a bare state_dict), read
-    with :func:`aavae.models.load_paper_checkpoint` into ``spec``; such a file does not say how its
-    images were normalised, so it gets ``preprocessing`` (the recipe's,
-    :func:`aavae.views.resolve_preprocessing`), as the
-    paper's linear evaluation applies its recipe's constants. ``class_names`` are the classes it
-    is evaluated on. The file is read once, by :func:`aavae.models.read_checkpoint`, which never
-    runs code from it (a Lightning 1.x file's class references become inert stand-ins).
+    A bundle of this project (``aavae_model.pt``) brings its own spec and normalisation (a
+    warning says where they differ from ``spec``). A training checkpoint (this project's
+    ``last.ckpt`` / ``epochNNNN.ckpt``, which records its data, the paper's Lightning ``.ckpt``
+    or a bare state_dict) is read into ``spec``; it does not say how its images were
+    normalised, so it gets ``preprocessing`` (the recipe's), as the paper's linear evaluation
+    applies its recipe's constants. ``class_names`` are the classes it is evaluated on. The file
+    is read once, by :func:`aavae.models.read_checkpoint`, which never runs code from it.
     """
     path = Path(path)
     content = read_checkpoint(path)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from aavae.common.progress import Progress
-from aavae.evaluation.features import ArrayLike
-from aavae.evaluation.inputs import _checked_inputs, _default_device, _features
+from aavae.evaluation.features import ArrayLike, _checked_inputs, _default_device, _features
 from aavae.evaluation.scoring import ClassifierResult, _result
 
 
@@ -29,12 +29,10 @@ def knn_classify(
 ) -> ClassifierResult:
     """Weighted kNN on cosine similarity (the InstDisc/DINO/solo-learn convention).
 
-    Features are L2-normalised; each test row takes its ``k`` most similar training rows
-    (``k`` capped at the training size), and each neighbour votes ``exp(similarity /
-    temperature)`` for its class. The summed votes are the class scores. Test rows are
-    processed ``batch_size`` at a time so memory stays at ``batch_size x len(train_x)``;
-    ``progress`` counts them (CIFAR-10's raw pixels: 10,000 x 50,000 similarities of 3,072
-    values, minutes on a small CPU).
+    Each test row's ``k`` most similar training rows (``k`` capped at the training size) vote
+    ``exp(similarity / temperature)`` for their class; the summed votes are the class scores.
+    Test rows go ``batch_size`` at a time (memory: ``batch_size x len(train_x)``), and
+    ``progress`` counts them (CIFAR-10's raw pixels: minutes on a small CPU).
     """
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
@@ -49,15 +47,11 @@ def knn_classify(
     k = min(k, len(xtr))
 
     with torch.inference_mode(), Progress("kNN", len(xte), "test rows", enabled=progress) as shown:
-        bank = F.normalize(xtr, dim=1)
         score_chunks = []
-        for start in range(0, len(xte), batch_size):
-            query = F.normalize(xte[start : start + batch_size], dim=1)
-            similarity, neighbour = (query @ bank.T).topk(k, dim=1)
-            votes = torch.zeros(len(query), num_classes, device=dev)
-            votes.scatter_add_(1, ytr[neighbour], (similarity / temperature).exp())
-            score_chunks.append(votes)
-            shown.advance(len(query))
+        for similarity, neighbour in _most_similar(xtr, xte, k, batch_size):
+            votes = torch.zeros(len(neighbour), num_classes, device=dev)
+            score_chunks.append(votes.scatter_add_(1, ytr[neighbour], (similarity / temperature).exp()))
+            shown.advance(len(neighbour))
         scores = torch.cat(score_chunks)
     return _result(scores, yte, names, {"k": k, "temperature": float(temperature)})
 
@@ -65,24 +59,24 @@ def knn_classify(
 def nearest_neighbours(
     bank: ArrayLike, queries: ArrayLike, k: int = 5, batch_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` rows of ``bank`` most cosine-similar to each query: ``(indices, similarities)``.
-
-    Both are ``(len(queries), k)``, most similar first; ``k`` is capped at ``len(bank)``.
-    """
+    """The ``k`` rows of ``bank`` most cosine-similar to each query: ``(indices, similarities)``,
+    both ``(len(queries), k)``, most similar first (``k`` capped at ``len(bank)``)."""
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
     cpu = torch.device("cpu")
-    bank_t = F.normalize(_features(bank, "bank", cpu), dim=1)
-    query_t = F.normalize(_features(queries, "queries", cpu), dim=1)
+    bank_t, query_t = _features(bank, "bank", cpu), _features(queries, "queries", cpu)
     if bank_t.shape[1] != query_t.shape[1]:
         raise ValueError(
             f"bank has {bank_t.shape[1]} feature columns but queries have {query_t.shape[1]}"
         )
-    k = min(k, len(bank_t))
-    indices, similarities = [], []
     with torch.inference_mode():
-        for start in range(0, len(query_t), batch_size):
-            similarity, index = (query_t[start : start + batch_size] @ bank_t.T).topk(k, dim=1)
-            indices.append(index)
-            similarities.append(similarity)
+        similarities, indices = zip(*_most_similar(bank_t, query_t, min(k, len(bank_t)), batch_size), strict=True)
     return torch.cat(indices).numpy(), torch.cat(similarities).numpy()
+
+
+def _most_similar(bank: Tensor, queries: Tensor, k: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(similarities, indices)`` of the ``k`` rows of ``bank`` most cosine-similar to each query,
+    ``batch_size`` queries at a time (memory stays at ``batch_size x len(bank)``)."""
+    bank = F.normalize(bank, dim=1)
+    for start in range(0, len(queries), batch_size):
+        yield (F.normalize(queries[start : start + batch_size], dim=1) @ bank.T).topk(k, dim=1)

@@ -19,8 +19,6 @@ import torch
 from sklearn.metrics import confusion_matrix, recall_score
 from torch import Tensor
 
-TOP_K = 5
-
 
 @dataclass
 class ClassifierResult:
@@ -55,7 +53,7 @@ def _result(
         (scores == true_score) & (class_index[None, :] < labels[:, None])
     ).sum(1)
     top1 = float((predictions == labels).float().mean())
-    top5 = float((ranked_ahead < min(TOP_K, num_classes)).float().mean())
+    top5 = float((ranked_ahead < min(5, num_classes)).float().mean())
 
     y_true, y_pred, classes = labels.cpu().numpy(), predictions.cpu().numpy(), np.arange(num_classes)
     confusion = confusion_matrix(y_true, y_pred, labels=classes)
@@ -80,11 +78,8 @@ def accuracy_report(result: ClassifierResult) -> dict:
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
-        if isinstance(value, (float, np.floating)):
-            return None if math.isnan(value) else float(value)
-        if isinstance(value, np.integer):
-            return int(value)
-        return value
+        value = value.item() if isinstance(value, np.generic) else value  # numpy scalars as Python's
+        return None if isinstance(value, float) and math.isnan(value) else value
 
     return {
         "top1": float(result.top1),

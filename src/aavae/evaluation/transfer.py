@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 SAME_DATA, TRANSFER, DATA_UNRECORDED = "same_data", "transfer", "data_unrecorded"
 
 
-def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet) -> list[ImageSet]:
+def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet, say: bool = False) -> list[ImageSet]:
     """The image sets as the evaluated model takes them: checked to be the images it is
     evaluated on, and brought to its input size when a transfer evaluation gives it others
-    (as its MLflow model brings any image: :func:`aavae.data.fit.fit_image`)."""
+    (as its MLflow model brings any image: :func:`aavae.data.fit.fit_image`). Three nodes do;
+    the one given ``say`` logs it, so the log says it once."""
     evaluated_on = evaluation_model.get("evaluated_on") or {}
     fix = "Run `kedro run --pipeline evaluate` (features + evaluate together) after the ingest."
     for imageset in imagesets:
@@ -36,6 +37,7 @@ def evaluation_images(evaluation_model: dict[str, Any], *imagesets: ImageSet) ->
     if all(imageset.image_shape[0] == side for imageset in imagesets):
         return list(imagesets)
     resize = (evaluation_model.get("data") or {}).get("resize") or evaluated_on.get("resize") or "resize_crop"
-    log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
-             " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], side, resize)
+    if say:
+        log.info("Bringing the %s images from %d to %d px (%s), the evaluated model's input size",
+                 " and ".join(imageset.split for imageset in imagesets), imagesets[0].image_shape[0], side, resize)
     return [replace(imageset, images=fit_images(imageset.images, side, resize)) for imageset in imagesets]

@@ -18,19 +18,34 @@ def image_grid(
     columns: Sequence[np.ndarray], column_titles: Sequence[str], title: str | None = None
 ) -> Figure:
     """One row per image, one column per variant; each array is uint8 N x H x W x C."""
-    rows = len(columns[0])
-    cols = len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows + 0.4), squeeze=False)
-    for c, (images, name) in enumerate(zip(columns, column_titles, strict=True)):
-        for r in range(rows):
-            ax = axes[r][c]
-            ax.imshow(images[r], interpolation="nearest")
+    rows = [[(images[r], name if r == 0 else "", None, 0) for images, name in zip(columns, column_titles, strict=True)]
+            for r in range(len(columns[0]))]
+    return _image_rows(rows, (1.3, 1.3, 0.4), title, (8, 10))
+
+
+def _image_rows(rows: list[list[tuple]], size: tuple[float, float, float], title: str | None,
+                fontsize: tuple[int, int]) -> Figure:
+    """A grid of images, each row a list of ``(image, caption, frame colour or None, frame width)``
+    cells (blank cells end a shorter row); ``size``: a cell's width and height and the title's
+    room, in inches; ``fontsize``: the captions' and the title's."""
+    cols = max(len(row) for row in rows)
+    figsize = (size[0] * cols, size[1] * len(rows) + size[2])
+    fig, axes = plt.subplots(len(rows), cols, figsize=figsize, squeeze=False)
+    for row, row_axes in zip(rows, axes, strict=True):
+        for c, ax in enumerate(row_axes):
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=8)
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            image, caption, colour, width = row[c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_title(caption, fontsize=fontsize[0], color=colour or "black")
+            for spine in ax.spines.values() if colour else ():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(width)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=fontsize[1])
     fig.tight_layout()
     return fig
 
@@ -47,11 +62,9 @@ def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str], t
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                share = confusion[i, j] / totals[i, 0]
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share > 0.5 else "black")
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7,
+                    color="white" if count / totals[i, 0] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -64,19 +77,14 @@ def figure_png(figure: Figure, dpi: int = 120) -> bytes:
     return buffer.getvalue()
 
 
-def _class_colours(num_classes: int):
-    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
-    if num_classes <= 20:
-        return [cmap(i) for i in range(num_classes)]
-    return [cmap(i / max(1, num_classes - 1)) for i in range(num_classes)]
-
-
 def embedding_figure(
     coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str
 ) -> Figure:
     """A 2-D scatter of embedded samples, one colour per class, with a legend."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    colours = _class_colours(len(class_names))
+    n = len(class_names)  # a qualitative map's own colours up to 20 classes, then spread over turbo
+    colours = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")(
+        np.arange(n) if n <= 20 else np.linspace(0, 1, n))
     for index, name in enumerate(class_names):
         chosen = labels == index
         if chosen.any():
@@ -98,14 +106,12 @@ def curves_figure(
 ) -> Figure:
     """Line plots of named ``(x, y)`` series on shared axes (e.g. train and val loss).
 
-    One bad point must not flatten the others: a point more than :data:`SPIKE_FACTOR` times
-    the median of its neighbours (:func:`off_scale_points`; a CIFAR-10 run's one validation
-    loss of 15,515 among values of 900 to 1,000) is left above the axis, drawn as a triangle at
-    its top edge with its value written beside it. Then ``yscale="auto"`` picks a log axis
-    when the remaining values span more than :data:`LOG_SPAN` (symlog when some are zero or
-    negative), so a steep but genuine descent keeps its start in view; otherwise the axis
-    stays linear. ``"linear"``, ``"log"`` and ``"symlog"`` force one (and keep every point
-    on the axis).
+    One bad point must not flatten the others (a CIFAR-10 run's one validation loss of 15,515
+    among values of 900 to 1,000): :func:`off_scale_points` are left above the axis, each a
+    triangle at its top edge with its value beside it. Then ``yscale="auto"`` picks a log axis
+    when the rest span more than :data:`LOG_SPAN` (symlog with zero or negative values), so a
+    steep but genuine descent keeps its start in view. ``"linear"``, ``"log"`` and ``"symlog"``
+    force one (and keep every point on the axis).
     """
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     off_scale = off_scale_points(series) if yscale == "auto" else {}
@@ -155,17 +161,14 @@ def off_scale_points(
     found: dict[str, list[tuple[float, float]]] = {}
     for name, points in series.items():
         ys = np.array([y for _, y in points], dtype=float)
-        spikes = []
-        for index, point in enumerate(points):
+        for index, point in enumerate(points if len(ys) >= 3 else ()):
             around = np.concatenate([ys[max(0, index - 2):index], ys[index + 1:index + 3]])
             around = around[np.isfinite(around)]
-            if len(ys) < 3 or not len(around):
+            if not len(around):
                 continue
             middle = float(np.median(around))
             if np.isposinf(ys[index]) or (middle > 0 and ys[index] > SPIKE_FACTOR * middle):
-                spikes.append(tuple(point))
-        if spikes:
-            found[name] = spikes
+                found.setdefault(name, []).append(tuple(point))
     kept = [(name, tuple(point)) for name, points in series.items() for point in points
             if tuple(point) not in found.get(name, ()) and np.isfinite(point[1])]
     for name, point in _squeezing_tops(kept):
@@ -234,27 +237,14 @@ def retrieval_figure(
     ``neighbours`` is ``(Q, K, H, W, C)``; a neighbour of the query's class is framed green,
     another class red.
     """
-    rows, k = neighbours.shape[:2]
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.5 * rows + 0.4), squeeze=False)
-    for r in range(rows):
-        cells = [(queries[r], f"query: {class_names[query_labels[r]]}", "black")]
-        for j in range(k):
-            same = neighbour_labels[r, j] == query_labels[r]
-            caption = str(class_names[neighbour_labels[r, j]])
-            if similarities is not None:
-                caption += f" {similarities[r, j]:.2f}"
-            cells.append((neighbours[r, j], caption, "tab:green" if same else "tab:red"))
-        for ax, (image, caption, colour) in zip(axes[r], cells, strict=True):
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(caption, fontsize=7, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2 if colour != "black" else 1)
-    fig.suptitle("Nearest training images by cosine similarity of the learned features", fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = []
+    for r, labels in enumerate(neighbour_labels):
+        rows.append([(queries[r], f"query: {class_names[query_labels[r]]}", "black", 1)])
+        for j, label in enumerate(labels):
+            caption = str(class_names[label]) + (f" {similarities[r, j]:.2f}" if similarities is not None else "")
+            rows[-1].append((neighbours[r, j], caption, "tab:green" if label == query_labels[r] else "tab:red", 2))
+    title = "Nearest training images by cosine similarity of the learned features"
+    return _image_rows(rows, (1.4, 1.5, 0.4), title, (7, 9))
 
 
 def neighbour_grid_figure(
@@ -269,25 +259,7 @@ def neighbour_grid_figure(
     Unlike :func:`retrieval_figure` nothing here needs classes: the captions are whatever the
     caller gives (file names, similarities), so it shows neighbours in any image folder.
     """
-    rows = len(queries)
-    k = max((len(found) for found in neighbours), default=0)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.4 * (k + 1), 1.55 * rows + 0.5), squeeze=False)
-    for r in range(rows):
-        cells = [(queries[r], query_titles[r], "black")]
-        cells += [(image, caption, "tab:blue")
-                  for image, caption in zip(neighbours[r], neighbour_titles[r], strict=True)]
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(cells):
-                ax.axis("off")
-                continue
-            image, caption, colour = cells[c]
-            ax.imshow(image, interpolation="nearest")
-            ax.set_title(caption[:18], fontsize=7, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2 if c == 0 else 1)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = [[(query, name[:18], "black", 2),
+             *((image, caption[:18], "tab:blue", 1) for image, caption in zip(found, captions, strict=True))]
+            for query, name, found, captions in zip(queries, query_titles, neighbours, neighbour_titles, strict=True)]
+    return _image_rows(rows, (1.4, 1.55, 0.5), title, (7, 9))

@@ -9,32 +9,27 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-#: Columns after the few-label ones: (metrics key, heading).
-FULL_LABEL_COLUMNS = (("linear_top1", "linear top-1 (all labels)"), ("linear_top5", "linear top-5"),
-                      ("knn_top1", "kNN top-1"))
-
-
-def few_label_counts(metrics: dict[str, Any]) -> list[int]:
-    """The labels-per-class counts the few-label probe scored, smallest first."""
-    counts = {int(key.split("_")[2]) for key in metrics
-              if key.startswith("few_label_") and key.endswith("_top1")}
-    return sorted(counts)
-
 
 def accuracy_columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, heading) of every accuracy column, led by the few-label probe's smallest count.
 
     The printed table and report.html show the same columns in the same order."""
-    few = [(f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class")
-           for k in few_label_counts(metrics)]
-    return [*few, *FULL_LABEL_COLUMNS]
+    counts = sorted({int(key.split("_")[2]) for key in metrics if key.startswith("few_label_") and key.endswith("_top1")})
+    return [*((f"few_label_{k}_top1", f"{k} label{'s' if k > 1 else ''}/class") for k in counts),
+            ("linear_top1", "linear top-1 (all labels)"), ("linear_top5", "linear top-5"), ("knn_top1", "kNN top-1")]
+
+
+def score_rows(metrics: dict[str, Any], baseline_suffix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(name, scores) of every row of the table: the pretrained model, then each baseline."""
+    baselines = (metrics.get("baselines") or {}).items()
+    return [(f"{metrics.get('objective') or 'model'} (pretrained)", metrics),
+            *((f"{name}{baseline_suffix}", scores) for name, scores in baselines)]
 
 
 def saturated(metrics: dict[str, Any], key: str) -> bool:
     """Whether every row that has the score scored 100 % (top-5 on ten classes): such a
     column separates nothing, so it never leads, is never the best and comes last."""
-    scores = [s.get(key) for s in (metrics, *(metrics.get("baselines") or {}).values())]
-    scored = [value for value in scores if isinstance(value, (int, float))]
+    scored = [s[key] for _, s in score_rows(metrics) if isinstance(s.get(key), (int, float))]
     return bool(scored) and min(scored) >= 1.0
 
 
@@ -59,12 +54,9 @@ def conclusion(metrics: dict[str, Any]) -> str | None:
         return None
     heading, lead, best = found[0]
     model = metrics.get("objective") or "model"
-    spread = ""
-    key = accuracy_columns(metrics)[0][0]
-    if f"{key}_sd" in metrics:
-        draws = metrics.get("few_label_draws")
-        spread = (f" (sd over {draws} draws of the labelled images: {100 * metrics[f'{key}_sd']:.1f}; "
-                  "every row sees the same draws)" if draws else "")
+    key, draws = accuracy_columns(metrics)[0][0], metrics.get("few_label_draws")
+    spread = (f" (sd over {draws} draws of the labelled images: {100 * metrics[f'{key}_sd']:.1f}; "
+              "every row sees the same draws)" if draws and f"{key}_sd" in metrics else "")
     verdict = f"ahead of the best baseline ({best}) by {lead:.1f}" if lead > 0 else (
         f"behind the best baseline ({best}) by {-lead:.1f}" if lead < 0 else f"level with the best baseline ({best})")
     others = ", ".join(f"{h}: {value:+.1f}" for h, value, _ in found[1:])
@@ -109,22 +101,19 @@ def evaluation_note(metrics: dict[str, Any]) -> str | None:
 
 def results_table(metrics: dict[str, Any]) -> str:
     """A Markdown table: the learned features beside each baseline."""
-    rows = [(f"{metrics.get('objective', 'model')} (pretrained)", metrics)]
-    rows += [(name, scores) for name, scores in metrics.get("baselines", {}).items()]
     columns = accuracy_columns(metrics)
     lines = ["| features | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for name, scores in rows:
+    for name, scores in score_rows(metrics):
         lines.append(f"| {name} | " + " | ".join(percent_cell(scores, k) for k, _ in columns) + " |")
     return "\n".join(lines)
 
 
-def percent_cell(scores: dict[str, Any], key: str) -> str:
-    """``66.50%``, ``66.50% ± 4.0`` where the score has a spread over draws, ``-`` when absent."""
-    value = scores.get(key)
+def percent_cell(scores: dict[str, Any], key: str, missing: str = "-", plus_minus: str = "±") -> str:
+    """``66.50%``, ``66.50% ± 4.0`` where the score has a spread over draws, ``missing`` when absent."""
+    value, sd = scores.get(key), scores.get(f"{key}_sd")
     if not isinstance(value, (int, float)):
-        return "-"
-    sd = scores.get(f"{key}_sd")
-    return f"{100 * value:.2f}%" + (f" ± {100 * sd:.1f}" if isinstance(sd, (int, float)) else "")
+        return missing
+    return f"{100 * value:.2f}%" + (f" {plus_minus} {100 * sd:.1f}" if isinstance(sd, (int, float)) else "")
 
 
 def results_text(metrics: dict[str, Any], report: Path, store: Path = Path("mlflow.db")) -> str:
@@ -173,15 +162,14 @@ def experiment_address(experiment: str | None, host: str = "127.0.0.1", port: in
 
 def runs_address(run_id: str | None, store: Path = Path("mlflow.db")) -> str:
     """:func:`experiment_address` of the experiment of ``run_id`` in the SQLite ``store``."""
-    experiment = None
+    row = None
     if run_id and store.is_file():
         try:
             with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as connection:
                 row = connection.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-            experiment = row[0] if row else None
         except sqlite3.Error:  # not an MLflow store, or one being migrated: the generic address
-            experiment = None
-    return experiment_address(experiment)
+            row = None
+    return experiment_address(row[0] if row else None)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from aavae.reporting.report import (  # the printed report says the same
     accuracy_columns,
     conclusion,
     evaluation_note,
+    percent_cell,
     saturated,
+    score_rows,
     training_notes,
 )
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = (
     ("dataset", "dataset"),
     ("evaluation", "evaluation"),  # same_data | transfer | data_unrecorded
@@ -58,18 +59,12 @@ details table { font-family: ui-monospace, monospace; font-size: 0.85em; }
 
 @dataclass(frozen=True)
 class ReportImage:
-    """A PNG to show in the report, with a heading and a one-line explanation."""
+    """A PNG to show in the report (every one is rendered by :func:`aavae.reporting.plots.figure_png`
+    or re-encoded by Pillow), with a heading and a one-line explanation."""
 
     title: str
     png: bytes
     caption: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.png, (bytes, bytearray)) or not self.png.startswith(PNG_SIGNATURE):
-            raise ValueError(
-                f"report image {self.title!r} must be PNG bytes (starting with the PNG "
-                "signature); render figures with aavae.reporting.plots.figure_png"
-            )
 
 
 #: Measured by benchmarks/validation_spike.py (docs/results.md): the weights of a spiking epoch
@@ -110,11 +105,9 @@ def _curves_note(curves: Mapping[str, Sequence[tuple[float, float]]], scale: str
     """What the loss plot leaves out or bends, so nobody reads a clipped spike as missing."""
     off_scale = off_scale_points(curves)
     spikes = [f"{name} {value_text(value)} at step {step:,}" for name, points in off_scale.items() for step, value in points]
-    note = ""
-    if spikes:
-        note += (f" {len(spikes)} point{'s' if len(spikes) > 1 else ''} far above {'their' if len(spikes) > 1 else 'its'}"
-                 f" neighbours lie above the axis, marked with a triangle and {'their' if len(spikes) > 1 else 'its'}"
-                 f" value ({'; '.join(spikes)}), so they do not flatten the rest.")
+    their, s = ("their", "s") if len(spikes) > 1 else ("its", "")
+    note = (f" {len(spikes)} point{s} far above {their} neighbours lie above the axis, marked with a triangle"
+            f" and {their} value ({'; '.join(spikes)}), so they do not flatten the rest." if spikes else "")
     if off_scale and set(off_scale) <= {"val_loss"}:
         note += VALIDATION_SPIKE_NOTE
     if scale != "linear":
@@ -163,18 +156,10 @@ def render_report(
     title: str = "AAVAE evaluation report",
     notes: Sequence[str] = (),
 ) -> str:
-    """The report as one HTML document.
-
-    ``metrics`` is the evaluate pipeline's ``metrics.json`` content (``linear_top1``, ...,
-    ``per_class`` and the same under ``baselines``); ``params`` the training parameters (flat
-    or nested); ``images`` are shown in order; ``notes`` are short remarks under the title
-    (e.g. where the parameters came from).
-    """
-    if not isinstance(metrics, Mapping):
-        raise TypeError(
-            f"metrics must be a mapping (metrics.json content), got {type(metrics).__name__}"
-        )
-    rows = _accuracy_rows(metrics)
+    """The report as one HTML document: ``metrics`` (``metrics.json``'s content), the training
+    ``params`` (flat or nested), the ``images`` in order and short ``notes`` under the title
+    (e.g. where the parameters came from)."""
+    rows = score_rows(dict(metrics), " (baseline)")
     columns = [*accuracy_columns(dict(metrics)), ("knn_top5", "kNN top-5")]
     flat = [key for key, _ in columns if saturated(dict(metrics), key)]
     columns = sorted(columns, key=lambda column: column[0] in flat)  # the flat ones last
@@ -214,14 +199,6 @@ def _percent(value: Any) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "&ndash;"
 
 
-def _accuracy_rows(metrics: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    model_name = f"{metrics.get('objective') or 'model'} (pretrained)"
-    rows: list[tuple[str, Mapping[str, Any]]] = [(model_name, metrics)]
-    baselines = metrics.get("baselines") or {}
-    rows += [(f"{name} (baseline)", scores) for name, scores in baselines.items()]
-    return rows
-
-
 def _summary(metrics: Mapping[str, Any]) -> str:
     items = [
         f"<dt>{_e(label)}</dt><dd>{_e(metrics[key])}</dd>"
@@ -235,33 +212,22 @@ def _summary(metrics: Mapping[str, Any]) -> str:
 
 def _accuracy_table(rows: list[tuple[str, Mapping[str, Any]]], columns: list[tuple[str, str]],
                     unmarked: list[str]) -> str:
-    best = {}
-    for key, _ in columns:
-        values = [s.get(key) for _, s in rows if isinstance(s.get(key), (int, float))]
-        best[key] = max(values) if values and key not in unmarked else None
-    head = "<tr><th>features</th>" + "".join(
-        f'<th class="num">{_e(label)}</th>' for _, label in columns
-    ) + "</tr>"
-    lines = [head]
+    best = {key: max((s[key] for _, s in rows if isinstance(s.get(key), (int, float))), default=None)
+            for key, _ in columns if key not in unmarked}
+    lines = ["<tr><th>features</th>" + "".join(f'<th class="num">{_e(label)}</th>' for _, label in columns) + "</tr>"]
     for name, scores in rows:
         cells = []
         for key, _ in columns:
             value = scores.get(key)
-            is_best = value is not None and value == best[key] and len(rows) > 1
+            is_best = value is not None and value == best.get(key) and len(rows) > 1
             cls = "num best" if is_best else "num"
-            sd = scores.get(f"{key}_sd")
-            spread = f" &plusmn; {100 * sd:.1f}" if isinstance(sd, (int, float)) and value is not None else ""
-            cells.append(f'<td class="{cls}">{_percent(value)}{spread}</td>')
+            cells.append(f'<td class="{cls}">{percent_cell(scores, key, "&ndash;", "&plusmn;")}</td>')
         lines.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
     return "<table>" + "".join(lines) + "</table>"
 
 
 def _per_class_table(rows: list[tuple[str, Mapping[str, Any]]]) -> str:
-    classes: list[str] = []
-    for _, scores in rows:
-        for name in scores.get("per_class") or {}:
-            if name not in classes:
-                classes.append(name)
+    classes = list(dict.fromkeys(name for _, scores in rows for name in scores.get("per_class") or {}))
     if not classes:
         return '<p class="muted">No per-class scores.</p>'
     head = "<tr><th>class</th>" + "".join(f'<th class="num">{_e(n)}</th>' for n, _ in rows) + "</tr>"

@@ -136,8 +136,9 @@ def evaluate(
                              f"baseline {name}")
         metrics["baselines"][name] = baseline
 
+    random_init = metrics["baselines"].get("random_init", {}).get("linear_top1")
     log.info("linear top-1 %.4f (random init %s), kNN top-1 %.4f", metrics["linear_top1"],
-             metrics["baselines"].get("random_init", {}).get("linear_top1"), metrics["knn_top1"])
+             "not scored" if random_init is None else f"{random_init:.4f}", metrics["knn_top1"])
     flat = _flat_scores(metrics)
     tracking.set_tags({"training_run_id": metrics["training_run_id"], "protocol": config.protocol})
     if evaluated_on.get("kind") == TRANSFER:

@@ -159,7 +159,7 @@ def extract_model_features(
     """Features of the evaluated encoder for the labelled train split and the test split, each
     recording the model's and the images' fingerprints and the settings that made them."""
     config = parse("evaluate", evaluate, EvaluateConfig)
-    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
+    images_train, images_test = evaluation_images(evaluation_model, images_train, images_test, say=True)
     encoder = model_from_bundle(evaluation_model).encoder
     if config.recompute_bn_stats:
         used = recompute_statistics_on(encoder, images_train, evaluation_model, config)
