@@ -116,6 +116,7 @@ def test_evaluating_without_a_model_says_what_to_run(project):
     assert result.returncode != 0 and "Traceback" not in text, text[-3000:]
     assert "Error: No model to evaluate: data/test/06_models/aavae_model.pt does not exist. Run `kedro run " \
         "--pipeline pretrain` first, or set --params evaluate.checkpoint=<path>." in text
+    assert text.count("was closed because of an error") == 1, "kedro-mlflow closes the run once"
 
 
 def test_evaluate_in_the_imagefolder_env_needs_no_dataset_path(project):
