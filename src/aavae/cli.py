@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import logging
 import os
 import sys
 import time
@@ -89,6 +90,8 @@ def run(
         create_kwargs["runtime_params"] = params
     else:
         run_kwargs["runtime_params"] = params
+    runner_log = logging.getLogger(runner_class.__module__)  # where Kedro says "No nodes ran"
+    runner_log.addFilter(_no_repeat_advice_for_refusals)
     try:
         with settings.SESSION_CLASS.create(**create_kwargs) as session:
             return session.run(**run_kwargs)
@@ -106,6 +109,16 @@ def run(
         if verbose or not (project_error(error) or refused_file(error)):
             raise
         _one_line_error(error, project_path, None if project_error(error) else refused_file(error))
+    finally:
+        runner_log.removeFilter(_no_repeat_advice_for_refusals)
+
+
+def _no_repeat_advice_for_refusals(record: logging.LogRecord) -> bool:
+    """Kedro's "No nodes ran. Repeat the previous command to attempt a new run." is false for a
+    refusal, which the same command meets again; Kedro logs it while handling the error."""
+    error = sys.exc_info()[1]
+    return not (error is not None and record.getMessage().startswith("No nodes ran")
+                and (project_error(error) or refused_file(error) is not None))
 
 
 def _cause(error: BaseException | None, kind: type[BaseException]) -> Any:
