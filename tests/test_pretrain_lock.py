@@ -152,7 +152,7 @@ def test_the_hook_locks_pipelines_with_the_pretrain_node_on_rank_zero_only(tmp_p
 
 def test_a_second_kedro_pretraining_is_refused_and_a_killed_ones_lock_is_taken_over(tmp_path):
     project = copy_project(tmp_path)
-    lock = project / "data" / "06_models" / LOCK_NAME
+    lock = project / "data" / "test" / "06_models" / LOCK_NAME  # the test env's artifact root
 
     first = _start(project, LONG)
     wait_for_new_checkpoint(project, first, after=0)
