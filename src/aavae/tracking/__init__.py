@@ -39,11 +39,8 @@ CHART_FIRST = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 
 class RunBoundMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger writing into an existing run that it does not own.
-
-    The stock logger marks its run FINISHED in ``finalize``; here the run belongs to
-    kedro-mlflow, which closes it (FINISHED or FAILED) when the whole pipeline ends.
-    """
+    """Lightning's MLflow logger writing into a run it does not own: the stock logger ends its run
+    FINISHED in ``finalize``, but kedro-mlflow ends this one when the whole pipeline ends."""
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
@@ -61,10 +58,8 @@ def active_run_id() -> str | None:
 
 
 def live_logger() -> RunBoundMLFlowLogger | None:
-    """A logger for the active run, or None when no run is open (e.g. in a notebook).
-
-    Its experiment is marked as holding model training: it is about to receive curves.
-    """
+    """A logger for the active run (its experiment marked as model training: curves are coming),
+    or None when no run is open (e.g. in a notebook)."""
     run_id = active_run_id()
     if run_id is None:
         return None
@@ -87,9 +82,7 @@ def runs_page_address(host: str = "127.0.0.1", port: int | str = 5000) -> str | 
     """Where ``mlflow ui`` shows the active run's experiment as training runs (its Runs page in
     "Model training" mode, not MLflow 3's GenAI overview), or None without a run."""
     run = mlflow.active_run()
-    if run is None:
-        return None
-    return experiment_address(run.info.experiment_id, host, port)
+    return experiment_address(run.info.experiment_id, host, port) if run else None
 
 
 #: The experiment tag MLflow's UI reads a shared view from (``?viewStateShareKey=<key>``).
@@ -125,13 +118,9 @@ def run_name(pipelines: Sequence[str], params: Mapping[str, Any], env: str | Non
 def log_params_once(params: dict[str, Any]) -> None:
     """Log params to the active run, skipping keys it already holds (MLflow refuses changes)."""
     run_id = active_run_id()
-    if run_id is None:
-        return
-    client = MlflowClient()
-    existing = client.get_run(run_id).data.params
-    for key, value in params.items():
-        if key not in existing:
-            client.log_param(run_id, key, value)
+    if run_id is not None:
+        existing = MlflowClient().get_run(run_id).data.params
+        mlflow.log_params({key: value for key, value in params.items() if key not in existing}, run_id=run_id)
 
 
 def set_tags(tags: dict[str, Any]) -> None:
@@ -171,9 +160,8 @@ def close_if_stale(run_id: str | None) -> None:
     except mlflow.exceptions.MlflowException:
         return
     if run.info.status == "RUNNING":
-        # Runs that record their process were judged when this run started
-        # (close_runs_of_gone_processes); one still RUNNING here predates those tags, and the
-        # pretraining lock says no other pretraining uses this checkpoint folder.
+        # Runs with process tags were judged when this run started; this one predates them, and
+        # the pretraining lock says no other pretraining uses this checkpoint folder.
         mark_killed(client, run_id, "still RUNNING when the next pretraining of its checkpoint folder started")
 
 
@@ -240,11 +228,9 @@ def end_active_run_killed() -> None:
     """End the active run as KILLED (SIGTERM / Ctrl+C reach past kedro-mlflow's error hook): now,
     since the node may run in another thread than the main one, whose run MLflow's exit
     handler would end FINISHED; and the main thread's at exit, before that handler."""
-    run_id = active_run_id()
-    if run_id is None:
-        return
-    MlflowClient().set_terminated(run_id, "KILLED")
-    atexit.register(_end_runs_killed)
+    if (run_id := active_run_id()) is not None:
+        MlflowClient().set_terminated(run_id, "KILLED")
+        end_runs_killed_at_exit()
 
 
 def end_runs_killed_at_exit(armed: bool = True) -> None:

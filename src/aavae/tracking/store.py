@@ -35,10 +35,8 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
 
 
 def anchored_at(tracking_uri: str | None, project_path: Path) -> str | None:
-    """A ``sqlite:///`` URI whose path is relative, made to name the file in the project folder.
-
-    SQLAlchemy reads a relative path from the working directory, so a notebook started in
-    ``notebooks/`` (or a ``kedro run`` from a subfolder) made a store of its own there."""
+    """A ``sqlite:///`` URI whose path is relative, made to name the file in the project folder:
+    SQLAlchemy reads it from the working directory (a notebook in ``notebooks/`` made its own)."""
     path = sqlite_path(tracking_uri)
     if path is None or path.is_absolute():
         return tracking_uri
