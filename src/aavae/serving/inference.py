@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,11 +53,6 @@ class ServingPreprocessing(Preprocessing):
                 f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}"
             )
 
-    @classmethod
-    def fitting(cls, preprocessing: Preprocessing, image_size: int, resize: str) -> ServingPreprocessing:
-        core = {f.name: getattr(preprocessing, f.name) for f in fields(Preprocessing)}
-        return cls(**core, image_size=int(image_size), resize=resize)
-
 
 class ImageEncoder:
     """The trained encoder of a model bundle, with the preprocessing it was trained with."""
@@ -81,7 +76,8 @@ class ImageEncoder:
     ) -> ImageEncoder:
         """Rebuild the bundle's network; ``resize`` is ``dataset.resize`` of its training run."""
         net = model_from_bundle(bundle)
-        preprocessing = ServingPreprocessing.fitting(bundle_preprocessing(bundle), net.spec.input_size, resize)
+        preprocessing = ServingPreprocessing(**asdict(bundle_preprocessing(bundle)), image_size=int(net.spec.input_size),
+                                             resize=resize)
         run_id = bundle.get("mlflow_run_id")
         where = f"trained in MLflow run {run_id}" if run_id else str(bundle.get("checkpoint") or "")
         return cls(net, preprocessing, f"model bundle {where}".strip(), precision)
