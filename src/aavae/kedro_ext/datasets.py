@@ -19,8 +19,7 @@ from aavae.common.atomic import replaced_atomically
 from aavae.common.weights import load_weights
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
 
-#: Which pipeline writes the artifacts of each data layer, for messages about a missing or
-#: damaged one.
+#: Which pipeline writes the artifacts of each data layer, for messages about a missing or damaged one.
 WRITERS = {
     "03_primary": "kedro run --pipeline ingest",
     "04_feature": "kedro run --pipeline evaluate",

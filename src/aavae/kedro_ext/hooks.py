@@ -52,12 +52,9 @@ class LoggingLevelHooks:
 class RunTagHooks:
     """Name the MLflow run for what it ran (``pretrain digits aavae resnet18-w32 seed0``, not
     kedro-mlflow's "pretrain" over and over; a name set in mlflow.yml stays), tag its environment
-    (the default one too) and runner, and store the runs table's headline view.
-
-    kedro-mlflow copies Kedro's ``str(runner)`` (``<kedro.runner...SequentialRunner object at
-    0x7f...>``) into the ``runner`` tag; the tag gets the class name, while Kedro's record stays
-    as it is: kedro-viz recognises a sequential run by that very string.
-    """
+    (the default one too) and runner, and store the runs table's headline view. The ``runner`` tag
+    gets the class name, not Kedro's ``str(runner)`` (``<kedro.runner...SequentialRunner object at
+    0x7f...>``), which Kedro's record keeps: kedro-viz recognises a sequential run by that string."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -94,13 +91,10 @@ class ResultsTableHooks:
 
 
 class PretrainLockHooks:
-    """One pretraining per environment's artifact root at a time: a second is refused before anything runs.
-
-    Taken before kedro-mlflow opens its run (``tryfirst``), so a refused run leaves no trace
-    in MLflow; the run id is added to the holder's record when the first node starts. Only in pipelines
-    holding the ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every
-    rank as a ``kedro run`` of its own (the other ranks train with it, not against it).
-    """
+    """One pretraining per environment's artifact root at a time, taken before kedro-mlflow opens
+    its run (``tryfirst``), so a refused run leaves no trace in MLflow. Only for pipelines with the
+    ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every rank as a ``kedro
+    run`` of its own (the other ranks train with it, not against it)."""
 
     def __init__(self) -> None:
         self.lock: PretrainLock | None = None
@@ -151,13 +145,10 @@ class TrackingStoreHooks:
 
 
 class RunLivenessHooks:
-    """Every MLflow run records its process; each start closes the runs of dead processes.
-
-    The process tags are armed before kedro-mlflow opens the run and disarmed in our
-    ``before_pipeline_run``, which Kedro calls after the plugin's
-    (:func:`aavae.tracking.tag_runs_opened_from_here`). This run ends KILLED if the process exits
-    without the pipeline finishing or failing (Ctrl+C, ``SystemExit``).
-    """
+    """Every MLflow run records its process (:func:`aavae.tracking.tag_runs_opened_from_here`, armed
+    before kedro-mlflow opens the run, disarmed in our ``before_pipeline_run``, which Kedro calls
+    after the plugin's); each start closes the runs of dead processes; this run ends KILLED if the
+    process exits without the pipeline finishing or failing (Ctrl+C, ``SystemExit``)."""
 
     def __init__(self) -> None:
         self._previous: str | None = None

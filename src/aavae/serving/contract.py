@@ -242,8 +242,7 @@ def _names(keys: list[str]) -> str:
 
 
 def parse_in_child(connection: Connection, limits: InputLimits) -> None:
-    """A parsing process's work: a body from ``connection``, its :class:`ScoringRequest` or
-    :class:`RequestError` back."""
+    """A parsing process's work: a body in, its :class:`ScoringRequest` or :class:`RequestError` out."""
     body = connection.recv_bytes()
     try:
         connection.send(ScoringRequest.parse(body, limits))

@@ -135,11 +135,8 @@ class NeighbourIndex:
 
     def query(self, vectors: np.ndarray, k: int, exclude_rows: Sequence[int | None] | None = None
               ) -> list[list[Neighbour]]:
-        """The ``k`` most cosine-similar paths of each query row, most similar first.
-
-        ``exclude_rows[i]`` (a row of this index, or None) is left out of query ``i``'s
-        answer: a query taken from the index is its own nearest neighbour.
-        """
+        """The ``k`` most cosine-similar paths of each query row, most similar first, without
+        ``exclude_rows[i]`` (a query taken from the index is its own nearest neighbour)."""
         vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
         if vectors.shape[1] != self.unit_vectors.shape[1]:
             raise ValueError(

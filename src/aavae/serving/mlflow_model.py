@@ -56,14 +56,9 @@ REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pydantic")
 
 
 class RefusedImages(MlflowException, ValueError):
-    """Images outside the model's contract: MLflow's INVALID_PARAMETER_VALUE, HTTP 400.
-
-    MLflow's scoring server rewrites the message of an MlflowException raised by ``predict``
-    to ``Failed to predict data '<the whole input>'. Error: <message>`` (``invocations`` in
-    ``mlflow.pyfunc.scoring_server``): megabytes of pixels in an error message. This one keeps
-    its own message, which names the input's dtype and shape, never its values. A ValueError
-    too, so in-process callers can catch it as the bad argument it is.
-    """
+    """Images outside the model's contract: MLflow's INVALID_PARAMETER_VALUE, HTTP 400, and a
+    ValueError in-process. It keeps its own message, which MLflow's scoring server would rewrite
+    to ``Failed to predict data '<the whole input>'. Error: ...``: megabytes of pixels."""
 
     def __init__(self, message: str) -> None:
         self._own_message = message  # before MlflowException.__init__ assigns self.message

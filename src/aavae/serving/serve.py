@@ -181,11 +181,9 @@ async def _call_when_set(event: asyncio.Event, action: Any) -> None:
 
 
 def start_parsing_processes() -> multiprocessing.context.ForkServerContext:
-    """The fork server the parsing processes start from, with this module imported.
-
-    Start it before a model is loaded: loading puts the model's own copy of the package first
-    on ``sys.path``, and a model registered before :mod:`.contract` existed has none.
-    """
+    """The fork server the parsing processes start from, with this module imported; started before
+    a model is loaded, which puts the model's own copy of the package (maybe without
+    :mod:`.contract`) first on ``sys.path``."""
     processes = multiprocessing.get_context("forkserver")
     processes.set_forkserver_preload([__spec__.name])
     forkserver.ensure_running()
