@@ -32,10 +32,10 @@ import time
 import numpy as np
 import torch
 
+from aavae.common.hardware import choose_precision
 from aavae.data.imagefolder import read_imagefolder
 from aavae.evaluation import baseline_encoder, extract_features, knn_classify, linear_probe
 from aavae.models import ModelSpec, build_model
-from aavae.serving.inference import resolve_precision
 from aavae.views import channel_stats
 
 
@@ -89,7 +89,7 @@ def main() -> None:
         images = torch.randint(0, 256, (args.images, 32, 32, 3), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(args.seed)).numpy()
         # The baseline is the same extraction in fp32; the figure is evaluate.precision=auto's.
-        precision = resolve_precision("auto", device)
+        precision = choose_precision("auto", device)
         rates, features_by = {}, {}
         for name in dict.fromkeys(("32-true", precision)):
             bf16 = name == "bf16-mixed"

@@ -30,6 +30,7 @@ def test_evaluating_a_fresh_clone_says_in_one_line_to_pretrain_and_logs_whole_li
     printed = result.stdout + result.stderr
 
     assert result.returncode == 1 and "Traceback" not in printed, printed[-3000:]
+    assert "No nodes ran" not in printed, "Kedro's advice to repeat the command does not apply to a refusal"
     assert result.stderr.strip().splitlines()[-1] == (  # above it: MLflow creating its store
         f"Error: '{project / 'data/test/03_primary/images_train'}' does not exist yet: run `kedro run --pipeline "
         "pretrain --env test` first (it writes what this run reads).")

@@ -1,37 +1,29 @@
-"""The project's `kedro run`: Kedro's own command, with answers instead of tracebacks.
+"""The project's `kedro run`: Kedro's own command and options, with answers instead of tracebacks.
 
-Kedro loads a project's ``cli.py`` and lets its commands replace the built-in ones (Kedro's
-documented way to customise ``run``). This ``run`` takes exactly Kedro's options and runs a
-session the way Kedro does, and it changes three things a newcomer meets in the first hour:
+Kedro lets a project's ``cli.py`` replace its built-in commands. This ``run`` runs a session as
+Kedro's does, and changes what a newcomer meets in the first hour:
 
-* ``--pipeline NAME`` (what DESIGN.md, the Makefile and most tutorials write) and
-  ``--pipelines A,B`` both work, without Kedro's deprecation warning for the first.
-* An environment that does not exist (``--env cifar100``) or a pipeline that is not
-  registered is named, with the ones that exist, before anything starts. (Kedro would
-  otherwise fall back to MLflow's defaults and fail with a "filesystem tracking backend"
-  traceback, or list a traceback around its own message.)
-* A parameter error (:class:`aavae.config.ConfigError`) or a pretraining refused because
-  another one holds the project (:class:`aavae.kedro_ext.pretrain_lock.PretrainLocked`) prints its
-  message, not the 60-line traceback around it.
-* So does an error a node raises with this project's own message (a bad ``dataset.path``,
-  no model to evaluate, a wrong archive, artifacts of different inputs): one of the
-  project's error types, or a ``ValueError``/``OSError`` raised by the project's code, also
-  when Kedro's catalog wraps it. Its traceback goes to ``logs/last_error.log``, and
-  ``--verbose`` prints it instead. So does a file the system refused to write (a read-only
-  ``data/``, a full disk, a file where a folder belongs), whichever library met it: the path
-  and the cause, in one line. Any other exception is a bug, and keeps its traceback.
-* A pipeline started before what it reads exists (``evaluate`` in a fresh clone) says, in one
-  line, which pipeline writes all of that (``pretrain``), not the first file's own writer.
+* ``--pipeline NAME`` (what the docs and the Makefile write) works beside ``--pipelines A,B``,
+  without Kedro's deprecation warning.
+* An environment or pipeline that does not exist is named, with the ones that do, before
+  anything starts (Kedro would fail in MLflow's "filesystem tracking backend" traceback).
+* An error with the project's own message (one of its error types, or a ``ValueError`` or
+  ``OSError`` its code raised, also when Kedro's catalog wraps it) or a file the system refused
+  to write is one line; its traceback goes to ``logs/last_error.log`` (``--verbose`` prints
+  it). Any other exception is a bug, and keeps its traceback.
+* A pipeline started before what it reads exists names the pipeline that writes all of it.
 """
 
 from __future__ import annotations
 
 import difflib
 import errno
+import logging
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -71,7 +63,7 @@ def run(
     if pipeline and pipelines:
         raise click.UsageError("Give --pipeline or --pipelines, not both.")
     names = [pipeline] if pipeline else list(dict.fromkeys(pipelines))
-    project_path = _project_path()
+    project_path = Path(getattr(click.get_current_context().obj, "project_path", None) or Path.cwd())
     _check_environment(env or os.environ.get("KEDRO_ENV") or DEFAULT_ENV, conf_source, project_path)
     _check_pipelines(names)
 
@@ -89,6 +81,8 @@ def run(
         create_kwargs["runtime_params"] = params
     else:
         run_kwargs["runtime_params"] = params
+    runner_log = logging.getLogger(runner_class.__module__)  # where Kedro says "No nodes ran"
+    runner_log.addFilter(_no_repeat_advice_for_refusals)
     try:
         with settings.SESSION_CLASS.create(**create_kwargs) as session:
             return session.run(**run_kwargs)
@@ -106,13 +100,27 @@ def run(
         if verbose or not (project_error(error) or refused_file(error)):
             raise
         _one_line_error(error, project_path, None if project_error(error) else refused_file(error))
+    finally:
+        runner_log.removeFilter(_no_repeat_advice_for_refusals)
+
+
+def _no_repeat_advice_for_refusals(record: logging.LogRecord) -> bool:
+    """Kedro's "No nodes ran. Repeat the previous command to attempt a new run." is false for a
+    refusal, which the same command meets again; Kedro logs it while handling the error."""
+    error = sys.exc_info()[1]
+    return not (error is not None and record.getMessage().startswith("No nodes ran")
+                and (project_error(error) or refused_file(error) is not None))
+
+
+def _causes(error: BaseException | None, context: bool = False) -> Iterator[BaseException]:
+    """``error`` and what it was raised from (Kedro's catalog wraps), or while handling."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or (error.__context__ if context else None)
 
 
 def _cause(error: BaseException | None, kind: type[BaseException]) -> Any:
-    """``error`` or the first error of ``kind`` it was raised from (Kedro's catalog wraps)."""
-    while error is not None and not isinstance(error, kind):
-        error = error.__cause__
-    return error
+    return next((seen for seen in _causes(error) if isinstance(seen, kind)), None)
 
 
 def prerequisite(names: list[str]) -> str | None:
@@ -129,37 +137,25 @@ def prerequisite(names: list[str]) -> str | None:
 def project_error(error: BaseException) -> bool:
     """Whether ``error`` (or what it wraps) carries this project's own message for the user:
     an error type of the project, or a ``ValueError``/``OSError`` its code raised."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if type(seen).__module__.split(".")[0] == _PACKAGE.name:
-            return True
-        if isinstance(seen, (ValueError, OSError)) and _raised_in_project(seen):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(type(seen).__module__.split(".")[0] == _PACKAGE.name
+               or isinstance(seen, (ValueError, OSError)) and _raised_in_project(seen) for seen in _causes(error))
 
 
 def refused_file(error: BaseException) -> str | None:
     """The path and the cause, in one line, when ``error`` (or what it wraps, or what it was
     raised while handling) is the system refusing to write a file; else None."""
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in _causes(error, context=True):
         if isinstance(seen, OSError) and seen.errno in REFUSED_WRITES and seen.filename is not None:
             path = Path(seen.filename)  # a writer's temporary (.<name>.tmp-*): its folder is what to fix
             advice = ("Free space on that disk" if seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
                       else "Make it a folder you may write (data/ and its layers are written to)")
             return f"Cannot write '{path.parent if '.tmp-' in path.name else path}': {seen.strerror}. {advice}, then run the same command again."
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
 def _raised_in_project(error: BaseException) -> bool:
-    trace = error.__traceback__
-    if trace is None:
-        return False
-    while trace.tb_next is not None:
-        trace = trace.tb_next
-    return Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    return bool(frames) and Path(frames[-1].f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _one_line_error(error: BaseException, project_path: Path, message: str | None = None) -> NoReturn:
@@ -173,11 +169,6 @@ def _one_line_error(error: BaseException, project_path: Path, message: str | Non
     except OSError:
         where = "(Run with --verbose to print the traceback.)"
     raise click.ClickException(f"{message or error}\n{where}") from None
-
-
-def _project_path() -> Path:
-    metadata = click.get_current_context().obj
-    return Path(getattr(metadata, "project_path", None) or Path.cwd())
 
 
 def _check_environment(env: str, conf_source: str | None, project_path: Path) -> None:

@@ -19,8 +19,7 @@ from aavae.common.atomic import replaced_atomically
 from aavae.common.weights import load_weights
 from aavae.data.imageset import ImageSet, load_imageset, save_imageset
 
-#: Which pipeline writes the artifacts of each data layer, for messages about a missing or
-#: damaged one.
+#: Which pipeline writes the artifacts of each data layer, for messages about a missing or damaged one.
 WRITERS = {
     "03_primary": "kedro run --pipeline ingest",
     "04_feature": "kedro run --pipeline evaluate",
@@ -52,26 +51,15 @@ class _FileDataset(AbstractDataset):
     def _missing(self) -> MissingArtifact:
         return MissingArtifact(self._filepath, self._writer())
 
-    def _damaged(self, error: Exception) -> DatasetError:
-        return DatasetError(
-            f"Could not read '{self._filepath}': it is damaged or truncated ({error}). Run the "
-            f"pipeline that writes it again ({self._writer()}); the file is replaced whole."
-        )
-
     def _writer(self) -> str:
-        """The command that writes this artifact, from its data layer."""
         layer = next((part for part in self._filepath.parts if part in WRITERS), None)
         return WRITERS.get(layer, "kedro run --pipeline pretrain")
 
 
 class ImageSetDataset(_FileDataset):
-    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped.
-
-    Saving goes through :func:`save_imageset`, which renames (or links) images that are a
-    memory map of a whole .npy file into place instead of copying them: the image-folder
-    reader stages its decoded images on disk, so a set larger than RAM reaches the catalog
-    without passing through memory or being copied.
-    """
+    """An :class:`ImageSet` as a folder of .npy files; images load memory-mapped. Images that map
+    a whole .npy file (the image-folder reader's staged ones) are saved by renaming it into
+    place (:func:`save_imageset`), so a set larger than RAM never passes through memory."""
 
     def load(self) -> ImageSet:
         if not self._filepath.exists():
@@ -95,7 +83,10 @@ class ArraysDataset(_FileDataset):
             with np.load(self._filepath, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            raise self._damaged(error) from error
+            raise DatasetError(
+                f"Could not read '{self._filepath}': it is damaged or truncated ({error}). Run the "
+                f"pipeline that writes it again ({self._writer()}); the file is replaced whole."
+            ) from error
 
     def save(self, data: dict[str, np.ndarray]) -> None:
         with replaced_atomically(self._filepath) as temporary, open(temporary, "wb") as handle:
@@ -103,12 +94,9 @@ class ArraysDataset(_FileDataset):
 
 
 class TorchBundleDataset(_FileDataset):
-    """Model weights plus the plain config needed to rebuild the model, via torch.save.
-
-    Loading uses ``weights_only=True``: a file from outside cannot run code. With
-    ``optional=True`` a missing file loads as ``None`` (evaluating a checkpoint given by path
-    needs no trained bundle).
-    """
+    """Model weights plus the plain config needed to rebuild the model, via torch.save; read
+    with :func:`load_weights`, so a file from outside cannot run code. With ``optional=True`` a
+    missing file loads as None (evaluating a checkpoint given by path needs no trained bundle)."""
 
     def __init__(self, filepath: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
         super().__init__(filepath, metadata)

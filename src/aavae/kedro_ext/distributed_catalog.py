@@ -1,9 +1,6 @@
-"""The catalog of one rank when torchrun, SLURM or mpirun started several ``kedro run``s.
-
-Every rank runs the training pipeline (training needs all of them), but only global rank 0
-may write the project's artifacts; the others would race it for the same files. On ranks
-above 0 this catalog keeps what a node saves in memory (the next node of the same run still
-gets it) and never writes a file. Rank 0, and every plain run, writes as usual.
+"""The catalog of one rank when torchrun, SLURM or mpirun started several ``kedro run``s: every
+rank runs the training pipeline, but only global rank 0 writes the project's artifacts (the
+others would race it for the same files); they keep what a node saves in memory, for the next node.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from aavae.training.distributed import launched_rank
 
 
 class RankZeroCatalog(DataCatalog):
-    """Kedro's DataCatalog, whose saves on ranks above 0 stay in this process's memory."""
+    """Kedro's DataCatalog, whose saves on ranks above 0 stay in memory."""
 
     def save(self, ds_name: str, data: Any) -> None:
         if launched_rank() == 0:

@@ -50,17 +50,11 @@ class LoggingLevelHooks:
 
 
 class RunTagHooks:
-    """Name the MLflow run for what it trains or evaluates; tag its environment and runner; store
-    the runs table's headline view (:mod:`aavae.tracking`).
-
-    kedro-mlflow names a run after its pipeline, so a list of runs is "pretrain" and "evaluate"
-    over and over; here it becomes ``pretrain digits aavae resnet18-w32 seed0`` (the pipeline
-    stays the first word; a name set in mlflow.yml stays as it is), and the ``env`` tag is set
-    for the default environment too. Kedro records the runner as ``str(runner)``
-    (``<kedro.runner...SequentialRunner object at 0x7f...>``) and kedro-mlflow copies that into
-    the ``runner`` tag; the tag gets the class name, while Kedro's record stays as it is:
-    kedro-viz recognises a sequential run by that very string.
-    """
+    """Name the MLflow run for what it ran (``pretrain digits aavae resnet18-w32 seed0``, not
+    kedro-mlflow's "pretrain" over and over; a name set in mlflow.yml stays), tag its environment
+    (the default one too) and runner, and store the runs table's headline view. The ``runner`` tag
+    gets the class name, not Kedro's ``str(runner)`` (``<kedro.runner...SequentialRunner object at
+    0x7f...>``), which Kedro's record keeps: kedro-viz recognises a sequential run by that string."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -97,63 +91,47 @@ class ResultsTableHooks:
 
 
 class PretrainLockHooks:
-    """One pretraining per environment's artifact root at a time: a second is refused before anything runs.
-
-    Taken before kedro-mlflow opens its run (``tryfirst``), so a refused run leaves no trace
-    in MLflow; the run id is added to the holder's record when the first node starts. Only in pipelines
-    holding the ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every
-    rank as a ``kedro run`` of its own (the other ranks train with it, not against it).
-    """
+    """One pretraining per environment's artifact root at a time, taken before kedro-mlflow opens
+    its run (``tryfirst``), so a refused run leaves no trace in MLflow. Only for pipelines with the
+    ``pretrain`` node, and only by rank 0 when torchrun or SLURM started every rank as a ``kedro
+    run`` of its own (the other ranks train with it, not against it)."""
 
     def __init__(self) -> None:
         self.lock: PretrainLock | None = None
-        self._run_recorded = False
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        self.lock, self._run_recorded = None, False
+        self.lock = None
         if launched_rank() > 0 or not any(node.name == PRETRAIN_NODE for node in pipeline.nodes):
             return
-        lock = PretrainLock.for_root(Path(run_params.get("project_path") or ".") / catalog.load("artifact_root"))
-        lock.acquire()
-        self.lock = lock
+        self.lock = PretrainLock.for_root(Path(run_params.get("project_path") or ".") / catalog.load("artifact_root"))
+        self.lock.acquire()
 
     @hook_impl
     def before_node_run(self) -> None:
-        if self.lock is not None and not self._run_recorded:  # kedro-mlflow's run is open now
+        if self.lock is not None:  # kedro-mlflow's run is open now
             self.lock.record_run(tracking.active_run_id())
-            self._run_recorded = True
 
     @hook_impl
     def after_pipeline_run(self) -> None:
-        self._release()
-
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._release()
-
-    def _release(self) -> None:
         if self.lock is not None:
             self.lock.release()  # Ctrl+C and SystemExit: released at interpreter exit instead
-        self.lock, self._run_recorded = None, False
+        self.lock = None
+
+    on_pipeline_error = after_pipeline_run  # a failed run lets go the same way
 
 
 class TrackingStoreHooks:
-    """Create a missing SQLite MLflow store whole, or replace one a killed run left half made; a
-    relative store path names a file in the project folder, wherever the process started.
-
-    ``tryfirst``: kedro-mlflow opens the store in its own ``after_context_created``, and MLflow
-    would start migrating a missing or half-made one there, not atomically
-    (:mod:`aavae.tracking.store`).
-    """
+    """Create a missing SQLite MLflow store whole, or replace one a killed run left half made
+    (:mod:`aavae.tracking.store`), before kedro-mlflow opens it (``tryfirst``); a relative store
+    path names a file in the project folder, wherever the process started."""
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
         if launched_rank() > 0:  # kedro-mlflow is off on these ranks: they never open the store
             return
         loader = context.config_loader
-        if "mlflow" not in loader.config_patterns:  # as kedro-mlflow registers it
-            loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+        loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])  # as kedro-mlflow does
         try:
             config = loader["mlflow"]
         except MissingConfigException:
@@ -167,15 +145,10 @@ class TrackingStoreHooks:
 
 
 class RunLivenessHooks:
-    """Every MLflow run records its process; each start closes the runs of dead processes.
-
-    The process tags are set from the run's creation on (see
-    :func:`aavae.tracking.tag_runs_opened_from_here`), armed here in ``after_context_created``,
-    before kedro-mlflow opens the run in its ``before_pipeline_run``, and disarmed in ours,
-    which Kedro calls after the plugin's. Then every RUNNING run of the store whose process is
-    gone is marked KILLED, whichever pipeline it ran; and this run is set to end KILLED if
-    the process exits without the pipeline finishing or failing (Ctrl+C, ``SystemExit``).
-    """
+    """Every MLflow run records its process (:func:`aavae.tracking.tag_runs_opened_from_here`, armed
+    before kedro-mlflow opens the run, disarmed in our ``before_pipeline_run``, which Kedro calls
+    after the plugin's); each start closes the runs of dead processes; this run ends KILLED if the
+    process exits without the pipeline finishing or failing (Ctrl+C, ``SystemExit``)."""
 
     def __init__(self) -> None:
         self._previous: str | None = None
@@ -202,19 +175,13 @@ class RunLivenessHooks:
     def after_pipeline_run(self) -> None:
         tracking.end_runs_killed_at_exit(armed=False)
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        tracking.end_runs_killed_at_exit(armed=False)
+    on_pipeline_error = after_pipeline_run  # kedro-mlflow ends a failed run FAILED
 
 
 class DeadWritersTemporariesHooks:
-    """Temporary files and folders of a writer that was killed (``.<name>.tmp-<pid>-<host>-*``
-    beside the artifact or checkpoint it was writing) are removed at the next run, and named.
-
-    Every write of this project goes to such a temporary and is renamed into place, so a kill
-    leaves the previous artifact intact, and only the temporary behind: nothing else would
-    ever remove it. Only rank 0 sweeps (the other ranks write nothing).
-    """
+    """Temporaries of a killed writer (``.<name>.tmp-<pid>-<host>-*`` beside the artifact or
+    checkpoint it was replacing) are removed at the next run, and named: nothing else would ever
+    remove them. Only rank 0 sweeps (the other ranks write nothing)."""
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:

@@ -1,14 +1,11 @@
-"""One pretraining per project data folder at a time.
+"""One pretraining per artifact root at a time.
 
 Two pretrainings of the same configuration would write the same checkpoint folder, each
 resuming from and overwriting the other's ``last.ckpt``. So a pretraining holds an OS file lock
-(:mod:`filelock`, ``flock``) on ``<artifact root>/06_models/.pretrain.lock`` while it runs: a second is
-refused at once. The OS releases the lock when its process ends, however it ends (a SIGKILL
-too), so a lock is never left stale and nothing has to judge whether its holder lives.
-
-Beside it, ``.pretrain.lock.json`` says who holds it (PID, host, start time, MLflow run), for
-the refusal's message. The holder deletes it on release; one left by a killed holder is named
-in a warning by the next pretraining, which replaces it.
+(:mod:`filelock`) on ``<artifact root>/06_models/.pretrain.lock`` while it runs: a second is
+refused at once. The OS releases it when its process ends, however it ends (SIGKILL too).
+Beside it, ``.pretrain.lock.json`` says who holds it (PID, host, start time, MLflow run) for the
+refusal's message; one left by a killed holder is named in a warning by the next pretraining.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ class PretrainLocked(RuntimeError):
 
 
 class PretrainLock:
-    """The lock of one data folder; :meth:`acquire`, :meth:`record_run`, :meth:`release`."""
+    """The lock of one artifact root."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -49,10 +46,6 @@ class PretrainLock:
         """The lock beside the checkpoints under an environment's artifact root (``data/``,
         ``data/<env>/``): environments train side by side, each one at a time."""
         return cls(Path(artifact_root) / "06_models" / LOCK_NAME)
-
-    @property
-    def held(self) -> bool:
-        return self._lock.is_locked
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`PretrainLocked` naming its holder."""
@@ -72,12 +65,12 @@ class PretrainLock:
 
     def record_run(self, mlflow_run_id: str | None) -> None:
         """Add the MLflow run id to the holder's record once the run is open."""
-        if self.held and mlflow_run_id:
+        if self._lock.is_locked and mlflow_run_id and self._record.get("mlflow_run_id") != mlflow_run_id:
             self._write_record({**self._record, "mlflow_run_id": mlflow_run_id})
 
     def release(self) -> None:
         """Delete the record and let the lock go, if this process holds it."""
-        if not self.held:
+        if not self._lock.is_locked:
             return
         atexit.unregister(self.release)
         self.record_path.unlink(missing_ok=True)

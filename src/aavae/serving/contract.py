@@ -1,12 +1,7 @@
-"""What a served encoder accepts: a batch of images, and an HTTP request that carries one.
-
-* :func:`check_image_batch` is the one owner of the image contract and of the
-  :class:`InputLimits` checked before any image is decoded: the MLflow model calls it on every
-  path, in-process ``pyfunc``, ``mlflow models serve`` and ``python -m aavae.serving.serve``.
-* :class:`ScoringRequest` is a JSON body of MLflow's scoring protocol
-  (``{"inputs": <images>, "params": {"return_mu": true}}``, ``instances`` for ``inputs``), read
-  into a checked batch, or a :class:`RequestError`: a 4xx status and one line that names what
-  was sent (JSON types, dtypes, shapes, at most 40 characters of a key) and never quotes it.
+"""What a served encoder accepts: a batch of images (:func:`check_image_batch`, which the MLflow
+model calls on every path), and an HTTP request of MLflow's scoring protocol that carries one
+(:class:`ScoringRequest`). A refusal names what was sent (JSON types, dtypes, shapes, at most 40
+characters of a key) and never quotes it: a request may hold megabytes of pixels.
 
 Plain NumPy and the json module, no torch: :mod:`aavae.serving.serve` parses each request in
 a child process forked from a server that has imported only this module.
@@ -27,18 +22,13 @@ CONTRACT = "uint8 images, N x H x W x C with C = 1, 3 or 4 (over JSON: integers 
 
 
 class ImageBatchError(ValueError):
-    """A batch a served encoder refuses. The message names what was sent (its type, dtype and
-    shape, never its pixels: a request may hold megabytes of them) and what is expected."""
+    """A batch a served encoder refuses, naming what was sent and what is expected."""
 
 
 @dataclass(frozen=True)
 class InputLimits:
-    """Bounds on one call of a served encoder, checked before any image is decoded or resized.
-
-    Together they bound the pixels one request makes the model touch
-    (``max_batch_size x max_image_side^2 x 4`` bytes); set at registration from
-    ``registry.max_image_side`` and ``registry.max_batch_size``.
-    """
+    """Bounds on one call of a served encoder (``registry.*`` at registration), checked before
+    any image is resized: the model touches at most ``max_batch_size x max_image_side^2 x 4`` bytes."""
 
     max_image_side: int
     max_batch_size: int
@@ -51,25 +41,29 @@ class InputLimits:
 
 
 def check_image_batch(images: object, limits: InputLimits) -> np.ndarray:
-    """The batch a served encoder accepts, as a uint8 ``N x H x W x C`` array, or
-    :class:`ImageBatchError` naming what was sent and what is expected.
+    """The batch as a uint8 ``N x H x W x C`` array, or :class:`ImageBatchError` with a remedy.
 
-    Accepted: uint8 arrays, and integer arrays or nested lists whose values all lie in
-    0-255 (JSON has no uint8, so a request's pixels arrive as integers). Refused, each with
-    its own remedy: floats (whole-number floats too: they are often images scaled to [0, 1]
-    and truncated, which would encode a black image), booleans, text or other objects, an
-    empty batch, images of different sizes, other axis counts, channel counts other than 1,
-    3 or 4, and batches beyond ``limits``. Every check before the value range costs O(1):
-    nothing proportional to the pixels runs for a batch refused on its shape.
+    Integers in 0-255 are accepted too (JSON has no uint8). Floats are refused, whole-number ones
+    too: they are often images scaled to [0, 1], which truncated would encode a black image.
+    Every check before the value range costs O(1): nothing proportional to the pixels runs for a
+    batch refused on its shape (docs/serving.md lists every refusal).
     """
     expected = (f"The encoder takes {CONTRACT}, at most {limits.max_batch_size} images of "
                 f"at most {limits.max_image_side} pixels a side")
     _refuse_oversize_sequence(images, limits, expected)
     try:
         array = np.asarray(images)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise ImageBatchError(f"{expected}; got {_ragged_description(images, error)}.") from None
-    sent = _description(images, array)
+    except (ValueError, TypeError, OverflowError) as error:  # numpy's words name the shape it found
+        text = str(error)
+        found = text[text.find("The detected shape"):] if "The detected shape" in text else type(error).__name__
+        raise ImageBatchError(
+            f"{expected}; got a {type(images).__name__} that is not one N x H x W x C block: images of "
+            f"different sizes, or rows of different lengths ({found}); "
+            "send images of one size per request (resize them first, or send them one by one)."
+        ) from None
+    what = "an array" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
+    dtype = f" of {array.dtype}" if array.size else ""  # numpy's dtype of no values says nothing
+    sent = f"{what}{dtype} with shape {array.shape}"
     problems = _shape_and_type_problems(array, limits)
     if problems:
         raise ImageBatchError(f"{expected}; got {sent}: {'; '.join(problems)}.")
@@ -168,22 +162,6 @@ def _too_large(limits: InputLimits) -> str:
             "the images first (the model brings every image to its small training size anyway)")
 
 
-def _description(images: object, array: np.ndarray) -> str:
-    what = "an array" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
-    if array.size == 0:
-        return f"{what} with shape {array.shape}"  # numpy's dtype of no values says nothing
-    return f"{what} of {array.dtype} with shape {array.shape}"
-
-
-def _ragged_description(images: object, error: Exception) -> str:
-    """Numpy's words for a ragged nested list name the shape it found, not the values."""
-    text = str(error)
-    found = text[text.find("The detected shape"):] if "The detected shape" in text else ""
-    return (f"a {type(images).__name__} that is not one N x H x W x C block: images of "
-            f"different sizes, or rows of different lengths ({found or type(error).__name__}); "
-            "send images of one size per request (resize them first, or send them one by one)")
-
-
 RETURN_MU = "return_mu"
 INPUT_KEYS = ("inputs", "instances")
 PARAMS = "params"
@@ -264,8 +242,7 @@ def _names(keys: list[str]) -> str:
 
 
 def parse_in_child(connection: Connection, limits: InputLimits) -> None:
-    """A parsing process's work: a body from ``connection``, its :class:`ScoringRequest` or
-    :class:`RequestError` back."""
+    """A parsing process's work: a body in, its :class:`ScoringRequest` or :class:`RequestError` out."""
     body = connection.recv_bytes()
     try:
         connection.send(ScoringRequest.parse(body, limits))

@@ -1,17 +1,12 @@
-"""Embeddings of a whole folder and an exact cosine nearest-neighbour index over them.
+"""Embeddings of a whole folder, read and encoded batch by batch (memory stays at one batch
+however large the folder is), and an exact cosine nearest-neighbour index over them.
 
-:func:`embed_folder` reads a folder or archive batch by batch (:mod:`aavae.data.folder_images`)
-and encodes each batch with any :class:`Encoder` (the trained bundle's
-:class:`aavae.serving.inference.ImageEncoder`, or a registered MLflow model), so memory stays at one
-batch of images however large the folder is.
-
-:class:`NeighbourIndex` holds the embeddings centred on their mean and L2-normalised: a query
-(centred the same way) is one matrix product with them, exact, and at 10,000 x 512 float32
-(20 MB) it answers in milliseconds on a CPU, so an approximate index would buy nothing at the
-sizes this project embeds. Centring is what makes the scores say something: a trained
-encoder's features share a large common part (they are rectified), so their plain cosine puts
-every neighbour at 0.98-0.99; centred, a near twin still scores near 1 and an unrelated image
-near 0, and the neighbours found are about the same (on the digits test split, eight-neighbour
+:class:`NeighbourIndex` holds the embeddings centred on their mean and L2-normalised: a query is
+one matrix product with them, exact, in milliseconds at 10,000 x 512 float32 on a CPU, so an
+approximate index would buy nothing at the sizes this project embeds. Centring makes the scores
+say something: a trained encoder's features share a large common part (they are rectified), so
+their plain cosine puts every neighbour at 0.98-0.99; centred, a near twin still scores near 1
+and an unrelated image near 0, with about the same neighbours (digits test split, eight-neighbour
 label precision 0.45 either way). It is stored as plain arrays (no pickle) and remembers which
 model made it, so a query embedded by another model is refused instead of silently compared.
 
@@ -138,19 +133,10 @@ class NeighbourIndex:
         return cls([str(p) for p in arrays["paths"]], unit_vectors, str(arrays["source"]),
                    str(arrays["model"]), centre)
 
-    def row_of(self, path: str) -> int | None:
-        try:
-            return self.paths.index(path)
-        except ValueError:
-            return None
-
     def query(self, vectors: np.ndarray, k: int, exclude_rows: Sequence[int | None] | None = None
               ) -> list[list[Neighbour]]:
-        """The ``k`` most cosine-similar paths of each query row, most similar first.
-
-        ``exclude_rows[i]`` (a row of this index, or None) is left out of query ``i``'s
-        answer: a query taken from the index is its own nearest neighbour.
-        """
+        """The ``k`` most cosine-similar paths of each query row, most similar first, without
+        ``exclude_rows[i]`` (a query taken from the index is its own nearest neighbour)."""
         vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
         if vectors.shape[1] != self.unit_vectors.shape[1]:
             raise ValueError(
@@ -193,8 +179,8 @@ def answer_query(
         image = read_image(query, prep.image_size, prep.resize)  # type: ignore[arg-type]
         (found,) = index.query(encoder.encode(image[None]), k)
         return [QueryAnswer(query, found, image)]
-    elif (row := index.row_of(query)) is not None:
-        rows = [row]
+    elif query in index.paths:
+        rows = [index.paths.index(query)]
     else:
         raise ValueError(_not_a_query(query, index.paths[0]))
     # A row's direction, uncentred for query() to centre again.

@@ -1,24 +1,15 @@
 """A trained encoder ready for new images: bring them to the training size, normalise, encode.
 
-:class:`ImageEncoder` is the one owner of "what the trained model does to an image of any
-size", shared by the embed pipeline and the MLflow model (:mod:`aavae.serving.mlflow_model`), so a
-served model, an embedded folder and the features pipeline give the same numbers:
-
-* images are brought to the training size exactly as ingest brings an image folder's files
-  there (:func:`aavae.data.fit.fit_image`: shorter side scaled and centre-cropped,
-  or both sides scaled; images already at that size are left untouched, as ingest leaves
-  them);
-* the features are :func:`aavae.evaluation.extract_features` of the bundle's encoder with
-  the bundle's mean and std, the same call the features pipeline makes;
-* the network comes from :func:`aavae.evaluation.model_from_bundle`, the one function that
-  reads the bundle format.
-
-What a served encoder accepts is :mod:`aavae.serving.contract`'s.
+:class:`ImageEncoder` is the one owner of what the trained model does to an image of any size,
+shared by the embed pipeline and the MLflow model, so a served model, an embedded folder and the
+features pipeline give the same numbers: images are fitted as ingest fits an image folder's
+(:func:`aavae.data.fit.fit_image`), and the features are the features pipeline's call
+(:func:`aavae.evaluation.extract_features`) on the network :func:`aavae.evaluation.model_from_bundle`
+rebuilds. What a served encoder accepts is :mod:`aavae.serving.contract`'s.
 
 ``precision="bf16-mixed"`` is the fast path for embedding large folders on a CPU with bf16
 matrix units: batch norm folded into the convolutions, bf16 autocast, about 2.5x faster on
-the development machine's AMX, features within about 1% of the fp32 ones. The default,
-``32-true``, is the features pipeline's exact call.
+the development machine's AMX, features within about 1% of the fp32 ones.
 
 Plain PyTorch/NumPy/Pillow: no Kedro, no MLflow.
 """
@@ -28,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +27,6 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from aavae.common.hardware import choose_precision
 from aavae.data.fit import RESIZE_POLICIES, fit_image
 from aavae.evaluation import bundle_preprocessing, extract_features, model_from_bundle
 from aavae.models import AAVAENet
@@ -63,11 +53,6 @@ class ServingPreprocessing(Preprocessing):
                 f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}"
             )
 
-    @classmethod
-    def fitting(cls, preprocessing: Preprocessing, image_size: int, resize: str) -> ServingPreprocessing:
-        core = {f.name: getattr(preprocessing, f.name) for f in fields(Preprocessing)}
-        return cls(**core, image_size=int(image_size), resize=resize)
-
 
 class ImageEncoder:
     """The trained encoder of a model bundle, with the preprocessing it was trained with."""
@@ -80,7 +65,7 @@ class ImageEncoder:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.net = net.eval()
         self.preprocessing = preprocessing
-        self.precision = precision  # what encode() uses unless told otherwise
+        self.precision = precision
         self.identity = identity  # which model this is, for messages and embedding indexes
         self._with_mu = _RepresentationAndMu(self.net)
         self._fused: nn.Module | None = None
@@ -91,7 +76,8 @@ class ImageEncoder:
     ) -> ImageEncoder:
         """Rebuild the bundle's network; ``resize`` is ``dataset.resize`` of its training run."""
         net = model_from_bundle(bundle)
-        preprocessing = ServingPreprocessing.fitting(bundle_preprocessing(bundle), net.spec.input_size, resize)
+        preprocessing = ServingPreprocessing(**asdict(bundle_preprocessing(bundle)), image_size=int(net.spec.input_size),
+                                             resize=resize)
         run_id = bundle.get("mlflow_run_id")
         where = f"trained in MLflow run {run_id}" if run_id else str(bundle.get("checkpoint") or "")
         return cls(net, preprocessing, f"model bundle {where}".strip(), precision)
@@ -139,28 +125,19 @@ class ImageEncoder:
         *,
         return_mu: bool = False,
         batch_size: int = 256,
-        precision: str | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
-        """Representations ``(N, feature_dim)`` float32 of uint8 images of any size.
-
-        With ``return_mu`` a dict of the representation and ``mu``, the mean of q(z | x)
-        ``(N, latent_dim)`` (the deterministic latent for an ``ae`` model), from one pass.
-        ``precision="bf16-mixed"`` takes the fast path (see the module docstring); None: the
-        encoder's own.
-        """
-        precision = precision or self.precision
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        """Representations ``(N, feature_dim)`` float32 of uint8 images of any size; with
+        ``return_mu`` a dict of them and ``mu``, the mean of q(z | x) ``(N, latent_dim)`` (the
+        deterministic latent for an ``ae`` model), from one pass."""
         fitted = self.fit_images(images)
         mean, std = self.preprocessing.mean, self.preprocessing.std
-        fast = precision == "bf16-mixed"
-        if not return_mu:
-            encoder = self._fused_encoder() if fast else self.net.encoder
-            return extract_features(encoder, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast,
+        fast = self.precision == "bf16-mixed"
+        model = self._with_mu if return_mu else self._fused_encoder() if fast else self.net.encoder
+        features = extract_features(model, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast,
                                     original_resize=self.preprocessing.original_resize)
-        both = extract_features(self._with_mu, fitted, mean, std, batch_size=batch_size, autocast_bf16=fast,
-                                original_resize=self.preprocessing.original_resize)
-        return {REPRESENTATION: both[:, : self.feature_dim], MU: both[:, self.feature_dim :]}
+        if not return_mu:
+            return features
+        return {REPRESENTATION: features[:, : self.feature_dim], MU: features[:, self.feature_dim :]}
 
     def _fused_encoder(self) -> nn.Module:
         """The encoder with each batch norm folded into the convolution before it (eval mode
@@ -174,11 +151,6 @@ class ImageEncoder:
                 logger.info("Encoding without folding batch norm (%s)", error)
                 self._fused = self.net.encoder
         return self._fused
-
-
-def resolve_precision(requested: str, device: torch.device | None = None) -> str:
-    """``auto`` for a network on ``device`` (None: the CPU), as :mod:`aavae.common.hardware` decides."""
-    return choose_precision(requested, device if device is not None else "cpu")
 
 
 class _RepresentationAndMu(nn.Module):

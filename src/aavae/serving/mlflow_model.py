@@ -1,40 +1,23 @@
-"""The trained encoder as an MLflow pyfunc model: uint8 images in, representations out.
+"""The trained encoder as an MLflow pyfunc model: uint8 images in, representations out
+(docs/serving.md shows how to load, serve and call it).
 
-A user who finds the best run in ``mlflow ui`` can load, register and serve its encoder:
+Every input, in-process and over HTTP, passes :func:`aavae.serving.contract.check_image_batch`
+before any work, within the model config's limits (``registry.*`` at logging; the schema's
+defaults for a model logged without them). The signature therefore declares no input schema:
+with one, MLflow would cast a request to uint8 before the model sees it (floats truncated to a
+black image) and refuse other inputs in its own words, printing the whole input.
 
-    model = mlflow.pyfunc.load_model("models:/digits-aavae-encoder/1")
-    features = model.predict(images)                        # uint8 N x H x W x C, any H, W
-    both = model.predict(images, params={"return_mu": True})  # {"representation", "mu"}
-
-and ``mlflow models serve -m models:/digits-aavae-encoder/1 --env-manager local`` answers
-``POST /invocations`` with ``{"inputs": <nested list of uint8 images>}``.
-
-Every input, on both paths, passes :func:`aavae.serving.contract.check_image_batch` before any work:
-uint8 ``N x H x W x C`` (C = 1, 3 or 4; over JSON, integers 0-255), at most
-``max_batch_size`` images of at most ``max_image_side`` pixels a side (the model config,
-set from ``registry.*`` at logging; a model logged without them gets the schema's defaults).
-Anything else is MLflow's ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the input's dtype and
-shape and what is expected. The signature therefore declares no input schema: with one,
-MLflow would cast a request to uint8 before the model sees it (floats truncated to a black
-image) and refuse other inputs in its own words, printing the whole input. MLflow parses a
-request's JSON before the model runs, so the limits bound the model's work, not that parse.
-
-The model's artifact is the model bundle itself (``aavae_model.pt``, loaded with
-``weights_only=True``), and all the work is :class:`aavae.serving.inference.ImageEncoder`'s: the
-same resizing as ingest, the same normalisation and feature extraction as the features
-pipeline. The model is logged "from code" (:mod:`aavae.serving.mlflow_model_code`), not pickled,
-and the project's ``aavae`` package travels with it (``code_paths``), so loading it runs
-only this project's code, and a fresh environment with the listed requirements can load it.
-
-This module is MLflow glue, beside :mod:`aavae.tracking`; the layers below never import it.
+The model's artifact is the model bundle itself, and all the work is
+:class:`aavae.serving.inference.ImageEncoder`'s. It is logged "from code"
+(:mod:`aavae.serving.mlflow_model_code`), not pickled, with the ``aavae`` package
+(``code_paths``): loading it runs only this project's code, in any environment with the
+listed requirements.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -63,11 +46,9 @@ from aavae.serving.contract import (
     InputLimits,
     check_image_batch,
 )
-from aavae.serving.inference import MU, REPRESENTATION, ImageEncoder, ServingPreprocessing
+from aavae.serving.inference import ImageEncoder, ServingPreprocessing
 
 filter_unactionable_warnings()  # before PythonModel subclasses are defined (here, kedro-mlflow)
-
-log = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "model_bundle"
 #: Packages the model needs besides the ``aavae`` code it carries.
@@ -75,14 +56,9 @@ REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pillow", "pydantic")
 
 
 class RefusedImages(MlflowException, ValueError):
-    """Images outside the model's contract: MLflow's INVALID_PARAMETER_VALUE, HTTP 400.
-
-    MLflow's scoring server rewrites the message of an MlflowException raised by ``predict``
-    to ``Failed to predict data '<the whole input>'. Error: <message>`` (``invocations`` in
-    ``mlflow.pyfunc.scoring_server``): megabytes of pixels in an error message. This one keeps
-    its own message, which names the input's dtype and shape, never its values. A ValueError
-    too, so in-process callers can catch it as the bad argument it is.
-    """
+    """Images outside the model's contract: MLflow's INVALID_PARAMETER_VALUE, HTTP 400, and a
+    ValueError in-process. It keeps its own message, which MLflow's scoring server would rewrite
+    to ``Failed to predict data '<the whole input>'. Error: ...``: megabytes of pixels."""
 
     def __init__(self, message: str) -> None:
         self._own_message = message  # before MlflowException.__init__ assigns self.message
@@ -133,27 +109,14 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
-        """uint8 ``N x H x W x C`` images -> float32 ``(N, feature_dim)`` representations, or
-        with ``params={"return_mu": True}`` a dict of them and the latent means ``mu``.
-
-        Raises :class:`RefusedImages` for anything else, before any image is resized.
-        """
+        """uint8 ``N x H x W x C`` images -> float32 ``(N, feature_dim)`` representations (with
+        ``return_mu`` a dict of them and ``mu``), or :class:`RefusedImages` before any resizing."""
         try:
             images = check_image_batch(model_input, self.limits)
         except ImageBatchError as error:
             raise RefusedImages(str(error)) from None
         with self._encoding:
             return self.encoder.encode(images, return_mu=bool((params or {}).get(RETURN_MU, False)))
-
-
-def signature(feature_dim: int) -> ModelSignature:
-    """float32 representations out and the ``return_mu`` switch; no input schema, so that
-    every input reaches :func:`check_image_batch` as sent (see the module docstring)."""
-    return ModelSignature(
-        inputs=None,
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, feature_dim))]),
-        params=ParamSchema([ParamSpec(RETURN_MU, "boolean", False)]),
-    )
 
 
 def log_encoder_model(
@@ -164,11 +127,8 @@ def log_encoder_model(
     limits: InputLimits,
     tags: Mapping[str, str] | None = None,
 ) -> ModelInfo:
-    """Log the bundle's encoder as a pyfunc model into the active run and register it.
-
-    ``limits`` go into the model config (which loading can override) and its metadata.
-    Returns MLflow's ``ModelInfo``; ``registered_model_version`` is the new version.
-    """
+    """Log the bundle's encoder as a pyfunc model into the active run and register it; ``limits``
+    go into the model config (which loading can override) and its metadata."""
     encoder = ImageEncoder.from_bundle(bundle, resize=resize)  # fails here, not at serving
     metadata = {
         **encoder.preprocessing.to_dict(),
@@ -195,7 +155,11 @@ def log_encoder_model(
                 model_config={"resize": resize, "max_image_side": limits.max_image_side,
                               "max_batch_size": limits.max_batch_size},
                 code_paths=[str(code)],
-                signature=signature(encoder.feature_dim),
+                signature=ModelSignature(  # no input schema: see the module docstring
+                    inputs=None,
+                    outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.feature_dim))]),
+                    params=ParamSchema([ParamSpec(RETURN_MU, "boolean", False)]),
+                ),
                 input_example=np.ascontiguousarray(input_example),
                 pip_requirements=[_pinned(name) for name in REQUIREMENTS],
                 metadata=metadata,
@@ -208,15 +172,16 @@ def log_encoder_model(
 def _no_artifact_progress_bars() -> Iterator[None]:
     """MLflow draws a progress bar for every artifact copy of a model it validates: noise in
     a pipeline's log, and a long one for a model with code."""
-    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    bars = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    previous = bars.get_raw()
+    bars.set("false")
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            bars.unset()
         else:
-            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+            bars.set(previous)
 
 
 TRAINING_RUN_TAG = "training_run_id"
@@ -224,13 +189,8 @@ TRAINING_RUN_TAG = "training_run_id"
 
 def version_of_training_run(name: str, training_run_id: str | None) -> int | None:
     """The registered version of ``name`` holding the model of that training run, if any."""
-    if not training_run_id:
-        return None
-    client = mlflow.MlflowClient()
-    for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags.get(TRAINING_RUN_TAG) == training_run_id:
-            return int(version.version)
-    return None
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'") if training_run_id else []
+    return next((int(v.version) for v in versions if v.tags.get(TRAINING_RUN_TAG) == training_run_id), None)
 
 
 class RegisteredEncoder:
@@ -271,8 +231,3 @@ def _pinned(package: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         return package
 
-
-__all__ = [
-    "MU", "REPRESENTATION", "EncoderModel", "RefusedImages", "RegisteredEncoder", "input_limits",
-    "log_encoder_model", "signature",
-]

@@ -1,16 +1,13 @@
 """``python -m aavae.serving.serve -m models:/<name>/<version>``: the encoder over HTTP, with bounded work.
 
-It answers MLflow's JSON scoring protocol as ``mlflow models serve`` does and loads the model as
-it does (``MLFLOW_PYFUNC_INFERENCE_CONFIG`` included), but bounds what requests cost, which
-MLflow 3.17 does not (three 60 MB requests took its server from 0.8 to 5.4 GB for minutes):
-a body over ``--max-request-mb`` gets 413; a request that would take the bodies being read,
-parsed or encoded past ``--max-in-flight-mb`` gets 503 at once; each body is parsed in a child
-process, because Python's JSON parser holds the GIL for the whole parse and makes a list per
-pixel (up to 36 times the body's size): the server answers others meanwhile, the memory goes
-back to the system when the child ends, and the child is killed when its client goes away. One
-request is encoded at a time; one whose client has gone by its turn is not. docs/serving.md
-lists every answer. Starlette is imported only where it is used: the parsing processes run
-this module again and stay small.
+It answers MLflow's JSON scoring protocol and loads the model as ``mlflow models serve`` does
+(``MLFLOW_PYFUNC_INFERENCE_CONFIG`` included), but bounds what requests cost, which MLflow 3.17
+does not (three 60 MB requests took its server from 0.8 to 5.4 GB for minutes). Each body is
+parsed in a child process, because Python's JSON parser holds the GIL for the whole parse and
+makes a list per pixel (up to 36 times the body's size): the server answers others meanwhile,
+the memory goes back to the system when the child ends, and the child is killed when its client
+goes away. docs/serving.md lists every answer. Starlette is imported only where it is used: the
+parsing processes run this module again and stay small.
 """
 
 from __future__ import annotations
@@ -184,11 +181,9 @@ async def _call_when_set(event: asyncio.Event, action: Any) -> None:
 
 
 def start_parsing_processes() -> multiprocessing.context.ForkServerContext:
-    """The fork server the parsing processes start from, with this module imported.
-
-    Start it before a model is loaded: loading puts the model's own copy of the package first
-    on ``sys.path``, and a model registered before :mod:`.contract` existed has none.
-    """
+    """The fork server the parsing processes start from, with this module imported; started before
+    a model is loaded, which puts the model's own copy of the package (maybe without
+    :mod:`.contract`) first on ``sys.path``."""
     processes = multiprocessing.get_context("forkserver")
     processes.set_forkserver_preload([__spec__.name])
     forkserver.ensure_running()

@@ -1,24 +1,15 @@
-"""MLflow glue: bind Lightning's live metrics to the run kedro-mlflow opened.
-
-This sits beside the Kedro glue (it knows MLflow); the plain-PyTorch layers below never
-import it.
+"""MLflow glue, beside the Kedro glue (the plain-PyTorch layers below never import it): Lightning's
+live metrics in the run kedro-mlflow opened, run names and tags, and runs of dead processes closed.
 
 What ``mlflow ui`` shows first (checked in MLflow 3.17.2, in headless Chromium):
 
-* An experiment page opens on the GenAI "Overview" (Traces 0) unless the browser has chosen
-  "Model training" in the sidebar or the address says ``?workflowType=machine_learning``
-  (:func:`runs_page_address`). 3.17's experiment page takes the kind from that switch; the
-  experiment tag ``mlflow.experimentKind`` (which MLflow's own kind selector writes, and UIs
-  without the switch read) is set anyway (:func:`mark_experiment_as_model_training`).
-* Charts are grouped by the part of a metric's name before a ``/``, and such sections come
-  above "Model metrics", whose charts are alphabetical (``epoch``, the evaluation's
-  ``eval_*`` bars, ...). So the loss curves are also logged as ``loss/train`` and ``loss/val``
-  (:data:`CHART_FIRST`): the first charts a user sees. ``train_loss``/``val_loss`` stay, for
-  the report and anything reading them.
-* Runs are named for what they trained or evaluated (:func:`run_name`), not only "pretrain"
-  and "evaluate", and the runs table opens with the headline metrics as columns: the address
-  names a view of them stored on the experiment (:func:`store_headline_view`), as MLflow's own
-  "share view" does, since the table otherwise shows no metric until columns are picked.
+* An experiment page opens on the GenAI "Overview" unless the address says
+  ``?workflowType=machine_learning`` (:func:`runs_page_address`); the experiment tag
+  ``mlflow.experimentKind``, which UIs without that switch read, is set too.
+* Charts whose metric name has a ``/`` come first, in sections above the alphabetical "Model
+  metrics": the loss curves are also logged as ``loss/train`` and ``loss/val`` (:data:`CHART_FIRST`).
+* The runs table shows no metric until columns are picked: the address names a view of the
+  headline metrics stored on the experiment (:func:`store_headline_view`), as "share view" does.
 """
 
 from __future__ import annotations
@@ -26,7 +17,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +32,6 @@ from aavae.reporting.report import HEADLINE_VIEW, experiment_address
 
 log = logging.getLogger(__name__)
 
-MLFLOW_RUN_CONTEXT_VARIABLE = MLFLOW_RUN_CONTEXT.name  # JSON tags MLflow adds to every new run
 #: The experiment tag MLflow 3 reads for what an experiment holds, and the value for training runs.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 #: Metrics logged a second time under a sectioned name, so MLflow's UI charts them first.
@@ -50,11 +39,8 @@ CHART_FIRST = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 
 class RunBoundMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger writing into an existing run that it does not own.
-
-    The stock logger marks its run FINISHED in ``finalize``; here the run belongs to
-    kedro-mlflow, which closes it (FINISHED or FAILED) when the whole pipeline ends.
-    """
+    """Lightning's MLflow logger writing into a run it does not own: the stock logger ends its run
+    FINISHED in ``finalize``, but kedro-mlflow ends this one when the whole pipeline ends."""
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
@@ -72,10 +58,8 @@ def active_run_id() -> str | None:
 
 
 def live_logger() -> RunBoundMLFlowLogger | None:
-    """A logger for the active run, or None when no run is open (e.g. in a notebook).
-
-    Its experiment is marked as holding model training: it is about to receive curves.
-    """
+    """A logger for the active run (its experiment marked as model training: curves are coming),
+    or None when no run is open (e.g. in a notebook)."""
     run_id = active_run_id()
     if run_id is None:
         return None
@@ -86,48 +70,35 @@ def live_logger() -> RunBoundMLFlowLogger | None:
     )
 
 
-def mark_experiment_as_model_training(experiment_id: str | None = None) -> None:
-    """Tag the experiment (default: the active run's) ``mlflow.experimentKind =
-    custom_model_development``, what MLflow's own "Machine learning" choice writes, unless a
+def mark_experiment_as_model_training() -> None:
+    """Tag the active run's experiment as MLflow's own "Machine learning" choice does, unless a
     user chose another kind for it."""
-    if experiment_id is None:
-        run = mlflow.active_run()
-        if run is None:
-            return
-        experiment_id = run.info.experiment_id
-    client = MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    run = mlflow.active_run()
+    if run is not None and EXPERIMENT_KIND_TAG not in MlflowClient().get_experiment(run.info.experiment_id).tags:
+        MlflowClient().set_experiment_tag(run.info.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
 def runs_page_address(host: str = "127.0.0.1", port: int | str = 5000) -> str | None:
     """Where ``mlflow ui`` shows the active run's experiment as training runs (its Runs page in
     "Model training" mode, not MLflow 3's GenAI overview), or None without a run."""
     run = mlflow.active_run()
-    if run is None:
-        return None
-    return experiment_address(run.info.experiment_id, host, port)
+    return experiment_address(run.info.experiment_id, host, port) if run else None
 
 
 #: The experiment tag MLflow's UI reads a shared view from (``?viewStateShareKey=<key>``).
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 
 
-def headline_columns(few_labels: Sequence[int] = ()) -> list[str]:
-    """The runs table's columns: the environment, the registered model and the evaluation's
-    headline accuracies, fewest labels and all labels (on the training run as ``eval_*``, on the
-    evaluation run under their own names)."""
-    keys = ([f"few_label_{min(few_labels)}_top1"] if few_labels else []) + ["linear_top1"]
-    return ["tags.`env`", "attributes.`Models`", *(f"metrics.`{prefix}{key}`" for prefix in ("eval_", "") for key in keys)]
-
-
 def store_headline_view(few_labels: Sequence[int] = ()) -> None:
-    """Store the headline view on the active run's experiment, where the address of
-    :func:`runs_page_address` opens it."""
+    """Store the runs table's columns on the active run's experiment, where the address of
+    :func:`runs_page_address` opens them: the environment, the registered model and the headline
+    accuracies, fewest labels and all (``eval_*`` on the training run)."""
+    keys = ([f"few_label_{min(few_labels)}_top1"] if few_labels else []) + ["linear_top1"]
+    columns = ["tags.`env`", "attributes.`Models`", *(f"metrics.`{pre}{key}`" for pre in ("eval_", "") for key in keys)]
     run = mlflow.active_run()
     if run is not None:
         MlflowClient().set_experiment_tag(run.info.experiment_id, SHARED_VIEW_TAG + HEADLINE_VIEW,
-                                          json.dumps({"selectedColumns": headline_columns(few_labels)}))
+                                          json.dumps({"selectedColumns": columns}))
 
 
 def run_name(pipelines: Sequence[str], params: Mapping[str, Any], env: str | None) -> str:
@@ -147,13 +118,9 @@ def run_name(pipelines: Sequence[str], params: Mapping[str, Any], env: str | Non
 def log_params_once(params: dict[str, Any]) -> None:
     """Log params to the active run, skipping keys it already holds (MLflow refuses changes)."""
     run_id = active_run_id()
-    if run_id is None:
-        return
-    client = MlflowClient()
-    existing = client.get_run(run_id).data.params
-    for key, value in params.items():
-        if key not in existing:
-            client.log_param(run_id, key, value)
+    if run_id is not None:
+        existing = MlflowClient().get_run(run_id).data.params
+        mlflow.log_params({key: value for key, value in params.items() if key not in existing}, run_id=run_id)
 
 
 def set_tags(tags: dict[str, Any]) -> None:
@@ -193,9 +160,8 @@ def close_if_stale(run_id: str | None) -> None:
     except mlflow.exceptions.MlflowException:
         return
     if run.info.status == "RUNNING":
-        # Runs that record their process were judged when this run started
-        # (close_runs_of_gone_processes); one still RUNNING here predates those tags, and the
-        # pretraining lock says no other pretraining uses this checkpoint folder.
+        # Runs with process tags were judged when this run started; this one predates them, and
+        # the pretraining lock says no other pretraining uses this checkpoint folder.
         mark_killed(client, run_id, "still RUNNING when the next pretraining of its checkpoint folder started")
 
 
@@ -210,35 +176,26 @@ def process_tags() -> dict[str, str]:
 
 
 def tag_runs_opened_from_here() -> str | None:
-    """Have every run MLflow opens from now on carry :func:`process_tags` from its creation.
-
-    Set as tags after the run opens, a kill in between would leave a RUNNING run that
-    nothing can judge. MLflow's ``MLFLOW_RUN_CONTEXT`` (JSON tags added to each new run) closes
-    that gap. Returns the variable's previous value for :func:`stop_tagging_runs`.
-    """
-    previous = os.environ.get(MLFLOW_RUN_CONTEXT_VARIABLE)
-    tags = json.loads(previous) if previous else {}
-    os.environ[MLFLOW_RUN_CONTEXT_VARIABLE] = json.dumps({**tags, **process_tags()})
+    """Have every run MLflow opens from now on carry :func:`process_tags` from its creation
+    (``MLFLOW_RUN_CONTEXT``): set after the run opens, a kill in between would leave a RUNNING run
+    that nothing can judge. Returns the variable's previous value for :func:`stop_tagging_runs`."""
+    previous = MLFLOW_RUN_CONTEXT.get_raw()
+    MLFLOW_RUN_CONTEXT.set(json.dumps({**json.loads(previous or "{}"), **process_tags()}))
     return previous
 
 
 def stop_tagging_runs(previous: str | None) -> None:
     """Undo :func:`tag_runs_opened_from_here` (child processes must not inherit this PID)."""
     if previous is None:
-        os.environ.pop(MLFLOW_RUN_CONTEXT_VARIABLE, None)
+        MLFLOW_RUN_CONTEXT.unset()
     else:
-        os.environ[MLFLOW_RUN_CONTEXT_VARIABLE] = previous
+        MLFLOW_RUN_CONTEXT.set(previous)
 
 
 def close_runs_of_gone_processes(keep: str | None = None) -> list[str]:
-    """Mark KILLED every RUNNING run of the store whose process is gone; return their ids.
-
-    Any pipeline's run: a SIGKILL, an out-of-memory kill or a power cut leaves its run
-    RUNNING forever otherwise. Gone means on this host and no such PID, or the PID now
-    belongs to a process started later (:mod:`aavae.common.liveness`). Runs without process tags
-    (older runs, other tools) and runs of other hosts are left alone: they cannot be judged.
-    ``keep`` is the caller's own run.
-    """
+    """Mark KILLED every RUNNING run of the store (but ``keep``) whose process is gone, which a
+    SIGKILL, an out-of-memory kill or a power cut leaves RUNNING forever; return their ids. Runs
+    without process tags or of other hosts cannot be judged (:mod:`aavae.common.liveness`)."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
@@ -268,25 +225,17 @@ def mark_killed(client: MlflowClient, run_id: str, why: str) -> None:
 
 
 def end_active_run_killed() -> None:
-    """End the active run as KILLED (SIGTERM / Ctrl+C reach past kedro-mlflow's error hook).
-
-    MLflow keeps its active-run stack per thread and ends whatever run the main thread still
-    holds at exit as FINISHED; the node may run in another thread, so the status is set now
-    and the main thread's run is ended as KILLED at exit, before MLflow's own exit handler.
-    """
-    run_id = active_run_id()
-    if run_id is None:
-        return
-    MlflowClient().set_terminated(run_id, "KILLED")
-    atexit.register(_end_runs_killed)
+    """End the active run as KILLED (SIGTERM / Ctrl+C reach past kedro-mlflow's error hook): now,
+    since the node may run in another thread than the main one, whose run MLflow's exit
+    handler would end FINISHED; and the main thread's at exit, before that handler."""
+    if (run_id := active_run_id()) is not None:
+        MlflowClient().set_terminated(run_id, "KILLED")
+        end_runs_killed_at_exit()
 
 
 def end_runs_killed_at_exit(armed: bool = True) -> None:
-    """At interpreter exit, end the runs still open as KILLED (``armed=False`` disarms it).
-
-    Armed while a pipeline runs: Ctrl+C or ``SystemExit`` pass by Kedro's error hook, and
-    MLflow's own exit handler would then record the interrupted run as FINISHED.
-    """
+    """At interpreter exit, end the runs still open as KILLED (``armed=False`` disarms it): Ctrl+C
+    or ``SystemExit`` pass by Kedro's error hook, and MLflow's exit handler would end them FINISHED."""
     atexit.unregister(_end_runs_killed)
     if armed:
         atexit.register(_end_runs_killed)  # after MLflow's handler, so it runs before it
@@ -298,10 +247,7 @@ def _end_runs_killed() -> None:
 
 
 class FigureToRun:
-    """Log a figure into the logger's run under ``reconstructions/epoch_NNNNN.png``.
-
-    A class, not a closure: spawned ranks receive their callbacks by pickling.
-    """
+    """Log a figure into the logger's run (a class, not a closure: spawned ranks get it pickled)."""
 
     def __init__(self, logger: RunBoundMLFlowLogger) -> None:
         self.logger = logger

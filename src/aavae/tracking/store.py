@@ -1,20 +1,13 @@
 """The project's SQLite MLflow store: created whole or not at all.
 
-MLflow creates a new SQLite store's tables with a long chain of schema migrations that are not
-one transaction. A process killed meanwhile (the first ``kedro run`` of a fresh project,
-SIGKILLed or out of memory in its first seconds: ``benchmarks/faults.py`` hit it) leaves a
-file that MLflow can never open again: every later run stops with ``table ... already
-exists``. So, before kedro-mlflow first opens the store, :func:`prepare_sqlite_store`
-
-* creates a missing store under a temporary name in its folder and renames it into place,
-  so the store's name only ever holds a complete one; and
-* moves aside a store that such a kill left half made (its schema short of the installed
-  MLflow's and not one run in it: there is nothing in it to lose), then creates it anew;
-  unless a live process has it open (``mlflow ui`` creating it that moment): then it waits
-  for that process to finish it, and refuses, naming it, if it does not.
-
-A store with runs whose schema is older is left alone: MLflow then says to run
-``mlflow db upgrade``. Other tracking URIs (servers, Databricks, files) are not touched.
+MLflow creates a SQLite store's tables in a chain of migrations that is not one transaction: a
+process killed meanwhile (the first ``kedro run`` of a fresh project, SIGKILLed in its first
+seconds: ``benchmarks/faults.py`` hit it) leaves a file MLflow never opens again (``table ...
+already exists``). So :func:`prepare_sqlite_store` creates a missing store under a temporary
+name and renames it into place, and moves aside a half-made one (schema short of the installed
+MLflow's, no run in it: nothing to lose) to create it anew; unless a live process has it open
+(``mlflow ui`` creating it): then it waits for it, and refuses, naming it, if it does not finish.
+A store with runs and an older schema is left to ``mlflow db upgrade``; other URIs are not touched.
 """
 
 from __future__ import annotations
@@ -42,10 +35,8 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
 
 
 def anchored_at(tracking_uri: str | None, project_path: Path) -> str | None:
-    """A ``sqlite:///`` URI whose path is relative, made to name the file in the project folder.
-
-    SQLAlchemy reads a relative path from the working directory, so a notebook started in
-    ``notebooks/`` (or a ``kedro run`` from a subfolder) made a store of its own there."""
+    """A ``sqlite:///`` URI whose path is relative, made to name the file in the project folder:
+    SQLAlchemy reads it from the working directory (a notebook in ``notebooks/`` made its own)."""
     path = sqlite_path(tracking_uri)
     if path is None or path.is_absolute():
         return tracking_uri
@@ -77,15 +68,12 @@ CREATOR_WAIT_SECONDS = 60.0
 
 
 def _another_process_finishes_it(path: Path) -> bool:
-    """Whether a live process that has the store open (MLflow creating it: ``mlflow ui``,
-    another run starting) completes its schema within ``wait_seconds``. A half-made store is
-    only moved aside when no live process could still be making it; one still open and
-    unfinished after the wait is refused, naming the process."""
-    wait_seconds = CREATOR_WAIT_SECONDS
+    """Whether a live process that has the store open (``mlflow ui``, another run starting)
+    completes its schema within :data:`CREATOR_WAIT_SECONDS`; if it holds it unfinished, refused."""
     holders = _processes_holding(path)
     if not holders:
         return False
-    deadline = time.monotonic() + wait_seconds
+    deadline = time.monotonic() + CREATOR_WAIT_SECONDS
     while time.monotonic() < deadline:
         time.sleep(0.5)
         schema, runs = _schema_and_runs(path)
@@ -96,7 +84,7 @@ def _another_process_finishes_it(path: Path) -> bool:
             return False  # it let go without finishing: half made after all
     raise RuntimeError(
         f"The MLflow store '{path}' is being created by another process ({'; '.join(holders)}), "
-        f"and it has not finished in {wait_seconds:.0f} s. Wait for it (an `mlflow ui` starting "
+        f"and it has not finished in {CREATOR_WAIT_SECONDS:.0f} s. Wait for it (an `mlflow ui` starting "
         "up), or stop it, then rerun."
     )
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from aavae.common.hardware import choose_precision
 from aavae.config import DatasetConfig, EmbedConfig, parse
 from aavae.reporting.plots import neighbour_grid_figure
 from aavae.serving.embeddings import (
@@ -28,7 +29,7 @@ from aavae.serving.embeddings import (
     embed_folder,
     read_indexed_images,
 )
-from aavae.serving.inference import ImageEncoder, resolve_precision
+from aavae.serving.inference import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def load_encoder(
     # how its training images were brought to size, as the bundle records it (older bundles: the
     # environment's dataset.resize)
     resize = (aavae_model.get("data") or {}).get("resize") or parse("dataset", dataset, DatasetConfig).resize
-    return ImageEncoder.from_bundle(aavae_model, resize, resolve_precision(config.precision))
+    return ImageEncoder.from_bundle(aavae_model, resize, choose_precision(config.precision))
 
 
 def embed_images(encoder: Encoder, embed: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
