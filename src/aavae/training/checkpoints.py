@@ -114,7 +114,17 @@ class EpochCheckpoints(pl.Callback):
         finish = getattr(module, "finish_epoch", None)
         if finish is not None:
             finish()  # raises on a non-finite loss, before anything is written
-        trainer.save_checkpoint(self.directory / LAST_CHECKPOINT, weights_only=False)
+        # An epoch the time limit (or max_steps) ended early is saved as an interrupted one is, in
+        # the middle: Lightning's epoch-end state would resume at the next epoch and skip the rest.
+        cut = trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches
+        epochs = trainer.fit_loop.epoch_progress
+        epochs.current.processed -= cut
+        epochs.total.processed -= cut
+        try:
+            trainer.save_checkpoint(self.directory / LAST_CHECKPOINT, weights_only=False)
+        finally:
+            epochs.current.processed += cut
+            epochs.total.processed += cut
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
