@@ -39,7 +39,7 @@ def inputs(tmp_path, monkeypatch):
     mlflow.set_experiment("training-run")  # not the experiment id an earlier test left active
     train_images = _images("train")
     policy = resolve_view_policy({}, train_images)
-    val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {})
+    val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {}, ROOT)
     yield [train_images, _images("unlabeled"), val_views, policy, CARD, {"width": 4, "latent_dim": 8}]
     mlflow.set_tracking_uri(None)
 

@@ -31,7 +31,7 @@ from aavae.training.data import ValidationViews, training_images
 from aavae.training.engine import TrainedLength, build_trainer, choose_hardware, fit
 from aavae.training.module import PretrainModule
 from aavae.training.snapshots import ReconstructionSnapshots, reconstruction_grid
-from aavae.views import PROVENANCE_KEYS, split_view_policy
+from aavae.views import POLICY_FILE, PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def train(
     """Train (or, when this configuration already finished, rebuild from its checkpoint) and
     return the model bundle and a reconstruction grid; checkpoints go under ``artifact_root``."""
     check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card, artifact_root)
+    policy, preprocessing = split_view_policy(view_policy, f"{artifact_root}/{POLICY_FILE}")
     cfg = parse("pretrain", pretrain, PretrainConfig)
     objective = Objective.from_config(cfg)
     spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0],
@@ -61,7 +62,6 @@ def train(
     net = build_model(spec)
     num_parameters = count_parameters(net)
     tracking.log_params_once({"model.num_parameters": num_parameters})
-    policy, preprocessing = split_view_policy(view_policy)
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
     checkpoint_dir = checkpoints.checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
                                                     cfg.model_dump(), learned_views)
@@ -166,7 +166,7 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
            "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
     stamp = provenance.stamp_of(val_views) or {}
     for path, made_from in [*((f"03_primary/images_{s.split}", s.fingerprint) for s in (images_train, images_unlabeled)),
-                            ("05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256)),
+                            (POLICY_FILE, view_policy.get(provenance.DATA_SHA256)),
                             ("05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256))]:
         provenance.check_data(f"{root}/{path}", made_from, dataset_card.get("sha256"), fix)
     if "validation_split" not in stamp:  # written when validation views were drawn from the test split
