@@ -37,7 +37,6 @@ from aavae.training.data import (
     batch_shape,
     epoch_order,
     fits_on_device,
-    gather_host,
     to_device,
 )
 from aavae.training.distributed import all_reduce_mean, die_with_parent
@@ -351,31 +350,13 @@ class PretrainModule(pl.LightningModule):
         self.log_dict({f"train_{k}": v for k, v in self.epoch_metrics.items()})
         self.log("loss", self.epoch_metrics["loss"], prog_bar=True, logger=False)
 
-    @torch.no_grad()
     def recompute_encoder_statistics(self, max_images: int = 10_000) -> int:
-        """Re-estimate the encoder's batch-norm statistics on un-augmented training images.
-
-        A seeded subset of at most ``max_images``, in training batches; returns how many
-        images were used.
-        """
-        count = len(self._train_source)
-        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed))[:max_images]
-        chosen = chosen.sort().values.numpy()
-        size = self.config.batch_size
-
-        def batches():
-            for start in range(0, len(chosen), size):
-                rows = chosen[start:start + size]
-                if self._train_images is not None:
-                    raw = self._train_images[torch.from_numpy(rows).to(self.device)]
-                else:
-                    raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
-                yield self.preprocessing.apply(raw.permute(0, 3, 1, 2))
-
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
-            update_bn(batches(), self.net.encoder)
-        return len(chosen)
+        """Re-estimate the encoder's batch-norm statistics on a seeded subset of at most
+        ``max_images`` un-augmented training images; returns how many were used."""
+        chosen = torch.randperm(len(self._train_source), generator=torch.Generator().manual_seed(self.config.seed))
+        images = self._train_images if self._train_images is not None else self._train_source
+        return reestimate_batchnorm(self.net.encoder, images, chosen[:max_images].sort().values.numpy(),
+                                    self.preprocessing, self.config.batch_size, self.device, self.autocast_dtype)
 
     # -- checkpoints carry the random stream ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -432,6 +413,26 @@ class PretrainModule(pl.LightningModule):
     def on_exception(self, exception: BaseException) -> None:
         if self._host is not None:
             self._host.stop()
+
+
+@torch.no_grad()
+def reestimate_batchnorm(encoder: nn.Module, images: np.ndarray | Tensor, rows: np.ndarray,
+                         preprocessing: Preprocessing, batch_size: int, device: torch.device,
+                         autocast_dtype: torch.dtype | None = None) -> int:
+    """``update_bn`` of ``encoder`` over the un-augmented ``images`` at ``rows`` (host arrays, or
+    a tensor already on ``device``), in batches of ``batch_size``; returns how many were used."""
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            chosen = rows[start:start + batch_size]
+            if isinstance(images, Tensor):
+                raw = images[torch.from_numpy(chosen).to(images.device)]
+            else:
+                raw = torch.from_numpy(np.asarray(images[chosen]))
+            yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
+
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        update_bn(batches(), encoder)
+    return len(rows)
 
 
 def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...],

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aavae.training.data import ImageArrays, gather_host
-
 DEPTH = 3  # batches gathered ahead of the step
 
 
 class HostBatches:
     """Stage one epoch's batches (this rank's share) into ``images``/``labels`` device buffers."""
 
-    def __init__(self, source: ImageArrays | np.ndarray, labels: np.ndarray, local: slice,
+    def __init__(self, source: np.ndarray, labels: np.ndarray, local: slice,
                  batch_shape: tuple[int, ...], device: torch.device) -> None:
         self.source, self.labels_host, self.local, self.device = source, labels, local, device
         self.images = torch.empty(batch_shape, dtype=torch.uint8, device=device)
@@ -47,7 +45,7 @@ class HostBatches:
             self._ahead.append(self._gatherer.submit(self._gather, index))
 
     def _gather(self, index: np.ndarray) -> tuple[Tensor, Tensor]:
-        batch = torch.from_numpy(gather_host(self.source, index)), torch.from_numpy(self.labels_host[index])
+        batch = torch.from_numpy(np.asarray(self.source[index])), torch.from_numpy(self.labels_host[index])
         return tuple(t.pin_memory() for t in batch) if self.device.type == "cuda" else batch  # type: ignore[return-value]
 
     def next(self) -> None:

@@ -6,8 +6,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
-from torch.optim.swa_utils import update_bn
 
 from aavae import tracking
 from aavae.common import provenance
@@ -24,6 +22,7 @@ from aavae.evaluation import (
 )
 from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
+from aavae.training.module import reestimate_batchnorm
 from aavae.views import resolve_preprocessing
 
 log = logging.getLogger(__name__)
@@ -179,20 +178,12 @@ def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, A
                             max_images: int = 10_000) -> int:
     """Batch-norm statistics of ``encoder`` re-estimated on a seeded subset of clean training images."""
     device = choose_device(config.accelerator)
-    preprocessing = bundle_preprocessing(bundle)
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(images_train))[:max_images])
-    encoder.to(device)
-
-    def batches():
-        for start in range(0, len(rows), config.batch_size):
-            raw = torch.from_numpy(np.asarray(images_train.images[rows[start:start + config.batch_size]]))
-            yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
-
     try:
-        update_bn(batches(), encoder)
+        return reestimate_batchnorm(encoder.to(device), images_train.images, rows, bundle_preprocessing(bundle),
+                                    config.batch_size, device)
     finally:
         encoder.cpu()
-    return len(rows)
 
 
 def extract_baseline_features(
