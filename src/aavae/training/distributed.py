@@ -79,6 +79,20 @@ def all_reduce_mean(tensors: list[Tensor]) -> None:
         tensor.copy_(reduced)
 
 
+def in_several_processes() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` of all processes, so that every rank takes the same decision (a rank
+    deciding alone would wait for the others in its next collective); host sync."""
+    if not in_several_processes():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor[0])
+
+
 def die_with_parent() -> None:
     """Ask Linux to end this process when its parent dies (a spawned rank whose parent was
     killed must not train on, writing checkpoints beside the rerun). Best effort elsewhere."""

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from aavae.training.distributed import max_over_ranks
 from aavae.training.step import CudaGraphed, TrainStep
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class FallbackStep:
             self._compiling = False
             log.info("Compiled the training step in %.1f s (the first compiled step included)", seconds)
         captured = getattr(self._runner, "captured", True)
-        if _agree(bad_before < 0 <= bad_after, step.device):
+        # on any rank, so that every rank falls back together
+        if max_over_ranks(bad_before < 0 <= bad_after, step.device):
             self._replace_non_finite(snapshot, bad_before)
             return
         if captured:
@@ -249,16 +250,6 @@ def sigterm_stops_at_once(doing: str) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _agree(flag: bool, device: torch.device) -> bool:
-    """``flag`` on any rank, so that every rank falls back together (a rank alone would wait
-    for the others in its next collective)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    vote = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-    return bool(vote.item())  # host sync: on verified steps only
 
 
 def _is_compiler_error(error: BaseException | None) -> bool:

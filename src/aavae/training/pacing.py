@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.distributed as dist
+
+from aavae.training.distributed import max_over_ranks
 
 # On a CPU compiling pays when the eager steps left outlast compiling plus the same steps compiled:
 CPU_COMPILE_MINUTES = 4.0  # the default run's step compiled in 224 s on the 2-core AMX Xeon, cache empty
@@ -111,17 +112,6 @@ class CompileDecision:
                 "(pretrain.compile=true or false chooses instead)")
 
 
-def _slowest_rank(device: torch.device, seconds: float) -> float:
-    """The slowest process's steady step, so that every rank of a distributed run takes the same
-    decision at the same step (ranks that compiled differently would verify their first
-    compiled steps, a collective, out of step with each other)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return seconds
-    value = torch.tensor([seconds], dtype=torch.float64, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return float(value[0])
-
-
 @dataclass(frozen=True)
 class ScheduleFit:
     total_steps: int
@@ -178,7 +168,8 @@ class Pacer:
         threads = torch.get_num_threads() if self.clock.device.type == "cpu" else None
         steps = [wall if threads is None else idle_seconds_per_step(wall, cpu, threads)
                  for wall, cpu in zip(walls, cpus, strict=True)]
-        seconds = _slowest_rank(self.clock.device, steady_step_seconds(steps))
+        # the slowest rank's: every rank compiles (and verifies, a collective) at the same step
+        seconds = max_over_ranks(steady_step_seconds(steps), self.clock.device)
         minutes = (self.planned_steps - step_number) * seconds / 60
         if self.time_limit_minutes is not None:
             minutes = min(minutes, self.time_limit_minutes)

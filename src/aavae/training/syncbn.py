@@ -14,6 +14,8 @@ import torch.distributed as dist
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import Tensor, nn
 
+from aavae.training.distributed import in_several_processes
+
 
 class _PooledBatchNorm(torch.autograd.Function):
     @staticmethod
@@ -62,7 +64,7 @@ class PooledBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and in_several_processes()):
             return super().forward(x)
         self.num_batches_tracked.add_(1)
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
