@@ -13,8 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aavae.common.hardware import Hardware
-from aavae.common.hardware import choose_hardware as hardware_for
+from aavae.common.hardware import Hardware, choose_hardware
 from aavae.common.progress import output_is_terminal
 from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
@@ -30,11 +29,6 @@ from aavae.training.progress import PlainProgress
 from aavae.training.syncbn import PooledBatchNormSync
 
 log = logging.getLogger(__name__)
-
-def choose_hardware(config: PretrainConfig) -> Hardware:
-    """What ``pretrain.accelerator`` and ``pretrain.precision`` choose (:mod:`aavae.common.hardware`)."""
-    return hardware_for(config.accelerator, config.precision)
-
 
 def quiet_known_warnings() -> None:
     """Silence Lightning's warnings that do not apply here: on import, and in :func:`fit` again
@@ -59,7 +53,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """Lightning's Trainer for the module: the module owns precision and gradient clipping
     (they live inside its step), the Trainer the loop, checkpoints and validation."""
-    hardware = choose_hardware(config)
+    hardware = choose_hardware(config.accelerator, config.precision)
     log.info("Training on %s with %s precision", hardware.accelerator, hardware.precision)
     max_time = None
     if config.max_time_minutes is not None:

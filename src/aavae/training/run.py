@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from aavae import tracking
 from aavae.common import provenance
+from aavae.common.hardware import choose_hardware
 from aavae.common.weights import load_weights
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
@@ -28,7 +29,7 @@ from aavae.objective import Objective
 from aavae.training import checkpoints
 from aavae.training.checkpoints import RecordTrainingData, finished_training
 from aavae.training.data import ValidationViews, training_images
-from aavae.training.engine import TrainedLength, build_trainer, choose_hardware, fit
+from aavae.training.engine import TrainedLength, build_trainer, fit
 from aavae.training.module import PretrainModule
 from aavae.training.snapshots import ReconstructionSnapshots, reconstruction_grid
 from aavae.views import POLICY_FILE, PROVENANCE_KEYS, split_view_policy
@@ -69,7 +70,7 @@ def train(
     tracking.close_if_stale(previous)
     resume_from = _resume_point(checkpoint_dir, cfg.resume, dataset_card)
     val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
-    hardware = choose_hardware(cfg)
+    hardware = choose_hardware(cfg.accelerator, cfg.precision)
     module = PretrainModule(
         net, objective, policy, cfg,
         training_images(images_train, images_unlabeled, cfg.training_split, cfg.unlabeled_holdout),
