@@ -162,24 +162,15 @@ class CheckpointOnInterrupt(pl.Callback):
             log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
 
 
-def checkpoint_candidates(checkpoint_dir: Path) -> list[Path]:
-    """``last.ckpt`` first, then the periodic checkpoints, newest epoch first."""
-    periodic = sorted(
-        (p for p in checkpoint_dir.glob("epoch*.ckpt") if PERIODIC.fullmatch(p.name)),
-        key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)), reverse=True,  # type: ignore[union-attr]
-    )
-    last = checkpoint_dir / LAST_CHECKPOINT
-    return ([last] if last.is_file() else []) + periodic
-
-
 def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The first of :func:`checkpoint_candidates` that torch can read as a training checkpoint.
-
-    A damaged file (truncated by a kill or a full disk) is named in a warning and skipped;
-    the checkpoint taken instead is named beside the ones passed over.
-    """
+    """The newest checkpoint torch can read as a training checkpoint: ``last.ckpt``, else the
+    periodic ones, newest epoch first. A damaged file (truncated by a kill or a full disk) is
+    named in a warning and skipped; the one taken instead is named beside those passed over."""
+    last = checkpoint_dir / LAST_CHECKPOINT
+    periodic = sorted((p for p in checkpoint_dir.glob("epoch*.ckpt") if PERIODIC.fullmatch(p.name)),
+                      key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
     passed_over = []
-    for path in checkpoint_candidates(checkpoint_dir):
+    for path in ([last] if last.is_file() else []) + periodic:
         try:
             content = load_weights(path, mmap=True)
             if not isinstance(content, dict) or "state_dict" not in content or "loops" not in content:

@@ -146,9 +146,12 @@ def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resum
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
     if found is not None:
         log.info("Resuming pretraining from %s", found)
-        if statement := mid_epoch_statement(int(load_weights(found, mmap=True).get("global_step", 0)),
-                                            module.steps_per_epoch):
-            log.info(statement)
+        epoch, done = divmod(int(load_weights(found, mmap=True).get("global_step", 0)), module.steps_per_epoch)
+        if done:  # what resume guarantees, in place of Lightning's "unreliable results" warning
+            log.info("Resuming in the middle of epoch %d, after %s of its %s steps: the batches, views, noise "
+                     "and learning rate go on exactly as in the uninterrupted run, and so do the weights "
+                     "(resume is exact; the test suite checks it).", epoch + 1, f"{done:,}",
+                     f"{module.steps_per_epoch:,}")
     try:
         trainer.fit(module, ckpt_path=str(found) if found else None)
     except SIGTERMException as exc:
@@ -171,14 +174,3 @@ def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resum
                     trained.steps / trained.steps_per_epoch, cut["planned_epochs"])
     return trained
 
-
-def mid_epoch_statement(global_step: int, steps_per_epoch: int) -> str | None:
-    """What a resume from the middle of an epoch guarantees, in place of Lightning's warning
-    (None at an epoch's end): the batches follow from the seed, the epoch and the step count,
-    and the checkpoint holds the random stream (tests/test_training.py compares the weights)."""
-    if global_step % steps_per_epoch == 0:
-        return None
-    epoch, done = divmod(global_step, steps_per_epoch)
-    return (f"Resuming in the middle of epoch {epoch + 1}, after {done:,} of its {steps_per_epoch:,} "
-            "steps: the batches, views, noise and learning rate go on exactly as in the "
-            "uninterrupted run, and so do the weights (resume is exact; the test suite checks it).")

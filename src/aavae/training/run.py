@@ -77,7 +77,9 @@ def train(
         val, preprocessing, num_classes=len(images_train.class_names),
         precision=hardware.precision, device_kind=hardware.device_kind,
     )
-    tags = {"checkpoint_dir": checkpoint_dir, **_data_tags(dataset_card, val_views)}
+    # what the MLflow run records of the data it trains on, and of the split it validates on
+    tags = {"checkpoint_dir": checkpoint_dir, **{f"data.{key}": dataset_card.get(key) for key in ("name", "sha256", "source")},
+            "data.validation_split": (provenance.stamp_of(val_views) or {}).get("validation_split", "unrecorded")}
     if done := resume_from and finished_training(resume_from, module.planned_steps(), cfg.max_time_minutes):
         # Nothing to train: the bundle (and the evaluation after it) points at the run that
         # trained these weights, not at this empty one.
@@ -175,14 +177,6 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
             f"{root}/05_model_input/val_views.npz records no validation split: it was made by an "
             "older version, from the test images. Run `kedro run --pipeline views` to draw it "
             "from the validation split.")
-
-
-def _data_tags(dataset_card: dict[str, Any], val_views: dict[str, np.ndarray]) -> dict[str, Any]:
-    """What the MLflow run records of the data it trained on, and of the split it validated on."""
-    validation = provenance.stamp_of(val_views) or {}
-    return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
-            "data.source": dataset_card.get("source"),
-            "data.validation_split": validation.get("validation_split", "unrecorded")}
 
 
 def use_compile_cache(folder: Path) -> None:

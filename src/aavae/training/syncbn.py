@@ -72,35 +72,23 @@ class PooledBatchNorm(nn.modules.batchnorm._BatchNorm):
                                       self.eps, momentum)
 
 
-def _swap(module: nn.Module, make) -> nn.Module:
-    replaced = make(module)
-    if replaced is not module:
-        return replaced
+def _converted(module: nn.Module, kinds: tuple[type, ...], into: type) -> nn.Module:
+    """``module`` with every batch norm of ``kinds`` in it replaced by an ``into`` of the same state."""
+    if isinstance(module, kinds):
+        new = into(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new.to(module.weight.device) if module.affine else new
     for name, child in module.named_children():
-        setattr(module, name, _swap(child, make))
+        setattr(module, name, _converted(child, kinds, into))
     return module
-
-
-def _as(cls, norm: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
-    new.load_state_dict(norm.state_dict())
-    new.train(norm.training)
-    return new.to(norm.weight.device) if norm.affine else new
 
 
 class PooledBatchNormSync(LayerSync):
     """Lightning's layer-sync plugin for :class:`PooledBatchNorm` (what sync_batchnorm is on GPUs)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
-        def make(module: nn.Module) -> nn.Module:
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(module, PooledBatchNorm):
-                return _as(PooledBatchNorm, module)
-            return module
-        return _swap(model, make)
+        return _converted(model, (nn.BatchNorm1d, nn.BatchNorm2d), PooledBatchNorm)
 
     def revert(self, model: nn.Module) -> nn.Module:
-        def make(module: nn.Module) -> nn.Module:
-            if isinstance(module, PooledBatchNorm):
-                return _as(nn.BatchNorm2d, module)  # the 1-d and 2-d norms hold the same state
-            return module
-        return _swap(model, make)
+        return _converted(model, (PooledBatchNorm,), nn.BatchNorm2d)  # the 1-d and 2-d norms hold the same state
