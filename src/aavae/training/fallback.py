@@ -3,16 +3,14 @@
 Compiling and capturing make the step fast and are its fragile parts: a new card, driver or
 torch version can break either, in ways no test on another machine shows, and a run must not
 end in such an exception. So :class:`FallbackStep` verifies the first :data:`VERIFIED_STEPS`
-steps of every engine above eager: it copies what a step changes (:class:`StepSnapshot`) and
-runs it; if compiling or capturing raises, or the loss is not finite where the engine below
-gives a finite one, the copy is put back, one warning names what failed, and the same step
-runs on the next engine down (a compile error inside a graph drops only the compiling). A
-failed attempt leaves no trace, so a run that fell back resumes to the uninterrupted weights.
-
-Verified steps are where compiling happens (minutes on a CPU), so they stop at once when
-interrupted: a SIGTERM, which Lightning only notes for its loop, raises too
-(:func:`sigterm_stops_at_once`), after the copy is put back, so the checkpoint written on the
-way out is that of the last finished step.
+steps of every engine above eager on a copy of what a step changes (:class:`StepSnapshot`): if
+compiling or capturing raises, or the loss is not finite where the engine below gives a finite
+one, the copy is put back, one warning names what failed, and the same step runs on the next
+engine down (a compile error inside a graph drops only the compiling). A failed attempt leaves
+no trace, so a run that fell back resumes to the uninterrupted weights. Verified steps are where
+compiling happens (minutes on a CPU), so a SIGTERM, which Lightning only notes for its loop,
+stops them at once too, after the copy is put back: the checkpoint written on the way out is
+that of the last finished step.
 """
 
 from __future__ import annotations
@@ -42,11 +40,9 @@ GRAPH_WARMUP = 3  # eager calls before a capture (cuDNN's choices, the optimizer
 
 
 class StepSnapshot:
-    """A copy of everything one call of a :class:`TrainStep` changes, put back in place.
-
-    Put back *into* the same tensors (``copy_``), never by swapping them: a captured CUDA
-    graph and a compiled step hold their addresses.
-    """
+    """A copy of everything one call of a :class:`TrainStep` changes, put back *into* the same
+    tensors (``copy_``), never by swapping them: a captured graph and a compiled step hold their
+    addresses."""
 
     def __init__(self, step: TrainStep) -> None:
         self.step = step
@@ -114,14 +110,13 @@ class FallbackStep:
         return GRAPH if self.graph else COMPILED if self.compiled else EAGER
 
     def describe(self, after_kind: str = "") -> str:
-        """"compiled", "eager", or either ", replayed as a CUDA graph"."""
         return (COMPILED if self.compiled else EAGER) + after_kind + (", replayed as a CUDA graph" if self.graph else "")
 
     def _going_on(self) -> str:
         return f"with the {self.describe(' step')}"
 
     def use_compiled(self) -> None:
-        """Compile the step from the next call on (it is verified like any new engine)."""
+        """Compile the step from the next call on (verified like any new engine)."""
         if not self.compiled:
             self.compiled = True
             self._build()
@@ -135,8 +130,7 @@ class FallbackStep:
 
     # -- the first steps of an engine --------------------------------------------------------
     def _build(self) -> None:
-        """Make the runner of the engines asked for; a compiler that refuses at once is a
-        failure like any other."""
+        """The runner of the engines asked for (a compiler that refuses at once fails as any)."""
         step = self.step
         compiled_now = step.loss_fn != step.loss_and_metrics
         if self.compiled and not compiled_now:
@@ -228,13 +222,10 @@ class FallbackStep:
 
 @contextlib.contextmanager
 def sigterm_stops_at_once(doing: str) -> Iterator[None]:
-    """While ``doing``, a SIGTERM raises :class:`SIGTERMException` at once.
-
-    Lightning's handler (called first, so its own bookkeeping and the stopping of spawned
-    ranks still happen) only sets a flag that its loop reads between steps: during a compile
-    that is minutes without a reaction. Only where Lightning installed a handler, and only in
-    the main thread (Python runs signal handlers there).
-    """
+    """While ``doing``, a SIGTERM raises :class:`SIGTERMException` at once: Lightning's handler
+    (called first, so its bookkeeping and the stopping of spawned ranks still happen) only sets
+    a flag its loop reads between steps, minutes away during a compile. Only where Lightning
+    installed a handler, in the main thread (Python runs signal handlers there)."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield

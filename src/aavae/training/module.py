@@ -83,7 +83,6 @@ class PretrainModule(pl.LightningModule):
         self.policy = policy
         self.config = config
         self.preprocessing = preprocessing  # how an original becomes the network's input
-        self.num_classes = num_classes
         self._train_labels_host = np.asarray(train.labels, dtype=np.int64)
         # the online probe (docs/differences.md): reported only where it has labels to learn from
         labelled = bool((self._train_labels_host >= 0).any())
@@ -302,31 +301,24 @@ class PretrainModule(pl.LightningModule):
                  int(self.step_fn.warmup_steps), total / self.steps_per_epoch)
 
     def _read_epoch_metrics(self) -> None:
-        """Epoch means of the step's sums: the one device-to-host read of an epoch.
-
-        Raises :class:`NonFiniteLoss` if the loss or a metric stopped being finite, naming the
-        first step where the loss did.
-        """
+        """Epoch means of the step's sums, the one device-to-host read of an epoch; raises
+        :class:`NonFiniteLoss` if the loss or a metric stopped being finite, naming the first
+        step where the loss did."""
         step = self.step_fn
         assert step is not None
         self._epoch_read = True
-        parts = [step.sums, step.first_bad_step.float().view(1)]
-        if self._diagnostic_sums is not None:
-            parts.append(self._diagnostic_sums)
-        vector = torch.cat(parts)
+        count, diagnostics = len(step.keys), self._diagnostic_sums
+        vector = torch.cat([step.sums, step.first_bad_step.float().view(1), *([] if diagnostics is None else [diagnostics])])
         if self.world > 1:
-            first_bad = vector[len(step.keys)].clone()
+            first_bad = vector[count].clone()
             all_reduce_mean([vector])  # every rank's sums: the epoch's means over all of them
-            vector[len(step.keys)] = first_bad
+            vector[count] = first_bad
         values = vector.tolist()  # host sync, once per epoch
-        count = len(step.keys)
-        steps_run = max(1, self._epoch_steps_run)
-        means = {key: value / steps_run for key, value in zip(step.keys, values[:count], strict=True)}
+        means = {key: value / max(1, self._epoch_steps_run) for key, value in zip(step.keys, values, strict=False)}
+        if diagnostics is not None:
+            means.update({key: value / self._diagnostic_steps
+                          for key, value in zip(self.settings.original_keys(), values[count + 1:], strict=True)})
         first_bad = int(values[count])
-        if self._diagnostic_sums is not None:
-            keys = self.settings.original_keys()
-            diagnostics = values[count + 1:]
-            means.update({k: v / self._diagnostic_steps for k, v in zip(keys, diagnostics, strict=True)})
         bad = sorted(key for key, value in means.items() if not math.isfinite(value))
         if bad or first_bad >= 0:
             where = f"step {first_bad}" if first_bad >= 0 else f"epoch {self.current_epoch}"

@@ -35,12 +35,9 @@ REFIT_AT = (0.2, 0.5)  # shares of the time limit at which the fit is refined fr
 
 
 class StepClock:
-    """Timestamps taken at the start of steps, each after waiting for the device: the wall
-    clock and the CPU time this process has used (all its threads).
-
-    Waiting costs a host round trip, so the pacer only ticks while a decision is pending (a
-    handful of steps at the start of a run), never in the steady state.
-    """
+    """Wall clock and process CPU time (all threads) at the start of steps, each read after
+    waiting for the device: a host round trip, so the pacer only ticks while a decision is
+    pending (a handful of steps at the start of a run), never in the steady state."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -65,16 +62,14 @@ class StepClock:
         return (window[-1] - window[0]) / steps
 
     def step_durations(self, skip: int) -> tuple[list[float], list[float]]:
-        """Wall and CPU seconds of each step after the first ``skip``."""
         return ([after - before for before, after in pairwise(self.times[skip:])],
                 [after - before for before, after in pairwise(self.cpu_times[skip:])])
 
 
 def idle_seconds_per_step(wall: float, cpu: float | None, threads: int) -> float:
     """Seconds a step would take with the process's threads on cores of their own: its CPU time
-    over the thread count, never more than the wall time it took. Other processes' load
-    stretches the wall time, not the CPU time, so this is what the machine load cannot fool
-    (threads that spin while they wait for a core still add some CPU time)."""
+    over the thread count, at most its wall time. Other processes' load stretches the wall time,
+    not the CPU time (threads that spin while they wait for a core still add some)."""
     if cpu is None:
         return wall
     return min(wall, cpu / max(1, threads))
@@ -159,8 +154,8 @@ class Pacer:
         return self._fit(step_number, seconds, self.clock.times[-1])
 
     def _decide_compile(self, step_number: int) -> CompileDecision | None:
-        """Once :data:`COMPILE_DECISION_STEPS` steps after the first are timed: compile when the
-        eager steps left, at the steady step time, outlast :data:`AUTO_COMPILE_MINUTES`."""
+        """Compile when the eager steps left, at the steady step time, outlast
+        :data:`AUTO_COMPILE_MINUTES` (once :data:`COMPILE_DECISION_STEPS` are timed)."""
         if len(self.clock.times) < COMPILE_DECISION_STEPS + 2:
             return None
         walls, cpus = self.clock.step_durations(skip=1)
@@ -176,11 +171,8 @@ class Pacer:
         return CompileDecision(minutes > AUTO_COMPILE_MINUTES, seconds, minutes, (min(walls), max(walls)), threads)
 
     def _refine(self, step_number: int) -> ScheduleFit | None:
-        """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit.
-
-        Between refits this reads the host clock only (no device wait); the step that refits
-        waits once so that the time it reads is the device's.
-        """
+        """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit
+        (between refits the host clock only; the step that refits waits for the device once)."""
         assert self.time_limit_minutes is not None and self.anchor is not None
         limit = self.time_limit_minutes * 60
         if time.perf_counter() - self.started < self.refits_left[0] * limit:
