@@ -1,9 +1,7 @@
 """Checkpoints that survive kills and full disks, one folder per configuration, and resume
-from the newest one that loads.
-
-Each is written to a temporary in its own folder, fsynced and renamed into place (a temporary
-in /tmp, as fsspec's transaction uses, is *copied* across filesystems): a kill or a full disk
-leaves the previous file whole. Each records the data it trained on, as a model bundle does.
+from the newest one that loads. Each is written to a temporary in its own folder, fsynced and
+renamed into place (one in /tmp, as fsspec's transaction uses, is *copied* across filesystems),
+so a kill or a full disk leaves the previous file whole; each records the data it trained on.
 """
 
 from __future__ import annotations
@@ -99,13 +97,10 @@ def _disk_full(error: BaseException) -> OSError | None:
 
 
 class EpochCheckpoints(pl.Callback):
-    """``last.ckpt`` after every epoch, ``epochNNNN.ckpt`` every ``every_n_epochs``.
-
-    Lightning's ModelCheckpoint (2.6) writes ``last.ckpt`` only on epochs where it also keeps
-    a top-k file, so an interruption could lose ``every_n_epochs`` epochs; this writes it
-    every epoch. The module is asked to check its epoch's metrics first, so a diverged model
-    is never saved.
-    """
+    """``last.ckpt`` after every epoch (Lightning's ModelCheckpoint, 2.6, writes it only on
+    epochs where it keeps a top-k file: an interruption could lose ``every_n_epochs``), and
+    ``epochNNNN.ckpt`` every ``every_n_epochs``; the module checks its epoch's metrics first, so
+    a diverged model is never saved."""
 
     def __init__(self, checkpoint_dir: Path, every_n_epochs: int) -> None:
         self.directory, self.every_n_epochs = Path(checkpoint_dir), every_n_epochs
@@ -147,11 +142,8 @@ class RecordTrainingData(pl.Callback):
 
 
 class CheckpointOnInterrupt(pl.Callback):
-    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there.
-
-    Other exceptions leave last.ckpt alone: a crash (NaN weights, a bug) must not replace
-    the last good checkpoint.
-    """
+    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there; a crash
+    (NaN weights, a bug) must not replace the last good checkpoint, so other exceptions do not."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.path = Path(checkpoint_dir) / LAST_CHECKPOINT
@@ -207,12 +199,9 @@ def finished_training(
 
 
 def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
-    """Move an earlier run's checkpoints out of ``checkpoint_dir`` before a run that starts over.
-
-    Left in place, the next resume would pick up the stale ``last.ckpt``. Moved to a sibling
-    ``<folder>.replaced-<UTC time>`` rather than deleted: a new run must not destroy earlier
-    checkpoints. Returns that folder, or None when there was nothing to move.
-    """
+    """Move an earlier run's checkpoints (which the next resume would pick up) to a sibling
+    ``<folder>.replaced-<UTC time>``, not deleted: a new run must not destroy them. Returns that
+    folder, or None when there was nothing to move."""
     stale = sorted(checkpoint_dir.glob("*.ckpt"))
     if not stale:
         return None

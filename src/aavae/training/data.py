@@ -43,11 +43,8 @@ def as_tensor(array: np.ndarray | Tensor) -> Tensor:
 
 
 def epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
-    """This epoch's batches as an int64 (batches, batch) table of image indices.
-
-    Derived from (seed, epoch) alone, so a resumed run sees exactly the batches an
-    uninterrupted one would.
-    """
+    """This epoch's batches as an int64 (batches, batch) table of image indices, from (seed,
+    epoch) alone, so a resumed run sees exactly the batches an uninterrupted one would."""
     batches, per_batch = batch_shape(size, batch_size)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(size, generator=generator)
@@ -90,12 +87,9 @@ def to_device(images: np.ndarray | Tensor, device: torch.device, chunk: int = 40
 
 def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
     """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say.
-
-    The unlabeled images held out are the paper's (:func:`aavae.data.splits.paper_random_split`,
-    seed 42 whatever ``pretrain.seed``): the same in every run, and the ones its STL-10 runs
-    validated on (:func:`validation_images`). ``train`` arrives with the validation images
-    already held out (``dataset.val_holdout``, at ingest).
-    """
+    The unlabeled images held out are the paper's (``paper_random_split``, seed 42 whatever
+    ``pretrain.seed``), the ones its STL-10 runs validated on; ``train`` arrives with the
+    validation images already held out (``dataset.val_holdout``, at ingest)."""
     split = _resolved(split, unlabeled, holdout)
     if split == "train":
         return TrainingImages(np.asarray(train.images), np.asarray(train.labels))

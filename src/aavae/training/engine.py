@@ -91,13 +91,9 @@ def build_trainer(
 
 
 def distribution(config: PretrainConfig, hardware: Hardware) -> tuple[int, int, Any]:
-    """(devices per node, nodes, strategy): the processes torchrun or SLURM started, or
-    ``pretrain.devices`` processes spawned here, or one.
-
-    Under torchrun/srun every process runs ``kedro run`` itself and Lightning joins them
-    (it detects the cluster environment and does not launch more); ``pretrain.devices > 1``
-    alone spawns that many ranks inside the training node, which gets rank 0's weights back.
-    """
+    """(devices per node, nodes, strategy): the processes torchrun or SLURM started (each runs
+    ``kedro run``, and Lightning joins them), or ``pretrain.devices`` ranks spawned inside the
+    training node (which gets rank 0's weights back), or one."""
     world = launched_world_size()
     backend = "nccl" if hardware.device_kind == "cuda" else "gloo"
     if world > 1:
@@ -136,12 +132,9 @@ class TrainedLength:
 
 
 def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resume: bool = True) -> TrainedLength:
-    """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
-
-    Returns how far training got in total, as the last checkpoint records it (ranks spawned
-    inside this process train where this Trainer never sees the loop); a run the time limit
-    cut short says so in a warning.
-    """
+    """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked;
+    returns how far training got, as the last checkpoint records it (ranks spawned inside this
+    process train where this Trainer never sees the loop)."""
     quiet_known_warnings()
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
     if found is not None:

@@ -1,9 +1,7 @@
-"""One pretraining run, owned whole: what the pretrain node calls.
-
-From the catalog's inputs to the model bundle: the inputs checked to be of one ingest; the
-configuration's checkpoint folder; resume from its newest readable checkpoint (refused if that
-trained on other data), or the earlier checkpoints set aside; the MLflow run a killed run left
-RUNNING closed, this run's tags; training; the bundle, with what a time limit cut.
+"""One pretraining run, owned whole (what the pretrain node calls), from the catalog's inputs
+(checked to be of one ingest) to the model bundle: the configuration's checkpoint folder, resume
+(refused from a checkpoint of other data) or the earlier checkpoints set aside, the MLflow run a
+killed run left RUNNING closed, this run's tags, training, and what a time limit cut.
 """
 
 from __future__ import annotations

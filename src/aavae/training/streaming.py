@@ -1,12 +1,10 @@
 """Batches streamed from host memory when the training images do not fit on the device.
 
-A background thread gathers each step's images from the (memory-mapped) arrays by the epoch's
-order, a few steps ahead, into pinned memory on CUDA; before each step the main thread copies
-the next batch into fixed device buffers with ``non_blocking``, so the copy overlaps the
-previous step's work and a compiled step or CUDA graph reads the same buffers every time
-(torch's pinned-memory allocator keeps a block until the copy from it has run). Views are
-still made on the device. The order and the random numbers are those of device-resident
-training, so both give the same losses.
+A background thread gathers each step's images from the (memory-mapped) array by the epoch's
+order, a few steps ahead, into pinned memory on CUDA; before each step they are copied into
+fixed device buffers with ``non_blocking``, overlapping the previous step, which a compiled step
+or CUDA graph reads every time (torch's pinned allocator keeps a block until its copy has run).
+Views are still made on the device, with device-resident training's order and random numbers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Batch norm with statistics pooled over all processes, on any device.
-
-torch's SyncBatchNorm runs on GPUs only; with it, N processes on a global batch compute the
-batch statistics one process would. :class:`PooledBatchNorm` does the same with two
-all-reduces (forward: sums and sums of squares; backward: the two gradient sums), with
-torch's formulas, so it works on the CPU's gloo backend too. :class:`PooledBatchNormSync`
-is the Lightning plugin that swaps it in (``pretrain.sync_batchnorm`` on a CPU).
+"""Batch norm with statistics pooled over all processes, on any device: torch's SyncBatchNorm
+(N processes compute one process's batch statistics) runs on GPUs only. :class:`PooledBatchNorm`
+does the same with two all-reduces and torch's formulas, on the CPU's gloo backend too;
+:class:`PooledBatchNormSync` is the Lightning plugin that swaps it in (``sync_batchnorm`` on a CPU).
 """
 
 from __future__ import annotations
