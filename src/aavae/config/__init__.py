@@ -441,16 +441,13 @@ def _invalid(problems: list[str]) -> str:
             + "\nFix them in conf/<env>/parameters*.yml or in --params.")
 
 
-def _unknown_group(group: str) -> str:
-    """A misspelt group (``pretrian.max_epochs=1``) gets the same hint a misspelt key gets."""
-    close = difflib.get_close_matches(group, list(SCHEMAS), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"'{group}': unknown parameter group{hint} (known groups: {', '.join(SCHEMAS)})"
-
-
 def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
     """Validate every group at once, so a run fails before any work is done."""
-    problems = [_unknown_group(group) for group in sorted(set(params) - set(SCHEMAS))]
+    problems = []
+    for group in sorted(set(params) - set(SCHEMAS)):  # pretrian.max_epochs=1 gets a misspelt key's hint
+        close = difflib.get_close_matches(group, list(SCHEMAS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(f"'{group}': unknown parameter group{hint} (known groups: {', '.join(SCHEMAS)})")
     parsed: dict[str, _Schema] = {}
     for group, schema in SCHEMAS.items():
         config, group_problems = _validate(group, params.get(group), schema)

@@ -96,14 +96,15 @@ def _disk_full(error: BaseException) -> OSError | None:
     return None
 
 
-class EpochCheckpoints(pl.Callback):
+class Checkpoints(pl.Callback):
     """``last.ckpt`` after every epoch (Lightning's ModelCheckpoint, 2.6, writes it only on
-    epochs where it keeps a top-k file: an interruption could lose ``every_n_epochs``), and
-    ``epochNNNN.ckpt`` every ``every_n_epochs``; the module checks its epoch's metrics first, so
-    a diverged model is never saved."""
+    epochs where it keeps a top-k file: an interruption could lose ``every_n_epochs``), the
+    module's metrics checked first so a diverged model is never saved; ``epochNNNN.ckpt`` every
+    ``every_n_epochs``; and on SIGTERM or Ctrl+C, ``last.ckpt`` mid-epoch for the rerun to resume
+    (a crash, NaN weights or a bug, must not replace the last good one: no other exception does)."""
 
     def __init__(self, checkpoint_dir: Path, every_n_epochs: int) -> None:
-        self.directory, self.every_n_epochs = Path(checkpoint_dir), every_n_epochs
+        self.last, self.every_n_epochs = Path(checkpoint_dir) / LAST_CHECKPOINT, every_n_epochs
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         finish = getattr(module, "finish_epoch", None)
@@ -116,18 +117,23 @@ class EpochCheckpoints(pl.Callback):
         epochs.current.processed -= cut
         epochs.total.processed -= cut
         try:
-            trainer.save_checkpoint(self.directory / LAST_CHECKPOINT, weights_only=False)
+            trainer.save_checkpoint(self.last, weights_only=False)
         finally:
             epochs.current.processed += cut
             epochs.total.processed += cut
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
-            with replaced_atomically(self.directory / f"epoch{epoch:04d}.ckpt") as temporary:
+            with replaced_atomically(self.last.with_name(f"epoch{epoch:04d}.ckpt")) as temporary:
                 try:
-                    os.link(self.directory / LAST_CHECKPOINT, temporary)
+                    os.link(self.last, temporary)
                 except OSError:
-                    shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
+                    shutil.copy2(self.last, temporary)
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.last, weights_only=False)
+            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.last)
 
 
 class RecordTrainingData(pl.Callback):
@@ -139,19 +145,6 @@ class RecordTrainingData(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_DATA] = self.data
-
-
-class CheckpointOnInterrupt(pl.Callback):
-    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there; a crash
-    (NaN weights, a bug) must not replace the last good checkpoint, so other exceptions do not."""
-
-    def __init__(self, checkpoint_dir: Path) -> None:
-        self.path = Path(checkpoint_dir) / LAST_CHECKPOINT
-
-    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            trainer.save_checkpoint(self.path, weights_only=False)
-            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
 
 
 def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:

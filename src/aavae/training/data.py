@@ -104,10 +104,10 @@ def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: i
 
 
 def validation_images(val: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> ImageSet:
-    """The images pretraining validates on: the unlabeled images ``pretrain.unlabeled_holdout``
-    holds out of it where it trains on the unlabeled split (the paper's STL-10 validates on
-    those: its ``VAE.step`` keeps the unlabeled half of each mixed validation batch), else the
-    dataset's validation split (``images_val``, data/splits.py). Never the test split."""
+    """The images pretraining validates on, never the test split: the unlabeled images
+    ``pretrain.unlabeled_holdout`` holds out where it trains on them (the paper's STL-10 validates
+    on those: its ``VAE.step`` keeps the unlabeled half of each mixed validation batch), else the
+    dataset's validation split (``images_val``, data/splits.py)."""
     if not holdout or _resolved(split, unlabeled, holdout) == "train":
         return val
     _, held_out = paper_random_split(len(unlabeled), holdout)

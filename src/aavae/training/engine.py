@@ -19,8 +19,7 @@ from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
 from aavae.training.checkpoints import (
     AtomicCheckpointIO,
-    CheckpointOnInterrupt,
-    EpochCheckpoints,
+    Checkpoints,
     newest_loadable_checkpoint,
 )
 from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
@@ -55,9 +54,7 @@ def build_trainer(
     (they live inside its step), the Trainer the loop, checkpoints and validation."""
     hardware = choose_hardware(config.accelerator, config.precision)
     log.info("Training on %s with %s precision", hardware.accelerator, hardware.precision)
-    max_time = None
-    if config.max_time_minutes is not None:
-        max_time = {"seconds": int(config.max_time_minutes * 60)}
+    max_time = None if config.max_time_minutes is None else {"seconds": int(config.max_time_minutes * 60)}
     terminal = output_is_terminal()
     progress = [] if terminal else [PlainProgress()]
     devices, nodes, strategy = distribution(config, hardware)
@@ -74,10 +71,9 @@ def build_trainer(
         max_steps=config.max_steps or -1,
         max_time=max_time,
         logger=list(loggers) or False,
-        callbacks=[EpochCheckpoints(checkpoint_dir, config.checkpoint_every_n_epochs),
-                   CheckpointOnInterrupt(checkpoint_dir), *progress, *callbacks],
+        callbacks=[Checkpoints(checkpoint_dir, config.checkpoint_every_n_epochs), *progress, *callbacks],
         enable_progress_bar=terminal,  # a bar redraws one line: nothing shows in a pipe or log
-        enable_checkpointing=False,  # EpochCheckpoints writes them
+        enable_checkpointing=False,  # Checkpoints writes them
         plugins=[AtomicCheckpointIO(),
                  *([PooledBatchNormSync()] if config.sync_batchnorm and (devices * nodes) > 1
                    and hardware.device_kind != "cuda" else [])],

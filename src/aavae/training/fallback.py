@@ -112,9 +112,6 @@ class FallbackStep:
     def describe(self, after_kind: str = "") -> str:
         return (COMPILED if self.compiled else EAGER) + after_kind + (", replayed as a CUDA graph" if self.graph else "")
 
-    def _going_on(self) -> str:
-        return f"with the {self.describe(' step')}"
-
     def use_compiled(self) -> None:
         """Compile the step from the next call on (verified like any new engine)."""
         if not self.compiled:
@@ -201,7 +198,7 @@ class FallbackStep:
         self.failures.append(f"{engine}: non-finite loss at step {at}")
         log.warning("The %s gave a non-finite loss at step %d where the %s step gives a finite "
                     "one: training goes on %s (the run records engine=%s).",
-                    _engine_words(engine), at, self.describe(), self._going_on(), self.engine)
+                    _engine_words(engine), at, self.describe(), f"with the {self.describe(' step')}", self.engine)
 
     def _drop(self, error: BaseException | None) -> str:
         """Turn off the engine at fault, the graph unless the error is the compiler's; return it."""
@@ -216,7 +213,7 @@ class FallbackStep:
         reason = f"{type(error).__name__}: {_first_line(error)}"
         self.failures.append(f"{what}: {reason}")
         log.warning("The %s failed (%s); training goes on %s, slower but the same computation "
-                    "(the run records engine=%s).", what, reason, self._going_on(), self.engine)
+                    "(the run records engine=%s).", what, reason, f"with the {self.describe(' step')}", self.engine)
         log.debug("What the %s raised:", what, exc_info=error)
 
 

@@ -1,11 +1,8 @@
-"""The Lightning module: Lightning runs the loop, the step runs itself.
-
-Lightning keeps what it is good at: devices, checkpoints and resume, validation, loggers,
-the progress bar and the time limit. The step (:class:`aavae.training.step.TrainStep`) owns
-the optimisation, update included, so it can be compiled and captured whole; Lightning
-drives it through :class:`aavae.training.optim.WholeStepOptimizer` in manual optimisation,
-which still counts steps and saves the real optimizer's state. Metrics are summed on the
-device and read once per epoch.
+"""The Lightning module: Lightning runs the loop (devices, checkpoints and resume, validation,
+loggers, progress, the time limit); the step (:class:`aavae.training.step.TrainStep`) owns the
+optimisation, update included, so it can be compiled and captured whole, driven through
+:class:`aavae.training.optim.WholeStepOptimizer` in manual optimisation (which still counts
+steps and saves the real optimizer's state). Metrics are summed on the device, read once an epoch.
 """
 
 from __future__ import annotations
@@ -403,8 +400,7 @@ class PretrainModule(pl.LightningModule):
             self._host.stop()
 
     def on_exception(self, exception: BaseException) -> None:
-        if self._host is not None:
-            self._host.stop()
+        self.on_train_end()
 
 
 @torch.no_grad()
@@ -429,10 +425,9 @@ def reestimate_batchnorm(encoder: nn.Module, images: np.ndarray | Tensor, rows: 
 
 def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...],
                          noise: Tensor, original_noise: Tensor) -> Tensor:
-    """The paper's validation cos_sim (its ``VAE.step``): for each of S importance samples, z from
-    q(z | view) (``noise``, S x N x latent, those of the log p(x) estimate; ``latent`` is the view's
-    (mu, logvar, ...)) and z' from q(z | original) (``original_noise``); cos(z', z) averaged over
-    samples and images. With S = 1 it is the training diagnostic's cos_sim."""
+    """The paper's validation cos_sim (its ``VAE.step``): cos(z', z) averaged over S importance
+    samples and the images, z from q(z | view) (``latent``: the view's mu, logvar; ``noise``: S x N
+    x latent, the log p(x) estimate's) and z' from q(z | original); with S = 1, training's cos_sim."""
     mu, logvar = latent[0], latent[1]
     mu_o, logvar_o = (t.float() for t in net.projection(original_features))
     z = sample_posterior(mu, logvar, noise)

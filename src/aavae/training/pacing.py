@@ -1,9 +1,8 @@
-"""Decisions that depend on the step rate, taken by timing the first steps of a run.
-
+"""Decisions that depend on the step rate, taken by timing the first steps of a run:
 ``compile: auto`` on a CPU compiles the step when the eager steps left outlast compiling plus
 running them compiled (:data:`AUTO_COMPILE_MINUTES`); ``schedule_to_time_limit`` ends the
 warm-up and decay at the step count that fills the time limit. :class:`Pacer` only times and
-decides; the module applies it. Nothing is timed once both are settled.
+decides (nothing once both are settled); the module applies it.
 
 The compile decision times the steady eager step, not the first ones: the first bf16 steps of
 the default run on an AVX512-BF16 CPU took ~16 s against ~2 s later (one-off kernel set-up),

@@ -178,11 +178,10 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
 
 
 def use_compile_cache(folder: Path) -> None:
-    """Keep torch.compile's caches (Inductor's kernels, AOTAutograd's graphs) in ``folder``, so a
-    resumed or repeated run loads in seconds what an earlier one compiled in minutes, whether or
-    not /tmp survived in between. Set before anything compiles (Inductor's workers and spawned
-    ranks inherit it); a folder the user named in ``TORCHINDUCTOR_CACHE_DIR`` is kept. One folder
-    serves every configuration: what is cached is keyed by the graph, torch and the machine."""
+    """Keep torch.compile's caches in ``folder`` (one for every configuration: entries are keyed by
+    graph, torch and machine), so a resumed or repeated run loads in seconds what an earlier one
+    compiled in minutes, whether or not /tmp survived. Set before anything compiles (Inductor's
+    workers and spawned ranks inherit it); a ``TORCHINDUCTOR_CACHE_DIR`` the user set is kept."""
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.absolute())

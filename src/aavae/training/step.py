@@ -1,15 +1,13 @@
 """One training step, wholly on the device: gather, views, forward, loss, backward, update.
 
 The step reads every input from device tensors it owns and writes every output into them (the
-epoch's batch table and the position in it, the step count that drives the learning rate, the
-metric sums): nothing in it waits for the host and no shape depends on the data, so the same
-body runs eagerly, with its loss function compiled by ``torch.compile`` (views, noise and the
-update stay eager: they draw from the step's generator or are its optimizer), or captured once
-as a CUDA graph and replayed (:class:`CudaGraphed`: one launch per step, the host free to run
-ahead); :mod:`aavae.training.fallback` picks the fastest that works.
-
-Random numbers come from one generator per run, saved in checkpoints, so a resumed run draws
-what the uninterrupted one would (registered with the graph, so each replay draws anew).
+epoch's batch table and position, the step count that drives the learning rate, the metric
+sums): nothing waits for the host and no shape depends on the data, so the same body runs
+eagerly, with its loss function compiled (views, noise and the update stay eager: they draw
+from the step's generator or are its optimizer), or captured once as a CUDA graph and replayed
+(:class:`CudaGraphed`); :mod:`aavae.training.fallback` picks the fastest that works. Random
+numbers come from one generator per run, saved in checkpoints (and registered with the graph),
+so a resumed run draws what the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -219,9 +217,8 @@ class TrainStep:
 
     def to_input(self, images_nhwc: Tensor) -> Tensor:
         """uint8 N x H x W x C -> the normalised original, float N x C x H x W."""
-        x = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
-        x = normalize(x, self.mean, self.std)
-        return self._memory_format(x)
+        original = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
+        return self._memory_format(normalize(original, self.mean, self.std))
 
     def views(self, images_nhwc: Tensor) -> Tensor:
         """This rank's views: parameters drawn for the global batch, applied to its share.

@@ -59,11 +59,10 @@ def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: di
 
 def make_validation_views(images_val: ImageSet, images_unlabeled: ImageSet, view_policy: dict[str, Any],
                           views: dict[str, Any], pretrain: dict[str, Any], artifact_root: str) -> dict[str, np.ndarray]:
-    """A fixed, seeded set of views of the images that validate pretraining, so val loss
-    compares across runs: the dataset's validation split, or the unlabeled images pretraining
-    holds out (:func:`aavae.training.data.validation_images`); never the test split, which
-    only evaluation reads. Only monitored; nothing is selected on it. The provenance records
-    which split it is (``validation_split``) and how many images it holds."""
+    """A fixed, seeded set of views of the images that validate pretraining (only monitored), so
+    val loss compares across runs: the validation split or the unlabeled images pretraining holds
+    out (:func:`aavae.training.data.validation_images`), never the test split; the provenance
+    records which (``validation_split``) and how many images it holds."""
     config = parse("views", views, ViewsConfig)
     training = parse("pretrain", pretrain, PretrainConfig)
     images = validation_images(images_val, images_unlabeled, training.training_split, training.unlabeled_holdout)
