@@ -55,8 +55,7 @@ def build_trainer(
     hardware = choose_hardware(config.accelerator, config.precision)
     log.info("Training on %s with %s precision", hardware.accelerator, hardware.precision)
     max_time = None if config.max_time_minutes is None else {"seconds": int(config.max_time_minutes * 60)}
-    terminal = output_is_terminal()
-    progress = [] if terminal else [PlainProgress()]
+    terminal = output_is_terminal()  # a bar redraws one line: nothing shows in a pipe or log
     devices, nodes, strategy = distribution(config, hardware)
     return pl.Trainer(
         accelerator=hardware.accelerator,
@@ -71,8 +70,9 @@ def build_trainer(
         max_steps=config.max_steps or -1,
         max_time=max_time,
         logger=list(loggers) or False,
-        callbacks=[Checkpoints(checkpoint_dir, config.checkpoint_every_n_epochs), *progress, *callbacks],
-        enable_progress_bar=terminal,  # a bar redraws one line: nothing shows in a pipe or log
+        callbacks=[Checkpoints(checkpoint_dir, config.checkpoint_every_n_epochs),
+                   *([] if terminal else [PlainProgress()]), *callbacks],
+        enable_progress_bar=terminal,
         enable_checkpointing=False,  # Checkpoints writes them
         plugins=[AtomicCheckpointIO(),
                  *([PooledBatchNormSync()] if config.sync_batchnorm and (devices * nodes) > 1

@@ -106,7 +106,6 @@ class FallbackStep:
 
     @property
     def engine(self) -> str:
-        """The engine that trains now: "cuda_graph", "compiled" or "eager"."""
         return GRAPH if self.graph else COMPILED if self.compiled else EAGER
 
     def describe(self, after_kind: str = "") -> str:
@@ -129,8 +128,9 @@ class FallbackStep:
     def _build(self) -> None:
         """The runner of the engines asked for (a compiler that refuses at once fails as any)."""
         step = self.step
-        compiled_now = step.loss_fn != step.loss_and_metrics
-        if self.compiled and not compiled_now:
+        if not self.compiled:
+            step.loss_fn = step.loss_and_metrics
+        elif step.loss_fn == step.loss_and_metrics:  # asked for and not compiled yet
             try:
                 step.compile()
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back
@@ -139,8 +139,6 @@ class FallbackStep:
                 self._warn("torch.compile", error)
             else:
                 self._compiling = True
-        elif not self.compiled:
-            step.loss_fn = step.loss_and_metrics
         self._runner = CudaGraphed(step, step.generator, self.graph_warmup) if self.graph else step
         self._verify_left = VERIFIED_STEPS if self.engine != EAGER else 0
 
@@ -174,12 +172,11 @@ class FallbackStep:
         if self._compiling:
             self._compiling = False
             log.info("Compiled the training step in %.1f s (the first compiled step included)", seconds)
-        captured = getattr(self._runner, "captured", True)
         # on any rank, so that every rank falls back together
         if max_over_ranks(bad_before < 0 <= bad_after, step.device):
             self._replace_non_finite(snapshot, bad_before)
             return
-        if captured:
+        if getattr(self._runner, "captured", True):
             self._verify_left -= 1
 
     def _replace_non_finite(self, snapshot: StepSnapshot, bad_before: int) -> None:

@@ -272,7 +272,6 @@ class PretrainModule(pl.LightningModule):
             self._read_epoch_metrics()  # before validation, so no checkpoint saves a diverged model
 
     def _pace(self, step_number: int) -> None:
-        """Apply what the pacer decides from the first steps' timing (nothing once settled)."""
         decision = self._pacer.before_step(step_number) if self._pacer is not None else None
         if isinstance(decision, CompileDecision):
             log.info(decision.describe())

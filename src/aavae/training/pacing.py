@@ -49,10 +49,6 @@ class StepClock:
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.process_time())
 
-    def reset(self) -> None:
-        self.times.clear()
-        self.cpu_times.clear()
-
     def seconds_per_step(self, skip: int, steps: int) -> float | None:
         """Mean seconds of ``steps`` steps after the first ``skip`` ticks, once there are enough."""
         if len(self.times) < skip + steps + 1:
@@ -142,7 +138,7 @@ class Pacer:
             decision = self._decide_compile(step_number)
             if decision is not None:
                 self.deciding_compile = False
-                self.clock.reset()
+                self.clock = StepClock(self.clock.device)  # the schedule's fit times steps anew
             return decision
         # The first timed step after compiling compiles the step: skip two ticks.
         seconds = self.clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)

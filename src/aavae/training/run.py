@@ -137,7 +137,6 @@ def _fit_in_run(module: PretrainModule, checkpoint_dir: Path, val: ValidationVie
 
 def _finish(module: PretrainModule, images_train: ImageSet, dataset_card: dict[str, Any],
             val: ValidationViews, trained: TrainedLength, run_id: str | None) -> tuple[dict[str, Any], Figure]:
-    """The model bundle and the final reconstruction grid of a trained module."""
     cfg = module.config
     if cfg.recompute_bn_stats:
         used = module.recompute_encoder_statistics()

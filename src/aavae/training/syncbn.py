@@ -70,7 +70,6 @@ class PooledBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def _converted(module: nn.Module, kinds: tuple[type, ...], into: type) -> nn.Module:
-    """``module`` with every batch norm of ``kinds`` in it replaced by an ``into`` of the same state."""
     if isinstance(module, kinds):
         new = into(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         new.load_state_dict(module.state_dict())

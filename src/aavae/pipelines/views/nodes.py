@@ -26,7 +26,6 @@ def _policy(view_policy: dict[str, Any], images: ImageSet, root: str) -> ViewPol
 
 
 def _views_uint8(images: np.ndarray, policy: ViewPolicy, seed: int) -> np.ndarray:
-    """Views of uint8 N x H x W x C images, back as uint8 N x H x W x C."""
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     views = make_views(batch, policy, torch.Generator().manual_seed(seed))
     return (views.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
