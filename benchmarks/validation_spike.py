@@ -29,7 +29,7 @@ from torch.optim.swa_utils import update_bn
 from aavae.common.weights import load_weights
 from aavae.models import ModelSpec, build_model
 from aavae.objective import reconstruction_terms
-from aavae.views import split_view_policy
+from aavae.views import POLICY_FILE, split_view_policy
 
 
 class WholePass(torch.nn.Module):
@@ -63,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.checkpoints or newest_per_epoch_folder(args.root / "06_models/checkpoints")
     val = np.load(args.root / "05_model_input/val_views.npz")
-    _, preprocessing = split_view_policy(json.loads((args.root / "05_model_input/view_policy.json").read_text()))
+    policy_file = args.root / POLICY_FILE
+    _, preprocessing = split_view_policy(json.loads(policy_file.read_text()), str(policy_file))
     views = preprocessing.apply_to_views(torch.from_numpy(val["views"]).permute(0, 3, 1, 2))
     originals = preprocessing.apply(torch.from_numpy(val["originals"]).permute(0, 3, 1, 2))
     spec = ModelSpec.from_dict(load_weights(args.bundle or args.root / "06_models/aavae_model.pt")["spec"])

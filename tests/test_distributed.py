@@ -1,4 +1,4 @@
-"""Scale-out: batches streamed from the host, several processes, split image arrays.
+"""Scale-out: batches streamed from the host, several processes.
 
 Two processes on the CPU (gloo), as the paper's several GPUs would run, against one process
 on the same global batch. Tolerance: after 4 Adam steps the two updates agree to a cosine of
@@ -17,22 +17,15 @@ import pytest
 import torch
 
 from aavae.training import build_trainer, fit
-from aavae.training.data import ImageArrays
+from aavae.training.data import to_device
 from aavae.training.streaming import HostBatches
 from tests.helpers.training import assert_same_weights, small_module, weights_of
 
 
-def test_image_arrays_address_several_arrays_and_row_selections_as_one():
-    first = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1).repeat(3, axis=3)
-    second = (np.arange(6, dtype=np.uint8) + 100).reshape(6, 1, 1, 1).repeat(3, axis=3)
-    images = ImageArrays([(first, np.array([4, 0, 2])), (second, None)])
-    assert len(images) == 9 and images.shape == (9, 1, 1, 3) and images.nbytes == 27
-    gathered = images.gather(np.array([8, 0, 3, 1, 4]))[:, 0, 0, 0]
-    assert gathered.tolist() == [105, 4, 100, 0, 101], "in the order asked, across parts"
-    on_device = images.to_device("cpu", chunk=4)
-    assert on_device[:, 0, 0, 0].tolist() == [4, 0, 2, 100, 101, 102, 103, 104, 105]
-    with pytest.raises(ValueError, match="different image shapes"):
-        ImageArrays([(first, None), (np.zeros((2, 2, 2, 3), np.uint8), None)])
+def test_images_reach_the_device_a_chunk_at_a_time_whole_and_in_order():
+    images = np.arange(9 * 3, dtype=np.uint8).reshape(9, 1, 1, 3)
+    images.flags.writeable = False  # as a memory-mapped .npy file opens
+    assert torch.equal(to_device(images, torch.device("cpu"), chunk=4), torch.from_numpy(images.copy()))
 
 
 def test_host_streamed_batches_train_exactly_as_device_resident_ones(tmp_path):
@@ -47,14 +40,14 @@ def test_host_streamed_batches_train_exactly_as_device_resident_ones(tmp_path):
     assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-5)
 
 
-class _Unreadable(ImageArrays):
-    def gather(self, index: np.ndarray) -> np.ndarray:
+class _Unreadable(np.ndarray):
+    def __getitem__(self, index):
         raise OSError("Input/output error (forced by the test)")
 
 
 def test_a_host_batch_that_cannot_be_read_stops_the_step_with_its_error():
     """The gathering thread's error reaches the step (it used to die alone, the step waiting forever)."""
-    images = _Unreadable([(np.zeros((8, 2, 2, 3), np.uint8), None)])
+    images = np.zeros((8, 2, 2, 3), np.uint8).view(_Unreadable)
     batches = HostBatches(images, np.zeros(8, np.int64), slice(0, 4), (4, 2, 2, 3), torch.device("cpu"))
     batches.start_epoch(torch.arange(8).view(2, 4), 0)
     raised: list[BaseException] = []

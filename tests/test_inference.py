@@ -370,7 +370,7 @@ def test_one_preprocessing_travels_from_the_view_policy_through_the_bundle_to_th
     std = (0.25, 0.2, 0.3) if mean else None
     resolved = resolve_preprocessing(mean, std, original_resize, images)
     view_policy = json.loads(json.dumps({**ViewPolicy().to_dict(), **resolved.to_dict()}))
-    _, from_policy = split_view_policy(view_policy)
+    _, from_policy = split_view_policy(view_policy, "view_policy.json")
     bundle = make_bundle(model_from_bundle(trained_looking_bundle()), from_policy)
     served = ImageEncoder.from_bundle(bundle, resize="resize").preprocessing
     metadata = json.loads(json.dumps(served.to_dict()))

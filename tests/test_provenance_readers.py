@@ -42,12 +42,12 @@ def artifacts():
     train, test = _images("train"), _images("test")
     policy = resolve_view_policy({}, train)
     net = build_model(ModelSpec(**ModelConfig(**MODEL).model_dump(), input_size=16))
-    bundle = make_bundle(net, split_view_policy(policy)[1], data=provenance.data_identity(CARD), class_names=["x", "y"])
+    bundle = make_bundle(net, split_view_policy(policy, "view_policy.json")[1], data=provenance.data_identity(CARD), class_names=["x", "y"])
     model = provenance.model_fingerprint(bundle)
     features = {split: provenance.stamp({"features": np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), "labels": np.array([0, 1] * 4)},
                                         split=split, model_sha256=model, data_sha256=OURS) for split in ("train", "test")}
     return {"images_train": train, "images_test": test, "images_unlabeled": _images("unlabeled"), "view_policy": policy,
-            "val_views": make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {}), "dataset_card": CARD,
+            "val_views": make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {}, ROOT), "dataset_card": CARD,
             "aavae_model": bundle, "evaluation_model": {**bundle, "evaluated_on": {**provenance.data_identity(CARD)}},
             "features_train": features["train"], "features_test": features["test"],
             "baseline_features": provenance.stamp({f"raw_pixels_{split}": features[split]["features"]
@@ -77,7 +77,13 @@ def _pretrain(a):
 def _views(a):
     from aavae.pipelines.views.nodes import preview_views
 
-    return preview_views(a["images_train"], a["view_policy"], {})
+    return preview_views(a["images_train"], a["view_policy"], {}, ROOT)
+
+
+def _validation_views(a):
+    from aavae.pipelines.views.nodes import make_validation_views
+
+    return make_validation_views(_images("val"), _images("unlabeled"), a["view_policy"], {"val_count": 4}, {}, ROOT)
 
 
 def _resolve(a):
@@ -111,7 +117,7 @@ READERS = [  # (the artifact made from other data, the node reading it, what the
     ("images_unlabeled", _pretrain, "data/env/03_primary/images_unlabeled was made from other images"),
     ("view_policy", _pretrain, "data/env/05_model_input/view_policy.json was made from other images"),
     ("val_views", _pretrain, "data/env/05_model_input/val_views.npz was made from other images"),
-    ("view_policy", _views, "view_policy.json was made from other images"),
+    ("view_policy", _views, "data/env/05_model_input/view_policy.json was made from other images"),
     ("images_test", _resolve, "come from different ingests"),
     ("dataset_card", _resolve, "data/env/03_primary/dataset_card.json was made from other images"),
     ("aavae_model", _resolve, "data/env/06_models/aavae_model.pt was trained on imagefolder from here (16 x 16 px, sha256 bbbbbbbbbbbb)"),
@@ -129,6 +135,15 @@ def test_every_reader_refuses_an_artifact_made_from_other_data(artifacts, name, 
     with pytest.raises(provenance.ProvenanceError) as refused:
         reader({**artifacts, name: _of_other_data(name, artifacts[name])})
     assert named in " ".join(str(refused.value).split())
+
+
+@pytest.mark.parametrize("reader", [_pretrain, _views, _validation_views])
+def test_a_broken_stored_view_policy_is_named_by_its_path_in_the_environment(artifacts, reader, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    broken = {key: value for key, value in artifacts["view_policy"].items() if key != "flip_p"}
+    with pytest.raises(ValueError, match=r"^the view policy \(data/env/05_model_input/view_policy.json\) is not "
+                       "a complete, valid record: missing flip_p"):
+        reader({**artifacts, "view_policy": broken})
 
 
 def test_resuming_from_a_checkpoint_of_other_data_is_refused(artifacts, tmp_path, monkeypatch):

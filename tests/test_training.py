@@ -155,6 +155,26 @@ def test_a_mid_epoch_interruption_resumes_to_the_uninterrupted_weights(tmp_path)
     assert_same_weights(weights_of(straight), weights_of(resumed))
 
 
+def test_a_run_the_time_limit_cut_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    # 4 epochs of 2 steps; Lightning's timer reads one minute a step, so a 3-minute limit stops
+    # the run after step 3, in the middle of the second epoch. Resumed without the limit, it
+    # trains the rest of that epoch and the last two, as the uninterrupted run did.
+    from lightning.pytorch.callbacks import Timer
+
+    straight = small_module(max_epochs=4)
+    fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
+
+    first = small_module(max_epochs=4, max_time_minutes=3.0)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 60.0 * first.global_step)
+    assert fit(first, build_trainer(first.config, tmp_path / "split"), tmp_path / "split", resume=False).steps == 3
+
+    resumed = small_module(max_epochs=4)
+    counter = CountSteps()
+    trained = fit(resumed, build_trainer(resumed.config, tmp_path / "split", callbacks=[counter]), tmp_path / "split")
+    assert (trained.steps, counter.steps) == (8, 5), "the rest of the second epoch, then the third and fourth"
+    assert_same_weights(weights_of(straight), weights_of(resumed))
+
+
 @pytest.mark.parametrize("objective", ["aavae", "vae", "ae"])
 def test_every_objective_trains_and_reports_its_metrics(tmp_path, objective: str):
     module = small_module(max_epochs=1, objective=objective, encode_original="every_step")

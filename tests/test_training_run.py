@@ -21,11 +21,10 @@ from aavae.training import train
 DATA = "a" * 64
 CARD = {"name": "imagefolder", "source": "here", "image_shape": [16, 16, 3], "sha256": DATA}
 ROOT = "data/env"
-# 8 images in batches of 4: 2 steps an epoch, 4 in the schedule; a 2-minute limit stops it after
-# step 2, at the end of the first epoch (a limit that stops an epoch midway loses the rest of it
-# on resume: Lightning counts the epoch as done)
+# 8 images in batches of 4: 2 steps an epoch, 4 in the schedule; a 3-minute limit stops it after
+# step 3, in the middle of the second epoch, which the resumed run finishes
 PRETRAIN = {"max_epochs": 2, "batch_size": 4, "training_split": "train", "compile": False, "accelerator": "cpu", "warmup_epochs": 1,
-            "max_time_minutes": 2.0}
+            "max_time_minutes": 3.0}
 
 
 def _images(split: str) -> ImageSet:
@@ -40,7 +39,7 @@ def inputs(tmp_path, monkeypatch):
     mlflow.set_experiment("training-run")  # not the experiment id an earlier test left active
     train_images = _images("train")
     policy = resolve_view_policy({}, train_images)
-    val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {})
+    val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {}, ROOT)
     yield [train_images, _images("unlabeled"), val_views, policy, CARD, {"width": 4, "latent_dim": 8}]
     mlflow.set_tracking_uri(None)
 
@@ -71,19 +70,19 @@ def test_a_run_records_its_data_configuration_engine_and_cut_and_a_rerun_resumes
                                        "training.cut_by_time_limit")} == {
         "checkpoint_dir": str(folder), "objective": "aavae", "seed": "0", "data.name": "imagefolder",
         "data.sha256": DATA, "data.source": "here", "data.validation_split": "val", "training.engine": "eager",
-        "training.cut_by_time_limit": "2 of 4 steps"}
+        "training.cut_by_time_limit": "3 of 4 steps"}
     assert "resumed_from_run" not in tags and "already_trained_in_run" not in tags
-    assert bundle["mlflow_run_id"] == tags["id"] and bundle["steps"] == 2 and bundle["epochs"] == 1.0
-    assert bundle["cut_by_time_limit"] == {"max_time_minutes": 2.0, "planned_steps": 4, "planned_epochs": 2.0}
+    assert bundle["mlflow_run_id"] == tags["id"] and bundle["steps"] == 3 and bundle["epochs"] == 1.5
+    assert bundle["cut_by_time_limit"] == {"max_time_minutes": 3.0, "planned_steps": 4, "planned_epochs": 2.0}
     last = torch.load(folder / "last.ckpt", weights_only=True, mmap=True)
     assert last[provenance.CHECKPOINT_DATA] == provenance.data_identity(CARD), "the checkpoint carries its data"
 
     again, done = _run(inputs)  # the limit was reached: nothing to train
     assert done["already_trained_in_run"] == tags["id"] and "training.engine" not in done
-    assert again["mlflow_run_id"] == tags["id"] and again["steps"] == 2
-    assert done["training.cut_by_time_limit"] == "2 of 4 steps"
+    assert again["mlflow_run_id"] == tags["id"] and again["steps"] == 3
+    assert done["training.cut_by_time_limit"] == "3 of 4 steps"
 
     resumed, went_on = _run(inputs, max_time_minutes=None)  # not a key of the folder: it resumes
     assert went_on["resumed_from_run"] == tags["id"] and "training.cut_by_time_limit" not in went_on
-    assert resumed["steps"] == 4 and resumed["cut_by_time_limit"] is None
+    assert resumed["steps"] == 4 and resumed["epochs"] == 2.0 and resumed["cut_by_time_limit"] is None
     assert resumed["mlflow_run_id"] == went_on["id"]

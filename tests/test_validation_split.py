@@ -68,6 +68,7 @@ def test_each_shipped_environment_validates_on_images_held_out_of_training_never
     read = ReadResult(the_envs_dataset(name), "memory", name)
     monkeypatch.setattr(aavae.data, "_read", lambda config: read)
     parameters = {f"params:{group}": MemoryDataset(params[group]) for group in ("dataset", "views", "pretrain")}
+    parameters["artifact_root"] = MemoryDataset(f"data/{env}")
     ingested = SequentialRunner().run(ingest.create_pipeline(), DataCatalog(parameters))
     made = SequentialRunner().run(views.create_pipeline(), DataCatalog({**parameters, **ingested}))
     val_views = made["val_views"].load()
@@ -128,7 +129,7 @@ def test_with_nothing_held_out_the_views_step_refuses_instead_of_using_the_test_
 
     with pytest.raises(aavae.data.DatasetError, match="No images to validate pretraining on: .* "
                        "dataset.val_holdout=0"):
-        make_validation_views(empty, ImageSet.empty("unlabeled", (8, 8, 3), ("a", "b")), {}, {}, {})
+        make_validation_views(empty, ImageSet.empty("unlabeled", (8, 8, 3), ("a", "b")), {}, {}, {}, "data")
 
 
 def test_stl10_validates_on_its_held_out_unlabeled_images_and_otherwise_on_the_validation_split():

@@ -372,8 +372,9 @@ def test_a_stored_view_policy_with_a_key_deleted_is_refused_not_trained_with_the
     stored = json.loads(json.dumps({**ViewPolicy(flip_p=0.5, crop_scale=(0.08, 1.0)).to_dict(),
                                     **Preprocessing((0.1, 0.2, 0.3), (0.3, 0.2, 0.1)).to_dict(), "data_sha256": "ab"}))
     del stored[key]
-    with pytest.raises(ValueError, match=rf"view_policy.json\) is not a complete, valid record: missing {key}\. Run "):
-        split_view_policy(stored)
+    with pytest.raises(ValueError, match=rf"^the view policy \(data/test/05_model_input/view_policy.json\) is not a "
+                       rf"complete, valid record: missing {key}\. Run "):
+        split_view_policy(stored, "data/test/05_model_input/view_policy.json")
 
 
 @settings(max_examples=200, deadline=None)
@@ -476,9 +477,9 @@ def test_preprocessing_applies_the_zoom_to_originals_and_only_normalises_views(o
 def test_a_resolved_view_policy_splits_into_the_policy_and_its_preprocessing() -> None:
     policy, preprocessing = ViewPolicy(flip_p=0.5), Preprocessing((0.1, 0.2, 0.3), (0.3, 0.2, 0.1), 40)
     stored = json.loads(json.dumps({**policy.to_dict(), **preprocessing.to_dict(), "data_sha256": "ab"}))
-    assert split_view_policy(stored) == (policy, preprocessing)
+    assert split_view_policy(stored, "view_policy.json") == (policy, preprocessing)
     with pytest.raises(ValueError, match=r"view_policy.json.*has no mean or std"):
-        split_view_policy(policy.to_dict())
+        split_view_policy(policy.to_dict(), "view_policy.json")
 
 
 @settings(max_examples=120, deadline=None)

@@ -257,35 +257,23 @@ class PretrainConfig(_Schema):
         return 0.1 if self.objective == "vae" else 0.0
 
     @model_validator(mode="after")
-    def _denoising_is_the_aes(self) -> PretrainConfig:
+    def _consistent(self) -> PretrainConfig:
         if self.denoising and self.objective != "ae":
             raise ValueError(
                 f"pretrain.denoising is the paper's ae.py --denoising and needs pretrain.objective=ae "
                 f"(got {self.objective}); its vae.py --denoising is objective=aavae (views in, the "
                 f"original out), with kl_coeff for a KL term"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _batch_splits_over_devices(self) -> PretrainConfig:
         if self.batch_size % self.devices:
             raise ValueError(
                 f"pretrain.batch_size={self.batch_size} is the global batch and must split evenly "
                 f"over pretrain.devices={self.devices}; use a multiple of {self.devices}"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _time_fit_needs_a_limit(self) -> PretrainConfig:
         if self.schedule_to_time_limit and (self.max_time_minutes is None or self.max_steps):
             raise ValueError(
                 "pretrain.schedule_to_time_limit fits the schedule to pretrain.max_time_minutes: "
                 "set max_time_minutes (and leave max_steps null)"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _holdout_needs_unlabeled(self) -> PretrainConfig:
         if self.unlabeled_holdout and self.training_split == "train":
             raise ValueError(
                 "pretrain.unlabeled_holdout holds out unlabeled images, but "
@@ -453,16 +441,13 @@ def _invalid(problems: list[str]) -> str:
             + "\nFix them in conf/<env>/parameters*.yml or in --params.")
 
 
-def _unknown_group(group: str) -> str:
-    """A misspelt group (``pretrian.max_epochs=1``) gets the same hint a misspelt key gets."""
-    close = difflib.get_close_matches(group, list(SCHEMAS), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"'{group}': unknown parameter group{hint} (known groups: {', '.join(SCHEMAS)})"
-
-
 def validate_all(params: dict[str, Any]) -> dict[str, _Schema]:
     """Validate every group at once, so a run fails before any work is done."""
-    problems = [_unknown_group(group) for group in sorted(set(params) - set(SCHEMAS))]
+    problems = []
+    for group in sorted(set(params) - set(SCHEMAS)):  # pretrian.max_epochs=1 gets a misspelt key's hint
+        close = difflib.get_close_matches(group, list(SCHEMAS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(f"'{group}': unknown parameter group{hint} (known groups: {', '.join(SCHEMAS)})")
     parsed: dict[str, _Schema] = {}
     for group, schema in SCHEMAS.items():
         config, group_problems = _validate(group, params.get(group), schema)

@@ -1,9 +1,7 @@
 """Checkpoints that survive kills and full disks, one folder per configuration, and resume
-from the newest one that loads.
-
-Each is written to a temporary in its own folder, fsynced and renamed into place (a temporary
-in /tmp, as fsspec's transaction uses, is *copied* across filesystems): a kill or a full disk
-leaves the previous file whole. Each records the data it trained on, as a model bundle does.
+from the newest one that loads. Each is written to a temporary in its own folder, fsynced and
+renamed into place (one in /tmp, as fsspec's transaction uses, is *copied* across filesystems),
+so a kill or a full disk leaves the previous file whole; each records the data it trained on.
 """
 
 from __future__ import annotations
@@ -98,31 +96,44 @@ def _disk_full(error: BaseException) -> OSError | None:
     return None
 
 
-class EpochCheckpoints(pl.Callback):
-    """``last.ckpt`` after every epoch, ``epochNNNN.ckpt`` every ``every_n_epochs``.
-
-    Lightning's ModelCheckpoint (2.6) writes ``last.ckpt`` only on epochs where it also keeps
-    a top-k file, so an interruption could lose ``every_n_epochs`` epochs; this writes it
-    every epoch. The module is asked to check its epoch's metrics first, so a diverged model
-    is never saved.
-    """
+class Checkpoints(pl.Callback):
+    """``last.ckpt`` after every epoch (Lightning's ModelCheckpoint, 2.6, writes it only on
+    epochs where it keeps a top-k file: an interruption could lose ``every_n_epochs``), the
+    module's metrics checked first so a diverged model is never saved; ``epochNNNN.ckpt`` every
+    ``every_n_epochs``; and on SIGTERM or Ctrl+C, ``last.ckpt`` mid-epoch for the rerun to resume
+    (a crash, NaN weights or a bug, must not replace the last good one: no other exception does)."""
 
     def __init__(self, checkpoint_dir: Path, every_n_epochs: int) -> None:
-        self.directory, self.every_n_epochs = Path(checkpoint_dir), every_n_epochs
+        self.last, self.every_n_epochs = Path(checkpoint_dir) / LAST_CHECKPOINT, every_n_epochs
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         finish = getattr(module, "finish_epoch", None)
         if finish is not None:
             finish()  # raises on a non-finite loss, before anything is written
-        trainer.save_checkpoint(self.directory / LAST_CHECKPOINT, weights_only=False)
+        # An epoch the time limit (or max_steps) ended early is saved as an interrupted one is, in
+        # the middle: Lightning's epoch-end state would resume at the next epoch and skip the rest.
+        cut = trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches
+        epochs = trainer.fit_loop.epoch_progress
+        epochs.current.processed -= cut
+        epochs.total.processed -= cut
+        try:
+            trainer.save_checkpoint(self.last, weights_only=False)
+        finally:
+            epochs.current.processed += cut
+            epochs.total.processed += cut
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs == 0 and trainer.is_global_zero:
             # Same content: a hard link costs no disk (a copy where links are refused).
-            with replaced_atomically(self.directory / f"epoch{epoch:04d}.ckpt") as temporary:
+            with replaced_atomically(self.last.with_name(f"epoch{epoch:04d}.ckpt")) as temporary:
                 try:
-                    os.link(self.directory / LAST_CHECKPOINT, temporary)
+                    os.link(self.last, temporary)
                 except OSError:
-                    shutil.copy2(self.directory / LAST_CHECKPOINT, temporary)
+                    shutil.copy2(self.last, temporary)
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.last, weights_only=False)
+            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.last)
 
 
 class RecordTrainingData(pl.Callback):
@@ -136,40 +147,15 @@ class RecordTrainingData(pl.Callback):
         checkpoint[CHECKPOINT_DATA] = self.data
 
 
-class CheckpointOnInterrupt(pl.Callback):
-    """On SIGTERM or Ctrl+C, write last.ckpt mid-epoch so a rerun resumes from there.
-
-    Other exceptions leave last.ckpt alone: a crash (NaN weights, a bug) must not replace
-    the last good checkpoint.
-    """
-
-    def __init__(self, checkpoint_dir: Path) -> None:
-        self.path = Path(checkpoint_dir) / LAST_CHECKPOINT
-
-    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            trainer.save_checkpoint(self.path, weights_only=False)
-            log.warning("Interrupted: checkpoint written to %s; rerun the same command to resume.", self.path)
-
-
-def checkpoint_candidates(checkpoint_dir: Path) -> list[Path]:
-    """``last.ckpt`` first, then the periodic checkpoints, newest epoch first."""
-    periodic = sorted(
-        (p for p in checkpoint_dir.glob("epoch*.ckpt") if PERIODIC.fullmatch(p.name)),
-        key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)), reverse=True,  # type: ignore[union-attr]
-    )
-    last = checkpoint_dir / LAST_CHECKPOINT
-    return ([last] if last.is_file() else []) + periodic
-
-
 def newest_loadable_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The first of :func:`checkpoint_candidates` that torch can read as a training checkpoint.
-
-    A damaged file (truncated by a kill or a full disk) is named in a warning and skipped;
-    the checkpoint taken instead is named beside the ones passed over.
-    """
+    """The newest checkpoint torch can read as a training checkpoint: ``last.ckpt``, else the
+    periodic ones, newest epoch first. A damaged file (truncated by a kill or a full disk) is
+    named in a warning and skipped; the one taken instead is named beside those passed over."""
+    last = checkpoint_dir / LAST_CHECKPOINT
+    periodic = sorted((p for p in checkpoint_dir.glob("epoch*.ckpt") if PERIODIC.fullmatch(p.name)),
+                      key=lambda p: int(PERIODIC.fullmatch(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
     passed_over = []
-    for path in checkpoint_candidates(checkpoint_dir):
+    for path in ([last] if last.is_file() else []) + periodic:
         try:
             content = load_weights(path, mmap=True)
             if not isinstance(content, dict) or "state_dict" not in content or "loops" not in content:
@@ -206,12 +192,9 @@ def finished_training(
 
 
 def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
-    """Move an earlier run's checkpoints out of ``checkpoint_dir`` before a run that starts over.
-
-    Left in place, the next resume would pick up the stale ``last.ckpt``. Moved to a sibling
-    ``<folder>.replaced-<UTC time>`` rather than deleted: a new run must not destroy earlier
-    checkpoints. Returns that folder, or None when there was nothing to move.
-    """
+    """Move an earlier run's checkpoints (which the next resume would pick up) to a sibling
+    ``<folder>.replaced-<UTC time>``, not deleted: a new run must not destroy them. Returns that
+    folder, or None when there was nothing to move."""
     stale = sorted(checkpoint_dir.glob("*.ckpt"))
     if not stale:
         return None

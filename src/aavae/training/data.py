@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,7 @@ from aavae.data.splits import paper_random_split
 class TrainingImages:
     """What the engine trains on: uint8 N x H x W x C images with labels (-1 = none)."""
 
-    images: np.ndarray | Tensor | ImageArrays
+    images: np.ndarray | Tensor
     labels: np.ndarray | Tensor
 
 
@@ -44,65 +43,12 @@ def as_tensor(array: np.ndarray | Tensor) -> Tensor:
 
 
 def epoch_order(size: int, batch_size: int, seed: int, epoch: int) -> Tensor:
-    """This epoch's batches as an int64 (batches, batch) table of image indices.
-
-    Derived from (seed, epoch) alone, so a resumed run sees exactly the batches an
-    uninterrupted one would.
-    """
+    """This epoch's batches as an int64 (batches, batch) table of image indices, from (seed,
+    epoch) alone, so a resumed run sees exactly the batches an uninterrupted one would."""
     batches, per_batch = batch_shape(size, batch_size)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(size, generator=generator)
     return order[: batches * per_batch].view(batches, per_batch)
-
-
-class ImageArrays:
-    """Several uint8 ``N x H x W x C`` arrays (memory-mapped .npy files, say), each with an
-    optional selection of its rows, addressed as one sequence of images.
-
-    The unlabeled and train splits of STL-10 (2.8 GB) train together without a concatenated
-    host copy: batches are gathered from the parts by index (:meth:`gather`), or the parts are
-    copied to the device chunk by chunk (:meth:`to_device`).
-    """
-
-    def __init__(self, parts: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> None:
-        shapes = {tuple(images.shape[1:]) for images, _ in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"ImageArrays: parts have different image shapes {sorted(shapes)}")
-        self.parts = [(images, None if rows is None else np.asarray(rows, dtype=np.int64))
-                      for images, rows in parts]
-        sizes = [len(images) if rows is None else len(rows) for images, rows in self.parts]
-        self._starts = np.cumsum([0, *sizes])
-        self.shape = (int(self._starts[-1]), *shapes.pop())
-        self.dtype = np.uint8
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape))
-
-    def gather(self, index: np.ndarray) -> np.ndarray:
-        """Images at ``index`` (global positions), in that order, as one host array."""
-        index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index), *self.shape[1:]), dtype=np.uint8)
-        part_of = np.searchsorted(self._starts, index, side="right") - 1
-        for number, (images, rows) in enumerate(self.parts):
-            chosen = np.flatnonzero(part_of == number)
-            if len(chosen):
-                local = index[chosen] - self._starts[number]
-                local = local if rows is None else rows[local]
-                order = np.argsort(local, kind="stable")  # ascending reads suit a memory map
-                out[chosen[order]] = images[local[order]]
-        return out
-
-    def to_device(self, device: torch.device | str, chunk: int = 4096) -> Tensor:
-        """All images as one uint8 tensor on ``device``, copied a chunk at a time."""
-        out = torch.empty(self.shape, dtype=torch.uint8, device=device)
-        for start in range(0, len(self), chunk):
-            stop = min(start + chunk, len(self))
-            out[start:stop] = torch.from_numpy(self.gather(np.arange(start, stop)))
-        return out
 
 
 def available_ram() -> int:
@@ -117,7 +63,7 @@ def available_ram() -> int:
     return 8 << 30
 
 
-def fits_on_device(images: np.ndarray | Tensor | ImageArrays, device: torch.device) -> bool:
+def fits_on_device(images: np.ndarray | Tensor, device: torch.device) -> bool:
     """Whether the training images should live on ``device``: under half its free memory (a
     quarter of the free RAM on a CPU, where 'on the device' means a copy of the memory-mapped
     files in RAM)."""
@@ -128,28 +74,22 @@ def fits_on_device(images: np.ndarray | Tensor | ImageArrays, device: torch.devi
     return size < available_ram() / 4
 
 
-def to_device(images: np.ndarray | Tensor | ImageArrays, device: torch.device) -> Tensor:
-    """All training images as one uint8 tensor on ``device`` (chunked from memory maps)."""
+def to_device(images: np.ndarray | Tensor, device: torch.device, chunk: int = 4096) -> Tensor:
+    """All training images as one uint8 tensor on ``device``, copied a chunk at a time (a memory
+    map is never read whole into host memory)."""
     if isinstance(images, Tensor):
         return images.to(device)
-    return (images if isinstance(images, ImageArrays) else ImageArrays([(np.asarray(images), None)])).to_device(device)
-
-
-def gather_host(images: np.ndarray | ImageArrays, rows: np.ndarray) -> np.ndarray:
-    """Rows of host images (a memory map, or :class:`ImageArrays`), in the order given."""
-    if isinstance(images, ImageArrays):
-        return images.gather(rows)
-    return np.asarray(images[rows])
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = torch.from_numpy(np.array(images[start:start + chunk]))
+    return out
 
 
 def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> TrainingImages:
     """The images pretraining sees, as ``pretrain.training_split`` and ``unlabeled_holdout`` say.
-
-    The unlabeled images held out are the paper's (:func:`aavae.data.splits.paper_random_split`,
-    seed 42 whatever ``pretrain.seed``): the same in every run, and the ones its STL-10 runs
-    validated on (:func:`validation_images`). ``train`` arrives with the validation images
-    already held out (``dataset.val_holdout``, at ingest).
-    """
+    The unlabeled images held out are the paper's (``paper_random_split``, seed 42 whatever
+    ``pretrain.seed``), the ones its STL-10 runs validated on; ``train`` arrives with the
+    validation images already held out (``dataset.val_holdout``, at ingest)."""
     split = _resolved(split, unlabeled, holdout)
     if split == "train":
         return TrainingImages(np.asarray(train.images), np.asarray(train.labels))
@@ -164,10 +104,10 @@ def training_images(train: ImageSet, unlabeled: ImageSet, split: str, holdout: i
 
 
 def validation_images(val: ImageSet, unlabeled: ImageSet, split: str, holdout: int) -> ImageSet:
-    """The images pretraining validates on: the unlabeled images ``pretrain.unlabeled_holdout``
-    holds out of it where it trains on the unlabeled split (the paper's STL-10 validates on
-    those: its ``VAE.step`` keeps the unlabeled half of each mixed validation batch), else the
-    dataset's validation split (``images_val``, data/splits.py). Never the test split."""
+    """The images pretraining validates on, never the test split: the unlabeled images
+    ``pretrain.unlabeled_holdout`` holds out where it trains on them (the paper's STL-10 validates
+    on those: its ``VAE.step`` keeps the unlabeled half of each mixed validation batch), else the
+    dataset's validation split (``images_val``, data/splits.py)."""
     if not holdout or _resolved(split, unlabeled, holdout) == "train":
         return val
     _, held_out = paper_random_split(len(unlabeled), holdout)

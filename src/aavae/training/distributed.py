@@ -1,18 +1,13 @@
 """Data-parallel pretraining on Lightning's DDP, with the step reducing its own gradients.
 
-Lightning's DDP wrapper synchronises gradients through hooks that it arms *after* the
-module's forward returns; this project's step runs forward, backward and the update inside
-one call (so it can be captured as a CUDA graph), so those hooks would never be armed.
-:class:`StepOwnsGradients` is Lightning's DDP strategy without the wrapper: it starts the
-processes (or joins those torchrun/SLURM started), broadcasts rank 0's weights, and the step
-all-reduces its gradients itself (:func:`all_reduce_mean`, one flat collective per step,
-capturable in a CUDA graph on NCCL).
-
-How the work is split: ``pretrain.batch_size`` is the *global* batch. Every rank builds the
-same epoch order and draws the same random numbers for the whole global batch, then works
-on its own contiguous slice of it; averaged gradients then equal those of one process on the
-whole batch (exactly so with ``pretrain.sync_batchnorm``, which also pools batch-norm
-statistics), so a run's result does not depend on how many devices trained it.
+Lightning's DDP wrapper arms its gradient hooks *after* the module's forward returns; this
+step runs forward, backward and the update in one call (so a CUDA graph can capture it), so
+they would never be armed. :class:`StepOwnsGradients` is the DDP strategy without the wrapper
+(it starts or joins the processes and broadcasts rank 0's weights); the step all-reduces its
+gradients itself (:func:`all_reduce_mean`: one flat collective, capturable on NCCL).
+``pretrain.batch_size`` is the *global* batch: every rank builds the same epoch order and draws
+the same random numbers for all of it, then works on its own contiguous slice, so averaged
+gradients equal one process's on the whole batch (exactly so with ``sync_batchnorm``).
 """
 
 from __future__ import annotations
@@ -77,6 +72,20 @@ def all_reduce_mean(tensors: list[Tensor]) -> None:
     flat.div_(dist.get_world_size())
     for tensor, reduced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors), strict=True):
         tensor.copy_(reduced)
+
+
+def in_several_processes() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` of all processes, so that every rank takes the same decision (a rank
+    deciding alone would wait for the others in its next collective); host sync."""
+    if not in_several_processes():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor[0])
 
 
 def die_with_parent() -> None:

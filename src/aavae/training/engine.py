@@ -13,15 +13,13 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from aavae.common.hardware import Hardware
-from aavae.common.hardware import choose_hardware as hardware_for
+from aavae.common.hardware import Hardware, choose_hardware
 from aavae.common.progress import output_is_terminal
 from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
 from aavae.training.checkpoints import (
     AtomicCheckpointIO,
-    CheckpointOnInterrupt,
-    EpochCheckpoints,
+    Checkpoints,
     newest_loadable_checkpoint,
 )
 from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
@@ -30,11 +28,6 @@ from aavae.training.progress import PlainProgress
 from aavae.training.syncbn import PooledBatchNormSync
 
 log = logging.getLogger(__name__)
-
-def choose_hardware(config: PretrainConfig) -> Hardware:
-    """What ``pretrain.accelerator`` and ``pretrain.precision`` choose (:mod:`aavae.common.hardware`)."""
-    return hardware_for(config.accelerator, config.precision)
-
 
 def quiet_known_warnings() -> None:
     """Silence Lightning's warnings that do not apply here: on import, and in :func:`fit` again
@@ -59,13 +52,10 @@ def build_trainer(
 ) -> pl.Trainer:
     """Lightning's Trainer for the module: the module owns precision and gradient clipping
     (they live inside its step), the Trainer the loop, checkpoints and validation."""
-    hardware = choose_hardware(config)
+    hardware = choose_hardware(config.accelerator, config.precision)
     log.info("Training on %s with %s precision", hardware.accelerator, hardware.precision)
-    max_time = None
-    if config.max_time_minutes is not None:
-        max_time = {"seconds": int(config.max_time_minutes * 60)}
-    terminal = output_is_terminal()
-    progress = [] if terminal else [PlainProgress()]
+    max_time = None if config.max_time_minutes is None else {"seconds": int(config.max_time_minutes * 60)}
+    terminal = output_is_terminal()  # a bar redraws one line: nothing shows in a pipe or log
     devices, nodes, strategy = distribution(config, hardware)
     return pl.Trainer(
         accelerator=hardware.accelerator,
@@ -80,10 +70,10 @@ def build_trainer(
         max_steps=config.max_steps or -1,
         max_time=max_time,
         logger=list(loggers) or False,
-        callbacks=[EpochCheckpoints(checkpoint_dir, config.checkpoint_every_n_epochs),
-                   CheckpointOnInterrupt(checkpoint_dir), *progress, *callbacks],
-        enable_progress_bar=terminal,  # a bar redraws one line: nothing shows in a pipe or log
-        enable_checkpointing=False,  # EpochCheckpoints writes them
+        callbacks=[Checkpoints(checkpoint_dir, config.checkpoint_every_n_epochs),
+                   *([] if terminal else [PlainProgress()]), *callbacks],
+        enable_progress_bar=terminal,
+        enable_checkpointing=False,  # Checkpoints writes them
         plugins=[AtomicCheckpointIO(),
                  *([PooledBatchNormSync()] if config.sync_batchnorm and (devices * nodes) > 1
                    and hardware.device_kind != "cuda" else [])],
@@ -97,13 +87,9 @@ def build_trainer(
 
 
 def distribution(config: PretrainConfig, hardware: Hardware) -> tuple[int, int, Any]:
-    """(devices per node, nodes, strategy): the processes torchrun or SLURM started, or
-    ``pretrain.devices`` processes spawned here, or one.
-
-    Under torchrun/srun every process runs ``kedro run`` itself and Lightning joins them
-    (it detects the cluster environment and does not launch more); ``pretrain.devices > 1``
-    alone spawns that many ranks inside the training node, which gets rank 0's weights back.
-    """
+    """(devices per node, nodes, strategy): the processes torchrun or SLURM started (each runs
+    ``kedro run``, and Lightning joins them), or ``pretrain.devices`` ranks spawned inside the
+    training node (which gets rank 0's weights back), or one."""
     world = launched_world_size()
     backend = "nccl" if hardware.device_kind == "cuda" else "gloo"
     if world > 1:
@@ -142,19 +128,19 @@ class TrainedLength:
 
 
 def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resume: bool = True) -> TrainedLength:
-    """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked.
-
-    Returns how far training got in total, as the last checkpoint records it (ranks spawned
-    inside this process train where this Trainer never sees the loop); a run the time limit
-    cut short says so in a warning.
-    """
+    """Train, continuing from the newest readable checkpoint in ``checkpoint_dir`` if asked;
+    returns how far training got, as the last checkpoint records it (ranks spawned inside this
+    process train where this Trainer never sees the loop)."""
     quiet_known_warnings()
     found = newest_loadable_checkpoint(checkpoint_dir) if resume else None
     if found is not None:
         log.info("Resuming pretraining from %s", found)
-        if statement := mid_epoch_statement(int(load_weights(found, mmap=True).get("global_step", 0)),
-                                            module.steps_per_epoch):
-            log.info(statement)
+        epoch, done = divmod(int(load_weights(found, mmap=True).get("global_step", 0)), module.steps_per_epoch)
+        if done:  # what resume guarantees, in place of Lightning's "unreliable results" warning
+            log.info("Resuming in the middle of epoch %d, after %s of its %s steps: the batches, views, noise "
+                     "and learning rate go on exactly as in the uninterrupted run, and so do the weights "
+                     "(resume is exact; the test suite checks it).", epoch + 1, f"{done:,}",
+                     f"{module.steps_per_epoch:,}")
     try:
         trainer.fit(module, ckpt_path=str(found) if found else None)
     except SIGTERMException as exc:
@@ -177,14 +163,3 @@ def fit(module: PretrainModule, trainer: pl.Trainer, checkpoint_dir: Path, resum
                     trained.steps / trained.steps_per_epoch, cut["planned_epochs"])
     return trained
 
-
-def mid_epoch_statement(global_step: int, steps_per_epoch: int) -> str | None:
-    """What a resume from the middle of an epoch guarantees, in place of Lightning's warning
-    (None at an epoch's end): the batches follow from the seed, the epoch and the step count,
-    and the checkpoint holds the random stream (tests/test_training.py compares the weights)."""
-    if global_step % steps_per_epoch == 0:
-        return None
-    epoch, done = divmod(global_step, steps_per_epoch)
-    return (f"Resuming in the middle of epoch {epoch + 1}, after {done:,} of its {steps_per_epoch:,} "
-            "steps: the batches, views, noise and learning rate go on exactly as in the "
-            "uninterrupted run, and so do the weights (resume is exact; the test suite checks it).")

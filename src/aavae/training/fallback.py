@@ -3,16 +3,14 @@
 Compiling and capturing make the step fast and are its fragile parts: a new card, driver or
 torch version can break either, in ways no test on another machine shows, and a run must not
 end in such an exception. So :class:`FallbackStep` verifies the first :data:`VERIFIED_STEPS`
-steps of every engine above eager: it copies what a step changes (:class:`StepSnapshot`) and
-runs it; if compiling or capturing raises, or the loss is not finite where the engine below
-gives a finite one, the copy is put back, one warning names what failed, and the same step
-runs on the next engine down (a compile error inside a graph drops only the compiling). A
-failed attempt leaves no trace, so a run that fell back resumes to the uninterrupted weights.
-
-Verified steps are where compiling happens (minutes on a CPU), so they stop at once when
-interrupted: a SIGTERM, which Lightning only notes for its loop, raises too
-(:func:`sigterm_stops_at_once`), after the copy is put back, so the checkpoint written on the
-way out is that of the last finished step.
+steps of every engine above eager on a copy of what a step changes (:class:`StepSnapshot`): if
+compiling or capturing raises, or the loss is not finite where the engine below gives a finite
+one, the copy is put back, one warning names what failed, and the same step runs on the next
+engine down (a compile error inside a graph drops only the compiling). A failed attempt leaves
+no trace, so a run that fell back resumes to the uninterrupted weights. Verified steps are where
+compiling happens (minutes on a CPU), so a SIGTERM, which Lightning only notes for its loop,
+stops them at once too, after the copy is put back: the checkpoint written on the way out is
+that of the last finished step.
 """
 
 from __future__ import annotations
@@ -28,10 +26,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
+from aavae.training.distributed import max_over_ranks
 from aavae.training.step import CudaGraphed, TrainStep
 
 log = logging.getLogger(__name__)
@@ -42,11 +40,9 @@ GRAPH_WARMUP = 3  # eager calls before a capture (cuDNN's choices, the optimizer
 
 
 class StepSnapshot:
-    """A copy of everything one call of a :class:`TrainStep` changes, put back in place.
-
-    Put back *into* the same tensors (``copy_``), never by swapping them: a captured CUDA
-    graph and a compiled step hold their addresses.
-    """
+    """A copy of everything one call of a :class:`TrainStep` changes, put back *into* the same
+    tensors (``copy_``), never by swapping them: a captured graph and a compiled step hold their
+    addresses."""
 
     def __init__(self, step: TrainStep) -> None:
         self.step = step
@@ -110,18 +106,13 @@ class FallbackStep:
 
     @property
     def engine(self) -> str:
-        """The engine that trains now: "cuda_graph", "compiled" or "eager"."""
         return GRAPH if self.graph else COMPILED if self.compiled else EAGER
 
     def describe(self, after_kind: str = "") -> str:
-        """"compiled", "eager", or either ", replayed as a CUDA graph"."""
         return (COMPILED if self.compiled else EAGER) + after_kind + (", replayed as a CUDA graph" if self.graph else "")
 
-    def _going_on(self) -> str:
-        return f"with the {self.describe(' step')}"
-
     def use_compiled(self) -> None:
-        """Compile the step from the next call on (it is verified like any new engine)."""
+        """Compile the step from the next call on (verified like any new engine)."""
         if not self.compiled:
             self.compiled = True
             self._build()
@@ -135,11 +126,11 @@ class FallbackStep:
 
     # -- the first steps of an engine --------------------------------------------------------
     def _build(self) -> None:
-        """Make the runner of the engines asked for; a compiler that refuses at once is a
-        failure like any other."""
+        """The runner of the engines asked for (a compiler that refuses at once fails as any)."""
         step = self.step
-        compiled_now = step.loss_fn != step.loss_and_metrics
-        if self.compiled and not compiled_now:
+        if not self.compiled:
+            step.loss_fn = step.loss_and_metrics
+        elif step.loss_fn == step.loss_and_metrics:  # asked for and not compiled yet
             try:
                 step.compile()
             except Exception as error:  # noqa: BLE001 - any compiler failure falls back
@@ -148,8 +139,6 @@ class FallbackStep:
                 self._warn("torch.compile", error)
             else:
                 self._compiling = True
-        elif not self.compiled:
-            step.loss_fn = step.loss_and_metrics
         self._runner = CudaGraphed(step, step.generator, self.graph_warmup) if self.graph else step
         self._verify_left = VERIFIED_STEPS if self.engine != EAGER else 0
 
@@ -183,11 +172,11 @@ class FallbackStep:
         if self._compiling:
             self._compiling = False
             log.info("Compiled the training step in %.1f s (the first compiled step included)", seconds)
-        captured = getattr(self._runner, "captured", True)
-        if _agree(bad_before < 0 <= bad_after, step.device):
+        # on any rank, so that every rank falls back together
+        if max_over_ranks(bad_before < 0 <= bad_after, step.device):
             self._replace_non_finite(snapshot, bad_before)
             return
-        if captured:
+        if getattr(self._runner, "captured", True):
             self._verify_left -= 1
 
     def _replace_non_finite(self, snapshot: StepSnapshot, bad_before: int) -> None:
@@ -206,7 +195,7 @@ class FallbackStep:
         self.failures.append(f"{engine}: non-finite loss at step {at}")
         log.warning("The %s gave a non-finite loss at step %d where the %s step gives a finite "
                     "one: training goes on %s (the run records engine=%s).",
-                    _engine_words(engine), at, self.describe(), self._going_on(), self.engine)
+                    _engine_words(engine), at, self.describe(), f"with the {self.describe(' step')}", self.engine)
 
     def _drop(self, error: BaseException | None) -> str:
         """Turn off the engine at fault, the graph unless the error is the compiler's; return it."""
@@ -221,19 +210,16 @@ class FallbackStep:
         reason = f"{type(error).__name__}: {_first_line(error)}"
         self.failures.append(f"{what}: {reason}")
         log.warning("The %s failed (%s); training goes on %s, slower but the same computation "
-                    "(the run records engine=%s).", what, reason, self._going_on(), self.engine)
+                    "(the run records engine=%s).", what, reason, f"with the {self.describe(' step')}", self.engine)
         log.debug("What the %s raised:", what, exc_info=error)
 
 
 @contextlib.contextmanager
 def sigterm_stops_at_once(doing: str) -> Iterator[None]:
-    """While ``doing``, a SIGTERM raises :class:`SIGTERMException` at once.
-
-    Lightning's handler (called first, so its own bookkeeping and the stopping of spawned
-    ranks still happen) only sets a flag that its loop reads between steps: during a compile
-    that is minutes without a reaction. Only where Lightning installed a handler, and only in
-    the main thread (Python runs signal handlers there).
-    """
+    """While ``doing``, a SIGTERM raises :class:`SIGTERMException` at once: Lightning's handler
+    (called first, so its bookkeeping and the stopping of spawned ranks still happen) only sets
+    a flag its loop reads between steps, minutes away during a compile. Only where Lightning
+    installed a handler, in the main thread (Python runs signal handlers there)."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
@@ -249,16 +235,6 @@ def sigterm_stops_at_once(doing: str) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _agree(flag: bool, device: torch.device) -> bool:
-    """``flag`` on any rank, so that every rank falls back together (a rank alone would wait
-    for the others in its next collective)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    vote = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-    return bool(vote.item())  # host sync: on verified steps only
 
 
 def _is_compiler_error(error: BaseException | None) -> bool:

@@ -27,20 +27,14 @@ log = logging.getLogger(__name__)
 MIN_SAFE_SHORTCUT_CHANNELS = 16
 
 
-def narrowest_strided_1x1(net: nn.Module) -> int | None:
-    """The fewest input channels of any 1 x 1 convolution with a stride in ``net`` (None: none)."""
-    channels = [module.in_channels for module in net.modules()
-                if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)]
-    return min(channels, default=None)
-
-
 def use_channels_last(requested: bool, device_kind: str, batch: int, net: nn.Module) -> bool:
     """Whether the step runs in channels_last: as ``requested``, except on the CPU where it would
     corrupt the heap (a strided 1 x 1 convolution of under 16 input channels in ``net``, or an
     odd ``batch``: the images one device trains on per step)."""
     if not requested or device_kind != "cpu":
         return requested
-    narrowest = narrowest_strided_1x1(net)
+    narrowest = min((module.in_channels for module in net.modules() if isinstance(module, nn.Conv2d)
+                     and module.kernel_size == (1, 1) and module.stride != (1, 1)), default=None)
     reasons = []
     if narrowest is not None and narrowest < MIN_SAFE_SHORTCUT_CHANNELS:
         reasons.append(f"a strided 1 x 1 convolution has {narrowest} input channels (under "

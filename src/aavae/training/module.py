@@ -1,11 +1,8 @@
-"""The Lightning module: Lightning runs the loop, the step runs itself.
-
-Lightning keeps what it is good at: devices, checkpoints and resume, validation, loggers,
-the progress bar and the time limit. The step (:class:`aavae.training.step.TrainStep`) owns
-the optimisation, update included, so it can be compiled and captured whole; Lightning
-drives it through :class:`aavae.training.optim.WholeStepOptimizer` in manual optimisation,
-which still counts steps and saves the real optimizer's state. Metrics are summed on the
-device and read once per epoch.
+"""The Lightning module: Lightning runs the loop (devices, checkpoints and resume, validation,
+loggers, progress, the time limit); the step (:class:`aavae.training.step.TrainStep`) owns the
+optimisation, update included, so it can be compiled and captured whole, driven through
+:class:`aavae.training.optim.WholeStepOptimizer` in manual optimisation (which still counts
+steps and saves the real optimizer's state). Metrics are summed on the device, read once an epoch.
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ from aavae.training.data import (
     batch_shape,
     epoch_order,
     fits_on_device,
-    gather_host,
     to_device,
 )
 from aavae.training.distributed import all_reduce_mean, die_with_parent
@@ -84,7 +80,6 @@ class PretrainModule(pl.LightningModule):
         self.policy = policy
         self.config = config
         self.preprocessing = preprocessing  # how an original becomes the network's input
-        self.num_classes = num_classes
         self._train_labels_host = np.asarray(train.labels, dtype=np.int64)
         # the online probe (docs/differences.md): reported only where it has labels to learn from
         labelled = bool((self._train_labels_host >= 0).any())
@@ -277,7 +272,6 @@ class PretrainModule(pl.LightningModule):
             self._read_epoch_metrics()  # before validation, so no checkpoint saves a diverged model
 
     def _pace(self, step_number: int) -> None:
-        """Apply what the pacer decides from the first steps' timing (nothing once settled)."""
         decision = self._pacer.before_step(step_number) if self._pacer is not None else None
         if isinstance(decision, CompileDecision):
             log.info(decision.describe())
@@ -303,31 +297,24 @@ class PretrainModule(pl.LightningModule):
                  int(self.step_fn.warmup_steps), total / self.steps_per_epoch)
 
     def _read_epoch_metrics(self) -> None:
-        """Epoch means of the step's sums: the one device-to-host read of an epoch.
-
-        Raises :class:`NonFiniteLoss` if the loss or a metric stopped being finite, naming the
-        first step where the loss did.
-        """
+        """Epoch means of the step's sums, the one device-to-host read of an epoch; raises
+        :class:`NonFiniteLoss` if the loss or a metric stopped being finite, naming the first
+        step where the loss did."""
         step = self.step_fn
         assert step is not None
         self._epoch_read = True
-        parts = [step.sums, step.first_bad_step.float().view(1)]
-        if self._diagnostic_sums is not None:
-            parts.append(self._diagnostic_sums)
-        vector = torch.cat(parts)
+        count, diagnostics = len(step.keys), self._diagnostic_sums
+        vector = torch.cat([step.sums, step.first_bad_step.float().view(1), *([] if diagnostics is None else [diagnostics])])
         if self.world > 1:
-            first_bad = vector[len(step.keys)].clone()
+            first_bad = vector[count].clone()
             all_reduce_mean([vector])  # every rank's sums: the epoch's means over all of them
-            vector[len(step.keys)] = first_bad
+            vector[count] = first_bad
         values = vector.tolist()  # host sync, once per epoch
-        count = len(step.keys)
-        steps_run = max(1, self._epoch_steps_run)
-        means = {key: value / steps_run for key, value in zip(step.keys, values[:count], strict=True)}
+        means = {key: value / max(1, self._epoch_steps_run) for key, value in zip(step.keys, values, strict=False)}
+        if diagnostics is not None:
+            means.update({key: value / self._diagnostic_steps
+                          for key, value in zip(self.settings.original_keys(), values[count + 1:], strict=True)})
         first_bad = int(values[count])
-        if self._diagnostic_sums is not None:
-            keys = self.settings.original_keys()
-            diagnostics = values[count + 1:]
-            means.update({k: v / self._diagnostic_steps for k, v in zip(keys, diagnostics, strict=True)})
         bad = sorted(key for key, value in means.items() if not math.isfinite(value))
         if bad or first_bad >= 0:
             where = f"step {first_bad}" if first_bad >= 0 else f"epoch {self.current_epoch}"
@@ -351,31 +338,13 @@ class PretrainModule(pl.LightningModule):
         self.log_dict({f"train_{k}": v for k, v in self.epoch_metrics.items()})
         self.log("loss", self.epoch_metrics["loss"], prog_bar=True, logger=False)
 
-    @torch.no_grad()
     def recompute_encoder_statistics(self, max_images: int = 10_000) -> int:
-        """Re-estimate the encoder's batch-norm statistics on un-augmented training images.
-
-        A seeded subset of at most ``max_images``, in training batches; returns how many
-        images were used.
-        """
-        count = len(self._train_source)
-        chosen = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed))[:max_images]
-        chosen = chosen.sort().values.numpy()
-        size = self.config.batch_size
-
-        def batches():
-            for start in range(0, len(chosen), size):
-                rows = chosen[start:start + size]
-                if self._train_images is not None:
-                    raw = self._train_images[torch.from_numpy(rows).to(self.device)]
-                else:
-                    raw = torch.from_numpy(gather_host(self._train_source, rows)).to(self.device)
-                yield self.preprocessing.apply(raw.permute(0, 3, 1, 2))
-
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
-            update_bn(batches(), self.net.encoder)
-        return len(chosen)
+        """Re-estimate the encoder's batch-norm statistics on a seeded subset of at most
+        ``max_images`` un-augmented training images; returns how many were used."""
+        chosen = torch.randperm(len(self._train_source), generator=torch.Generator().manual_seed(self.config.seed))
+        images = self._train_images if self._train_images is not None else self._train_source
+        return reestimate_batchnorm(self.net.encoder, images, chosen[:max_images].sort().values.numpy(),
+                                    self.preprocessing, self.config.batch_size, self.device, self.autocast_dtype)
 
     # -- checkpoints carry the random stream ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -430,16 +399,34 @@ class PretrainModule(pl.LightningModule):
             self._host.stop()
 
     def on_exception(self, exception: BaseException) -> None:
-        if self._host is not None:
-            self._host.stop()
+        self.on_train_end()
+
+
+@torch.no_grad()
+def reestimate_batchnorm(encoder: nn.Module, images: np.ndarray | Tensor, rows: np.ndarray,
+                         preprocessing: Preprocessing, batch_size: int, device: torch.device,
+                         autocast_dtype: torch.dtype | None = None) -> int:
+    """``update_bn`` of ``encoder`` over the un-augmented ``images`` at ``rows`` (host arrays, or
+    a tensor already on ``device``), in batches of ``batch_size``; returns how many were used."""
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            chosen = rows[start:start + batch_size]
+            if isinstance(images, Tensor):
+                raw = images[torch.from_numpy(chosen).to(images.device)]
+            else:
+                raw = torch.from_numpy(np.asarray(images[chosen]))
+            yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
+
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        update_bn(batches(), encoder)
+    return len(rows)
 
 
 def cos_sim_over_samples(net: AAVAENet, original_features: Tensor, latent: tuple[Tensor, ...],
                          noise: Tensor, original_noise: Tensor) -> Tensor:
-    """The paper's validation cos_sim (its ``VAE.step``): for each of S importance samples, z from
-    q(z | view) (``noise``, S x N x latent, those of the log p(x) estimate; ``latent`` is the view's
-    (mu, logvar, ...)) and z' from q(z | original) (``original_noise``); cos(z', z) averaged over
-    samples and images. With S = 1 it is the training diagnostic's cos_sim."""
+    """The paper's validation cos_sim (its ``VAE.step``): cos(z', z) averaged over S importance
+    samples and the images, z from q(z | view) (``latent``: the view's mu, logvar; ``noise``: S x N
+    x latent, the log p(x) estimate's) and z' from q(z | original); with S = 1, training's cos_sim."""
     mu, logvar = latent[0], latent[1]
     mu_o, logvar_o = (t.float() for t in net.projection(original_features))
     z = sample_posterior(mu, logvar, noise)

@@ -1,11 +1,8 @@
-"""Optimizers the training step can run without a host round trip.
-
-Built with the schema's learning rate, as any torch program builds one; the step's schedule
-then rewrites each group's ``lr`` as a device tensor (:class:`aavae.training.step.TrainStep`),
-so the update never bakes a host number into a compiled step or a CUDA graph. Adam is torch's
-fused (and, on CUDA, capturable) implementation; LAMB is written here with tensor arithmetic
-only (its trust ratio never visits the host), one parameter at a time: slower on the host than
-fused Adam, and as fast as any other kernel once graph-replayed.
+"""Optimizers the training step can run without a host round trip, built with the schema's
+learning rate; the step makes each group's ``lr`` one device tensor (:class:`TrainStep`), so no
+host number is baked into a compiled step or a CUDA graph. Adam is torch's fused (on CUDA,
+capturable) one; LAMB is written here in tensor arithmetic only, one parameter at a time:
+slower on the host than fused Adam, as fast as any kernel once graph-replayed.
 """
 
 from __future__ import annotations
@@ -37,11 +34,8 @@ def parameter_groups(
 
 class Lamb(torch.optim.Optimizer):
     """LAMB (You et al., 2019): Adam moments with a per-layer trust ratio ||w|| / ||update||.
-
-    Every quantity, the step count and the trust ratio included, stays a tensor on the
-    parameters' device, so a step neither waits for the device nor bakes host numbers into
-    a captured graph. ``lr`` may be a float or a 0-dim tensor.
-    """
+    Every quantity, the step count and the trust ratio included, stays a tensor on the device
+    (no wait, nothing baked into a captured graph); ``lr`` may be a float or a 0-dim tensor."""
 
     def __init__(self, params, lr: float | Tensor = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0) -> None:
@@ -102,12 +96,9 @@ def build_optimizer(
 
 class WholeStepOptimizer:
     """The optimizer as Lightning sees it: the real one (groups, state, ``state_dict``), except a
-    ``step`` that only runs its closure, because the closure is the whole training step.
-
-    Handed the real optimizer, Lightning would run the update itself after the closure, outside
-    the step that a CUDA graph captures; through this it still counts steps and checkpoints and
-    restores the real optimizer's state.
-    """
+    ``step`` that only runs its closure, the whole training step. Handed the real one, Lightning
+    would run the update after the closure, outside the step a CUDA graph captures; through this
+    it still counts steps and checkpoints the real optimizer's state."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer

@@ -1,9 +1,8 @@
-"""Decisions that depend on the step rate, taken by timing the first steps of a run.
-
+"""Decisions that depend on the step rate, taken by timing the first steps of a run:
 ``compile: auto`` on a CPU compiles the step when the eager steps left outlast compiling plus
 running them compiled (:data:`AUTO_COMPILE_MINUTES`); ``schedule_to_time_limit`` ends the
 warm-up and decay at the step count that fills the time limit. :class:`Pacer` only times and
-decides; the module applies it. Nothing is timed once both are settled.
+decides (nothing once both are settled); the module applies it.
 
 The compile decision times the steady eager step, not the first ones: the first bf16 steps of
 the default run on an AVX512-BF16 CPU took ~16 s against ~2 s later (one-off kernel set-up),
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.distributed as dist
+
+from aavae.training.distributed import max_over_ranks
 
 # On a CPU compiling pays when the eager steps left outlast compiling plus the same steps compiled:
 CPU_COMPILE_MINUTES = 4.0  # the default run's step compiled in 224 s on the 2-core AMX Xeon, cache empty
@@ -34,12 +34,9 @@ REFIT_AT = (0.2, 0.5)  # shares of the time limit at which the fit is refined fr
 
 
 class StepClock:
-    """Timestamps taken at the start of steps, each after waiting for the device: the wall
-    clock and the CPU time this process has used (all its threads).
-
-    Waiting costs a host round trip, so the pacer only ticks while a decision is pending (a
-    handful of steps at the start of a run), never in the steady state.
-    """
+    """Wall clock and process CPU time (all threads) at the start of steps, each read after
+    waiting for the device: a host round trip, so the pacer only ticks while a decision is
+    pending (a handful of steps at the start of a run), never in the steady state."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -52,10 +49,6 @@ class StepClock:
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.process_time())
 
-    def reset(self) -> None:
-        self.times.clear()
-        self.cpu_times.clear()
-
     def seconds_per_step(self, skip: int, steps: int) -> float | None:
         """Mean seconds of ``steps`` steps after the first ``skip`` ticks, once there are enough."""
         if len(self.times) < skip + steps + 1:
@@ -64,16 +57,14 @@ class StepClock:
         return (window[-1] - window[0]) / steps
 
     def step_durations(self, skip: int) -> tuple[list[float], list[float]]:
-        """Wall and CPU seconds of each step after the first ``skip``."""
         return ([after - before for before, after in pairwise(self.times[skip:])],
                 [after - before for before, after in pairwise(self.cpu_times[skip:])])
 
 
 def idle_seconds_per_step(wall: float, cpu: float | None, threads: int) -> float:
     """Seconds a step would take with the process's threads on cores of their own: its CPU time
-    over the thread count, never more than the wall time it took. Other processes' load
-    stretches the wall time, not the CPU time, so this is what the machine load cannot fool
-    (threads that spin while they wait for a core still add some CPU time)."""
+    over the thread count, at most its wall time. Other processes' load stretches the wall time,
+    not the CPU time (threads that spin while they wait for a core still add some)."""
     if cpu is None:
         return wall
     return min(wall, cpu / max(1, threads))
@@ -109,17 +100,6 @@ class CompileDecision:
                 f"compiling pays (about {CPU_COMPILE_MINUTES:.0f} min to compile for steps "
                 f"{CPU_COMPILED_SPEEDUP:.2f}x as fast): {'compiling the step' if self.compile else 'staying eager'} "
                 "(pretrain.compile=true or false chooses instead)")
-
-
-def _slowest_rank(device: torch.device, seconds: float) -> float:
-    """The slowest process's steady step, so that every rank of a distributed run takes the same
-    decision at the same step (ranks that compiled differently would verify their first
-    compiled steps, a collective, out of step with each other)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return seconds
-    value = torch.tensor([seconds], dtype=torch.float64, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return float(value[0])
 
 
 @dataclass(frozen=True)
@@ -158,7 +138,7 @@ class Pacer:
             decision = self._decide_compile(step_number)
             if decision is not None:
                 self.deciding_compile = False
-                self.clock.reset()
+                self.clock = StepClock(self.clock.device)  # the schedule's fit times steps anew
             return decision
         # The first timed step after compiling compiles the step: skip two ticks.
         seconds = self.clock.seconds_per_step(skip=2, steps=FIT_TIMED_STEPS)
@@ -169,8 +149,8 @@ class Pacer:
         return self._fit(step_number, seconds, self.clock.times[-1])
 
     def _decide_compile(self, step_number: int) -> CompileDecision | None:
-        """Once :data:`COMPILE_DECISION_STEPS` steps after the first are timed: compile when the
-        eager steps left, at the steady step time, outlast :data:`AUTO_COMPILE_MINUTES`."""
+        """Compile when the eager steps left, at the steady step time, outlast
+        :data:`AUTO_COMPILE_MINUTES` (once :data:`COMPILE_DECISION_STEPS` are timed)."""
         if len(self.clock.times) < COMPILE_DECISION_STEPS + 2:
             return None
         walls, cpus = self.clock.step_durations(skip=1)
@@ -178,18 +158,16 @@ class Pacer:
         threads = torch.get_num_threads() if self.clock.device.type == "cpu" else None
         steps = [wall if threads is None else idle_seconds_per_step(wall, cpu, threads)
                  for wall, cpu in zip(walls, cpus, strict=True)]
-        seconds = _slowest_rank(self.clock.device, steady_step_seconds(steps))
+        # the slowest rank's: every rank compiles (and verifies, a collective) at the same step
+        seconds = max_over_ranks(steady_step_seconds(steps), self.clock.device)
         minutes = (self.planned_steps - step_number) * seconds / 60
         if self.time_limit_minutes is not None:
             minutes = min(minutes, self.time_limit_minutes)
         return CompileDecision(minutes > AUTO_COMPILE_MINUTES, seconds, minutes, (min(walls), max(walls)), threads)
 
     def _refine(self, step_number: int) -> ScheduleFit | None:
-        """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit.
-
-        Between refits this reads the host clock only (no device wait); the step that refits
-        waits once so that the time it reads is the device's.
-        """
+        """At each share of :data:`REFIT_AT` of the limit, refit from the rate since the first fit
+        (between refits the host clock only; the step that refits waits for the device once)."""
         assert self.time_limit_minutes is not None and self.anchor is not None
         limit = self.time_limit_minutes * 60
         if time.perf_counter() - self.started < self.refits_left[0] * limit:

@@ -1,11 +1,8 @@
-"""Progress where no terminal shows a bar: one plain line per epoch and every ~30 seconds.
-
-Lightning's bar redraws one terminal line, which shows nothing in a pipe, a CI log or nohup.
-Lines such as ``epoch 3/10, step 1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``,
-bounded by where the run ends: its schedule, or about where ``pretrain.max_time_minutes``
-stops it (``step 5/~480``). The rate leaves out the seconds spent compiling or capturing
-(``engine_setup_seconds``): counted in, a 90-second compile made the first estimate hours
-where the run took minutes. Terminal check and durations: :mod:`aavae.common.progress`.
+"""Progress where no terminal shows a bar (Lightning's redraws one line, which shows nothing in
+a pipe, a CI log or nohup): a line per epoch and every ~30 s, such as ``epoch 3/10, step
+1,234/5,000 (24.7%), 812 images/s, 4 min left, loss 123.4``, bounded by the schedule or about
+where ``pretrain.max_time_minutes`` stops it (``step 5/~480``). The rate leaves out compiling
+and capturing: counted in, a 90-second compile made the first estimate hours for minutes.
 """
 
 from __future__ import annotations
@@ -65,11 +62,8 @@ class PlainProgress(pl.Callback):
 
 
 def run_bound(trainer: pl.Trainer, module: PretrainModule, rate: float) -> tuple[int, bool, float | None]:
-    """Where the run will end: (the step, whether the time limit ends it there, the seconds left).
-
-    The steps its schedule spans (max_epochs or max_steps, or fitted to a time limit), unless
-    the time limit comes first at ``rate`` steps a second: then the step the clock reaches.
-    """
+    """Where the run will end: (the step, whether the time limit ends it there, the seconds
+    left): its schedule's end, or the step the clock reaches first at ``rate`` steps a second."""
     step = trainer.global_step
     total = module.schedule_lengths()[0]
     if trainer.max_steps > 0:

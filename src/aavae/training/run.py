@@ -1,9 +1,7 @@
-"""One pretraining run, owned whole: what the pretrain node calls.
-
-From the catalog's inputs to the model bundle: the inputs checked to be of one ingest; the
-configuration's checkpoint folder; resume from its newest readable checkpoint (refused if that
-trained on other data), or the earlier checkpoints set aside; the MLflow run a killed run left
-RUNNING closed, this run's tags; training; the bundle, with what a time limit cut.
+"""One pretraining run, owned whole (what the pretrain node calls), from the catalog's inputs
+(checked to be of one ingest) to the model bundle: the configuration's checkpoint folder, resume
+(refused from a checkpoint of other data) or the earlier checkpoints set aside, the MLflow run a
+killed run left RUNNING closed, this run's tags, training, and what a time limit cut.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure
 
 from aavae import tracking
 from aavae.common import provenance
+from aavae.common.hardware import choose_hardware
 from aavae.common.weights import load_weights
 from aavae.config import ModelConfig, PretrainConfig, parse
 from aavae.data.imageset import ImageSet
@@ -28,10 +27,10 @@ from aavae.objective import Objective
 from aavae.training import checkpoints
 from aavae.training.checkpoints import RecordTrainingData, finished_training
 from aavae.training.data import ValidationViews, training_images
-from aavae.training.engine import TrainedLength, build_trainer, choose_hardware, fit
+from aavae.training.engine import TrainedLength, build_trainer, fit
 from aavae.training.module import PretrainModule
 from aavae.training.snapshots import ReconstructionSnapshots, reconstruction_grid
-from aavae.views import PROVENANCE_KEYS, split_view_policy
+from aavae.views import POLICY_FILE, PROVENANCE_KEYS, split_view_policy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ def train(
     """Train (or, when this configuration already finished, rebuild from its checkpoint) and
     return the model bundle and a reconstruction grid; checkpoints go under ``artifact_root``."""
     check_inputs_belong_together(images_train, images_unlabeled, val_views, view_policy, dataset_card, artifact_root)
+    policy, preprocessing = split_view_policy(view_policy, f"{artifact_root}/{POLICY_FILE}")
     cfg = parse("pretrain", pretrain, PretrainConfig)
     objective = Objective.from_config(cfg)
     spec = ModelSpec(**parse("model", model, ModelConfig).model_dump(), input_size=images_train.image_shape[0],
@@ -61,7 +61,6 @@ def train(
     net = build_model(spec)
     num_parameters = count_parameters(net)
     tracking.log_params_once({"model.num_parameters": num_parameters})
-    policy, preprocessing = split_view_policy(view_policy)
     learned_views = {key: value for key, value in view_policy.items() if key not in PROVENANCE_KEYS}
     checkpoint_dir = checkpoints.checkpoint_dir_for(Path(artifact_root) / CHECKPOINTS, dataset_card, spec.to_dict(),
                                                     cfg.model_dump(), learned_views)
@@ -69,14 +68,16 @@ def train(
     tracking.close_if_stale(previous)
     resume_from = _resume_point(checkpoint_dir, cfg.resume, dataset_card)
     val = ValidationViews(val_views["views"], val_views["originals"], val_views["labels"])
-    hardware = choose_hardware(cfg)
+    hardware = choose_hardware(cfg.accelerator, cfg.precision)
     module = PretrainModule(
         net, objective, policy, cfg,
         training_images(images_train, images_unlabeled, cfg.training_split, cfg.unlabeled_holdout),
         val, preprocessing, num_classes=len(images_train.class_names),
         precision=hardware.precision, device_kind=hardware.device_kind,
     )
-    tags = {"checkpoint_dir": checkpoint_dir, **_data_tags(dataset_card, val_views)}
+    # what the MLflow run records of the data it trains on, and of the split it validates on
+    tags = {"checkpoint_dir": checkpoint_dir, **{f"data.{key}": dataset_card.get(key) for key in ("name", "sha256", "source")},
+            "data.validation_split": (provenance.stamp_of(val_views) or {}).get("validation_split", "unrecorded")}
     if done := resume_from and finished_training(resume_from, module.planned_steps(), cfg.max_time_minutes):
         # Nothing to train: the bundle (and the evaluation after it) points at the run that
         # trained these weights, not at this empty one.
@@ -136,7 +137,6 @@ def _fit_in_run(module: PretrainModule, checkpoint_dir: Path, val: ValidationVie
 
 def _finish(module: PretrainModule, images_train: ImageSet, dataset_card: dict[str, Any],
             val: ValidationViews, trained: TrainedLength, run_id: str | None) -> tuple[dict[str, Any], Figure]:
-    """The model bundle and the final reconstruction grid of a trained module."""
     cfg = module.config
     if cfg.recompute_bn_stats:
         used = module.recompute_encoder_statistics()
@@ -166,7 +166,7 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
            "`kedro run --pipeline prepare` before `--pipeline train`, with the same --env and --params.")
     stamp = provenance.stamp_of(val_views) or {}
     for path, made_from in [*((f"03_primary/images_{s.split}", s.fingerprint) for s in (images_train, images_unlabeled)),
-                            ("05_model_input/view_policy.json", view_policy.get(provenance.DATA_SHA256)),
+                            (POLICY_FILE, view_policy.get(provenance.DATA_SHA256)),
                             ("05_model_input/val_views.npz", stamp.get(provenance.DATA_SHA256))]:
         provenance.check_data(f"{root}/{path}", made_from, dataset_card.get("sha256"), fix)
     if "validation_split" not in stamp:  # written when validation views were drawn from the test split
@@ -176,20 +176,11 @@ def check_inputs_belong_together(images_train: ImageSet, images_unlabeled: Image
             "from the validation split.")
 
 
-def _data_tags(dataset_card: dict[str, Any], val_views: dict[str, np.ndarray]) -> dict[str, Any]:
-    """What the MLflow run records of the data it trained on, and of the split it validated on."""
-    validation = provenance.stamp_of(val_views) or {}
-    return {"data.name": dataset_card.get("name"), "data.sha256": dataset_card.get("sha256"),
-            "data.source": dataset_card.get("source"),
-            "data.validation_split": validation.get("validation_split", "unrecorded")}
-
-
 def use_compile_cache(folder: Path) -> None:
-    """Keep torch.compile's caches (Inductor's kernels, AOTAutograd's graphs) in ``folder``, so a
-    resumed or repeated run loads in seconds what an earlier one compiled in minutes, whether or
-    not /tmp survived in between. Set before anything compiles (Inductor's workers and spawned
-    ranks inherit it); a folder the user named in ``TORCHINDUCTOR_CACHE_DIR`` is kept. One folder
-    serves every configuration: what is cached is keyed by the graph, torch and the machine."""
+    """Keep torch.compile's caches in ``folder`` (one for every configuration: entries are keyed by
+    graph, torch and machine), so a resumed or repeated run loads in seconds what an earlier one
+    compiled in minutes, whether or not /tmp survived. Set before anything compiles (Inductor's
+    workers and spawned ranks inherit it); a ``TORCHINDUCTOR_CACHE_DIR`` the user set is kept."""
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder.absolute())

@@ -1,11 +1,8 @@
-"""The learning-rate schedule: linear warm-up, then cosine, linear or constant.
-
-Computed on the device from the step's own counters, so the step sets its learning rate
-without a host round trip and a CUDA graph replays it. The warm-up is the paper's (its
-``linear_warmup_decay`` behind a per-step ``LambdaLR``; tests/test_recipes.py compares the two):
-step ``s`` (0-based: the optimisation steps done before it) trains at ``s / warmup`` of the
-learning rate, so the first step's rate is 0 (Adam's moments still take its gradient) and the
-full rate is reached at step ``warmup``.
+"""The learning-rate schedule: linear warm-up, then cosine, linear or constant, computed on the
+device from the step's own counters (no host round trip; a CUDA graph replays it). The warm-up
+is the paper's (``linear_warmup_decay`` behind a per-step ``LambdaLR``; tests/test_recipes.py
+compares them): step ``s`` (0-based) trains at ``s / warmup`` of the rate, so the first step's
+is 0 (Adam's moments still take its gradient) and the full rate is reached at step ``warmup``.
 """
 
 from __future__ import annotations

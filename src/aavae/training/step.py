@@ -1,15 +1,13 @@
 """One training step, wholly on the device: gather, views, forward, loss, backward, update.
 
 The step reads every input from device tensors it owns and writes every output into them (the
-epoch's batch table and the position in it, the step count that drives the learning rate, the
-metric sums): nothing in it waits for the host and no shape depends on the data, so the same
-body runs eagerly, with its loss function compiled by ``torch.compile`` (views, noise and the
-update stay eager: they draw from the step's generator or are its optimizer), or captured once
-as a CUDA graph and replayed (:class:`CudaGraphed`: one launch per step, the host free to run
-ahead); :mod:`aavae.training.fallback` picks the fastest that works.
-
-Random numbers come from one generator per run, saved in checkpoints, so a resumed run draws
-what the uninterrupted one would (registered with the graph, so each replay draws anew).
+epoch's batch table and position, the step count that drives the learning rate, the metric
+sums): nothing waits for the host and no shape depends on the data, so the same body runs
+eagerly, with its loss function compiled (views, noise and the update stay eager: they draw
+from the step's generator or are its optimizer), or captured once as a CUDA graph and replayed
+(:class:`CudaGraphed`); :mod:`aavae.training.fallback` picks the fastest that works. Random
+numbers come from one generator per run, saved in checkpoints (and registered with the graph),
+so a resumed run draws what the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -69,10 +67,8 @@ class StepSettings:
 
 
 def probe_terms(probe: nn.Module, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Online linear probe loss and accuracy over labelled images (-1 = unlabeled).
-
-    Written without data-dependent branches, so it never waits on the device.
-    """
+    """Online linear probe loss and accuracy over labelled images (-1 = unlabeled), without
+    data-dependent branches, so it never waits on the device."""
     logits = probe(features)
     known = (labels >= 0).float()
     count = known.sum().clamp(min=1)
@@ -98,12 +94,9 @@ def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
 
 
 class TrainStep:
-    """The whole training step over device-resident state; call it once per step.
-
-    ``images``/``labels`` live on the training device. The learning rate: ``optimizer`` was
-    built with the peak (``pretrain.learning_rate``); each call writes the scheduled rate into
-    :attr:`lr`, the one device tensor every group's ``lr`` is.
-    """
+    """The whole training step over device-resident state; call it once per step. ``optimizer``
+    was built with the peak learning rate; each call writes the scheduled rate into :attr:`lr`,
+    the one device tensor every group's ``lr`` is."""
 
     def __init__(
         self,
@@ -123,9 +116,9 @@ class TrainStep:
         staged: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """``batches`` is (steps per epoch, global batch); ``shard`` is (rank, world): this
-        process trains on its contiguous share of every global batch and, with others, averages
-        the gradients. ``staged`` replaces ``images``/``labels`` when batches are streamed from
-        the host: device buffers filled with this rank's batch before each step."""
+        process trains on its contiguous share of every global batch and averages the gradients
+        with the others. ``staged`` replaces ``images``/``labels`` (on the device) when batches
+        are streamed from the host: buffers filled with this rank's batch before each step."""
         device = mean.device
         self.net, self.probe, self.optimizer = net, probe, optimizer
         self.settings, self.generator = settings, generator
@@ -215,8 +208,7 @@ class TrainStep:
         return total, torch.stack([metrics[key].detach().float() for key in self.keys])
 
     def batch(self) -> tuple[Tensor, Tensor]:
-        """This rank's images and labels of the current step: gathered from the images on the
-        device by the epoch's order, or the staged buffers the host filled."""
+        """This rank's images and labels of the step: by the epoch's order, or as staged."""
         if self.staged is not None:
             return self.staged
         assert self.images is not None and self.labels is not None
@@ -225,9 +217,8 @@ class TrainStep:
 
     def to_input(self, images_nhwc: Tensor) -> Tensor:
         """uint8 N x H x W x C -> the normalised original, float N x C x H x W."""
-        x = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
-        x = normalize(x, self.mean, self.std)
-        return self._memory_format(x)
+        original = original_view(images_nhwc.permute(0, 3, 1, 2), self.settings.original_resize)
+        return self._memory_format(normalize(original, self.mean, self.std))
 
     def views(self, images_nhwc: Tensor) -> Tensor:
         """This rank's views: parameters drawn for the global batch, applied to its share.
@@ -253,13 +244,10 @@ class TrainStep:
         self.sums.zero_()
 
     def compile(self) -> None:
-        """Compile the loss function (forward, loss, and through autograd its backward).
-
-        Compiled code is cached per function, not per step object: a process that trains
-        several models one after another (a benchmark, a notebook) would otherwise pile up
-        entries until dynamo's limit silently sends the step back to eager. One training at a
-        time is compiled, so the cache is cleared first.
-        """
+        """Compile the loss function (forward, loss, and through autograd its backward). Dynamo
+        caches per function, not per step object: a process that trains one model after another
+        (a benchmark, a notebook) would pile up entries until dynamo's limit silently sent the
+        step back to eager, so the cache is cleared first (one training at a time compiles)."""
         torch._dynamo.reset()
         # Inductor picks channels_last for convolutions by itself ("layout optimization"): where
         # the guard chose the contiguous layout, it must not, or the compiled backward meets the
@@ -269,12 +257,9 @@ class TrainStep:
 
     @torch.no_grad()
     def diagnostics(self, seed: int) -> Tensor:
-        """cos_sim (and kl_augmentation) of the last step's input and its original.
-
-        The side pass of the ``diagnostic_steps`` setting: batch statistics as in training,
-        running statistics untouched, its own seeded noise (so its cadence does not change
-        what training draws).
-        """
+        """cos_sim (and kl_augmentation) of the last step's input and its original: the side pass
+        of ``diagnostic_steps``, running statistics untouched, with its own seeded noise (so its
+        cadence does not change what training draws)."""
         assert self.last_input is not None and self.last_target is not None
         settings, net, device = self.settings, self.net, self.device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -294,12 +279,10 @@ class TrainStep:
 
 
 class CudaGraphed:
-    """Run ``step`` eagerly for ``warmup`` calls on a side stream, then capture it as one CUDA
-    graph and replay that from then on (PyTorch's whole-network capture recipe).
-
-    The warm-up lets cuDNN choose its algorithms and the optimizer create its state before
-    capture. ``generator`` is registered with the graph, so each replay draws fresh numbers.
-    """
+    """Run ``step`` eagerly for ``warmup`` calls on a side stream (cuDNN chooses its algorithms,
+    the optimizer creates its state), then capture it as one CUDA graph and replay that
+    (PyTorch's whole-network capture recipe). ``generator`` is registered with the graph, so
+    each replay draws fresh numbers."""
 
     def __init__(self, step: Callable[[], None], generator: torch.Generator, warmup: int = 3) -> None:
         self.step, self.generator, self.warmup = step, generator, warmup
@@ -319,7 +302,6 @@ class CudaGraphed:
 
     @property
     def captured(self) -> bool:
-        """Whether calls replay the graph now (after the warm-up and the capture)."""
         return self.graph is not None
 
     def _warm_up(self) -> None:
@@ -331,7 +313,6 @@ class CudaGraphed:
         torch.cuda.current_stream().wait_stream(side)
 
     def _capture(self) -> torch.cuda.CUDAGraph:
-        """Record one call of the step as a graph (recorded, not run)."""
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
         with torch.cuda.graph(graph):

@@ -1,12 +1,10 @@
 """Batches streamed from host memory when the training images do not fit on the device.
 
-A background thread gathers each step's images from the (memory-mapped) arrays by the epoch's
-order, a few steps ahead, into pinned memory on CUDA; before each step the main thread copies
-the next batch into fixed device buffers with ``non_blocking``, so the copy overlaps the
-previous step's work and a compiled step or CUDA graph reads the same buffers every time
-(torch's pinned-memory allocator keeps a block until the copy from it has run). Views are
-still made on the device. The order and the random numbers are those of device-resident
-training, so both give the same losses.
+A background thread gathers each step's images from the (memory-mapped) array by the epoch's
+order, a few steps ahead, into pinned memory on CUDA; before each step they are copied into
+fixed device buffers with ``non_blocking``, overlapping the previous step, which a compiled step
+or CUDA graph reads every time (torch's pinned allocator keeps a block until its copy has run).
+Views are still made on the device, with device-resident training's order and random numbers.
 """
 
 from __future__ import annotations
@@ -18,15 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aavae.training.data import ImageArrays, gather_host
-
 DEPTH = 3  # batches gathered ahead of the step
 
 
 class HostBatches:
     """Stage one epoch's batches (this rank's share) into ``images``/``labels`` device buffers."""
 
-    def __init__(self, source: ImageArrays | np.ndarray, labels: np.ndarray, local: slice,
+    def __init__(self, source: np.ndarray, labels: np.ndarray, local: slice,
                  batch_shape: tuple[int, ...], device: torch.device) -> None:
         self.source, self.labels_host, self.local, self.device = source, labels, local, device
         self.images = torch.empty(batch_shape, dtype=torch.uint8, device=device)
@@ -47,7 +43,7 @@ class HostBatches:
             self._ahead.append(self._gatherer.submit(self._gather, index))
 
     def _gather(self, index: np.ndarray) -> tuple[Tensor, Tensor]:
-        batch = torch.from_numpy(gather_host(self.source, index)), torch.from_numpy(self.labels_host[index])
+        batch = torch.from_numpy(np.asarray(self.source[index])), torch.from_numpy(self.labels_host[index])
         return tuple(t.pin_memory() for t in batch) if self.device.type == "cuda" else batch  # type: ignore[return-value]
 
     def next(self) -> None:

@@ -1,10 +1,7 @@
-"""Batch norm with statistics pooled over all processes, on any device.
-
-torch's SyncBatchNorm runs on GPUs only; with it, N processes on a global batch compute the
-batch statistics one process would. :class:`PooledBatchNorm` does the same with two
-all-reduces (forward: sums and sums of squares; backward: the two gradient sums), with
-torch's formulas, so it works on the CPU's gloo backend too. :class:`PooledBatchNormSync`
-is the Lightning plugin that swaps it in (``pretrain.sync_batchnorm`` on a CPU).
+"""Batch norm with statistics pooled over all processes, on any device: torch's SyncBatchNorm
+(N processes compute one process's batch statistics) runs on GPUs only. :class:`PooledBatchNorm`
+does the same with two all-reduces and torch's formulas, on the CPU's gloo backend too;
+:class:`PooledBatchNormSync` is the Lightning plugin that swaps it in (``sync_batchnorm`` on a CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +10,8 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import Tensor, nn
+
+from aavae.training.distributed import in_several_processes
 
 
 class _PooledBatchNorm(torch.autograd.Function):
@@ -62,7 +61,7 @@ class PooledBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and in_several_processes()):
             return super().forward(x)
         self.num_batches_tracked.add_(1)
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -70,35 +69,22 @@ class PooledBatchNorm(nn.modules.batchnorm._BatchNorm):
                                       self.eps, momentum)
 
 
-def _swap(module: nn.Module, make) -> nn.Module:
-    replaced = make(module)
-    if replaced is not module:
-        return replaced
+def _converted(module: nn.Module, kinds: tuple[type, ...], into: type) -> nn.Module:
+    if isinstance(module, kinds):
+        new = into(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new.to(module.weight.device) if module.affine else new
     for name, child in module.named_children():
-        setattr(module, name, _swap(child, make))
+        setattr(module, name, _converted(child, kinds, into))
     return module
-
-
-def _as(cls, norm: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    new = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
-    new.load_state_dict(norm.state_dict())
-    new.train(norm.training)
-    return new.to(norm.weight.device) if norm.affine else new
 
 
 class PooledBatchNormSync(LayerSync):
     """Lightning's layer-sync plugin for :class:`PooledBatchNorm` (what sync_batchnorm is on GPUs)."""
 
     def apply(self, model: nn.Module) -> nn.Module:
-        def make(module: nn.Module) -> nn.Module:
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(module, PooledBatchNorm):
-                return _as(PooledBatchNorm, module)
-            return module
-        return _swap(model, make)
+        return _converted(model, (nn.BatchNorm1d, nn.BatchNorm2d), PooledBatchNorm)
 
     def revert(self, model: nn.Module) -> nn.Module:
-        def make(module: nn.Module) -> nn.Module:
-            if isinstance(module, PooledBatchNorm):
-                return _as(nn.BatchNorm2d, module)  # the 1-d and 2-d norms hold the same state
-            return module
-        return _swap(model, make)
+        return _converted(model, (PooledBatchNorm,), nn.BatchNorm2d)  # the 1-d and 2-d norms hold the same state

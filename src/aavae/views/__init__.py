@@ -2,7 +2,7 @@
 (:mod:`.augment`) and the preprocessing of originals (:mod:`.preprocessing`)."""
 
 from aavae.views.augment import ViewParams, apply_view_params, make_views, sample_view_params
-from aavae.views.policy import PROVENANCE_KEYS, ViewPolicy, split_view_policy
+from aavae.views.policy import POLICY_FILE, PROVENANCE_KEYS, ViewPolicy, split_view_policy
 from aavae.views.preprocessing import (
     Preprocessing,
     channel_stats,
@@ -14,6 +14,7 @@ from aavae.views.preprocessing import (
 )
 
 __all__ = [
+    "POLICY_FILE",
     "PROVENANCE_KEYS",
     "Preprocessing",
     "ViewParams",

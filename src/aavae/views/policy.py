@@ -70,18 +70,22 @@ class ViewPolicy(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ViewPolicy:
-        """The policy a stored ``values`` holds: every field present and valid, else refused."""
-        return read_record(cls, values, "the view policy (data/05_model_input/view_policy.json)",
+    def from_dict(cls, values: Mapping[str, Any], source: str = "the stored view policy") -> ViewPolicy:
+        """The policy a stored ``values`` holds: every field present and valid, else refused
+        naming ``source``."""
+        return read_record(cls, values, source,
                            "Run `kedro run --pipeline views` (or `--pipeline pretrain`) to resolve it again.")
 
 
+POLICY_FILE = "05_model_input/view_policy.json"  # under an environment's artifact root (the catalog's)
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
 PROVENANCE_KEYS = ("data_sha256",)  # the images it was resolved from (aavae.common.provenance)
 
 
-def split_view_policy(view_policy: Mapping[str, Any]) -> tuple[ViewPolicy, Preprocessing]:
-    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing)."""
+def split_view_policy(view_policy: Mapping[str, Any], path: str) -> tuple[ViewPolicy, Preprocessing]:
+    """A resolved ``view_policy.json`` as (the augmentation policy, the preprocessing); its
+    errors name ``path``, the file it was read from."""
+    source = f"the view policy ({path})"
     policy = ViewPolicy.from_dict({k: v for k, v in view_policy.items()
-                                   if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS})
-    return policy, Preprocessing.from_dict(view_policy, source="the view policy (view_policy.json)")
+                                   if k not in PREPROCESSING_KEYS + PROVENANCE_KEYS}, source)
+    return policy, Preprocessing.from_dict(view_policy, source=source)

@@ -1,12 +1,7 @@
-"""Embed: every image of a folder or archive as a row of a Parquet table, and its neighbours.
-
-``kedro run --pipeline embed --params embed.path=<folder or archive>`` embeds with the
-trained ``aavae_model`` (or the MLflow model at ``embed.model_uri``), writes
-``embeddings.parquet`` (path, embedding) and a cosine index, and lists the nearest
-neighbours of ``embed.query`` (or of a few of the folder's own images) with a grid PNG.
-``--pipeline embed_query`` answers another query from the stored index without embedding
-the folder again.
-"""
+"""Embed: every image of ``embed.path`` (a folder or archive) as a row of
+``embeddings.parquet``, with the trained ``aavae_model`` or ``embed.model_uri``, a cosine index,
+and the nearest neighbours of ``embed.query`` (or of a few of its images) with a grid PNG;
+``--pipeline embed_query`` answers another query from the stored index."""
 
 from __future__ import annotations
 

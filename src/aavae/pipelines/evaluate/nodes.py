@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,41 +43,30 @@ from aavae.views import Preprocessing
 log = logging.getLogger(__name__)
 
 LOSS_CURVES = ("train_loss", "val_loss")
-@dataclass(frozen=True)
-class _Split:
-    """What the paper protocol trains on: images, not features."""
-
-    images_train: ImageSet
-    images_test: ImageSet
-    preprocessing: Preprocessing
 
 
-def _linear_eval(train_x, test_x, split: _Split, encoder: Callable[[], Any], class_names, config) -> ClassifierResult:
-    train_y, test_y = split.images_train.labels, split.images_test.labels
-    if config.protocol == "paper":
-        return paper_linear_eval(
-            encoder(), split.images_train.images, train_y, split.images_test.images, test_y,
-            split.preprocessing.mean, split.preprocessing.std, len(class_names), class_names,
-            epochs=config.paper_epochs, batch_size=config.paper_batch_size, seed=config.seed,
-            device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
-            original_resize=split.preprocessing.original_resize,
-        )
-    return linear_probe(
-        train_x, train_y, test_x, test_y, len(class_names), class_names,
-        val_fraction=config.probe_val_fraction, weight_decays=config.probe_weight_decays, seed=config.seed,
-    )
-
-
-def _score(train_x, test_x, split: _Split, encoder, class_names, config,
-           label: str) -> tuple[dict[str, Any], ClassifierResult]:
-    """Linear eval and kNN of one set of features; their progress lines start with ``label``."""
+def _score(train_x, test_x, train: ImageSet, test: ImageSet, preprocessing: Preprocessing, encoder: Callable[[], Any],
+           class_names, config, label: str) -> tuple[dict[str, Any], ClassifierResult]:
+    """Linear eval (the paper protocol trains on the images, with ``encoder()``, not on the
+    features) and kNN of one set of features; their progress lines start with ``label``."""
     log.info("Scoring %s: linear eval (%s) and kNN on %s training features of %s dimensions",
              label, config.protocol, f"{len(train_x):,}", f"{train_x.shape[1]:,}")
     with progress_scope(label):
-        probe = _linear_eval(train_x, test_x, split, encoder, class_names, config)
-        knn = knn_classify(train_x, split.images_train.labels, test_x, split.images_test.labels,
+        if config.protocol == "paper":
+            probe = paper_linear_eval(
+                encoder(), train.images, train.labels, test.images, test.labels, preprocessing.mean,
+                preprocessing.std, len(class_names), class_names, epochs=config.paper_epochs,
+                batch_size=config.paper_batch_size, seed=config.seed, device=choose_device(config.accelerator),
+                autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
+                original_resize=preprocessing.original_resize,
+            )
+        else:
+            probe = linear_probe(train_x, train.labels, test_x, test.labels, len(class_names), class_names,
+                                 val_fraction=config.probe_val_fraction, weight_decays=config.probe_weight_decays,
+                                 seed=config.seed)
+        knn = knn_classify(train_x, train.labels, test_x, test.labels,
                            len(class_names), class_names, k=config.knn_k, temperature=config.knn_temperature)
-        few = few_label_probe(train_x, split.images_train.labels, test_x, split.images_test.labels,
+        few = few_label_probe(train_x, train.labels, test_x, test.labels,
                               len(class_names), labels_per_class=config.few_labels,
                               draws=config.few_label_draws, seed=config.seed)
     linear, neighbours = accuracy_report(probe), accuracy_report(knn)
@@ -108,9 +96,9 @@ def evaluate(
     images_train, images_test = evaluation_images(evaluation_model, images_train, images_test)
     _check_features(features_train, features_test, baseline_features, evaluation_model, images_train, artifact_root)
     class_names = _class_names(evaluation_model)
-    split = _Split(images_train, images_test, bundle_preprocessing(evaluation_model))
+    split = (images_train, images_test, bundle_preprocessing(evaluation_model))
     spec = ModelSpec.from_dict(evaluation_model["spec"])
-    scores, probe = _score(features_train["features"], features_test["features"], split,
+    scores, probe = _score(features_train["features"], features_test["features"], *split,
                            lambda: model_from_bundle(evaluation_model).encoder, class_names, config,
                            f"{evaluation_model.get('objective') or 'the model'} features")
     evaluated_on = evaluation_model.get("evaluated_on") or {}
@@ -131,7 +119,7 @@ def evaluate(
         "baselines": {},
     }
     for name in config.baselines:
-        baseline, _ = _score(baseline_features[f"{name}_train"], baseline_features[f"{name}_test"], split,
+        baseline, _ = _score(baseline_features[f"{name}_train"], baseline_features[f"{name}_test"], *split,
                              lambda name=name: baseline_encoder(name, spec, config.seed), class_names, config,
                              f"baseline {name}")
         metrics["baselines"][name] = baseline

@@ -6,8 +6,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
-from torch.optim.swa_utils import update_bn
 
 from aavae import tracking
 from aavae.common import provenance
@@ -24,6 +22,7 @@ from aavae.evaluation import (
 )
 from aavae.evaluation.transfer import DATA_UNRECORDED, SAME_DATA, TRANSFER, evaluation_images
 from aavae.models import ModelSpec
+from aavae.training.module import reestimate_batchnorm
 from aavae.views import resolve_preprocessing
 
 log = logging.getLogger(__name__)
@@ -40,21 +39,13 @@ def resolve_model(
     views: dict[str, Any],
     artifact_root: str,
 ) -> dict[str, Any]:
-    """The model bundle to evaluate: the trained ``aavae_model``, or ``evaluate.checkpoint``;
-    with what it is evaluated on (``evaluated_on``: the ingested images' identity and whether
-    they are the model's own training data).
-
-    The images ingested under ``artifact_root`` must be the environment's dataset (``dataset``:
-    its name, and an image folder's path when one is given), with two classes or more. The
-    trained model is only scored on the data it was trained on: after a re-ingest of other
-    images (or the same at another size) this refuses, naming both. A file given as
-    ``evaluate.checkpoint`` (a bundle, one of this project's training checkpoints) that was
-    trained on other data is a transfer evaluation: allowed, said in the log, the run and the
-    report, its images brought to the model's input size. A checkpoint of the paper's code is
-    read into the architecture of the ``model`` parameters at this dataset's image size, with
-    the recipe's preprocessing (``views.mean``/``std``/``original_resize``), as the paper's
-    linear evaluation does.
-    """
+    """The model bundle to evaluate, the trained ``aavae_model`` or ``evaluate.checkpoint``, with
+    ``evaluated_on``: the ingested images (the environment's dataset, two classes or more) and
+    whether they are the model's own training data. The trained model is scored on its own data
+    only; a checkpoint trained on other data is a transfer evaluation (said in the log, the run
+    and the report); one of the paper's code is read into the ``model`` parameters' architecture
+    with the recipe's preprocessing (``views.mean``/``std``/``original_resize``), as its linear
+    evaluation does."""
     config = parse("evaluate", evaluate, EvaluateConfig)
     wanted = parse("dataset", dataset, DatasetConfig)
     check_ingested(dataset_card, wanted.name, wanted.path, f"{artifact_root}/03_primary")
@@ -126,12 +117,9 @@ def _evaluation_kind(bundle: dict[str, Any], images: dict[str, Any], source: str
 
 
 def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, images: dict[str, Any]) -> None:
-    """Tag the run with the architecture actually evaluated (``evaluated_model.*``), the data
-    it was trained on and the data it is evaluated on (``data.*``, ``evaluation.kind``).
-
-    The run's ``model.*`` params are the configuration, which a bundle given as
-    ``evaluate.checkpoint`` overrides; tags, since MLflow refuses to change a logged param.
-    """
+    """Tag the run with the architecture actually evaluated (``evaluated_model.*``: the run's
+    ``model.*`` params are the configuration, which ``evaluate.checkpoint`` overrides, and MLflow
+    refuses to change a logged param), the data it was trained on and is evaluated on."""
     if tracking.active_run_id() is None:
         return
     architecture = ModelSpec.from_dict(bundle["spec"]).architecture()
@@ -144,13 +132,11 @@ def _record_evaluated_model(bundle: dict[str, Any], source: str, kind: str, imag
                        "data.source": images.get("source"), "evaluation.kind": kind})
 
 
-
 def _features(encoder, imageset: ImageSet, bundle: dict[str, Any], config: EvaluateConfig) -> np.ndarray:
     preprocessing = bundle_preprocessing(bundle)
     return extract_features(encoder, imageset.images, preprocessing.mean, preprocessing.std, batch_size=config.batch_size,
                             device=choose_device(config.accelerator), autocast_bf16=runs_in_bf16(config.precision, config.accelerator),
                             original_resize=preprocessing.original_resize)
-
 
 
 def extract_model_features(
@@ -179,20 +165,12 @@ def recompute_statistics_on(encoder, images_train: ImageSet, bundle: dict[str, A
                             max_images: int = 10_000) -> int:
     """Batch-norm statistics of ``encoder`` re-estimated on a seeded subset of clean training images."""
     device = choose_device(config.accelerator)
-    preprocessing = bundle_preprocessing(bundle)
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(images_train))[:max_images])
-    encoder.to(device)
-
-    def batches():
-        for start in range(0, len(rows), config.batch_size):
-            raw = torch.from_numpy(np.asarray(images_train.images[rows[start:start + config.batch_size]]))
-            yield preprocessing.apply(raw.to(device).permute(0, 3, 1, 2))
-
     try:
-        update_bn(batches(), encoder)
+        return reestimate_batchnorm(encoder.to(device), images_train.images, rows, bundle_preprocessing(bundle),
+                                    config.batch_size, device)
     finally:
         encoder.cpu()
-    return len(rows)
 
 
 def extract_baseline_features(

@@ -1,3 +1,19 @@
-from aavae.pipelines.pretrain.pipeline import create_pipeline
+from kedro.pipeline import Pipeline, node, pipeline
 
-__all__ = ["create_pipeline"]
+from aavae.pipelines.pretrain.nodes import pretrain
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline(
+        [
+            node(
+                pretrain,
+                inputs=[
+                    "images_train", "images_unlabeled", "val_views", "view_policy", "dataset_card",
+                    "params:model", "params:pretrain", "artifact_root",
+                ],
+                outputs=["aavae_model", "reconstructions"],
+                name="pretrain",
+            )
+        ]
+    )

@@ -22,14 +22,10 @@ EXAMPLE_IMAGES = 2  # test images stored with the model as its input example
 def register_encoder(
     aavae_model: dict[str, Any], images_test: ImageSet, dataset: dict[str, Any], registry: dict[str, Any]
 ) -> dict[str, Any]:
-    """Log the encoder with its preprocessing into the pretrain run and register it.
-
-    The model resizes images as ingest did (the ``dataset.resize`` its bundle records), so it
-    takes images of any size up to ``registry.max_image_side``, at most ``registry.max_batch_size`` a call (its
-    limits, fixed at logging; loading may override them). A training run already registered
-    under the name (the pipeline ran again without training) gets no second version.
-    Returns what ``registered_model.json`` records.
-    """
+    """Log the encoder with its preprocessing into the pretrain run and register it; return what
+    ``registered_model.json`` records. The model resizes images as ingest did (the bundle's
+    ``dataset.resize``), within its ``registry`` limits (fixed at logging; loading may override
+    them). A training run already registered under the name gets no second version."""
     config = parse("registry", registry, RegistryConfig)
     # as its training images were brought to size: the bundle records it (older bundles: the
     # environment's dataset.resize)

@@ -15,19 +15,17 @@ from aavae.data.imageset import ImageSet
 from aavae.reporting.plots import image_grid
 from aavae.training.data import validation_images
 from aavae.views import ViewPolicy, make_views, resolve_preprocessing, split_view_policy
+from aavae.views.policy import POLICY_FILE
 
-POLICY_FILE = "view_policy.json"  # in the environment's 05_model_input
 
-
-def _policy(view_policy: dict[str, Any], images: ImageSet) -> ViewPolicy:
+def _policy(view_policy: dict[str, Any], images: ImageSet, root: str) -> ViewPolicy:
     """The augmentation policy, once it is shown to be resolved from these images' ingest."""
-    provenance.check_data(POLICY_FILE, view_policy.get(provenance.DATA_SHA256), images.fingerprint,
+    provenance.check_data(f"{root}/{POLICY_FILE}", view_policy.get(provenance.DATA_SHA256), images.fingerprint,
                           "Run `kedro run --pipeline views` (or `--pipeline prepare`) to resolve it again.")
-    return split_view_policy(view_policy)[0]
+    return split_view_policy(view_policy, f"{root}/{POLICY_FILE}")[0]
 
 
 def _views_uint8(images: np.ndarray, policy: ViewPolicy, seed: int) -> np.ndarray:
-    """Views of uint8 N x H x W x C images, back as uint8 N x H x W x C."""
     batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     views = make_views(batch, policy, torch.Generator().manual_seed(seed))
     return (views.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -43,10 +41,11 @@ def resolve_view_policy(views: dict[str, Any], images_train: ImageSet) -> dict[s
     return {**policy.to_dict(), **preprocessing.to_dict(), provenance.DATA_SHA256: images_train.fingerprint}
 
 
-def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any]) -> Figure:
+def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: dict[str, Any],
+                  artifact_root: str) -> Figure:
     """A grid: each training image beside several of its views."""
     config = parse("views", views, ViewsConfig)
-    policy = _policy(view_policy, images_train)
+    policy = _policy(view_policy, images_train, artifact_root)
     rng = np.random.default_rng(config.seed)
     chosen = np.sort(rng.choice(len(images_train), size=min(config.preview_count, len(images_train)), replace=False))
     originals = np.asarray(images_train.images[chosen])
@@ -58,12 +57,11 @@ def preview_views(images_train: ImageSet, view_policy: dict[str, Any], views: di
 
 
 def make_validation_views(images_val: ImageSet, images_unlabeled: ImageSet, view_policy: dict[str, Any],
-                          views: dict[str, Any], pretrain: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A fixed, seeded set of views of the images that validate pretraining, so val loss
-    compares across runs: the dataset's validation split, or the unlabeled images pretraining
-    holds out (:func:`aavae.training.data.validation_images`); never the test split, which
-    only evaluation reads. Only monitored; nothing is selected on it. The provenance records
-    which split it is (``validation_split``) and how many images it holds."""
+                          views: dict[str, Any], pretrain: dict[str, Any], artifact_root: str) -> dict[str, np.ndarray]:
+    """A fixed, seeded set of views of the images that validate pretraining (only monitored), so
+    val loss compares across runs: the validation split or the unlabeled images pretraining holds
+    out (:func:`aavae.training.data.validation_images`), never the test split; the provenance
+    records which (``validation_split``) and how many images it holds."""
     config = parse("views", views, ViewsConfig)
     training = parse("pretrain", pretrain, PretrainConfig)
     images = validation_images(images_val, images_unlabeled, training.training_split, training.unlabeled_holdout)
@@ -78,7 +76,7 @@ def make_validation_views(images_val: ImageSet, images_unlabeled: ImageSet, view
     chosen = np.sort(rng.choice(len(images), size=min(config.val_count, len(images)), replace=False))
     originals = np.ascontiguousarray(images.images[chosen])
     arrays = {
-        "views": _views_uint8(originals, _policy(view_policy, images), config.seed),
+        "views": _views_uint8(originals, _policy(view_policy, images, artifact_root), config.seed),
         "originals": originals,
         "labels": np.asarray(images.labels[chosen]),
     }
