@@ -19,8 +19,8 @@ from aavae.kedro_ext.hooks import PretrainLockHooks
 from aavae.kedro_ext.pretrain_lock import LOCK_NAME, PretrainLock, PretrainLocked
 from aavae.pipeline_registry import register_pipelines
 from tests.conftest import copy_project, kedro, project_runs
-from tests.helpers.project import artifact_root
 from tests.helpers.interrupts import wait_for_new_checkpoint
+from tests.helpers.project import artifact_root
 
 LONG = ["--pipeline", "pretrain", "--env", "test", "--params", "pretrain.max_epochs=60,pretrain.compile=false"]
 # ingest and views ran in the first run: the second trains a shorter configuration only
