@@ -73,7 +73,7 @@ print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else 
 PYEOF
 
 # 1. The CUDA-only tests: N graph-replayed steps equal N eager steps and never sync.
-step tests_cuda 240 $PY -m pytest -q -x tests/test_training.py -k "graph or compiled_step or cuda_graph_switch" -p no:cacheprovider
+step tests_cuda 240 $PY -m pytest -q -x tests/training/test_training.py -k "graph or compiled_step or cuda_graph_switch" -p no:cacheprovider
 # 2. Views: the batched views against torchvision per image.
 step views 120 $PY benchmarks/views_throughput.py --device "$DEVICE" $VIEWS
 # 3. Pretraining at batch 256 (128 threads of work on CPU): every engine against the paper recipe.

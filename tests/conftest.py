@@ -39,36 +39,3 @@ def digits_project(tmp_path_factory) -> Path:
     return project
 
 
-#: Fixtures that run `kedro run`, train, or start a server (session or module wide).
-SLOW_FIXTURES = {"digits_project", "embed_project", "trained", "server", "bounded_server", "runs",
-                 "pipeline_features", "project", "run"}
-#: Names a test calls directly when it starts a process or a real pipeline.
-SLOW_CALLS = {"kedro", "copy_project", "subprocess", "Popen", "KedroSession", "run_pipeline",
-              "project_runs", "torchrun", "spawn"}
-#: Files whose every test starts processes (servers, torchrun, notebooks, compiled steps,
-#: benchmarks) through helpers the two rules above do not see.
-SLOW_FILES = {"test_mlflow_model.py", "test_serve.py", "test_distributed_pipeline.py", "test_distributed.py",
-              "test_interruption.py", "test_compile_interruption.py", "test_native_abort.py",
-              "test_notebook.py", "test_benchmarks_smoke.py", "test_budget_smoke.py", "test_evaluate_benchmark.py",
-              "test_checkpoint_faults.py", "test_engine_fallback.py", "test_readme.py", "test_stale_runs.py",
-              "test_pretrain_lock.py", "test_cli.py", "test_provenance.py", "test_pipeline_e2e.py",
-              "test_embed_pipeline.py", "test_evaluate_checkpoint.py"}
-
-
-#: Parts of test names that compile a step (Inductor: tens of seconds on a CPU) or ingest the
-#: shared 60,000-image CIFAR-10 copy.
-SLOW_NAMES = ("compiled", "shared_cifar10")
-
-
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slow: starts processes or real kedro runs (`make test-fast` skips it)")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Mark slow what starts a process: by file, by fixture, or by a direct call."""
-    for item in items:
-        function = getattr(item, "function", None)
-        names = set(getattr(getattr(function, "__code__", None), "co_names", ()))
-        if (item.path.name in SLOW_FILES or SLOW_FIXTURES & set(item.fixturenames)
-                or SLOW_CALLS & names or any(part in item.name for part in SLOW_NAMES)):
-            item.add_marker(pytest.mark.slow)

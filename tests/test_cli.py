@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from aavae.cli import REFUSED_WRITES, refused_file
 from tests.conftest import copy_project, kedro
 
+pytestmark = pytest.mark.slow  # every test here starts processes or real kedro runs
+
 #: What a newcomer must not see: library warnings about library code, Lightning adverts.
 NOISE = ("deprecated", "Add type hints", "register_new_resolver", "No typed parameter",
          "Tip:", "GPU available", "Traceback")

@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import copy_project, kedro, project_runs
 from tests.helpers.interrupts import wait_for_new_checkpoint
+
+pytestmark = pytest.mark.slow  # every test here starts processes or real kedro runs
 
 # Few, large steps in fp32. Adam amplifies rounding: after two epochs of 21 steps at batch 64,
 # two one-process runs that differ only in their thread count already differ by 19% (cosine

@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import copy_project, kedro
 
+pytestmark = pytest.mark.slow  # every test here starts processes or real kedro runs
+
 
 @pytest.fixture(scope="module")
 def runs(digits_project):

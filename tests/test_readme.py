@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # every test here starts processes or real kedro runs
 
 
 def readme_metric_names() -> set[str]:

@@ -1,6 +1,6 @@
 """Training steps over the space of batch sizes, set sizes, image sizes, layouts and precisions.
 
-Run as a script, in a process of its own (``tests/test_native_abort.py`` starts it): a native
+Run as a script, in a process of its own (``tests/training/test_native_abort.py`` starts it): a native
 abort inside PyTorch (heap corruption in a CPU kernel) kills this process, not the test suite,
 and the parent names the configuration that was running from the last ``trying`` line printed.
 

@@ -1,6 +1,6 @@
 """docs/parameters.md, generated from the schemas: every parameter's default, values and meaning.
 
-``python -m aavae.config > docs/parameters.md`` writes it; ``tests/test_config.py`` fails when
+``python -m aavae.config > docs/parameters.md`` writes it; ``tests/config/test_config.py`` fails when
 the committed file differs from what the schemas generate.
 """
 
@@ -56,7 +56,7 @@ def parameter_reference() -> str:
     generated from the schemas (which ``conf/base/parameters.yml`` agrees with, tested)."""
     lines = ["# Parameters", "",
              f"Generated from the schemas in `src/aavae/config/__init__.py` by `{REFERENCE_COMMAND}`; "
-             "`tests/test_config.py` fails when this file is out of date.", "",
+             "`tests/config/test_config.py` fails when this file is out of date.", "",
              "Every group is validated before any node runs: an unknown key, a wrong type (strict: "
              "`true` is not 1, `\"3\"` is not 3) or a value out of its bounds stops the run within "
              "seconds with a message naming the key (and a \"did you mean\"). The "

@@ -1,6 +1,6 @@
 """The learning-rate schedule: linear warm-up, then cosine, linear or constant, computed on the
 device from the step's own counters (no host round trip; a CUDA graph replays it). The warm-up
-is the paper's (``linear_warmup_decay`` behind a per-step ``LambdaLR``; tests/test_recipes.py
+is the paper's (``linear_warmup_decay`` behind a per-step ``LambdaLR``; tests/training/test_recipes.py
 compares them): step ``s`` (0-based) trains at ``s / warmup`` of the rate, so the first step's
 is 0 (Adam's moments still take its gradient) and the full rate is reached at step ``warmup``.
 """
