@@ -28,7 +28,6 @@ import pytest
 from aavae.serving import contract, serve
 from aavae.serving.contract import InputLimits
 from aavae.serving.serve import EncoderServer
-from tests.helpers.project import PROJECT_ROOT
 from benchmarks.model_server import (
     CountingModel,
     Server,
@@ -38,6 +37,7 @@ from benchmarks.model_server import (
     tree_rss,
     wait_until_serving,
 )
+from tests.helpers.project import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow  # real servers, and parsing processes
 
