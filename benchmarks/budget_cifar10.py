@@ -79,7 +79,7 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
-from tests.helpers.project import artifact_root  # noqa: E402 - where an environment's artifacts go
+from benchmarks.project_copy import artifact_root  # noqa: E402 - where an environment's artifacts go
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10_jpeg.tar.gz"
 OBJECTIVES = ("aavae", "vae", "ae")

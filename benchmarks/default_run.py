@@ -44,7 +44,7 @@ sys.path[:0] = [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]
 
 from aavae.common.hardware import cpu_has_fast_bf16  # noqa: E402
 from aavae.reporting.report import accuracy_columns  # noqa: E402 - after the path is set
-from tests.helpers.project import artifact_root  # noqa: E402
+from benchmarks.project_copy import artifact_root  # noqa: E402
 
 METRICS = Path("08_reporting/metrics.json")  # under the --env's artifact root
 KEPT = Path("data/08_reporting/default_run")
