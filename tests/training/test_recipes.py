@@ -349,6 +349,6 @@ def test_the_short_cifar10_env_is_the_budget_benchmarks_recipe_on_an_image_tree(
     assert (pretrain.batch_size, pretrain.learning_rate, pretrain.warmup_epochs,
             pretrain.warmup_fraction, pretrain.schedule) == (256, 1e-3, 0, 0.05, "cosine")
     # Steps, not time, end the run and its schedule, so its table is the same on any machine:
-    # 500 steps, the 2.57 epochs README's 8 minutes trained on two cores.
+    # 500 steps, 2.58 epochs: README's table, the same on a machine seven times slower.
     assert (pretrain.max_steps, pretrain.max_time_minutes, pretrain.schedule_to_time_limit) == (500, None, False)
     assert pretrain.max_epochs * (50_000 // pretrain.batch_size) > pretrain.max_steps, "max_steps ends the run"
