@@ -68,9 +68,9 @@ def _of_other_data(name: str, artifact):
 
 
 def _pretrain(a):
-    from aavae.pipelines.pretrain.nodes import pretrain
+    from aavae.training import train
 
-    return pretrain(a["images_train"], a["images_unlabeled"], a["val_views"], a["view_policy"], a["dataset_card"],
+    return train(a["images_train"], a["images_unlabeled"], a["val_views"], a["view_policy"], a["dataset_card"],
                     MODEL, {"max_epochs": 1, "compile": False}, ROOT)
 
 
