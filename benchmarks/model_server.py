@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,3 +145,20 @@ def parse_forever(connection, limits) -> None:
     It gives up after a minute, so that a test whose server never kills it fails, not hangs."""
     connection.recv_bytes()
     threading.Event().wait(60)
+
+
+@contextmanager
+def started(command: list[str], port: int, log_path: Path, env: dict[str, str],
+            cwd: Path | None = None) -> Iterator[Server]:
+    """Run a server command in a process group of its own (what it execs stops with it), its
+    output in ``log_path``; yield it once it answers /ping; stop the whole group on leaving."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process.pid, log_path)
+    try:
+        wait_until_serving(server, process)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

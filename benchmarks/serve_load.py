@@ -30,8 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.model_server import Server, free_port, tree_rss, wait_until_serving  # noqa: E402 - one owner
+from benchmarks.model_server import free_port, started, tree_rss  # noqa: E402 - one owner
 
 RSS_PER_IN_FLIGHT_BYTE = 40  # grey images of zeros parse at about 36 times their JSON's size
 PARSER_MB = 100
@@ -99,19 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "aavae.serving.serve", "-m", model_uri, "-p", str(port),
                "--max-request-mb", str(args.max_request_mb), "--max-in-flight-mb", str(in_flight_mb)]
     with tempfile.NamedTemporaryFile("w", prefix="serve_load-", suffix=".log", delete=False) as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", process.pid, Path(log.name))
-    try:
-        wait_until_serving(server, process)
+        log_path = Path(log.name)
+    with started(command, port, log_path, env) as server:
         if server.post([[[[0, 0, 0]]]])[0] != 200:
             sys.exit(f"The server does not answer a one-pixel request:\n{server.log.read_text()[-3000:]}")
-        idle = tree_rss(process.pid)
+        idle = tree_rss(server.pid)
         peak, sampling = idle, threading.Event()
 
         def sample() -> None:
             nonlocal peak
             while not sampling.wait(0.05):
-                peak = max(peak, tree_rss(process.pid))
+                peak = max(peak, tree_rss(server.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -119,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             answers = list(pool.map(lambda _: post(port, body, args.deadline_s), range(args.requests)))
         sampling.set()
         sampler.join()
-        after = tree_rss(process.pid)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        after = tree_rss(server.pid)
 
     for index, (status, seconds) in enumerate(answers):
         print(f"[serve_load] request {index}: {status} in {seconds:.1f} s")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +38,7 @@ from aavae.serving.mlflow_model import (
     RegisteredEncoder,
     log_encoder_model,
 )
-from benchmarks.model_server import Server, free_port, tree_rss, wait_until_serving
+from benchmarks.model_server import Server, free_port, started, tree_rss
 
 pytestmark = pytest.mark.slow  # every test here starts processes or real kedro runs
 
@@ -115,21 +113,11 @@ def server(digits_project, tmp_path_factory) -> Iterator[Server]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{digits_project / 'mlflow.db'}",
            "PATH": f"{venv_bin}:{os.environ['PATH']}", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
            "MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps({"max_batch_size": SERVED_MAX_BATCH})}
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=digits_project, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the uvicorn it execs stops with it
-        )
-    served = Server(f"http://127.0.0.1:{port}", process.pid, log_path)
-    try:
-        wait_until_serving(served, process)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    # its own process group (started): the uvicorn it execs stops with it
+    with started(command, port, tmp_path_factory.mktemp("serve") / "serve.log", env, digits_project) as served:
         yield served
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

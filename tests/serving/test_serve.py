@@ -15,7 +15,6 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,8 +33,8 @@ from benchmarks.model_server import (
     asgi_post,
     free_port,
     parse_forever,
+    started,
     tree_rss,
-    wait_until_serving,
 )
 from tests.helpers.project import PROJECT_ROOT
 
@@ -49,18 +48,9 @@ def bounded_server(digits_project, tmp_path_factory) -> Iterator[Server]:
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{digits_project / 'mlflow.db'}",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log_path = tmp_path_factory.mktemp("bounded") / "serve.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aavae.serving.serve", "-m", MODEL_URI, "-p", str(port), "--max-request-mb", "1"],
-            cwd=digits_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    served = Server(f"http://127.0.0.1:{port}", process.pid, log_path)
-    try:
-        wait_until_serving(served, process)
+    command = [sys.executable, "-m", "aavae.serving.serve", "-m", MODEL_URI, "-p", str(port), "--max-request-mb", "1"]
+    with started(command, port, tmp_path_factory.mktemp("bounded") / "serve.log", env, digits_project) as served:
         yield served
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_it_answers_as_mlflow_models_serve_does(bounded_server, digits_project):
