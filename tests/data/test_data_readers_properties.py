@@ -173,21 +173,26 @@ MEMBERS = {f"{split}/{cls}/{i}.png": png_bytes(i * 60) for split in ("train", "t
            for cls in ("a", "b") for i in (1, 2)}  # fmt: skip
 
 
-@functools.cache
-def archive_bytes(form: str) -> bytes:
-    """A small valid image-folder archive: 8 PNGs in train/ and test/, classes a and b."""
+def archived(files: dict[str, bytes], form: str) -> bytes:
+    """``files`` (name -> bytes) as a zip, tar or tar.gz archive in memory."""
     buffer = io.BytesIO()
     if form == "zip":
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in MEMBERS.items():
+            for name, data in files.items():
                 zf.writestr(name, data)
     else:
         with tarfile.open(fileobj=buffer, mode="w:gz" if form == "tar.gz" else "w") as tar:
-            for name, data in MEMBERS.items():
+            for name, data in files.items():
                 member = tarfile.TarInfo(name)
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
     return buffer.getvalue()
+
+
+@functools.cache
+def archive_bytes(form: str) -> bytes:
+    """A small valid image-folder archive: 8 PNGs in train/ and test/, classes a and b."""
+    return archived(MEMBERS, form)
 
 
 def read_or_named_error(data: bytes, form: str):
@@ -404,18 +409,7 @@ def cifar_archive_bytes(form: str) -> bytes:
     }
     names = [f"class{i}".encode() for i in range(10)]
     files["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": names}, protocol=2)
-    buffer = io.BytesIO()
-    if form == "zip":
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in files.items():
-                zf.writestr(name, data)
-    else:
-        with tarfile.open(fileobj=buffer, mode="w:gz" if form == "tar.gz" else "w") as tar:
-            for name, data in files.items():
-                member = tarfile.TarInfo(name)
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
+    return archived(files, form)
 
 
 @SETTINGS
