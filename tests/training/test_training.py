@@ -329,14 +329,19 @@ def test_recomputed_batchnorm_statistics_are_those_of_clean_training_images():
     assert encoder.bn1.momentum == 0.1, "momentum restored"
 
 
-def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tmp_path, monkeypatch):
-    # The clock is faked (each step "takes" 6 minutes of a 60-minute limit), so the test does
-    # not depend on how busy the machine is: about 9 more steps fit after the timed ones.
+def _six_minutes_a_step(monkeypatch) -> None:
+    """Fake the step clock (once it has timed its steps, each reads 360 s), so a test of the
+    time-fitted schedule does not depend on how busy the machine is."""
     from aavae.training.pacing import StepClock
 
     real = StepClock.seconds_per_step
     monkeypatch.setattr(StepClock, "seconds_per_step",
                         lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
+
+
+def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tmp_path, monkeypatch):
+    # Each step "takes" 6 minutes of a 60-minute limit: about 9 more steps fit after the timed ones.
+    _six_minutes_a_step(monkeypatch)
     module = small_module(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
                      schedule_to_time_limit=True, warmup_fraction=0.1)
     trainer = build_trainer(module.config, tmp_path, has_validation=False)
@@ -354,11 +359,9 @@ def test_a_time_limited_run_fits_its_cosine_schedule_to_the_limit_and_ends_it(tm
 
 
 def test_a_resumed_run_keeps_the_warm_up_of_its_first_fit_after_a_refit(tmp_path, monkeypatch):
-    from aavae.training.pacing import ScheduleFit, StepClock
+    from aavae.training.pacing import ScheduleFit
 
-    real = StepClock.seconds_per_step
-    monkeypatch.setattr(StepClock, "seconds_per_step",
-                        lambda self, skip, steps: None if real(self, skip, steps) is None else 360.0)
+    _six_minutes_a_step(monkeypatch)
     settings = dict(max_epochs=10_000, schedule="cosine", max_time_minutes=60.0,
                     schedule_to_time_limit=True, warmup_fraction=0.1)
     module = small_module(**settings)
