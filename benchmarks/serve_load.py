@@ -12,9 +12,10 @@ memory of the server and all its processes every 50 ms, and checks what docs/ser
   own interpreter).
 
 The model is the project's registered encoder (``<root>/06_models/registered_model.json``, with
-``--root`` the environment's artifact root, ``data`` for base and ``data/<env>`` otherwise; tracked
-in ``sqlite:///mlflow.db``; both under the current folder: run it from the project root after
-``kedro run --pipeline pretrain``), or ``--model-uri``. Its size does not matter: the requests'
+``--root`` the environment's artifact root, ``data`` for base and ``data/<env>`` otherwise, under
+the current folder: run it from the project root after ``kedro run --pipeline pretrain``; the
+record names the MLflow store that holds the model), or ``--model-uri`` (in the store of
+``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). Its size does not matter: the requests'
 parse does.
 
     python benchmarks/serve_load.py [--root data] [--requests 8] [--max-request-mb 64] [--max-in-flight-mb 64]
@@ -85,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_uri is None and not record.is_file():
         sys.exit(f"No {record} here: run from the project root after `kedro run --pipeline pretrain`, "
                  "or pass --model-uri.")
-    model_uri = args.model_uri or json.loads(record.read_text())["model_uri"]
+    registered = {} if args.model_uri else json.loads(record.read_text())
+    model_uri = args.model_uri or registered["model_uri"]
+    # the store the record names (an MLFLOW_TRACKING_URI of the caller's may point elsewhere)
+    tracking_uri = registered.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     body, images = grey_zeros_body(int(args.max_request_mb * 2**20))
     print(f"[serve_load] {model_uri}: {args.requests} requests of {len(body) / 2**20:.1f} MB "
           f"({images} grey {SIDE} x {SIDE} images of zeros), --max-request-mb {args.max_request_mb:g}, "
           f"--max-in-flight-mb {in_flight_mb:g}", flush=True)
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "aavae.serving.serve", "-m", model_uri, "-p", str(port),
                "--max-request-mb", str(args.max_request_mb), "--max-in-flight-mb", str(in_flight_mb)]

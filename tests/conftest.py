@@ -7,8 +7,10 @@ benchmarks); they are re-exported here, where the test files import them from.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -27,6 +29,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
     torch.set_num_threads(_share)
+
+
+@pytest.fixture(autouse=True)
+def _environment_and_tracking_store_stay_in_their_test() -> Iterator[None]:
+    """What a test sets in ``os.environ`` or points MLflow at ends with it. ``set_tracking_uri``,
+    ``set_experiment`` and an in-process Kedro session with kedro-mlflow write their store and
+    experiment into the environment, where the next test of the same worker, and every process it
+    starts, would find another test's store (a served model "not found")."""
+    saved = dict(os.environ)
+    yield
+    mlflow.set_tracking_uri(None)  # the module's own copy; it also unsets the variable
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_pretrain_registers_one_version_from_its_own_run(digits_project, trackin
 
     pretrain = client.get_run(versions[0].run_id)
     assert [int(v.version) for v in versions] == [1] and record["version"] == 1
-    assert record["model_uri"] == f"models:/{MODEL_NAME}/1"
+    assert record["model_uri"] == f"models:/{MODEL_NAME}/1" and record["tracking_uri"] == tracking_uri
     assert pretrain.info.run_name.split()[0] == "pretrain", "logged into the run kedro-mlflow opened"
     assert pretrain.data.tags["registered_model"] == f"{MODEL_NAME}/1"
     assert versions[0].tags[TRAINING_RUN_TAG] == pretrain.info.run_id == record["training_run_id"]

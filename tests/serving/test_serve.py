@@ -210,13 +210,15 @@ def test_another_content_type_or_an_in_flight_bound_below_the_request_limit_is_r
     assert "--max-in-flight-mb must be at least --max-request-mb (64)" in capsys.readouterr().err
 
 
-def test_the_load_benchmark_runs_and_keeps_its_promises(digits_project):
-    """`benchmarks/serve_load.py` at a toy size: a burst of requests at the size limit."""
+def test_the_load_benchmark_runs_and_keeps_its_promises(digits_project, tmp_path):
+    """`benchmarks/serve_load.py` at a toy size: a burst of requests at the size limit. The
+    caller's MLFLOW_TRACKING_URI names another store: the model is found in the one its record names."""
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "benchmarks/serve_load.py"), "--root", "data/test", "--requests", "4",
          "--max-request-mb", "1", "--deadline-s", "120"],
         cwd=digits_project, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)])})
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]),
+             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'another.db'}"})
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]

@@ -59,4 +59,5 @@ def register_encoder(
         "registered": True, "name": name, "version": version,
         "model_uri": f"models:/{name}/{version}", "training_run_id": training_run,
         "registered_by_run_id": tracking.active_run_id(), "resize": resize,
+        "tracking_uri": mlflow.get_tracking_uri(),  # the store that holds it (readers use this one)
     }
