@@ -2,6 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
+from aavae.common.launch import launched_rank
 from aavae.common.quiet import filter_unactionable_warnings
 from aavae.kedro_ext.distributed_catalog import RankZeroCatalog
 from aavae.kedro_ext.hooks import (
@@ -15,7 +16,6 @@ from aavae.kedro_ext.hooks import (
     TrackingStoreHooks,
 )
 from aavae.reporting.console import rich_log_in_a_terminal
-from aavae.training.distributed import launched_rank
 
 # Kedro imports this module before its plugins and config loaders: the earliest project code
 # that runs in `kedro run`, so the filters are in place before the warnings they silence.

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from aavae import tracking
 from aavae.kedro_ext.hooks import RunTagHooks
+from aavae.tracking.live import live_logger
 from aavae.tracking.store import anchored_at
 
 
@@ -33,7 +34,7 @@ def test_a_live_logger_marks_its_experiment_as_model_training(run):
     client = MlflowClient()
     assert tracking.EXPERIMENT_KIND_TAG not in client.get_experiment(run.info.experiment_id).tags
 
-    logger = tracking.live_logger()
+    logger = live_logger()
 
     assert logger is not None and logger.run_id == run.info.run_id
     tags = client.get_experiment(run.info.experiment_id).tags
@@ -50,7 +51,7 @@ def test_a_kind_a_user_chose_is_left_alone(run):
 
 @pytest.mark.slow
 def test_the_loss_curves_are_also_logged_under_a_section_of_their_own(run):
-    logger = tracking.live_logger()
+    logger = live_logger()
     logger.log_metrics({"train_loss": 912.5, "epoch": 3.0, "train_kl": 4.0}, step=40)
     logger.log_metrics({"val_loss": 930.0, "val_bpd": 1.9}, step=40)
     mlflow.flush_async_logging()  # the live logger logs asynchronously, as in training

@@ -89,7 +89,7 @@ def test_two_processes_give_one_process_weights_on_the_same_global_batch(tmp_pat
 
 
 def test_the_launcher_decides_ranks_nodes_and_devices(monkeypatch):
-    from aavae.training.distributed import launched_rank, launched_world_size, local_world_size
+    from aavae.common.launch import launched_rank, launched_world_size, local_world_size
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NNODES"):
         monkeypatch.delenv(name, raising=False)

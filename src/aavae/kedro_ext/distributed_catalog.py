@@ -9,7 +9,7 @@ from typing import Any
 
 from kedro.io import DataCatalog
 
-from aavae.training.distributed import launched_rank
+from aavae.common.launch import launched_rank
 
 
 class RankZeroCatalog(DataCatalog):

@@ -16,13 +16,13 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from aavae import tracking
+from aavae.common.launch import launched_rank
 from aavae.common.liveness import remove_dead_temporaries
 from aavae.common.quiet import reapply_logger_levels
 from aavae.config import validate_all
 from aavae.kedro_ext.pretrain_lock import PretrainLock
 from aavae.reporting.report import results_text
 from aavae.tracking.store import anchored_at, prepare_sqlite_store, sqlite_path
-from aavae.training.distributed import launched_rank
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow.environment_variables import MLFLOW_RUN_CONTEXT
 from mlflow.tracking import MlflowClient
 
@@ -38,36 +36,9 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 CHART_FIRST = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 
-class RunBoundMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger writing into a run it does not own: the stock logger ends its run
-    FINISHED in ``finalize``, but kedro-mlflow ends this one when the whole pipeline ends."""
-
-    @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        return None
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        first = {CHART_FIRST[key]: value for key, value in metrics.items() if key in CHART_FIRST}
-        super().log_metrics({**metrics, **first}, step)
-
-
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return run.info.run_id if run else None
-
-
-def live_logger() -> RunBoundMLFlowLogger | None:
-    """A logger for the active run (its experiment marked as model training: curves are coming),
-    or None when no run is open (e.g. in a notebook)."""
-    run_id = active_run_id()
-    if run_id is None:
-        return None
-    mark_experiment_as_model_training()
-    # Strings only: the logger must survive pickling into spawned ranks.
-    return RunBoundMLFlowLogger(
-        tracking_uri=mlflow.get_tracking_uri(), run_id=run_id, synchronous=False
-    )
 
 
 def mark_experiment_as_model_training() -> None:
@@ -244,13 +215,3 @@ def end_runs_killed_at_exit(armed: bool = True) -> None:
 def _end_runs_killed() -> None:
     while mlflow.active_run() is not None:
         mlflow.end_run("KILLED")
-
-
-class FigureToRun:
-    """Log a figure into the logger's run (a class, not a closure: spawned ranks get it pickled)."""
-
-    def __init__(self, logger: RunBoundMLFlowLogger) -> None:
-        self.logger = logger
-
-    def __call__(self, figure: Any, epoch: int) -> None:
-        self.logger.experiment.log_figure(self.logger.run_id, figure, f"reconstructions/epoch_{epoch:05d}.png")

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aavae.common.hardware import Hardware, choose_hardware
+from aavae.common.launch import launched_world_size, local_world_size
 from aavae.common.progress import output_is_terminal
 from aavae.common.weights import load_weights
 from aavae.config import PretrainConfig
@@ -22,7 +23,7 @@ from aavae.training.checkpoints import (
     Checkpoints,
     newest_loadable_checkpoint,
 )
-from aavae.training.distributed import StepOwnsGradients, launched_world_size, local_world_size
+from aavae.training.distributed import StepOwnsGradients
 from aavae.training.module import FITTED_STEPS_KEY, PretrainModule
 from aavae.training.progress import PlainProgress
 from aavae.training.syncbn import PooledBatchNormSync

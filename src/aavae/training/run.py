@@ -24,6 +24,7 @@ from aavae.data.imageset import ImageSet
 from aavae.evaluation import make_bundle
 from aavae.models import ModelSpec, build_model, count_parameters
 from aavae.objective import Objective
+from aavae.tracking.live import FigureToRun, live_logger
 from aavae.training import checkpoints
 from aavae.training.checkpoints import RecordTrainingData, finished_training
 from aavae.training.data import ValidationViews, training_images
@@ -114,11 +115,11 @@ def _fit_in_run(module: PretrainModule, checkpoint_dir: Path, val: ValidationVie
                 dataset_card: dict[str, Any]) -> TrainedLength:
     """Fit, logging to the active MLflow run; tag it with the engine that trained."""
     cfg = module.config
-    logger = tracking.live_logger()
+    logger = live_logger()
     callbacks: list[pl.Callback] = [RecordTrainingData(provenance.data_identity(dataset_card))]
     if logger is not None and cfg.reconstruction_every_n_epochs:
         callbacks.append(ReconstructionSnapshots(val.originals[SHOWN], val.views[SHOWN],
-                                                 cfg.reconstruction_every_n_epochs, tracking.FigureToRun(logger)))
+                                                 cfg.reconstruction_every_n_epochs, FigureToRun(logger)))
     trainer = build_trainer(cfg, checkpoint_dir, [logger] if logger else [], callbacks)
     if cfg.compile is not False:
         use_compile_cache(COMPILE_CACHE)
