@@ -11,8 +11,10 @@ reader called directly: tests/common/test_provenance_readers.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +39,26 @@ def trained(tmp_path_factory):
     kedro(project, "--pipeline", "pretrain", "--env", "test")
     evaluated = kedro(project, "--pipeline", "evaluate", "--env", "test", "--params", FAST_EVALUATION)
     (project / "evaluate.log").write_text(evaluated.stdout + evaluated.stderr)
+    shutil.copytree(project / INGESTED, _digits_kept(project))
     return project
+
+
+INGESTED = "data/test/03_primary"
+
+
+def _digits_kept(project: Path) -> Path:
+    return project.with_name(f"{project.name}-ingested")
+
+
+@pytest.fixture(autouse=True)
+def _digits_put_back(request):
+    """After a test on ``trained`` (some ingest other images), its digits are put back as the
+    first ingest wrote them: what `kedro run --pipeline ingest` would write again, in no time."""
+    yield
+    if "trained" in request.fixturenames:
+        project = request.getfixturevalue("trained")
+        shutil.rmtree(project / INGESTED)
+        shutil.copytree(_digits_kept(project), project / INGESTED)
 
 
 def _training_run(project):
@@ -92,7 +113,6 @@ def test_evaluate_refuses_a_model_trained_on_other_images_and_writes_nothing(tra
     evaluate_run = project_runs(trained)[-1]
     assert evaluate_run.data.tags["evaluation.kind"] == "transfer"
     assert evaluate_run.data.tags["data.name"] == "imagefolder"
-    kedro(trained, "--pipeline", "ingest", "--env", "test")  # back to the digits for the next test
 
 
 def test_a_training_checkpoint_of_other_data_is_a_transfer_said_in_the_table_report_and_mlflow(trained):
@@ -122,7 +142,6 @@ def test_a_training_checkpoint_of_other_data_is_a_transfer_said_in_the_table_rep
     features = ArraysDataset(str(trained / "data/test/04_feature/features_test.npz")).load()
     assert provenance.stamp_of(features)["data_sha256"] == json.loads(
         (trained / "data/test/03_primary/dataset_card.json").read_text())["sha256"]
-    kedro(trained, "--pipeline", "ingest", "--env", "test")
 
 
 def test_training_refuses_views_made_from_another_ingest(trained):
@@ -131,7 +150,6 @@ def test_training_refuses_views_made_from_another_ingest(trained):
     said = _said(result)
     assert result.returncode != 0 and "view_policy.json was made from other images" in said
     assert "--pipeline prepare" in said
-    kedro(trained, "--pipeline", "ingest", "--env", "test")
 
 
 def test_features_of_another_model_are_not_scored(trained):

@@ -223,12 +223,25 @@ def _step(objective: str, autocast_dtype=None) -> TrainStep:
     return small_step(Objective(objective, 0.1 if objective == "vae" else 0.0), autocast_dtype=autocast_dtype)
 
 
+def _compile_without_inductor(monkeypatch) -> None:
+    """torch.compile traces with dynamo and AOT autograd as always, then runs the graph eagerly
+    (backend "aot_eager"): what a test of the graph, its guards and the checkpoints needs, without
+    the minute of kernel code generation Inductor spends per graph on a CPU (the Inductor case
+    below pays it once)."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda function, dynamic=None, **_inductor_options:
+                        real_compile(function, backend="aot_eager", dynamic=dynamic))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("objective", "precision"),
-    [("aavae", "32-true"), ("ae", "32-true"), ("aavae", "bf16-mixed")],  # vae: aavae's graph, other constants
+    ("objective", "precision", "backend"),
+    # Inductor's kernels once, on the CPU's default path; autocast and the ae objective as graphs
+    # (vae: aavae's graph, other constants); each Inductor case costs a minute of code generation
+    [("aavae", "32-true", "inductor"), ("aavae", "bf16-mixed", "aot_eager"), ("ae", "32-true", "aot_eager")],
 )
-def test_the_compiled_step_gives_the_eager_loss_and_gradients(objective: str, precision: str):
+def test_the_compiled_step_gives_the_eager_loss_and_gradients(objective: str, precision: str, backend: str,
+                                                               monkeypatch):
     """Tolerances: fp32 1e-4 relative; under bf16 autocast 2e-2 on the loss and metrics and a
     gradient cosine of 0.99 (fused kernels round bf16 intermediates at other places)."""
     autocast = torch.bfloat16 if precision == "bf16-mixed" else None
@@ -250,6 +263,8 @@ def test_the_compiled_step_gives_the_eager_loss_and_gradients(objective: str, pr
         return loss.detach(), metrics, grads
 
     eager = loss_and_grads(step.loss_and_metrics)
+    if backend == "aot_eager":
+        _compile_without_inductor(monkeypatch)
     step.compile()
     compiled = loss_and_grads(step.loss_fn)
     tolerance = 1e-4 if autocast is None else 2e-2
@@ -262,10 +277,12 @@ def test_the_compiled_step_gives_the_eager_loss_and_gradients(objective: str, pr
 @pytest.mark.slow
 def test_a_run_with_the_compiled_step_resumes_exactly_and_never_recompiles(tmp_path, monkeypatch):
     """The compiled engine's checkpoints resume to the uninterrupted weights; validation,
-    diagnostics and new epochs never trigger a recompilation (shapes are constant)."""
+    diagnostics and new epochs never trigger a recompilation (shapes are constant): dynamo's
+    guards and the engine's checkpoints, whichever backend runs the graph."""
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    _compile_without_inductor(monkeypatch)
     straight = small_module(max_epochs=2, compile=True)
     fit(straight, build_trainer(straight.config, tmp_path / "straight"), tmp_path / "straight", resume=False)
     first = small_module(max_epochs=2, compile=True)
