@@ -249,3 +249,11 @@ def test_embedding_a_folder_reports_progress_as_plain_lines_in_a_log(tmp_path, c
     total = len(written)
     assert any(line.startswith(f"embed: {total}/{total} images (100%)") for line in logged), logged
     assert "\r" not in capsys.readouterr().out
+
+
+def test_embedding_without_a_trained_model_names_the_environments_model():
+    from aavae.pipelines.embed.nodes import load_encoder
+
+    with pytest.raises(ValueError, match=r"^No model to embed with: data/stl10/06_models/aavae_model\.pt does not "
+                                         r"exist\. Run `kedro run --pipeline pretrain` first"):
+        load_encoder(None, {}, {}, "data/stl10")

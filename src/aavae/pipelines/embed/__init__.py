@@ -2,7 +2,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from aavae.pipelines.embed.nodes import embed_images, load_encoder, query_neighbours
 
-_LOAD = node(load_encoder, ["aavae_model", "params:embed", "params:dataset"], "embedding_encoder",
+_LOAD = node(load_encoder, ["aavae_model", "params:embed", "params:dataset", "artifact_root"], "embedding_encoder",
              name="load_embedding_encoder")
 _QUERY = node(query_neighbours, ["embedding_encoder", "embedding_index", "params:embed"],
               ["neighbours", "neighbours_grid"], name="query_neighbours")

@@ -33,10 +33,11 @@ PATH, EMBEDDING = "path", "embedding"
 
 
 def load_encoder(
-    aavae_model: dict[str, Any] | None, embed: dict[str, Any], dataset: dict[str, Any]
+    aavae_model: dict[str, Any] | None, embed: dict[str, Any], dataset: dict[str, Any], artifact_root: str = "data"
 ) -> Encoder:
     """The model to embed with: ``embed.model_uri`` if set (it computes in fp32, as it does when
-    served), else the trained ``aavae_model`` at ``embed.precision``."""
+    served), else the trained ``aavae_model`` (under the environment's ``artifact_root``) at
+    ``embed.precision``."""
     config = parse("embed", embed, EmbedConfig)
     if config.model_uri:
         from aavae.serving.mlflow_model import RegisteredEncoder  # MLflow glue, only when asked for
@@ -44,7 +45,7 @@ def load_encoder(
         return RegisteredEncoder(config.model_uri)
     if aavae_model is None:
         raise ValueError(
-            "No model to embed with: data/06_models/aavae_model.pt does not exist. Run "
+            f"No model to embed with: {artifact_root}/06_models/aavae_model.pt does not exist. Run "
             "`kedro run --pipeline pretrain` first, or pass --params embed.model_uri=models:/<name>/<version>."
         )
     # how its training images were brought to size, as the bundle records it (older bundles: the
