@@ -18,7 +18,8 @@ The runs overwrite the project's ``data/`` artifacts like ``make run`` does; eac
 all rows go to ``data/08_reporting/default_run/results.json``. Run it alone on the machine:
 on two cores another busy process slows torch many times over.
 
-Output: a header (date, CPU, the exact command), one line per run, and last, per precision,
+Output: a header (date, CPU, the exact command), one line per run (and under it the pretrain's
+``compile=auto`` decision as logged), and last, per precision,
 a Markdown table of mean +- sd over seeds (the same columns as ``make run``'s table) and the
 lead of the pretrained features over the best baseline on the column the table leads with,
 against the goal (at least 2 points, and more than twice the seeds' sd).
@@ -80,13 +81,14 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def run_once(args: argparse.Namespace, precision: str, seed: int) -> tuple[dict[str, Any], dict[str, float]]:
-    """One seed's pretrain and evaluate; its metrics.json and the seconds of each command."""
+def run_once(args: argparse.Namespace, precision: str, seed: int) -> tuple[dict[str, Any], dict[str, float], str]:
+    """One seed's pretrain and evaluate; its metrics.json, the seconds of each command and the
+    pretrain's ``compile=auto`` decision as it logged it (empty when the step was not timed)."""
     params = (f"pretrain.seed={seed},views.seed={seed},evaluate.seed={seed},pretrain.resume=false,"
               f"pretrain.precision={precision},evaluate.precision={precision}")
     if args.params:
         params += f",{args.params}"
-    seconds = {}
+    seconds, decision = {}, ""
     for pipeline in ("pretrain", "evaluate"):
         command = [args.kedro, "run", "--pipeline", pipeline, "--env", args.env, "--params", params]
         started = time.perf_counter()
@@ -95,12 +97,14 @@ def run_once(args: argparse.Namespace, precision: str, seed: int) -> tuple[dict[
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"{shlex.join(command)} failed (exit {done.returncode}); its output is above")
+        decision = decision or next((line[line.index("compile=auto:"):] for line in done.stdout.splitlines()
+                                     if "compile=auto:" in line), "")
     written = artifact_root(PROJECT_ROOT, args.env) / METRICS
     metrics = json.loads(written.read_text())
     kept = PROJECT_ROOT / KEPT / precision / f"seed{seed}"
     kept.mkdir(parents=True, exist_ok=True)
     shutil.copy2(written, kept / METRICS.name)
-    return metrics, seconds
+    return metrics, seconds, decision
 
 
 def rows_of(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -152,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, Any]]] = {}
     for precision in precisions:
         for seed in range(args.seeds):
-            metrics, seconds = run_once(args, precision, seed)
+            metrics, seconds, decision = run_once(args, precision, seed)
             results.setdefault(precision, []).append({**metrics, "seconds": seconds, "seed": seed})
             key, heading = accuracy_columns(metrics)[0]
             print(f"[default_run] {precision} seed {seed}: pretrain {seconds['pretrain']:.0f} s, evaluate "
                   f"{seconds['evaluate']:.0f} s; {heading} {100 * metrics[key]:.2f}%, all labels "
                   f"{100 * metrics['linear_top1']:.2f}%", flush=True)
+            if decision:
+                print(f"    {decision}", flush=True)
     out = PROJECT_ROOT / KEPT / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
