@@ -178,7 +178,7 @@ class PretrainConfig(_Schema):
         None, ge=0, description="None: 1e-6 for ae (the paper's ae.py default), 0 otherwise"
     )
     exclude_bn_bias: bool = Field(False, description="no weight decay on norm layers and biases")
-    warmup_epochs: CountOrZero = Field(2, description="per-step linear warm-up, in epochs")
+    warmup_epochs: CountOrZero = Field(5, description="per-step linear warm-up, in epochs")
     warmup_fraction: float | None = Field(
         None, ge=0, lt=1, description="warm-up as a share of all steps (replaces warmup_epochs); "
         "what a run fitted to a time limit needs",
