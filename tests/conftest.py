@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import mlflow.tracking.fluent as mlflow_fluent
 import pytest
 import torch
 
@@ -40,9 +41,19 @@ def _environment_and_tracking_store_stay_in_their_test() -> Iterator[None]:
     saved = dict(os.environ)
     yield
     mlflow.set_tracking_uri(None)  # the module's own copy; it also unsets the variable
+    mlflow_fluent._active_experiment_id = None  # set_experiment's, an id of that store: no public reset
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path) -> str:
+    """MLflow's fluent API pointed at a fresh SQLite store in the test's folder, for this test
+    (the fixture above points it back): the store's URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 @pytest.fixture(scope="session")

@@ -39,23 +39,14 @@ def killed_run(store: str, pipeline: str) -> str:
     return done.stdout.split()[0]
 
 
-@pytest.fixture
-def store(tmp_path):
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(previous)
-
-
 def open_run(client: MlflowClient, name: str, **tags: str) -> str:
     experiment = client.get_experiment_by_name("aavae") or client.get_experiment(client.create_experiment("aavae"))
     return client.create_run(experiment.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def test_running_runs_of_gone_processes_are_killed_and_the_others_left_alone(store):
-    client = MlflowClient(store)
-    dead_evaluate, dead_embed = killed_run(store, "evaluate"), killed_run(store, "embed")
+def test_running_runs_of_gone_processes_are_killed_and_the_others_left_alone(mlflow_store):
+    client = MlflowClient(mlflow_store)
+    dead_evaluate, dead_embed = killed_run(mlflow_store, "evaluate"), killed_run(mlflow_store, "embed")
     me = tracking.process_tags()
     alive = open_run(client, "pretrain", **me)
     reused = open_run(client, "ingest", **{**me, "process.start": "another-boot:1"})  # PID given to us since
@@ -74,13 +65,13 @@ def test_running_runs_of_gone_processes_are_killed_and_the_others_left_alone(sto
     assert socket.gethostname() in note and current in note and "was gone" in note
 
 
-def test_every_run_records_its_process_from_its_creation(store):
+def test_every_run_records_its_process_from_its_creation(mlflow_store):
     previous = tracking.tag_runs_opened_from_here()
     # an experiment of this store: an earlier test in the process may have made another active
-    experiment = MlflowClient(store).create_experiment("records")
+    experiment = MlflowClient(mlflow_store).create_experiment("records")
     try:
         with mlflow.start_run(experiment_id=experiment) as run:
-            tags = MlflowClient(store).get_run(run.info.run_id).data.tags
+            tags = MlflowClient(mlflow_store).get_run(run.info.run_id).data.tags
     finally:
         tracking.stop_tagging_runs(previous)
     assert tags["process.pid"] == str(os.getpid()) and tags["process.host"] == socket.gethostname()
@@ -119,10 +110,10 @@ raise KeyboardInterrupt
 """
 
 
-def test_a_run_interrupted_by_ctrl_c_ends_killed_not_finished(store):
-    done = subprocess.run([sys.executable, "-c", INTERRUPTED_RUN, store], capture_output=True, text=True,
+def test_a_run_interrupted_by_ctrl_c_ends_killed_not_finished(mlflow_store):
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_RUN, mlflow_store], capture_output=True, text=True,
                           timeout=120)
     assert "KeyboardInterrupt" in done.stderr
-    run = MlflowClient(store).get_run(done.stdout.split()[0])
+    run = MlflowClient(mlflow_store).get_run(done.stdout.split()[0])
     assert run.info.status == "KILLED"
     assert run.data.tags["process.pid"].isdigit()

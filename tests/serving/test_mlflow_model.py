@@ -50,12 +50,10 @@ SERVED_MAX_BATCH = 64
 
 @pytest.fixture
 def tracking_uri(digits_project):
-    """Point MLflow's fluent API at the project's store for one test, then back."""
-    previous = mlflow.get_tracking_uri()
+    """MLflow's fluent API pointed at the project's store, for one test (conftest points it back)."""
     uri = f"sqlite:///{digits_project / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(previous)
+    return uri
 
 
 @pytest.fixture(scope="module")
@@ -221,20 +219,15 @@ def test_a_burst_of_concurrent_requests_is_answered_each_correctly(server, pipel
 
 
 def test_a_model_logged_without_limits_loads_and_serves_with_the_default_limits(
-    digits_project, pipeline_features, tmp_path
+    digits_project, pipeline_features, tmp_path, mlflow_store
 ):
     """A model registered before the limits existed has none in its config: the defaults apply."""
     images, features = pipeline_features
     bundle = TorchBundleDataset(str(digits_project / "data/test/06_models/aavae_model.pt")).load()
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
-        experiment = mlflow.create_experiment("old", artifact_location=str(tmp_path / "artifacts"))
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_encoder_model(bundle, "resize_crop", "old-encoder", images[:2], InputLimits(32, 4))
-        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "old")))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    experiment = mlflow.create_experiment("old", artifact_location=str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_encoder_model(bundle, "resize_crop", "old-encoder", images[:2], InputLimits(32, 4))
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "old")))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     for section in (mlmodel["flavors"]["python_function"]["config"], mlmodel["metadata"]):
         del section["max_image_side"], section["max_batch_size"]
@@ -256,23 +249,19 @@ def test_a_limit_overridden_at_loading_must_be_a_positive_integer(tracking_uri):
         mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1", model_config={"max_image_side": 0})
 
 
-def test_a_training_run_is_registered_once_and_a_new_one_gets_the_next_version(digits_project, tmp_path):
+def test_a_training_run_is_registered_once_and_a_new_one_gets_the_next_version(digits_project, tmp_path,
+                                                                               mlflow_store):
     bundle = TorchBundleDataset(str(digits_project / "data/test/06_models/aavae_model.pt")).load()
     images_test = load_imageset(digits_project / "data/test/03_primary/images_test")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("registry", artifact_location=str(tmp_path / "artifacts"))
     registry, dataset = {"model_name": "{dataset}-{objective}-encoder"}, {"name": "digits"}
-    try:
-        with mlflow.start_run(experiment_id=experiment):
-            first = register_encoder(bundle, images_test, dataset, registry)
-            again = register_encoder(bundle, images_test, dataset, registry)
-            other = register_encoder({**bundle, "mlflow_run_id": "another-run"}, images_test, dataset, registry)
-        disabled = register_encoder(bundle, images_test, dataset, {"enabled": False})
-        no_run = register_encoder(bundle, images_test, dataset, registry)
-        versions = MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with mlflow.start_run(experiment_id=experiment):
+        first = register_encoder(bundle, images_test, dataset, registry)
+        again = register_encoder(bundle, images_test, dataset, registry)
+        other = register_encoder({**bundle, "mlflow_run_id": "another-run"}, images_test, dataset, registry)
+    disabled = register_encoder(bundle, images_test, dataset, {"enabled": False})
+    no_run = register_encoder(bundle, images_test, dataset, registry)
+    versions = MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
 
     assert (first["version"], again["version"], other["version"]) == (1, 1, 2)
     assert sorted(int(v.version) for v in versions) == [1, 2]

@@ -20,13 +20,10 @@ from aavae.tracking.store import anchored_at
 
 
 @pytest.fixture
-def run(tmp_path, request):
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def run(mlflow_store, request):
     mlflow.set_experiment("aavae")
     with mlflow.start_run(run_name=getattr(request, "param", "pretrain")) as active:
         yield active
-    mlflow.set_tracking_uri(previous)
 
 
 @pytest.mark.slow

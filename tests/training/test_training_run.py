@@ -33,15 +33,13 @@ def _images(split: str) -> ImageSet:
 
 
 @pytest.fixture
-def inputs(tmp_path, monkeypatch):
+def inputs(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)  # checkpoints go under ROOT, relative to the project
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment("training-run")  # not the experiment id an earlier test left active
     train_images = _images("train")
     policy = resolve_view_policy({}, train_images)
     val_views = make_validation_views(_images("val"), _images("unlabeled"), policy, {"val_count": 4}, {}, ROOT)
-    yield [train_images, _images("unlabeled"), val_views, policy, CARD, {"width": 4, "latent_dim": 8}]
-    mlflow.set_tracking_uri(None)
+    return [train_images, _images("unlabeled"), val_views, policy, CARD, {"width": 4, "latent_dim": 8}]
 
 
 def _minute_a_step(monkeypatch) -> None:
