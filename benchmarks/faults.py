@@ -65,10 +65,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# MLflow and the project at the top, not in the functions that use them: the input trials run in
+# a thread beside the kill trials, and mlflow's package imports itself in a cycle that a second
+# thread importing it at the same moment finds half made ("cannot import name '_get_store'").
+import mlflow
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 from PIL import ExifTags, Image
 from project_copy import PROJECT_ROOT, artifact_root, copy_project  # noqa: I001 - beside this script
+
+from aavae.training import newest_loadable_checkpoint
 
 METRIC_KEYS = ("linear_top1", "linear_top5", "knn_top1")
 #: The --env's artifact root inside a project copy (main() sets it: data/test for the default env).
@@ -197,8 +204,6 @@ def kill_at(process: subprocess.Popen, moment: float) -> float | None:
 
 def training_state(project: Path) -> str:
     """What a kill left behind: the newest readable checkpoint's step, or none yet."""
-    from aavae.training import newest_loadable_checkpoint
-
     folders = sorted(p for p in (project / ARTIFACTS / "06_models/checkpoints").glob("*") if p.is_dir())
     found = [newest_loadable_checkpoint(folder) for folder in folders]
     found = [path for path in found if path is not None]
@@ -228,8 +233,6 @@ def faulted_phase(project: Path, name: str, command: list[str], moment: float, t
 
 
 def running_runs(project: Path) -> int:
-    from mlflow.tracking import MlflowClient
-
     store = project / "mlflow.db"
     if not store.is_file():
         return 0
@@ -439,8 +442,6 @@ def mismatched_artifacts(bench: Bench) -> tuple[str, list[str]]:
 
 def checkpoint_of_other_data(bench: Bench) -> tuple[str, list[str]]:
     """A project checkpoint of the 16 px model, evaluated on the 24 px images: a transfer."""
-    from mlflow.tracking import MlflowClient
-
     checkpoint = next((bench.artifacts / "06_models/checkpoints").glob("*/last.ckpt")).relative_to(bench.project)
     ran = bench.kedro("transfer", "evaluate", f"evaluate.checkpoint={checkpoint}")
     if ran.status != 0:
@@ -776,8 +777,6 @@ def odd_batch(bench: Bench) -> tuple[str, list[str]]:
 def bad_served_input(bench: Bench) -> tuple[str, list[str]]:
     """The registered model loaded with mlflow.pyfunc refuses floats and five channels by name,
     and encodes uint8."""
-    import mlflow
-
     record = json.loads((bench.artifacts / "06_models/registered_model.json").read_text())
     if not record.get("registered"):
         return "no model", [f"the reference registered no model ({record.get('reason')})"]
