@@ -33,7 +33,7 @@ PATH, EMBEDDING = "path", "embedding"
 
 
 def load_encoder(
-    aavae_model: dict[str, Any] | None, embed: dict[str, Any], dataset: dict[str, Any], artifact_root: str = "data"
+    aavae_model: dict[str, Any] | None, embed: dict[str, Any], dataset: dict[str, Any], artifact_root: str
 ) -> Encoder:
     """The model to embed with: ``embed.model_uri`` if set (it computes in fp32, as it does when
     served), else the trained ``aavae_model`` (under the environment's ``artifact_root``) at
